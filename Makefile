@@ -1,0 +1,36 @@
+# Everything runs inside a project virtual environment (.venv), created on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: train train-fashion test bench docs clean
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The main job: train the default liquid model on CIFAR-10 from tfds.
+# The first run prepares CIFAR-10 (download + conversion), which needs TensorFlow: installed here.
+$(VENV)/.prepare: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[prepare]'
+	touch $@
+
+train: $(VENV)/.prepare
+	$(VENV)/bin/liquidjax train $(ARGS)
+
+# Offline demo on Fashion-MNIST (Debian package dataset-fashion-mnist).
+train-fashion: $(VENV)/.base
+	@test -d /usr/share/datasets/fashion-mnist || (echo "installing dataset-fashion-mnist (needs root)"; apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+	$(VENV)/bin/liquidjax train --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist $(ARGS)
+
+test: $(VENV)/.base
+	$(PY) -m pytest $(ARGS)
+
+bench: $(VENV)/.base
+	$(PY) benchmarks/vs_ncps.py
+
+clean:
+	rm -rf $(VENV) runs site
