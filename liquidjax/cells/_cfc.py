@@ -1,0 +1,269 @@
+"""Closed-form continuous-time (CfC) cell, ncps torch form.
+
+Reference: Hasani et al., "Closed-form continuous-time neural networks", Nature Machine
+Intelligence 4, 992-1003 (2022), https://arxiv.org/abs/2106.13898; the arrangement of every
+formula follows ``ncps.torch.CfCCell`` (ncps 1.0.1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from ._base import AbstractCell
+
+Mode = Literal["default", "no_gate", "pure"]
+_MODES: tuple[str, ...] = ("default", "no_gate", "pure")
+
+
+def lecun_tanh(x: Array) -> Array:
+    """LeCun's scaled tanh, ``1.7159 * tanh(0.666 * x)`` (the ncps CfC default)."""
+    return 1.7159 * jnp.tanh(0.666 * x)
+
+
+def _gelu(x: Array) -> Array:
+    # torch.nn.GELU() defaults to the exact (erf) form, not the tanh approximation.
+    return jax.nn.gelu(x, approximate=False)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "lecun_tanh": lecun_tanh,
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": _gelu,
+}
+
+
+def activation_name(fn: Callable[[Array], Array]) -> str:
+    """The ncps name of an activation callable from :data:`ACTIVATIONS`."""
+    for name, f in ACTIVATIONS.items():
+        if f is fn:
+            return name
+    raise ValueError(f"activation {fn!r} is not one of the ncps activations {list(ACTIVATIONS)}")
+
+
+def _xavier_uniform(key: PRNGKeyArray, shape: tuple[int, int]) -> Array:
+    # torch.nn.init.xavier_uniform_ on an (out, in) tensor: U(-a, a), a = sqrt(6 / (in + out)).
+    fan_out, fan_in = shape
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return jr.uniform(key, shape, minval=-limit, maxval=limit)
+
+
+def _linear(in_features: int, out_features: int, *, key: PRNGKeyArray) -> eqx.nn.Linear:
+    # ncps: torch's default bias init U(+-1/sqrt(in)) (= equinox's), Xavier-uniform weight.
+    wkey, lkey = jr.split(key)
+    linear = eqx.nn.Linear(in_features, out_features, key=lkey)
+    return eqx.tree_at(lambda l: l.weight, linear, _xavier_uniform(wkey, (out_features, in_features)))
+
+
+def _choice_error(what: str, value: object, valid: tuple[str, ...] | list[str]) -> ValueError:
+    return ValueError(f"unknown {what} {value!r}; valid options are {list(valid)}")
+
+
+class CfC(AbstractCell):
+    r"""Closed-form continuous-time cell (ncps ``CfCCell``), acting on one example.
+
+    With ``z = backbone([x, h])`` (``backbone_layers`` blocks of Linear -> activation; with
+    ``backbone_layers=0`` the heads read ``[x, h]`` directly) and the elapsed time
+    ``Δt = t1 - t0``:
+
+    $$ f_1 = \tanh(W_1 z + b_1),\quad f_2 = \tanh(W_2 z + b_2),\quad
+       σ = \mathrm{sigmoid}((W_a z + b_a)\,Δt + W_b z + b_b) $$
+
+    - ``"default"``: $h' = f_1 (1 - σ) + σ f_2$
+    - ``"no_gate"``: $h' = f_1 + σ f_2$
+    - ``"pure"``: $h' = -A \exp(-Δt\,(|w_τ| + |u|))\, u + A$ with $u = W_1 z + b_1$
+      (no ``ff2``/``time_a``/``time_b`` heads).
+
+    Dropout (``backbone_dropout``) follows ncps: only after backbone blocks 2, 3, ...; it is
+    active only when a ``key`` is passed to :meth:`advance` and the cell is not in
+    ``eqx.nn.inference_mode``.
+
+    **Arguments:**
+
+    - `input_size`: number of input features ``I``.
+    - `units`: number of hidden units ``H`` (state and output size).
+    - `mode`: ``"default"``, ``"no_gate"`` or ``"pure"``.
+    - `activation`: backbone activation: ``"lecun_tanh"`` (``1.7159 tanh(0.666 x)``),
+      ``"silu"``, ``"relu"``, ``"tanh"`` or ``"gelu"`` (exact erf form, as torch).
+    - `backbone_units`: width ``U`` of each backbone layer.
+    - `backbone_layers`: number of backbone blocks (``0``: no backbone).
+    - `backbone_dropout`: dropout rate in ``[0, 1)``.
+    - `sparsity_mask`: optional boolean ``(H, cat)`` mask multiplied into the ``ff1``/``ff2``
+      weights only (used by :class:`WiredCfC`; ``cat`` is the head input width).
+    - `key`: PRNG key for the initialisation (Xavier-uniform weights, as ncps).
+
+    **Returns:** :meth:`advance` returns the new hidden state ``(H,)``; :meth:`output` is the
+    state itself.
+
+    ```python
+    cell = CfC(5, 16, key=jax.random.key(0))
+    h = cell.advance(cell.init_state(), jnp.ones(5), 0.0, 1.0)
+    ```
+    """
+
+    backbone: tuple[eqx.nn.Linear, ...]
+    dropout: eqx.nn.Dropout
+    ff1: eqx.nn.Linear
+    ff2: eqx.nn.Linear | None
+    time_a: eqx.nn.Linear | None
+    time_b: eqx.nn.Linear | None
+    w_tau: Float[Array, " units"] | None
+    A: Float[Array, " units"] | None
+    sparsity_mask: Bool[Array, "units cat"] | None
+    activation: Callable[[Array], Array] = eqx.field(static=True)
+    mode: str = eqx.field(static=True)
+    input_size: int = eqx.field(static=True)
+    state_size: int = eqx.field(static=True)
+    output_size: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        units: int,
+        *,
+        mode: Mode = "default",
+        activation: str = "lecun_tanh",
+        backbone_units: int = 128,
+        backbone_layers: int = 1,
+        backbone_dropout: float = 0.0,
+        sparsity_mask: Bool[np.ndarray | Array, "units cat"] | None = None,
+        key: PRNGKeyArray,
+    ):
+        if mode not in _MODES:
+            raise _choice_error("mode", mode, _MODES)
+        if activation not in ACTIVATIONS:
+            raise _choice_error("activation", activation, list(ACTIVATIONS))
+        for name, value in (("input_size", input_size), ("units", units)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(backbone_layers, (int, np.integer)) or backbone_layers < 0:
+            raise ValueError(f"backbone_layers must be an int >= 0, got {backbone_layers!r}")
+        if backbone_layers > 0 and (
+            not isinstance(backbone_units, (int, np.integer)) or backbone_units < 1
+        ):
+            raise ValueError(
+                f"backbone_units must be a positive int when backbone_layers > 0, "
+                f"got {backbone_units!r}"
+            )
+        if not 0.0 <= backbone_dropout < 1.0:
+            raise ValueError(f"backbone_dropout must lie in [0, 1), got {backbone_dropout!r}")
+
+        self.input_size = int(input_size)
+        self.state_size = self.output_size = int(units)
+        self.mode = mode
+        self.activation = ACTIVATIONS[activation]
+
+        keys = jr.split(key, backbone_layers + 6)
+        widths = [input_size + units] + [backbone_units] * backbone_layers
+        self.backbone = tuple(
+            _linear(widths[i], widths[i + 1], key=keys[i]) for i in range(backbone_layers)
+        )
+        self.dropout = eqx.nn.Dropout(float(backbone_dropout))
+        cat = widths[-1]
+        hkeys = keys[backbone_layers:]
+        self.ff1 = _linear(cat, units, key=hkeys[0])
+        if mode == "pure":
+            self.ff2 = self.time_a = self.time_b = None
+            # ncps Xavier-initialises every 2-D parameter, w_tau and A (shape (1, H)) included.
+            self.w_tau = _xavier_uniform(hkeys[1], (1, units))[0]
+            self.A = _xavier_uniform(hkeys[2], (1, units))[0]
+        else:
+            self.ff2 = _linear(cat, units, key=hkeys[1])
+            self.time_a = _linear(cat, units, key=hkeys[2])
+            self.time_b = _linear(cat, units, key=hkeys[3])
+            self.w_tau = self.A = None
+        self.sparsity_mask = None if sparsity_mask is None else jnp.asarray(sparsity_mask)
+
+    def __check_init__(self):
+        cat = self.ff1.in_features
+        if self.sparsity_mask is not None:
+            if self.sparsity_mask.dtype != jnp.bool_:
+                raise ValueError(
+                    f"sparsity_mask must be a boolean array, got dtype {self.sparsity_mask.dtype}"
+                )
+            if self.sparsity_mask.shape != (self.state_size, cat):
+                raise ValueError(
+                    f"sparsity_mask must have shape (units, head inputs) = "
+                    f"{(self.state_size, cat)}, got {self.sparsity_mask.shape}"
+                )
+        if (self.mode == "pure") != (self.ff2 is None):
+            raise ValueError(f"mode {self.mode!r} does not match the heads present")
+
+    @property
+    def backbone_layers(self) -> int:
+        """Number of backbone blocks."""
+        return len(self.backbone)
+
+    @property
+    def backbone_units(self) -> int | None:
+        """Width of the backbone layers (``None`` without a backbone)."""
+        return self.backbone[0].out_features if self.backbone else None
+
+    def init_state(self) -> Float[Array, " units"]:
+        """The zero state ``(units,)`` in the parameters' dtype."""
+        return jnp.zeros(self.state_size, self.ff1.weight.dtype)
+
+    def _masked(self, linear: eqx.nn.Linear, z: Array) -> Array:
+        weight = linear.weight
+        if self.sparsity_mask is not None:
+            # `where`, not a product: masked weights get exactly zero gradient.
+            weight = jnp.where(self.sparsity_mask, weight, jnp.zeros((), weight.dtype))
+        assert linear.bias is not None
+        return weight @ z + linear.bias
+
+    def advance(
+        self,
+        state: Float[Array, " units"],
+        x: Float[Array, " input"],
+        t0: Float[Array, ""] | float,
+        t1: Float[Array, ""] | float,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " units"]:
+        """The closed-form state after ``Δt = t1 - t0`` with ``x`` held (see the class doc).
+
+        **Arguments:**
+
+        - `state`: hidden state ``(units,)`` at ``t0``.
+        - `x`: observation ``(input_size,)``.
+        - `t0`, `t1`: the interval; only ``t1 - t0`` matters.
+        - `key`: enables backbone dropout (training); ``None`` disables it.
+
+        **Returns:** the hidden state ``(units,)`` at ``t1``.
+        """
+        if x.shape != (self.input_size,):
+            raise ValueError(f"expected x of shape ({self.input_size},), got {x.shape}")
+        if state.shape != (self.state_size,):
+            raise ValueError(f"expected state of shape ({self.state_size},), got {state.shape}")
+        dt = jnp.asarray(t1) - jnp.asarray(t0)
+        z = jnp.concatenate([x, state])
+        keys = [None] * len(self.backbone) if key is None else list(jr.split(key, len(self.backbone)))
+        for i, (linear, k) in enumerate(zip(self.backbone, keys)):
+            z = self.activation(linear(z))
+            if i >= 1:  # ncps places Dropout only after blocks >= 2.
+                z = self.dropout(z, key=k, inference=True if k is None else None)
+        ff1 = self._masked(self.ff1, z)
+        if self.mode == "pure":
+            assert self.w_tau is not None and self.A is not None
+            return -self.A * jnp.exp(-dt * (jnp.abs(self.w_tau) + jnp.abs(ff1))) * ff1 + self.A
+        assert self.ff2 is not None and self.time_a is not None and self.time_b is not None
+        ff1 = jnp.tanh(ff1)
+        ff2 = jnp.tanh(self._masked(self.ff2, z))
+        sigma = jax.nn.sigmoid(self.time_a(z) * dt + self.time_b(z))
+        if self.mode == "no_gate":
+            return ff1 + sigma * ff2
+        return ff1 * (1.0 - sigma) + sigma * ff2
+
+    def output(self, state: Float[Array, " units"]) -> Float[Array, " units"]:
+        """The output is the hidden state itself."""
+        return state
