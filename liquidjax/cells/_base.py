@@ -66,16 +66,28 @@ class AbstractCell(eqx.Module):
 
 
 class AbstractODECell(AbstractCell):
-    """A cell whose hidden state obeys an ODE ``dy/dt = a(t, y, args) - b(t, y, args) * y``.
+    """A cell whose hidden state obeys a conductance-form ODE
 
-    ``args`` is the (already input-mapped) observation the vector field is driven by.
+        cm * dy/dt = num(t, y, args) - den(t, y, args) * y
+
+    i.e. ``dy/dt = a - b * y`` with ``a = num / cm`` and ``b = den / cm``. ``args`` is the raw
+    observation driving the dynamics: an array (held input) or a ``diffrax.AbstractPath``
+    (continuous input, evaluated at ``t``).
+
+    The fused semi-implicit solver (:class:`liquidjax.solvers.FusedSemiImplicit`) uses the
+    conductance form directly; every other diffrax solver uses :meth:`vector_field`.
     """
 
     @abc.abstractmethod
+    def conductances(self, t: Any, y: Float[Array, " state"], args: Any) -> tuple[Array, Array, Array]:
+        """Return ``(num, den, cm)`` with ``cm * dy/dt = num - den * y``."""
+
     def split(self, t: Any, y: Float[Array, " state"], args: Any) -> tuple[Array, Array]:
         """Return ``(a, b)`` with ``dy/dt = a - b * y``."""
+        num, den, cm = self.conductances(t, y, args)
+        return num / cm, den / cm
 
     def vector_field(self, t: Any, y: Float[Array, " state"], args: Any) -> Float[Array, " state"]:
         """The right-hand side ``dy/dt`` in diffrax's ``(t, y, args)`` form."""
-        a, b = self.split(t, y, args)
-        return a - b * y
+        num, den, cm = self.conductances(t, y, args)
+        return (num - den * y) / cm

@@ -1,0 +1,323 @@
+"""Liquid Time-Constant (LTC) cell: an Equinox vector field integrated by diffrax."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from ._base import AbstractODECell
+from ._ltc_kernel import LTCParams, fused_ltc_step, sigmoid
+
+Mapping = Literal["affine", "linear", "none"]
+_MAPPINGS = ("affine", "linear", "none")
+
+# ncps init ranges (uniform).
+_INIT_RANGES = {
+    "gleak": (0.001, 1.0),
+    "vleak": (-0.2, 0.2),
+    "cm": (0.4, 0.6),
+    "w": (0.001, 1.0),
+    "sigma": (3.0, 8.0),
+    "mu": (0.3, 0.8),
+    "sensory_w": (0.001, 1.0),
+    "sensory_sigma": (3.0, 8.0),
+    "sensory_mu": (0.3, 0.8),
+}
+
+# Parameters that must stay non-negative (through softplus, or a projection after each update).
+POSITIVE_PARAMS = ("w", "sensory_w", "cm", "gleak")
+
+
+def _built_wiring(units_or_wiring: Any, input_size: int):
+    from ..wirings import FullyConnected, Wiring
+
+    if isinstance(units_or_wiring, Wiring):
+        return units_or_wiring.build(input_size)
+    if isinstance(units_or_wiring, (int, np.integer)) and not isinstance(units_or_wiring, bool):
+        return FullyConnected(int(units_or_wiring)).build(input_size)
+    raise TypeError(
+        f"units must be an int or a liquidjax.wirings.Wiring, got {type(units_or_wiring).__name__}"
+    )
+
+
+class LTC(AbstractODECell):
+    r"""Liquid Time-Constant cell (Hasani et al., AAAI 2021), ncps parametrisation.
+
+    Hidden state: the membrane potentials ``v`` of the wiring's ``N`` neurons. With the mapped
+    input ``x ← x ⊙ input_w + input_b`` and synapse activations
+    ``s_ij(v) = W_ij σ(sigma_ij (v_i − mu_ij))`` on the wiring's synapses ``i → j``,
+
+    $$cm_j \frac{dv_j}{dt} = gleak_j (vleak_j - v_j) + \sum_i s_{ij}(v) (erev_{ij} - v_j)
+      + \sum_k s^{sens}_{kj}(x) (erev^{sens}_{kj} - v_j).$$
+
+    The output is the first ``M`` (motor) neurons, mapped by ``output_w``, ``output_b``.
+
+    Integration over each observation interval uses `solver` (a diffrax solver object):
+    :class:`~liquidjax.solvers.FusedSemiImplicit` (ncps's scheme; default) with ``ode_unfolds``
+    constant steps runs a fused kernel with a hand-written VJP; any other diffrax solver (Euler,
+    Tsit5, Kvaerno5, ...) runs through ``diffrax.diffeqsolve`` with ``ode_unfolds`` constant steps,
+    or adaptively when `stepsize_controller` is a ``diffrax.PIDController``.
+
+    **Arguments:**
+    - `input_size`: number of input features ``I``.
+    - `units`: an int (a fully connected wiring) or a :class:`liquidjax.wirings.Wiring`.
+    - `input_mapping`, `output_mapping`: ``"affine"`` (default), ``"linear"`` or ``"none"``.
+    - `ode_unfolds`: constant steps per observation interval (ncps default 6).
+    - `epsilon`: denominator guard of the fused step (ncps default ``1e-8``).
+    - `implicit_param_constraints`: ``True`` (default, like ncps's ``LTC`` wrapper): ``w``,
+      ``sensory_w``, ``cm``, ``gleak`` are softplus of the stored values. ``False``: used as stored;
+      keep them non-negative with :func:`liquidjax.nonnegative_projection` in the optax chain.
+    - `solver`: a diffrax solver (default ``FusedSemiImplicit(epsilon)``).
+    - `stepsize_controller`: default ``diffrax.ConstantStepSize()``.
+    - `adjoint`: diffrax adjoint for gradients through ``diffeqsolve`` (default
+      ``RecursiveCheckpointAdjoint()``; ``BacksolveAdjoint()`` for O(1) memory).
+    - `max_steps`: step budget of an adaptive solve per interval.
+    - `key`: PRNG key for the initial parameters (keyword-only).
+
+    **Example:**
+    ```python
+    cell = LTC(3, 8, key=jax.random.key(0))
+    v1 = cell.advance(cell.init_state(), jnp.ones(3), 0.0, 1.0)
+    ```
+    """
+
+    input_size: int = eqx.field(static=True)
+    state_size: int = eqx.field(static=True)
+    output_size: int = eqx.field(static=True)
+    gleak: Float[Array, " N"]
+    vleak: Float[Array, " N"]
+    cm: Float[Array, " N"]
+    w: Float[Array, "N N"]
+    sigma: Float[Array, "N N"]
+    mu: Float[Array, "N N"]
+    erev: Float[Array, "N N"]
+    sensory_w: Float[Array, "I N"]
+    sensory_sigma: Float[Array, "I N"]
+    sensory_mu: Float[Array, "I N"]
+    sensory_erev: Float[Array, "I N"]
+    mask: Bool[Array, "N N"]
+    sensory_mask: Bool[Array, "I N"]
+    input_w: Float[Array, " I"] | None
+    input_b: Float[Array, " I"] | None
+    output_w: Float[Array, " M"] | None
+    output_b: Float[Array, " M"] | None
+    input_mapping: str = eqx.field(static=True)
+    output_mapping: str = eqx.field(static=True)
+    ode_unfolds: int = eqx.field(static=True)
+    epsilon: float = eqx.field(static=True)
+    implicit_param_constraints: bool = eqx.field(static=True)
+    solver: diffrax.AbstractSolver
+    stepsize_controller: diffrax.AbstractStepSizeController
+    adjoint: diffrax.AbstractAdjoint
+    max_steps: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        units: Any,
+        *,
+        input_mapping: Mapping = "affine",
+        output_mapping: Mapping = "affine",
+        ode_unfolds: int = 6,
+        epsilon: float = 1e-8,
+        implicit_param_constraints: bool = True,
+        solver: diffrax.AbstractSolver | None = None,
+        stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+        adjoint: diffrax.AbstractAdjoint | None = None,
+        max_steps: int = 4096,
+        dtype: Any = jnp.float32,
+        key: PRNGKeyArray,
+    ):
+        from ..solvers import FusedSemiImplicit
+
+        if not isinstance(input_size, (int, np.integer)) or input_size <= 0:
+            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        for name, m in (("input_mapping", input_mapping), ("output_mapping", output_mapping)):
+            if m not in _MAPPINGS:
+                raise ValueError(f"{name} must be one of {_MAPPINGS}, got {m!r}")
+        if not isinstance(ode_unfolds, (int, np.integer)) or ode_unfolds < 1:
+            raise ValueError(f"ode_unfolds must be a positive int, got {ode_unfolds!r}")
+        wiring = _built_wiring(units, int(input_size))
+        n, m, i = wiring.units, wiring.output_dim, int(input_size)
+        self.input_size, self.state_size, self.output_size = i, n, m
+
+        keys = dict(zip(_INIT_RANGES, jax.random.split(key, len(_INIT_RANGES))))
+        shapes = {"gleak": (n,), "vleak": (n,), "cm": (n,), "w": (n, n), "sigma": (n, n),
+                  "mu": (n, n), "sensory_w": (i, n), "sensory_sigma": (i, n), "sensory_mu": (i, n)}
+
+        def init(name):
+            lo, hi = _INIT_RANGES[name]
+            return jax.random.uniform(keys[name], shapes[name], dtype, lo, hi)
+
+        self.gleak, self.vleak, self.cm = init("gleak"), init("vleak"), init("cm")
+        self.w, self.sigma, self.mu = init("w"), init("sigma"), init("mu")
+        self.sensory_w, self.sensory_sigma = init("sensory_w"), init("sensory_sigma")
+        self.sensory_mu = init("sensory_mu")
+        adj = np.asarray(wiring.adjacency_matrix)
+        sadj = np.asarray(wiring.sensory_adjacency_matrix)
+        self.erev = jnp.asarray(adj, dtype)
+        self.sensory_erev = jnp.asarray(sadj, dtype)
+        self.mask = jnp.asarray(adj != 0)
+        self.sensory_mask = jnp.asarray(sadj != 0)
+        affine_in, affine_out = input_mapping == "affine", output_mapping == "affine"
+        self.input_w = None if input_mapping == "none" else jnp.ones((i,), dtype)
+        self.input_b = jnp.zeros((i,), dtype) if affine_in else None
+        self.output_w = None if output_mapping == "none" else jnp.ones((m,), dtype)
+        self.output_b = jnp.zeros((m,), dtype) if affine_out else None
+        self.input_mapping, self.output_mapping = input_mapping, output_mapping
+        self.ode_unfolds, self.epsilon = int(ode_unfolds), float(epsilon)
+        self.implicit_param_constraints = bool(implicit_param_constraints)
+        self.solver = FusedSemiImplicit(self.epsilon) if solver is None else solver
+        self.stepsize_controller = (
+            diffrax.ConstantStepSize() if stepsize_controller is None else stepsize_controller
+        )
+        self.adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+        self.max_steps = int(max_steps)
+
+    def __check_init__(self):
+        n, i = self.state_size, self.input_size
+        expected = {"gleak": (n,), "vleak": (n,), "cm": (n,), "w": (n, n), "sigma": (n, n),
+                    "mu": (n, n), "erev": (n, n), "mask": (n, n), "sensory_w": (i, n),
+                    "sensory_sigma": (i, n), "sensory_mu": (i, n), "sensory_erev": (i, n),
+                    "sensory_mask": (i, n)}
+        for name, shape in expected.items():
+            got = getattr(self, name).shape
+            if got != shape:
+                raise ValueError(f"LTC.{name} has shape {got}, expected {shape}")
+        if not (0 < self.output_size <= n):
+            raise ValueError(f"output_size must be in [1, {n}], got {self.output_size}")
+
+    # ----------------------------------------------------------------------------- parameters
+    def _positive(self, x):
+        return jax.nn.softplus(x) if self.implicit_param_constraints else x
+
+    def effective_params(self) -> LTCParams:
+        """The parameters the dynamics use: positivity applied, non-synapses zeroed."""
+        return LTCParams(
+            w=jnp.where(self.mask, self._positive(self.w), 0),
+            sigma=self.sigma,
+            mu=self.mu,
+            erev=self.erev,
+            sensory_w=jnp.where(self.sensory_mask, self._positive(self.sensory_w), 0),
+            sensory_sigma=self.sensory_sigma,
+            sensory_mu=self.sensory_mu,
+            sensory_erev=self.sensory_erev,
+            gleak=self._positive(self.gleak),
+            vleak=self.vleak,
+            cm=self._positive(self.cm),
+        )
+
+    def map_input(self, x: Float[Array, " I"]) -> Float[Array, " I"]:
+        """The affine/linear input map ``x ⊙ input_w + input_b``."""
+        if self.input_w is not None:
+            x = x * self.input_w
+        if self.input_b is not None:
+            x = x + self.input_b
+        return x
+
+    # ------------------------------------------------------------------------------ contract
+    def init_state(self) -> Float[Array, " N"]:
+        return jnp.zeros((self.state_size,), self.gleak.dtype)
+
+    def output(self, state: Float[Array, " N"]) -> Float[Array, " M"]:
+        out = state[: self.output_size]
+        if self.output_w is not None:
+            out = out * self.output_w
+        if self.output_b is not None:
+            out = out + self.output_b
+        return out
+
+    def conductances(self, t, y, args):
+        """``(num, den, cm)`` of ``cm dv/dt = num − den v``; ``args`` is the raw observation (an
+        array) or a ``diffrax.AbstractPath`` evaluated at ``t``."""
+        x = args.evaluate(t) if isinstance(args, diffrax.AbstractPath) else args
+        p = self.effective_params()
+        x = self.map_input(x)
+        s_sens = p.sensory_w * sigmoid(p.sensory_sigma * (x[:, None] - p.sensory_mu))
+        s = p.w * sigmoid(p.sigma * (y[:, None] - p.mu))
+        num = p.gleak * p.vleak + jnp.sum(s_sens * p.sensory_erev, 0) + jnp.sum(s * p.erev, 0)
+        den = p.gleak + jnp.sum(s_sens, 0) + jnp.sum(s, 0)
+        return num, den, p.cm
+
+    def system_time_constant(self, y: Float[Array, " N"], x: Float[Array, " I"]) -> Float[Array, " N"]:
+        """τ_sys = cm / (gleak + Σ synaptic conductances): the neurons' instantaneous ("liquid")
+        time constants at state ``y`` under observation ``x``."""
+        _, den, cm = self.conductances(0.0, y, x)
+        return cm / den
+
+    @property
+    def uses_fused_kernel(self) -> bool:
+        """Whether :meth:`advance` takes the fused fast path (fused solver, constant steps)."""
+        from ..solvers import FusedSemiImplicit
+
+        return isinstance(self.solver, FusedSemiImplicit) and isinstance(
+            self.stepsize_controller, diffrax.ConstantStepSize
+        )
+
+    def advance(self, state, x, t0, t1, *, key=None):
+        del key
+        if self.uses_fused_kernel:
+            dt = jnp.asarray(t1, state.dtype) - jnp.asarray(t0, state.dtype)
+            return fused_ltc_step(
+                self.effective_params(), self.map_input(x), state, dt,
+                self.ode_unfolds, self.solver.epsilon,
+            )
+        return self.solve(state, x, t0, t1).ys[-1]
+
+    def solve(self, y0, args, t0, t1, saveat: diffrax.SaveAt | None = None, jump_ts=None):
+        """Integrate the LTC ODE from ``t0`` to ``t1`` with ``diffrax.diffeqsolve`` and this cell's
+        solver, controller and adjoint. ``args``: the raw observation (held) or a path.
+
+        Constant step sizes take ``ode_unfolds`` steps of ``(t1 − t0) / ode_unfolds``; an adaptive
+        controller starts from that step and stops at ``jump_ts`` (observation times) when given.
+
+        **Returns:** the ``diffrax.Solution`` (``.ys``, ``.stats`` with ``num_steps``).
+        """
+        from ..solvers import make_term
+
+        saveat = diffrax.SaveAt(t1=True) if saveat is None else saveat
+        controller = self.stepsize_controller
+        if jump_ts is not None and isinstance(controller, diffrax.PIDController):
+            controller = eqx.tree_at(lambda c: c.jump_ts, controller, jump_ts,
+                                     is_leaf=lambda z: z is None)
+        dtype = y0.dtype
+        t0 = jnp.asarray(t0, dtype)
+        t1 = jnp.asarray(t1, dtype)
+        return diffrax.diffeqsolve(
+            make_term(self), self.solver, t0, t1, (t1 - t0) / self.ode_unfolds, y0, args,
+            saveat=saveat, stepsize_controller=controller, adjoint=self.adjoint,
+            max_steps=self.max_steps,
+        )
+
+
+def nonnegative_mask(model: Any) -> Any:
+    """A pytree of bools like ``model``: ``True`` on the LTC parameters that must stay ≥ 0 when
+    ``implicit_param_constraints=False`` (``w``, ``sensory_w``, ``cm``, ``gleak``)."""
+    def is_ltc(x):
+        return isinstance(x, LTC)
+
+    def mark(sub):
+        if not is_ltc(sub):
+            return jax.tree_util.tree_map(lambda _: False, sub)
+        flags = jax.tree_util.tree_map(lambda _: False, sub)
+        if not sub.implicit_param_constraints:
+            for name in POSITIVE_PARAMS:
+                flags = eqx.tree_at(lambda c, n=name: getattr(c, n), flags, True)
+        return flags
+
+    return jax.tree_util.tree_map(mark, model, is_leaf=is_ltc)
+
+
+def project_nonnegative(model: Any) -> Any:
+    """Clip the constrained LTC parameters of ``model`` at zero (ncps ``apply_weight_constraints``)."""
+    flags = nonnegative_mask(model)
+    return jax.tree_util.tree_map(
+        lambda p, f: jnp.maximum(p, 0) if f else p, model, flags,
+        is_leaf=lambda z: z is None,
+    )

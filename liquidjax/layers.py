@@ -1,0 +1,243 @@
+"""The sequence layer: a liquid cell run over one sequence of observations."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+
+from .cells._base import AbstractCell, AbstractODECell
+
+Interpolation = Literal["hold", "linear", "cubic"]
+_INTERPOLATIONS = ("hold", "linear", "cubic")
+
+
+def _where_tree(pred, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+class LiquidRNN(eqx.Module):
+    r"""Runs a liquid cell over one unbatched sequence (``jax.vmap`` adds the batch).
+
+    Observation ``k`` carries the input ``x_k`` and the elapsed time ``Δt_k`` since observation
+    ``k − 1`` (ncps "timespans"; default 1.0; the sequence starts at ``t = 0``).
+
+    * ``interpolation="hold"`` (ncps semantics, default): ``x_k`` is held over ``(T_{k−1}, T_k]``;
+      a ``lax.scan`` calls ``cell.advance`` once per observation. Works for every cell.
+    * ``"linear"`` / ``"cubic"``: the inputs form a continuous path (diffrax linear interpolation or
+      backward-Hermite cubic) and one ``diffeqsolve`` integrates an ODE cell over the whole
+      sequence, saving the state at the observation times (``SaveAt(ts=T)``).
+
+    A boolean ``mask`` marks valid steps: a masked step leaves the state unchanged and its output
+    is zero, so a padded batch gives the same result as each sequence alone (in continuous modes
+    the mask must be a prefix: valid steps, then padding).
+
+    **Arguments:**
+    - `cell`: any :class:`~liquidjax.AbstractCell`.
+    - `proj`: optional ``eqx.nn.Linear`` applied to every output (ncps ``proj_size``; the state is
+      never projected).
+    - `return_sequences`: return every step's output (default) or only the last one.
+    - `interpolation`: ``"hold"``, ``"linear"`` or ``"cubic"``.
+    - `check_inputs`: check at run time that inputs are finite and valid timespans positive
+      (``eqx.error_if``; cheap, on by default).
+
+    **Returns** (of ``__call__``): ``(outputs, final_state)`` with outputs of shape
+    ``(L, out)`` (or ``(out,)`` without `return_sequences`).
+
+    **Example:**
+    ```python
+    rnn = LiquidRNN(LTC(3, 8, key=jax.random.key(0)))
+    ys, h = rnn(jnp.ones((20, 3)))                         # (20, 8), (8,)
+    ys, h = jax.vmap(rnn)(xs_batch, timespans_batch)       # per-example timespans
+    ```
+    """
+
+    cell: AbstractCell
+    proj: eqx.nn.Linear | None = None
+    return_sequences: bool = eqx.field(default=True, static=True)
+    interpolation: str = eqx.field(default="hold", static=True)
+    check_inputs: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
+            )
+        if self.interpolation != "hold" and not isinstance(self.cell, AbstractODECell):
+            raise ValueError(
+                f"interpolation={self.interpolation!r} integrates the cell's ODE over a continuous "
+                f"input path, which needs an ODE cell (e.g. LTC); {type(self.cell).__name__} "
+                "advances in closed form: use interpolation='hold'"
+            )
+        if self.proj is not None and self.proj.in_features != self.cell.output_size:
+            raise ValueError(
+                f"proj expects {self.proj.in_features} features but the cell outputs "
+                f"{self.cell.output_size}"
+            )
+
+    @property
+    def output_size(self) -> int:
+        return self.cell.output_size if self.proj is None else self.proj.out_features
+
+    def _readout(self, state):
+        y = self.cell.output(state)
+        return y if self.proj is None else self.proj(y)
+
+    def _validate(self, x, timespans, mask, state):
+        c = self.cell.input_size
+        if x.ndim != 2 or x.shape[1] != c:
+            hint = " (batch with jax.vmap)" if x.ndim == 3 else ""
+            raise ValueError(f"expected x of shape (time, {c}), got {x.shape}{hint}")
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("x has no time steps (shape (0, ...)); expected at least one")
+        if timespans is None:
+            timespans = jnp.ones((n,), x.dtype)
+        else:
+            timespans = jnp.asarray(timespans)
+            if timespans.ndim == 0:
+                timespans = jnp.broadcast_to(timespans, (n,))
+            if timespans.shape != (n,):
+                raise ValueError(
+                    f"expected timespans of shape ({n},) (one elapsed time per step of x), "
+                    f"got {timespans.shape}"
+                )
+            if not jnp.issubdtype(timespans.dtype, jnp.floating):
+                timespans = timespans.astype(x.dtype)
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            if mask.shape != (n,) or mask.dtype != jnp.bool_:
+                raise ValueError(
+                    f"expected a boolean mask of shape ({n},), got {mask.dtype} {mask.shape}"
+                )
+        expected = jax.eval_shape(self.cell.init_state)
+        if state is None:
+            state = self.cell.init_state()
+        else:
+            got = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state)
+            if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(expected) or any(
+                a.shape != b.shape
+                for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected))
+            ):
+                raise ValueError(
+                    f"expected an initial state like {_describe(expected)}, got {_describe(got)}"
+                )
+        if self.check_inputs:
+            x = eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), "x contains NaN or inf")
+            valid = timespans > 0
+            bad = ~valid if mask is None else mask & ~valid
+            timespans = eqx.error_if(
+                timespans, jnp.any(bad), "timespans must be positive at every valid step"
+            )
+            if mask is not None and self.interpolation != "hold":
+                mask = eqx.error_if(
+                    mask, jnp.any(mask[1:] & ~mask[:-1]),
+                    "with a continuous input path the mask must be a prefix (valid steps, then padding)",
+                )
+        return x, timespans, mask, state
+
+    def __call__(
+        self,
+        x: Float[Array, "time input"],
+        timespans: Float[Array, " time"] | None = None,
+        mask: Bool[Array, " time"] | None = None,
+        state: PyTree[Array] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Array, PyTree[Array]]:
+        """Run the cell over ``x`` (shape ``(L, input_size)``).
+
+        **Arguments:**
+        - `x`: the observations.
+        - `timespans`: elapsed time per step, shape ``(L,)`` (or a scalar); default 1.0.
+        - `mask`: boolean ``(L,)``, ``True`` on valid steps; default all valid.
+        - `state`: the initial state (default: the cell's zero state); pass the final state of a
+          previous call to continue a stream.
+        - `key`: PRNG key for dropout during training.
+
+        **Returns:** ``(outputs, final_state)``.
+        """
+        x, timespans, mask, state = self._validate(x, timespans, mask, state)
+        if self.interpolation == "hold":
+            return self._run_held(x, timespans, mask, state, key)
+        return self._run_continuous(x, timespans, mask, state)
+
+    def _run_held(self, x, timespans, mask, state, key):
+        n = x.shape[0]
+        keys = None if key is None else jax.random.split(key, n)
+        zero = jnp.zeros((), timespans.dtype)
+
+        def step(h, inp):
+            xk, dt, mk, kk = inp
+            h_new = self.cell.advance(h, xk, zero, dt, key=kk)
+            if mk is not None:
+                h_new = _where_tree(mk, h_new, h)
+            if not self.return_sequences:
+                return h_new, None
+            y = self._readout(h_new)
+            return h_new, (y if mk is None else jnp.where(mk, y, 0))
+
+        h, ys = jax.lax.scan(step, state, (x, timespans, mask, keys))
+        return (ys if self.return_sequences else self._readout(h)), h
+
+    def _run_continuous(self, x, timespans, mask, state):
+        from .solvers import make_term
+
+        cell = self.cell
+        assert isinstance(cell, AbstractODECell)
+        if mask is not None:
+            # Padding steps get unit spacing so the path's knots stay strictly increasing; states
+            # saved at valid observation times never see them (steps stop at every knot).
+            timespans = jnp.where(mask, timespans, 1)
+        dtype = state.dtype
+        ts = jnp.cumsum(timespans.astype(dtype))
+        knots = jnp.concatenate([jnp.zeros((1,), dtype), ts])
+        values = jnp.concatenate([x[:1], x], axis=0)  # held before the first observation
+        if self.interpolation == "linear":
+            path = diffrax.LinearInterpolation(knots, values)
+        else:
+            path = diffrax.CubicInterpolation(
+                knots, diffrax.backward_hermite_coefficients(knots, values)
+            )
+        controller = cell.stepsize_controller
+        unfolds = getattr(cell, "ode_unfolds", 1)
+        if isinstance(controller, diffrax.ConstantStepSize):
+            frac = jnp.arange(unfolds, dtype=dtype) / unfolds
+            grid = (knots[:-1, None] + frac[None, :] * timespans.astype(dtype)[:, None]).reshape(-1)
+            controller, dt0 = diffrax.StepTo(jnp.concatenate([grid, ts[-1:]])), None
+        else:
+            if isinstance(controller, diffrax.PIDController):
+                controller = eqx.tree_at(lambda c: c.jump_ts, controller, ts,
+                                         is_leaf=lambda z: z is None)
+            dt0 = timespans[0].astype(dtype) / unfolds
+        sol = diffrax.diffeqsolve(
+            make_term(cell), cell.solver, knots[0], ts[-1], dt0, state, path,
+            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller,
+            adjoint=getattr(cell, "adjoint", diffrax.RecursiveCheckpointAdjoint()),
+            max_steps=getattr(cell, "max_steps", 4096),
+        )
+        hs = sol.ys
+        if mask is None:
+            h = hs[-1]
+        else:
+            last = jnp.maximum(jnp.sum(mask) - 1, 0)
+            h = jnp.where(jnp.any(mask), hs[last], state)
+        if not self.return_sequences:
+            return self._readout(h), h
+        ys = jax.vmap(self._readout)(hs)
+        if mask is not None:
+            ys = jnp.where(mask[:, None], ys, 0)
+        return ys, h
+
+
+def _describe(tree) -> str:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if len(leaves) == 1 and not isinstance(tree, (tuple, list)):
+        return f"an array of shape {tuple(leaves[0].shape)}"
+    shapes = ", ".join(str(tuple(leaf.shape)) for leaf in leaves)
+    return f"a {type(tree).__name__} of arrays with shapes ({shapes})"
+
