@@ -1,0 +1,6 @@
+"""Wirings: which neurons of a liquid network connect, and with which sign (ncps-compatible)."""
+
+from ._dense import FullyConnected as FullyConnected, Random as Random
+from ._draw import draw as draw
+from ._ncp import AutoNCP as AutoNCP, NCP as NCP
+from ._wiring import Wiring as Wiring
