@@ -1,0 +1,33 @@
+"""Data for liquidjax: image datasets (tfds without TensorFlow, or the original files), images as
+sequences, seeded resumable batching, and synthetic irregularly-sampled sequence tasks."""
+
+from ._batching import Batch as Batch, Loader as Loader
+from ._dataset import ImageDataset as ImageDataset, split_validation as split_validation
+from ._errors import (
+    DatasetFormatError as DatasetFormatError,
+    DatasetUnavailableError as DatasetUnavailableError,
+)
+from ._load import (
+    ImageTask as ImageTask,
+    ImageTransform as ImageTransform,
+    load_dataset as load_dataset,
+    load_image_task as load_image_task,
+)
+from ._local import (
+    find_local as find_local,
+    load_cifar10_local as load_cifar10_local,
+    load_idx as load_idx,
+    read_idx as read_idx,
+)
+from ._sequences import (
+    ImageSequencer as ImageSequencer,
+    augment_crop_flip as augment_crop_flip,
+    channel_stats as channel_stats,
+)
+from ._synthetic import (
+    SequenceData as SequenceData,
+    irregular_sine as irregular_sine,
+    noisy_oscillator as noisy_oscillator,
+    two_spirals as two_spirals,
+)
+from ._tfds import load_tfds as load_tfds, network_reason as network_reason
