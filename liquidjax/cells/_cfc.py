@@ -62,7 +62,8 @@ def _linear(in_features: int, out_features: int, *, key: PRNGKeyArray) -> eqx.nn
     # ncps: torch's default bias init U(+-1/sqrt(in)) (= equinox's), Xavier-uniform weight.
     wkey, lkey = jr.split(key)
     linear = eqx.nn.Linear(in_features, out_features, key=lkey)
-    return eqx.tree_at(lambda l: l.weight, linear, _xavier_uniform(wkey, (out_features, in_features)))
+    weight = _xavier_uniform(wkey, (out_features, in_features))
+    return eqx.tree_at(lambda l: l.weight, linear, weight)
 
 
 def _choice_error(what: str, value: object, valid: tuple[str, ...] | list[str]) -> ValueError:
@@ -97,7 +98,8 @@ class CfC(AbstractCell):
       ``"silu"``, ``"relu"``, ``"tanh"`` or ``"gelu"`` (exact erf form, as torch).
     - `backbone_units`: width ``U`` of each backbone layer.
     - `backbone_layers`: number of backbone blocks (``0``: no backbone).
-    - `backbone_dropout`: dropout rate in ``[0, 1)``.
+    - `backbone_dropout`: dropout rate in ``[0, 1)`` (no effect with fewer than 2 blocks, as
+      in ncps).
     - `sparsity_mask`: optional boolean ``(H, cat)`` mask multiplied into the ``ff1``/``ff2``
       weights only (used by :class:`WiredCfC`; ``cat`` is the head input width).
     - `key`: PRNG key for the initialisation (Xavier-uniform weights, as ncps).
@@ -112,7 +114,7 @@ class CfC(AbstractCell):
     """
 
     backbone: tuple[eqx.nn.Linear, ...]
-    dropout: eqx.nn.Dropout
+    dropout: eqx.nn.Dropout | None
     ff1: eqx.nn.Linear
     ff2: eqx.nn.Linear | None
     time_a: eqx.nn.Linear | None
@@ -122,6 +124,7 @@ class CfC(AbstractCell):
     sparsity_mask: Bool[Array, "units cat"] | None
     activation: Callable[[Array], Array] = eqx.field(static=True)
     mode: str = eqx.field(static=True)
+    backbone_dropout: float = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
     state_size: int = eqx.field(static=True)
     output_size: int = eqx.field(static=True)
@@ -168,7 +171,11 @@ class CfC(AbstractCell):
         self.backbone = tuple(
             _linear(widths[i], widths[i + 1], key=keys[i]) for i in range(backbone_layers)
         )
-        self.dropout = eqx.nn.Dropout(float(backbone_dropout))
+        self.backbone_dropout = float(backbone_dropout)
+        # ncps has Dropout modules only after blocks >= 2; without any, the cell holds only
+        # arrays (plain `jax.jit`/`jax.grad` work on it, not just the `eqx.filter_*` versions).
+        use_dropout = backbone_dropout > 0 and backbone_layers >= 2
+        self.dropout = eqx.nn.Dropout(self.backbone_dropout) if use_dropout else None
         cat = widths[-1]
         hkeys = keys[backbone_layers:]
         self.ff1 = _linear(cat, units, key=hkeys[0])
@@ -247,10 +254,11 @@ class CfC(AbstractCell):
             raise ValueError(f"expected state of shape ({self.state_size},), got {state.shape}")
         dt = jnp.asarray(t1) - jnp.asarray(t0)
         z = jnp.concatenate([x, state])
-        keys = [None] * len(self.backbone) if key is None else list(jr.split(key, len(self.backbone)))
+        n = len(self.backbone)
+        keys = [None] * n if key is None else list(jr.split(key, n))
         for i, (linear, k) in enumerate(zip(self.backbone, keys)):
             z = self.activation(linear(z))
-            if i >= 1:  # ncps places Dropout only after blocks >= 2.
+            if i >= 1 and self.dropout is not None:  # ncps: Dropout only after blocks >= 2.
                 z = self.dropout(z, key=k, inference=True if k is None else None)
         ff1 = self._masked(self.ff1, z)
         if self.mode == "pure":

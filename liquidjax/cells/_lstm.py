@@ -104,7 +104,8 @@ class MixedMemory(AbstractCell):
     The state is the pair ``(h, c)``. Per observation the LSTM first runs on the raw input,
     then the liquid cell advances from the LSTM's new ``h``:
 
-    $$ (\tilde h, c') = \mathrm{LSTM}(x; h, c),\qquad h' = \mathrm{cell.advance}(\tilde h, x, t_0, t_1) $$
+    $$ (\tilde h, c') = \mathrm{LSTM}(x; h, c),\qquad
+       h' = \mathrm{cell.advance}(\tilde h, x, t_0, t_1) $$
 
     Works with any :class:`AbstractCell` whose state is a vector of size ``state_size``
     (CfC, WiredCfC, LTC, ...).

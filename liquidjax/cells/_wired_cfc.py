@@ -59,7 +59,9 @@ class WiredCfC(AbstractCell):
     - `key`: PRNG key for the initialisation.
 
     **Returns:** :meth:`advance` returns the new layer-ordered state ``(units,)``;
-    :meth:`output` its last ``layer_sizes[-1]`` entries.
+    :meth:`output` its last ``layer_sizes[-1]`` entries. The built wiring is kept as the static
+    field ``wiring`` (it must be hashable, as ``liquidjax.wirings`` are); ``neuron_ids[k]`` is
+    the wiring neuron held in state entry ``k``.
 
     ```python
     cell = WiredCfC(5, AutoNCP(16, 4), key=jax.random.key(0))
@@ -68,6 +70,7 @@ class WiredCfC(AbstractCell):
     """
 
     layers: tuple[CfC, ...]
+    wiring: Any = eqx.field(static=True)
     layer_sizes: tuple[int, ...] = eqx.field(static=True)
     neuron_ids: tuple[int, ...] = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
@@ -120,6 +123,7 @@ class WiredCfC(AbstractCell):
             CfC(n_in, n, mode=mode, backbone_layers=0, sparsity_mask=m, key=k)
             for n_in, n, m, k in zip(in_sizes, sizes, masks, keys)
         )
+        self.wiring = wiring
         self.layer_sizes = tuple(int(s) for s in sizes)
         self.neuron_ids = tuple(
             int(i) for layer in range(wiring.num_layers) for i in wiring.get_neurons_of_layer(layer)

@@ -56,7 +56,7 @@ def _cfc_entries(
     cell: CfC, prefix: str, get: _Getter, indices: list[int] | None = None
 ) -> dict[str, tuple[_Getter, tuple]]:
     if indices is None:
-        dropout = isinstance(cell.dropout.p, (int, float)) and cell.dropout.p > 0
+        dropout = cell.backbone_dropout > 0
         indices = [_backbone_index(k, dropout) for k in range(len(cell.backbone))]
     out: dict[str, tuple[_Getter, tuple]] = {}
     for k, linear in enumerate(cell.backbone):
@@ -80,9 +80,6 @@ def _entries(cell: CfC | WiredCfC, prefix: str) -> dict[str, tuple[_Getter, tupl
 
 
 def _load(cell: Any, sd: Mapping[str, Any], entries: dict[str, tuple[_Getter, tuple]]) -> Any:
-    missing = [k for k in entries if k not in sd]
-    if missing:
-        raise ValueError(f"state dict lacks {missing} (present: {sorted(sd)})")
     getters, values = [], []
     for key, (getter, ncps_shape) in entries.items():
         value = _to_numpy(sd[key])
@@ -179,13 +176,17 @@ def cfc_from_state_dict(
             mkey = f"{prefix}layer_{l}.sparsity_mask"
             if mkey in sd and not np.array_equal(_to_numpy(sd[mkey]) != 0, np.asarray(mask)):
                 raise ValueError(f"{mkey} differs from the mask of the given wiring")
+    missing = [k for k in entries if k not in sd]
     extra = [
         k
         for k in sd
         if k.startswith(prefix) and k not in entries and not k.endswith("sparsity_mask")
     ]
-    if extra:
-        raise ValueError(f"state dict keys {extra} do not belong to a {mode!r}-mode cell")
+    if missing or extra:
+        raise ValueError(
+            f"the state dict does not fit a mode={mode!r} {type(cell).__name__}: "
+            f"missing {missing}, unexpected {extra}"
+        )
     return _load(cell, sd, entries)
 
 
@@ -196,7 +197,8 @@ def cfc_to_state_dict(cell: CfC | WiredCfC, *, prefix: str = "rnn_cell.") -> dic
 
     **Returns:** ``{key: np.ndarray}`` in ncps shapes, ready for ``torch.from_numpy``.
     """
-    out = {k: np.asarray(g(cell)).reshape(shape) for k, (g, shape) in _entries(cell, prefix).items()}
+    entries = _entries(cell, prefix)
+    out = {k: np.asarray(g(cell)).reshape(shape) for k, (g, shape) in entries.items()}
     if isinstance(cell, WiredCfC):
         for l, mask in enumerate(cell.masks):
             out[f"{prefix}layer_{l}.sparsity_mask"] = np.asarray(mask).astype(np.float32)
@@ -212,7 +214,7 @@ def cfc_ncps_kwargs(cell: CfC | WiredCfC) -> dict[str, Any]:
         "activation": activation_name(cell.activation),
         "backbone_units": cell.backbone_units or 128,
         "backbone_layers": cell.backbone_layers,
-        "backbone_dropout": float(cell.dropout.p),
+        "backbone_dropout": cell.backbone_dropout,
     }
 
 
@@ -240,7 +242,11 @@ def lstm_from_state_dict(sd: Mapping[str, Any], prefix: str = "lstm.") -> LSTMCe
     if n != 4 * hidden:
         raise ValueError(f"{key}: expected shape (4H, H), got {(n, hidden)}")
     lstm = LSTMCell(int(inputs), int(hidden), key=jr.key(0))
-    return _load(lstm, sd, _lstm_entries(lstm, prefix))
+    entries = _lstm_entries(lstm, prefix)
+    missing = [k for k in entries if k not in sd]
+    if missing:
+        raise ValueError(f"state dict lacks {missing}")
+    return _load(lstm, sd, entries)
 
 
 def lstm_to_state_dict(lstm: LSTMCell, prefix: str = "lstm.") -> dict[str, np.ndarray]:
