@@ -94,13 +94,27 @@ class FusedSemiImplicit(diffrax.AbstractSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
-        num, den, cm = terms.conductances(t0, y0, args)
+        num, den, cm = _liquid_term(terms).conductances(t0, y0, args)
         cm_t = cm / (t1 - t0)
         y1 = (cm_t * y0 + num) / (cm_t + den + self.epsilon)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
+
+
+def _liquid_term(terms) -> LiquidTerm:
+    # diffeqsolve wraps terms (e.g. in a WrapTerm that handles the direction of integration);
+    # the fused step integrates forward in time and needs the cell's conductance split.
+    inner = terms
+    while not isinstance(inner, LiquidTerm) and hasattr(inner, "term"):
+        inner = inner.term
+    if not isinstance(inner, LiquidTerm):
+        raise TypeError(
+            "FusedSemiImplicit needs a LiquidTerm (the conductance split of a liquid ODE cell), "
+            f"got {type(terms).__name__}; use it through a liquidjax cell or make_term(cell)"
+        )
+    return inner
 
 
 _SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {

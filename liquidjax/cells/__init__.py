@@ -1,6 +1,9 @@
 from ._base import AbstractCell as AbstractCell, AbstractODECell as AbstractODECell
+from ._cfc import CfC as CfC
+from ._lstm import LSTMCell as LSTMCell, MixedMemory as MixedMemory
 from ._ltc import (
     LTC as LTC,
     nonnegative_mask as nonnegative_mask,
     project_nonnegative as project_nonnegative,
 )
+from ._wired_cfc import WiredCfC as WiredCfC

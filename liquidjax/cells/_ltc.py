@@ -9,8 +9,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._static import StaticArray, replace_fields
 from ._base import AbstractODECell
 from ._ltc_kernel import LTCParams, fused_ltc_step, sigmoid
 
@@ -101,8 +102,8 @@ class LTC(AbstractODECell):
     sensory_sigma: Float[Array, "I N"]
     sensory_mu: Float[Array, "I N"]
     sensory_erev: Float[Array, "I N"]
-    mask: Bool[Array, "N N"]
-    sensory_mask: Bool[Array, "I N"]
+    mask: StaticArray = eqx.field(static=True)  # bool (N, N): synapse i -> j exists
+    sensory_mask: StaticArray = eqx.field(static=True)  # bool (I, N)
     input_w: Float[Array, " I"] | None
     input_b: Float[Array, " I"] | None
     output_w: Float[Array, " M"] | None
@@ -163,8 +164,8 @@ class LTC(AbstractODECell):
         sadj = np.asarray(wiring.sensory_adjacency_matrix)
         self.erev = jnp.asarray(adj, dtype)
         self.sensory_erev = jnp.asarray(sadj, dtype)
-        self.mask = jnp.asarray(adj != 0)
-        self.sensory_mask = jnp.asarray(sadj != 0)
+        self.mask = StaticArray(adj != 0)
+        self.sensory_mask = StaticArray(sadj != 0)
         affine_in, affine_out = input_mapping == "affine", output_mapping == "affine"
         self.input_w = None if input_mapping == "none" else jnp.ones((i,), dtype)
         self.input_b = jnp.zeros((i,), dtype) if affine_in else None
@@ -193,6 +194,28 @@ class LTC(AbstractODECell):
         if not (0 < self.output_size <= n):
             raise ValueError(f"output_size must be in [1, {n}], got {self.output_size}")
 
+    def with_solver(
+        self,
+        solver: diffrax.AbstractSolver | None = None,
+        *,
+        ode_unfolds: int | None = None,
+        stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+        adjoint: diffrax.AbstractAdjoint | None = None,
+        max_steps: int | None = None,
+    ) -> "LTC":
+        """The same cell (same parameters) integrated differently; ``None`` keeps a setting.
+
+        ```python
+        tsit = cell.with_solver(diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(1e-6, 1e-8))
+        ```
+        """
+        changes = dict(solver=solver, ode_unfolds=ode_unfolds,
+                       stepsize_controller=stepsize_controller, adjoint=adjoint,
+                       max_steps=max_steps)
+        if ode_unfolds is not None and (not isinstance(ode_unfolds, (int, np.integer)) or ode_unfolds < 1):
+            raise ValueError(f"ode_unfolds must be a positive int, got {ode_unfolds!r}")
+        return replace_fields(self, **{k: v for k, v in changes.items() if v is not None})
+
     # ----------------------------------------------------------------------------- parameters
     def _positive(self, x):
         return jax.nn.softplus(x) if self.implicit_param_constraints else x
@@ -200,11 +223,11 @@ class LTC(AbstractODECell):
     def effective_params(self) -> LTCParams:
         """The parameters the dynamics use: positivity applied, non-synapses zeroed."""
         return LTCParams(
-            w=jnp.where(self.mask, self._positive(self.w), 0),
+            w=jnp.where(self.mask.array, self._positive(self.w), 0),
             sigma=self.sigma,
             mu=self.mu,
             erev=self.erev,
-            sensory_w=jnp.where(self.sensory_mask, self._positive(self.sensory_w), 0),
+            sensory_w=jnp.where(self.sensory_mask.array, self._positive(self.sensory_w), 0),
             sensory_sigma=self.sensory_sigma,
             sensory_mu=self.sensory_mu,
             sensory_erev=self.sensory_erev,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._static import StaticArray, replace_fields
 from ..layers import LiquidRNN
 
 _LTC_KWARGS = {"input_mapping", "output_mapping", "ode_unfolds", "epsilon",
@@ -41,6 +42,11 @@ def _take(sd: dict[str, np.ndarray], key: str, shape: tuple[int, ...], dtype) ->
     return jnp.asarray(arr, dtype)
 
 
+def _cast(tree, dtype):
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+
 def _ltc_from_state_dict(sd, *, input_size, units, dtype, prefix="rnn_cell.", **kw):
     from ..cells import LTC
 
@@ -53,16 +59,17 @@ def _ltc_from_state_dict(sd, *, input_size, units, dtype, prefix="rnn_cell.", **
     names = [t for t in _LTC_TENSORS if getattr(cell, t) is not None]
     values = [_take(sd, prefix + t, shapes[t], dtype) for t in names]
     cell = eqx.tree_at(lambda c: [getattr(c, t) for t in names], cell, values)
-    mask = _take(sd, prefix + "sparsity_mask", (n, n), dtype) != 0
-    smask = _take(sd, prefix + "sensory_sparsity_mask", (i, n), dtype) != 0
-    return eqx.tree_at(lambda c: (c.mask, c.sensory_mask), cell, (mask, smask))
+    mask = np.asarray(_take(sd, prefix + "sparsity_mask", (n, n), dtype)) != 0
+    smask = np.asarray(_take(sd, prefix + "sensory_sparsity_mask", (i, n), dtype)) != 0
+    # Masks are static configuration: rebuild the cell around them rather than tree_at.
+    return replace_fields(cell, mask=StaticArray(mask), sensory_mask=StaticArray(smask))
 
 
 def _ltc_to_state_dict(cell, prefix="rnn_cell.") -> dict[str, np.ndarray]:
     sd = {prefix + t: np.asarray(getattr(cell, t), np.float32) for t in _LTC_TENSORS
           if getattr(cell, t) is not None}
-    sd[prefix + "sparsity_mask"] = np.asarray(cell.mask, np.float32)
-    sd[prefix + "sensory_sparsity_mask"] = np.asarray(cell.sensory_mask, np.float32)
+    sd[prefix + "sparsity_mask"] = cell.mask.array.astype(np.float32)
+    sd[prefix + "sensory_sparsity_mask"] = cell.sensory_mask.array.astype(np.float32)
     return sd
 
 
@@ -119,15 +126,15 @@ def from_ncps(
     elif kind == "cfc":
         from ._cfc import cfc_from_state_dict
 
-        cell = cfc_from_state_dict(sd, input_size=input_size, units=units, dtype=dtype,
-                                   **ncps_kwargs)
+        cell = _cast(cfc_from_state_dict(sd, input_size=input_size, units=units, **ncps_kwargs),
+                     dtype)
     else:
         raise ValueError(f"kind must be 'ltc' or 'cfc', got {kind!r}")
     if mixed:
         from ..cells import MixedMemory
         from ._cfc import lstm_from_state_dict
 
-        cell = MixedMemory(cell, lstm_from_state_dict(sd, prefix="lstm.", dtype=dtype))
+        cell = MixedMemory(cell, _cast(lstm_from_state_dict(sd, prefix="lstm."), dtype))
     proj = None
     if proj_size is not None:
         out = cell.output_size
