@@ -157,6 +157,7 @@ def load_idx(directory: str | os.PathLike, split: str, *, name: str = "mnist") -
 # ------------------------------------------------------------------------------------- CIFAR-10
 
 _NUMPY_GLOBALS = {
+    ("_codecs", "encode"),  # Python 3 protocol-2 pickles store bytes as latin-1 text
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy._core.multiarray", "_reconstruct"),
