@@ -190,15 +190,21 @@ def cfc_from_state_dict(
     return _load(cell, sd, entries)
 
 
-def cfc_to_state_dict(cell: CfC | WiredCfC, *, prefix: str = "rnn_cell.") -> dict[str, np.ndarray]:
+def cfc_to_state_dict(
+    cell: CfC | WiredCfC, *, prefix: str = "rnn_cell.", dtype: Any = np.float32
+) -> dict[str, np.ndarray]:
     """The ncps ``CfC`` state-dict entries (keys under `prefix`) of a CfC or WiredCfC.
 
     Wired cells also get their ``layer_{l}.sparsity_mask`` (float32, as ncps stores it).
 
+    **Arguments:** `dtype`: of the parameter arrays (``None``: keep the cell's).
+
     **Returns:** ``{key: np.ndarray}`` in ncps shapes, ready for ``torch.from_numpy``.
     """
     entries = _entries(cell, prefix)
-    out = {k: np.asarray(g(cell)).reshape(shape) for k, (g, shape) in entries.items()}
+    out = {
+        k: np.asarray(g(cell), dtype=dtype).reshape(shape) for k, (g, shape) in entries.items()
+    }
     if isinstance(cell, WiredCfC):
         for l, mask in enumerate(cell.masks):
             out[f"{prefix}layer_{l}.sparsity_mask"] = np.asarray(mask).astype(np.float32)
@@ -249,6 +255,10 @@ def lstm_from_state_dict(sd: Mapping[str, Any], prefix: str = "lstm.") -> LSTMCe
     return _load(lstm, sd, entries)
 
 
-def lstm_to_state_dict(lstm: LSTMCell, prefix: str = "lstm.") -> dict[str, np.ndarray]:
-    """The ncps state-dict entries (keys under `prefix`) of an :class:`LSTMCell`."""
-    return {k: np.asarray(g(lstm)) for k, (g, _) in _lstm_entries(lstm, prefix).items()}
+def lstm_to_state_dict(
+    lstm: LSTMCell, prefix: str = "lstm.", *, dtype: Any = np.float32
+) -> dict[str, np.ndarray]:
+    """The ncps state-dict entries (keys under `prefix`) of an :class:`LSTMCell`, as `dtype`
+    (``None``: keep the cell's)."""
+    entries = _lstm_entries(lstm, prefix)
+    return {k: np.asarray(g(lstm), dtype=dtype) for k, (g, _) in entries.items()}
