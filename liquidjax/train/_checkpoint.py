@@ -1,0 +1,255 @@
+"""Checkpoints: one self-describing file per save, written atomically.
+
+File layout (``ckpt-<step>.ljx``)::
+
+    b"LIQUIDJAX-CKPT\\n"            magic
+    8 bytes, little-endian         length H of the header
+    H bytes                        JSON header: format version, step/epoch, data-order state,
+                                   model + train config, payload length and SHA-256, ...
+    payload                        eqx.tree_serialise_leaves of the TrainState
+
+A save writes ``.ckpt-<step>.ljx.tmp``, fsyncs it, ``os.replace``-s it to its final name and
+fsyncs the directory; only then are checkpoints beyond the newest ``keep`` deleted. A process
+killed at any point therefore leaves every earlier checkpoint intact, and at worst a stale
+temporary file (ignored, and cleaned up by the next save).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+MAGIC = b"LIQUIDJAX-CKPT\n"
+FORMAT_VERSION = 1
+SUFFIX = ".ljx"
+_NAME = re.compile(r"^ckpt-(\d+)\.ljx$")
+_TMP = re.compile(r"^\.ckpt-(\d+)\.ljx\.tmp$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: missing, corrupt, of another format, or for another model.
+
+    The message names the file and what is wrong (for a config mismatch: each differing field
+    with the checkpoint's and the requested value).
+
+    **Attributes:** `path` — the offending file.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        super().__init__(f"checkpoint {self.path}: {problem}")
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    return Path(directory) / f"ckpt-{int(step):09d}{SUFFIX}"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """The checkpoint files in `directory`, oldest first (by step)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), d / p) for p in os.listdir(d) if (m := _NAME.match(p))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest checkpoint in `directory`, or ``None``."""
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _to_host(tree: Any) -> Any:
+    # Replicated global arrays are fully addressable on every process; gather to NumPy once.
+    return jax.tree_util.tree_map(
+        lambda x: np.asarray(jax.device_get(x)) if eqx.is_array(x) else x, tree
+    )
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    state: Any,
+    header: dict[str, Any],
+    *,
+    keep: int = 3,
+) -> Path:
+    """Atomically write `state` (a pytree, e.g. a :class:`TrainState`) with `header` metadata.
+
+    **Arguments:**
+    - `directory`: where checkpoints live (created if needed).
+    - `state`: the pytree to save; ``header["step"]`` names the file.
+    - `header`: JSON-serialisable metadata (must contain ``"step"``).
+    - `keep`: keep this many newest checkpoints; older ones are removed after the new one is
+      complete.
+
+    **Returns:** the path written. Only process 0 writes in a multi-process run.
+
+    **Example:**
+    ```python
+    path = save_checkpoint("runs/x/checkpoints", state, {"step": 100, "epoch": 1})
+    ```
+    """
+    d = Path(directory)
+    path = checkpoint_path(d, header["step"])
+    host_state = _to_host(state)
+    if jax.process_index() != 0:
+        return path
+    d.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, host_state)
+    payload = buf.getvalue()
+    full = dict(header)
+    full.update(
+        format_version=FORMAT_VERSION,
+        payload_bytes=len(payload),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        written_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    head = json.dumps(full, sort_keys=True).encode()
+    tmp = d / f".{path.name}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(MAGIC)
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(d)
+    for old in list_checkpoints(d)[:-keep] if keep > 0 else []:
+        if old != path:
+            old.unlink(missing_ok=True)
+    for name in os.listdir(d):  # temporaries of a killed earlier save
+        if _TMP.match(name) and name != tmp.name:
+            (d / name).unlink(missing_ok=True)
+    return path
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a checkpoint (no payload check). Raises :class:`CheckpointError`."""
+    header, _ = _read(path, with_payload=False)
+    return header
+
+
+def _read(path: str | os.PathLike, *, with_payload: bool) -> tuple[dict[str, Any], bytes]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(p, "no such file")
+    with open(p, "rb") as f:
+        magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            raise CheckpointError(p, "not a liquidjax checkpoint (bad magic bytes)")
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(p, "truncated header")
+        (n,) = struct.unpack("<Q", raw)
+        head = f.read(n)
+        if len(head) != n:
+            raise CheckpointError(p, f"truncated header: expected {n} bytes, got {len(head)}")
+        try:
+            header = json.loads(head)
+        except ValueError as e:
+            raise CheckpointError(p, f"corrupt header ({e})") from None
+        version = header.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CheckpointError(
+                p, f"format version {version!r}, this liquidjax reads version {FORMAT_VERSION}"
+            )
+        payload = f.read() if with_payload else b""
+    if with_payload:
+        want = header.get("payload_bytes")
+        if len(payload) != want:
+            raise CheckpointError(
+                p, f"truncated payload: expected {want} bytes, got {len(payload)}"
+            )
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest != header.get("payload_sha256"):
+            raise CheckpointError(
+                p, f"checksum mismatch (payload SHA-256 {digest}, header says "
+                f"{header.get('payload_sha256')}): the file is corrupt"
+            )
+    return header, payload
+
+
+def config_mismatches(saved: dict[str, Any], wanted: dict[str, Any], fields=None) -> list[str]:
+    """``"name: checkpoint has A, requested B"`` for each differing field."""
+    names = sorted(set(saved) | set(wanted)) if fields is None else list(fields)
+    out = []
+    for k in names:
+        a, b = saved.get(k), wanted.get(k)
+        if json.loads(json.dumps(a)) != json.loads(json.dumps(b)):
+            out.append(f"{k}: checkpoint has {a!r}, requested {b!r}")
+    return out
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    like: Any,
+    *,
+    model_config: dict[str, Any] | None = None,
+    prefix: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Read a checkpoint into a pytree shaped like `like`, after checking it.
+
+    **Arguments:**
+    - `path`: the checkpoint file.
+    - `like`: a pytree with the same structure, shapes and dtypes (e.g. a fresh
+      :class:`TrainState` of the same model and optimiser).
+    - `model_config`: if given, must equal the checkpoint's ``"model_config"``.
+    - `prefix`: read only the first leaves of the payload, as many as `like` has (e.g. just the
+      model of a saved :class:`TrainState`, whose first field it is).
+
+    **Returns:** ``(state, header)``.
+
+    Raises :class:`CheckpointError` naming the file and the problem: bad magic or version,
+    truncation, checksum mismatch, a different model config (each differing field), or leaves
+    whose shapes/dtypes do not match.
+
+    **Example:**
+    ```python
+    state, header = load_checkpoint(latest_checkpoint("runs/x/checkpoints"), fresh_state)
+    ```
+    """
+    header, payload = _read(path, with_payload=True)
+    if model_config is not None:
+        diff = config_mismatches(header.get("model_config") or {}, model_config)
+        if diff:
+            raise CheckpointError(
+                path, "it was written for a different model:\n  " + "\n  ".join(diff)
+            )
+    stream = io.BytesIO(payload)
+    try:
+        state = eqx.tree_deserialise_leaves(stream, like)
+        if not prefix and stream.tell() != len(payload):
+            raise ValueError(
+                f"{len(payload) - stream.tell()} bytes left over after the expected leaves"
+            )
+    except Exception as e:  # equinox raises various errors for structural mismatches
+        raise CheckpointError(
+            path, f"its contents do not match the expected model/optimiser state ({e})"
+        ) from None
+    return state, header

@@ -1,0 +1,475 @@
+"""``fit`` and ``evaluate``: the training loop around :func:`~liquidjax.train.train_step`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..data import Loader
+from ._checkpoint import (
+    CheckpointError,
+    config_mismatches,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ._config import TRAJECTORY_FIELDS, TrainConfig, make_optimizer, make_schedule
+from ._logging import RunLogger, plot_curves
+from ._sharding import DataParallel
+from ._step import TrainState, eval_step, model_uses_dropout, train_step
+
+_OPTIONAL = ("timespans", "mask")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayData:
+    """A labelled split held in host memory: what :func:`fit` and :func:`evaluate` read.
+
+    **Arguments:**
+    - `x`: inputs, shape ``(n, ...)`` (e.g. ``(n, L, C)`` sequences or ``(n, H, W, C)`` images),
+      in the dtype the model takes.
+    - `y`: integer labels ``(n,)``.
+    - `timespans`: optional ``(n, L)`` elapsed times per step.
+    - `mask`: optional boolean ``(n, L)``, ``True`` on valid steps.
+
+    **Example:**
+    ```python
+    data = ArrayData(x=np.zeros((64, 10, 3), np.float32), y=np.zeros(64, np.int32))
+    ```
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    timespans: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = len(self.x)
+        y = np.asarray(self.y)
+        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"y must be integer labels of shape ({n},), got {y.dtype} {y.shape}")
+        object.__setattr__(self, "y", y.astype(np.int32, copy=False))
+        for name in _OPTIONAL:
+            v = getattr(self, name)
+            if v is not None and np.shape(v)[:1] != (n,):
+                raise ValueError(f"{name} must have {n} rows like x, got shape {np.shape(v)}")
+
+    def __len__(self) -> int:
+        return int(len(self.x))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """``x``, ``y`` and the optional arrays present, as a dict."""
+        out = {"x": self.x, "y": self.y}
+        for name in _OPTIONAL:
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = v
+        return out
+
+    def loader(self, batch_size: int, *, seed: int = 0, train: bool = True) -> Loader:
+        """A :class:`liquidjax.data.Loader` over these arrays: shuffled full batches for training,
+        or the stored order with a padded, masked last batch for evaluation."""
+        return Loader(self.arrays(), batch_size, seed=seed, shuffle=train, drop_last=train)
+
+
+DataLike = Union[Loader, ArrayData]
+
+
+def batch_dict(data: Any) -> dict[str, np.ndarray]:
+    """The ``{"x", "y", "timespans"?, "mask"?}`` dict of a loader batch's data pytree: a dict, an
+    ``(x, y)`` tuple (image tasks), or a named tuple with ``x``, ``y`` and optionally
+    ``timespans``/``mask`` (:class:`liquidjax.data.SequenceData`)."""
+    if isinstance(data, dict):
+        d = dict(data)
+    elif hasattr(data, "_fields"):
+        d = data._asdict()
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        d = {"x": data[0], "y": data[1]}
+    else:
+        raise ValueError(
+            f"cannot read a batch from {type(data).__name__}: expected a dict, an (x, y) tuple, "
+            "or a named tuple with fields x, y (and optionally timespans, mask)"
+        )
+    if "x" not in d or "y" not in d:
+        raise ValueError(f"a batch needs 'x' and 'y', got fields {sorted(d)}")
+    y = np.asarray(d["y"])
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"the classifier trainer needs integer class labels of shape (batch,), got "
+            f"{y.dtype} {y.shape} (regression targets are not supported here)"
+        )
+    out = {"x": np.asarray(d["x"]), "y": y.astype(np.int32, copy=False)}
+    for name in _OPTIONAL:
+        if d.get(name) is not None:
+            out[name] = np.asarray(d[name])
+    return out
+
+
+def _as_loader(data: DataLike, batch_size: int, seed: int, train: bool) -> Loader:
+    if isinstance(data, ArrayData):
+        return data.loader(batch_size, seed=seed, train=train)
+    if data.batch_size != batch_size:
+        raise ValueError(
+            f"the {'training' if train else 'evaluation'} loader has batch_size "
+            f"{data.batch_size}, but the config asks for {batch_size}"
+        )
+    if train and not data.drop_last:
+        raise ValueError("the training loader must drop the last partial batch (drop_last=True)")
+    return data
+
+
+def _rows(batch: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in batch.items()}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss (or gradient) became NaN/inf.
+
+    **Attributes:** `step` (1-based step), `epoch` (1-based), `checkpoint` (the last good
+    checkpoint, or ``None``).
+    """
+
+    def __init__(self, step: int, epoch: int, checkpoint: Path | None):
+        self.step, self.epoch, self.checkpoint = step, epoch, checkpoint
+        where = (
+            f"the last good checkpoint is {checkpoint} (nothing was written after it)"
+            if checkpoint is not None else "no checkpoint had been written yet"
+        )
+        super().__init__(
+            f"non-finite loss or gradient at step {step} (epoch {epoch}); training stopped "
+            f"before applying that update. {where}. Try a lower learning rate, gradient "
+            "clipping (clip_norm), or check the data for extreme values."
+        )
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    **Attributes:** `model` (trained), `state` (the final :class:`TrainState`), `history` (one
+    dict per finished epoch: losses, accuracies, time, throughput), `checkpoint` (the last one
+    written), `out_dir`, `plot` (the curves PNG, if written).
+    """
+
+    model: Any
+    state: TrainState
+    history: list[dict[str, Any]]
+    checkpoint: Path | None
+    out_dir: Path | None
+    plot: Path | None
+
+
+def _read(state: TrainState) -> dict[str, Any]:
+    loss_sum, correct, count, bad, step = jax.device_get(
+        (state.loss_sum, state.correct, state.count, state.bad_step, state.step)
+    )
+    count = int(count)
+    return {
+        "loss": float(loss_sum) / count if count else float("nan"),
+        "accuracy": int(correct) / count if count else float("nan"),
+        "count": count,
+        "bad_step": int(bad),
+        "step": int(step),
+    }
+
+
+def evaluate(
+    model: Any,
+    data: DataLike,
+    *,
+    batch_size: int = 256,
+    parallel: DataParallel | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy of `model` on `data` (inference mode: no dropout).
+
+    The last partial batch is padded with zero-weight rows, so every batch has one shape (one
+    compile). Sums stay on device; the host reads them once.
+
+    **Arguments:**
+    - `model`: a classifier ``model(x, timespans, mask, *, key) -> logits``.
+    - `data`: an :class:`ArrayData`, or an evaluation :class:`liquidjax.data.Loader`
+      (unshuffled, padded last batch; its batch size wins).
+    - `batch_size`: evaluation batch size for an :class:`ArrayData` (divisible by the device
+      count).
+    - `parallel`: the :class:`DataParallel` to shard over (default: all devices).
+
+    **Returns:** ``{"loss", "accuracy", "count"}``.
+
+    **Example:**
+    ```python
+    evaluate(model, test_data, batch_size=512)["accuracy"]
+    ```
+    """
+    dp = DataParallel.create() if parallel is None else parallel
+    if isinstance(data, Loader):
+        batch_size = data.batch_size
+    loader = _as_loader(data, batch_size, 0, train=False)
+    dp.check_batch_size(batch_size, "eval batch size")
+    if loader.num_examples == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    model = dp.replicate(model)
+    sums = jax.device_put(jnp.zeros((3,), jnp.float32), dp.replicated)
+    rows = dp.local_rows(batch_size)
+    for b in loader.epoch(0):
+        batch = batch_dict(b.data)
+        batch["weight"] = b.mask.astype(np.float32)
+        sums = eval_step(model, dp.shard_batch(_rows(batch, rows), batch_size), sums)
+    loss_sum, correct, count = (float(v) for v in jax.device_get(sums))
+    return {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
+
+
+def _resolve_resume(resume: Any, ckpt_dir: Path | None) -> Path | None:
+    if resume is None or resume is False:
+        return None
+    if resume is True or resume == "latest":
+        if ckpt_dir is None:
+            raise ValueError("resume='latest' needs an out_dir holding checkpoints")
+        return latest_checkpoint(ckpt_dir)
+    return Path(resume)
+
+
+def fit(
+    model: Any,
+    train_data: DataLike,
+    config: TrainConfig,
+    *,
+    val_data: DataLike | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool | str | os.PathLike | None = None,
+    model_config: dict[str, Any] | None = None,
+    extra_header: dict[str, Any] | None = None,
+    progress: str = "auto",
+    parallel: DataParallel | None = None,
+) -> FitResult:
+    """Train `model` on `train_data`: shuffled batches, one jitted step each, checkpoints.
+
+    Batches come from a :class:`liquidjax.data.Loader` (an :class:`ArrayData` is wrapped in
+    one seeded with ``config.seed``): batch ``s`` of epoch ``e`` depends only on the loader's
+    seed, ``e`` and ``s``, so the data position is just ``(e, s)``; step ``k`` draws its dropout keys from ``fold_in(key(seed), k)``.
+    Metrics stay on device and are read every ``log_every`` steps; a checkpoint (model,
+    optimiser state, step, RNG, epoch/batch position, configs) is written at the end of every
+    epoch and every ``checkpoint_every`` steps, so a run killed at any point and resumed from
+    its last checkpoint reaches bit-identical parameters.
+
+    **Arguments:**
+    - `model`: the model (e.g. from :func:`liquidjax.models.build_model`).
+    - `train_data`: an :class:`ArrayData` or a training :class:`liquidjax.data.Loader`
+      (``drop_last=True``, batch size ``config.batch_size``).
+    - `val_data`: optional validation data (an :class:`ArrayData` or an evaluation loader),
+      evaluated after every epoch.
+    - `config`: a :class:`TrainConfig`.
+    - `optimizer`: any ``optax.GradientTransformation`` (default :func:`make_optimizer`).
+    - `out_dir`: run directory for ``checkpoints/``, ``metrics.jsonl`` and ``curves.png``
+      (``None``: nothing written).
+    - `resume`: ``True``/``"latest"`` (the newest checkpoint in ``out_dir/checkpoints``; starts
+      afresh if there is none) or a checkpoint path.
+    - `model_config`: JSON-ready description of the model, stored in checkpoints and checked on
+      resume (:meth:`liquidjax.models.ModelConfig.to_dict`).
+    - `extra_header`: more JSON metadata for the checkpoints (e.g. the dataset options).
+    - `progress`: ``"auto"``, ``"bar"``, ``"plain"`` or ``"none"``.
+    - `parallel`: a :class:`DataParallel` (default: every device).
+
+    **Returns:** a :class:`FitResult`.
+
+    Raises :class:`NonFiniteLossError` (naming the step) if the loss becomes non-finite, and
+    :class:`CheckpointError` for an unusable checkpoint.
+
+    **Example:**
+    ```python
+    result = fit(model, train, TrainConfig(epochs=2), val_data=val, out_dir="runs/demo")
+    ```
+    """
+    dp = DataParallel.create() if parallel is None else parallel
+    B = config.batch_size
+    dp.check_batch_size(B)
+    eval_bs = config.eval_batch_size or B
+    dp.check_batch_size(eval_bs, "eval_batch_size")
+    n = len(train_data) if isinstance(train_data, ArrayData) else train_data.num_examples
+    if n < B:
+        raise ValueError(f"batch_size={B} is larger than the training set ({n} examples)")
+    loader = _as_loader(train_data, B, config.seed, train=True)
+    steps_per_epoch = loader.num_batches
+    total_steps = config.epochs * steps_per_epoch
+    schedule = None
+    if optimizer is None:
+        optimizer = make_optimizer(config, total_steps)
+        schedule = make_schedule(config, total_steps)
+
+    run_dir = None if out_dir is None else Path(out_dir)
+    ckpt_dir = None if run_dir is None else run_dir / "checkpoints"
+    logger = RunLogger(run_dir, progress=progress)
+    train_key = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
+    state = TrainState.create(model, optimizer, train_key)
+    epoch0, batch0 = 0, 0
+    last_ckpt: Path | None = None
+
+    ckpt = _resolve_resume(resume, ckpt_dir)
+    if ckpt is not None:
+        state, header = load_checkpoint(ckpt, state, model_config=model_config)
+        diff = config_mismatches(header.get("train_config") or {}, config.to_dict(),
+                                 TRAJECTORY_FIELDS)
+        data_state = header.get("data") or {}
+        if data_state.get("seed") != loader.seed:
+            diff.append(f"data seed: checkpoint has {data_state.get('seed')!r}, "
+                        f"requested {loader.seed}")
+        if data_state.get("num_examples") != n:
+            diff.append(f"training examples: checkpoint has {data_state.get('num_examples')!r}, "
+                        f"requested {n}")
+        if diff:
+            raise CheckpointError(
+                ckpt, "it belongs to a run with different training settings:\n  "
+                + "\n  ".join(diff)
+            )
+        epoch0, batch0 = int(data_state["epoch"]), int(data_state["batch"])
+        last_ckpt = ckpt
+        logger.message(f"resumed from {ckpt} (step {header['step']}, epoch {epoch0 + 1}, "
+                       f"batch {batch0})")
+    elif resume and ckpt_dir is not None:
+        logger.message(f"no checkpoint in {ckpt_dir}; starting from scratch")
+    state = dp.replicate(state)
+    step = int(jax.device_get(state.step))
+
+    use_key = model_uses_dropout(model)
+    header_base = {
+        "model_config": model_config,
+        "train_config": config.to_dict(),
+        "num_devices": dp.num_devices,
+        **(extra_header or {}),
+    }
+    logger.record("start", step=step, resumed_from=None if ckpt is None else str(ckpt),
+                  devices=[str(d) for d in dp.mesh.devices.flat], steps_per_epoch=steps_per_epoch,
+                  **{k: v for k, v in header_base.items() if k != "num_devices"})
+
+    def save(epoch: int, batch: int) -> Path | None:
+        nonlocal last_ckpt
+        if ckpt_dir is None:
+            return None
+        header = dict(header_base, step=step, epoch=epoch, data={
+            "epoch": epoch, "batch": batch, "seed": loader.seed, "num_examples": n,
+            "batch_size": B})
+        last_ckpt = save_checkpoint(ckpt_dir, state, header, keep=config.keep_checkpoints)
+        return last_ckpt
+
+    def check(read: dict[str, Any], epoch: int) -> None:
+        if read["bad_step"] >= 0:
+            logger.end_epoch()
+            err = NonFiniteLossError(read["bad_step"], epoch + 1, last_ckpt)
+            logger.record("nonfinite", step=read["bad_step"], epoch=epoch + 1,
+                          checkpoint=None if last_ckpt is None else str(last_ckpt))
+            raise err
+
+    history: list[dict[str, Any]] = []
+    rows = dp.local_rows(B)
+    compile_s = None
+    stop = config.max_steps is not None and step >= config.max_steps
+    for epoch in range(epoch0, config.epochs):
+        if stop:
+            break
+        start_b = batch0 if epoch == epoch0 else 0
+        if start_b == 0:
+            state = state.reset_epoch_metrics()
+        logger.start_epoch(epoch + 1, config.epochs, steps_per_epoch, start_b)
+        t_epoch, steps_timed = time.perf_counter(), 0
+        b = start_b
+        for item in loader.epoch(epoch, start_step=start_b):
+            b = item.step
+            batch = dp.shard_batch(_rows(batch_dict(item.data), rows), B)
+            state = train_step(state, optimizer, batch, use_key=use_key,
+                               label_smoothing=config.label_smoothing, replicated=dp.replicated)
+            step += 1
+            logger.advance()
+            if compile_s is None:
+                # One sync at the start of the run separates compile time from throughput.
+                jax.block_until_ready(state.step)
+                compile_s = time.perf_counter() - t_epoch
+                logger.record("compiled", step=step, seconds=round(compile_s, 3))
+                t_epoch = time.perf_counter()
+            else:
+                steps_timed += 1
+            at_end = b == steps_per_epoch - 1
+            hit_max = config.max_steps is not None and step >= config.max_steps
+            want_ckpt = config.checkpoint_every is not None and step % config.checkpoint_every == 0
+            if step % config.log_every == 0 or at_end or hit_max or want_ckpt:
+                read = _read(state)
+                check(read, epoch)
+                elapsed = time.perf_counter() - t_epoch
+                shown = {"loss": read["loss"], "acc": read["accuracy"]}
+                if steps_timed and elapsed > 0:
+                    shown["ex/s"] = round(steps_timed * B / elapsed, 1)
+                if schedule is not None:
+                    shown["lr"] = float(schedule(step - 1))
+                logger.show(step, epoch + 1, shown)
+                logger.record("train", step=step, epoch=epoch + 1, loss=read["loss"],
+                              accuracy=read["accuracy"], examples_per_s=shown.get("ex/s"),
+                              lr=shown.get("lr"))
+                if (want_ckpt or hit_max) and not at_end:
+                    save(epoch, b + 1)
+            if hit_max:
+                stop = True
+                break
+        read = _read(state)
+        check(read, epoch)
+        train_time = time.perf_counter() - t_epoch
+        logger.end_epoch()
+        if stop and b != steps_per_epoch - 1:
+            break  # a partial epoch (max_steps): its checkpoint was written above
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1, "step": step, "train_loss": read["loss"],
+            "train_accuracy": read["accuracy"], "train_time_s": round(train_time, 3),
+            "examples_per_s": round(steps_timed * B / train_time, 1) if steps_timed else None,
+        }
+        if val_data is not None:
+            t0 = time.perf_counter()
+            ev = evaluate(state.model, val_data, batch_size=eval_bs, parallel=dp)
+            rec.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"],
+                       eval_time_s=round(time.perf_counter() - t0, 3))
+        path = save(epoch + 1, 0)
+        rec["checkpoint"] = None if path is None else str(path)
+        history.append(rec)
+        logger.record("epoch", **rec)
+        logger.message(
+            f"epoch {epoch + 1}/{config.epochs}: train loss {rec['train_loss']:.4f} "
+            f"acc {rec['train_accuracy']:.4f}"
+            + (f", val loss {rec['val_loss']:.4f} acc {rec['val_accuracy']:.4f}"
+               if "val_loss" in rec else "")
+            + f", {train_time:.1f} s"
+            + (f" ({rec['examples_per_s']:.0f} examples/s)" if rec["examples_per_s"] else "")
+        )
+
+    plot = None
+    if run_dir is not None and jax.process_index() == 0 and logger.path is not None \
+            and logger.path.exists():
+        plot = plot_curves(logger.path, run_dir / "curves.png")
+    logger.record("end", step=step, checkpoint=None if last_ckpt is None else str(last_ckpt),
+                  plot=None if plot is None else str(plot))
+    model_out = state.model
+    return FitResult(model=model_out, state=state, history=history, checkpoint=last_ckpt,
+                     out_dir=run_dir, plot=plot)
+
+
+def restore_model(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:
+    """Load only the model from a checkpoint written by :func:`fit` (any optimiser).
+
+    **Arguments:**
+    - `path`: the checkpoint.
+    - `like`: a model of the same configuration (e.g. ``build_model(config, key=...)``).
+
+    **Returns:** ``(model, header)``. Raises :class:`CheckpointError` like
+    :func:`load_checkpoint`.
+
+    **Example:**
+    ```python
+    model, header = restore_model("runs/x/checkpoints/ckpt-000000100.ljx", fresh_model)
+    ```
+    """
+    # TrainState serialises its model first, so the payload starts with the model's leaves.
+    return load_checkpoint(path, like, prefix=True)

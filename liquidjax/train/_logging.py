@@ -1,0 +1,140 @@
+"""Run logs: a progress bar (tqdm) on a terminal or plain lines otherwise, a JSONL metrics file,
+and a plot of the training curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import jax
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class RunLogger:
+    """Progress display plus a JSONL record of every metrics read.
+
+    **Arguments:**
+    - `out_dir`: the run directory (``metrics.jsonl`` is appended there); ``None``: no file.
+    - `progress`: ``"auto"`` (a tqdm bar when `stream` is a terminal), ``"bar"``, ``"plain"`` or
+      ``"none"``.
+    - `stream`: where the display goes (default ``sys.stderr``).
+
+    Only process 0 writes anything.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike | None, *, progress: str = "auto",
+                 stream: TextIO | None = None):
+        self.stream = sys.stderr if stream is None else stream
+        self.main = jax.process_index() == 0
+        if progress == "auto":
+            progress = "bar" if getattr(self.stream, "isatty", lambda: False)() else "plain"
+        if progress not in ("bar", "plain", "none"):
+            raise ValueError(f"progress must be one of auto, bar, plain, none; got {progress!r}")
+        self.progress = progress if self.main else "none"
+        self.path = None if out_dir is None else Path(out_dir) / "metrics.jsonl"
+        if self.path is not None and self.main:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._bar = None
+
+    # ----------------------------------------------------------------------------- records
+    def record(self, event: str, **fields: Any) -> None:
+        """Append ``{"event": event, "time": ..., **fields}`` to the JSONL file."""
+        if self.path is None or not self.main:
+            return
+        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec, allow_nan=True) + "\n")
+
+    def message(self, text: str) -> None:
+        """A line for the user (above the bar if one is shown)."""
+        if self.progress == "none":
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    # ----------------------------------------------------------------------------- progress
+    def start_epoch(self, epoch: int, epochs: int, total: int, initial: int = 0) -> None:
+        if self.progress == "bar":
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}",
+                             unit="step", file=self.stream, dynamic_ncols=True, leave=True)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def show(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
+        """Show a metrics read (bar postfix, or one plain line)."""
+        if self._bar is not None:
+            self._bar.set_postfix({k: _fmt(v) for k, v in metrics.items()}, refresh=False)
+        elif self.progress == "plain":
+            text = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+            print(f"epoch {epoch} step {step} {text}", file=self.stream, flush=True)
+
+    def end_epoch(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (a truncated last line, from a kill, is skipped)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:
+    """Plot loss and accuracy per epoch (train and validation) from a ``metrics.jsonl`` file.
+
+    **Returns:** the PNG path, or ``None`` if there is no finished epoch to plot.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # On resume an epoch may be recorded twice (before and after the kill): keep the last one.
+    epochs: dict[int, dict[str, Any]] = {}
+    for rec in read_metrics(metrics_path):
+        if rec.get("event") == "epoch":
+            epochs[int(rec["epoch"])] = rec
+    if not epochs:
+        return None
+    xs = sorted(epochs)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label, style in (("train", "train", "-o"), ("val", "validation", "-s")):
+        loss = [epochs[e].get(f"{key}_loss", math.nan) for e in xs]
+        acc = [epochs[e].get(f"{key}_accuracy", math.nan) for e in xs]
+        if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in loss):
+            continue
+        ax_loss.plot(xs, [math.nan if v is None else v for v in loss], style, label=label)
+        ax_acc.plot(xs, [math.nan if v is None else v for v in acc], style, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = Path(out_path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
