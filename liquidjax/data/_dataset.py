@@ -124,7 +124,7 @@ def split_validation(
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     n = len(dataset)
-    n_val = int(round(fraction * n))
+    n_val = round(fraction * n)
     held = np.zeros(n, bool)
     held[np.random.default_rng((seed, 0x5A11D)).permutation(n)[:n_val]] = True
     return dataset.take(np.flatnonzero(~held), "train"), dataset.take(np.flatnonzero(held), "val")

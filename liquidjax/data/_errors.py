@@ -35,16 +35,22 @@ def _format_unavailable(name: str, split: str, looked: list[str], reason: str) -
     lines += [f"  - {where}" for where in looked] or ["  - (nowhere)"]
     lines += [
         "Options:",
-        f"  1. connect to the internet once: tfds downloads and prepares {name!r} into its data "
-        "dir (preparation needs TensorFlow: pip install 'liquidjax[prepare]'); later runs are "
-        "offline;",
-        f"  2. --data-dir (data_dir=) pointing at a tfds data dir where {name!r} is already "
-        "prepared in array_record format, or at a folder with the original files "
-        "(MNIST/Fashion-MNIST: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-        "t10k-...; CIFAR-10: cifar-10-batches-py/ or cifar-10-batches-bin/);",
+        (
+            f"  1. connect to the internet once: tfds downloads and prepares {name!r} into its data "
+            "dir (preparation needs TensorFlow: pip install 'liquidjax[prepare]'); later runs are "
+            "offline;"
+        ),
+        (
+            f"  2. --data-dir (data_dir=) pointing at a tfds data dir where {name!r} is already "
+            "prepared in array_record format, or at a folder with the original files "
+            "(MNIST/Fashion-MNIST: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+            "t10k-...; CIFAR-10: cifar-10-batches-py/ or cifar-10-batches-bin/);"
+        ),
         "  3. a local archive (cifar-10-python.tar.gz or cifar-10-binary.tar.gz) in that folder;",
-        "  4. for Fashion-MNIST offline: apt-get install dataset-fashion-mnist, then "
-        "--data-dir /usr/share/datasets/fashion-mnist.",
+        (
+            "  4. for Fashion-MNIST offline: apt-get install dataset-fashion-mnist, then "
+            "--data-dir /usr/share/datasets/fashion-mnist."
+        ),
     ]
     return "\n".join(lines)
 

@@ -330,7 +330,12 @@ def load_cifar10_local(path: str | os.PathLike, split: str) -> ImageDataset:
         raise DatasetFormatError(source.where, f"label {labels.max()} out of range [0, 10)")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return ImageDataset(
-        np.ascontiguousarray(images), labels, 10, "cifar10", split, f"cifar-{source.kind}:{source.where}"
+        np.ascontiguousarray(images),
+        labels,
+        10,
+        "cifar10",
+        split,
+        f"cifar-{source.kind}:{source.where}",
     )
 
 
@@ -353,7 +358,9 @@ def find_local(name: str, data_dir: str | os.PathLike) -> Path | None:
     root = Path(data_dir).expanduser()
     for candidate in (root, root / name, root / name.replace("_", "-")):
         if spec.layout == "idx":
-            if candidate.is_dir() and (_idx_pair(candidate, "train") or _idx_pair(candidate, "test")):
+            if candidate.is_dir() and (
+                _idx_pair(candidate, "train") or _idx_pair(candidate, "test")
+            ):
                 return candidate
         elif _find_cifar(candidate) is not None:
             return candidate

@@ -25,7 +25,9 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         >>> mean, std = channel_stats(train.images)  # doctest: +SKIP
     """
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"expected non-empty uint8 images (n, H, W, C), got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"expected non-empty uint8 images (n, H, W, C), got {images.dtype} {images.shape}"
+        )
     values = np.arange(256, dtype=np.float64) / 255.0
     mean, std = [], []
     for c in range(images.shape[-1]):

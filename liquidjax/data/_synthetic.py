@@ -127,7 +127,9 @@ def two_spirals(
     steps = np.where(mask, dt, 0.0)
     steps[:, 0] = 0.0
     travel = np.cumsum(steps, axis=1)
-    start = rng.uniform(0.1, 1.0, (n, 1)) * np.maximum(theta_max - travel.max(1, keepdims=True), 0.1)
+    start = rng.uniform(0.1, 1.0, (n, 1)) * np.maximum(
+        theta_max - travel.max(1, keepdims=True), 0.1
+    )
     theta = start + travel
     r = theta / theta_max
     angle = theta + np.pi * y[:, None]
