@@ -210,9 +210,12 @@ class LiquidRNN(eqx.Module):
             grid = (knots[:-1, None] + frac[None, :] * timespans.astype(dtype)[:, None]).reshape(-1)
             controller, dt0 = diffrax.StepTo(jnp.concatenate([grid, ts[-1:]])), None
         else:
-            if isinstance(controller, diffrax.PIDController):
-                controller = eqx.tree_at(lambda c: c.jump_ts, controller, ts,
-                                         is_leaf=lambda z: z is None)
+            if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController) and not isinstance(
+                controller, diffrax.ClipStepSizeController
+            ):
+                # Step exactly to every observation time: the path has a kink there (linear), and
+                # a saved state then never depends on inputs after its time (padding).
+                controller = diffrax.ClipStepSizeController(controller, step_ts=ts)
             dt0 = timespans[0].astype(dtype) / unfolds
         sol = diffrax.diffeqsolve(
             make_term(cell), cell.solver, knots[0], ts[-1], dt0, state, path,

@@ -293,28 +293,24 @@ class LTC(AbstractODECell):
             )
         return self.solve(state, x, t0, t1).ys[-1]
 
-    def solve(self, y0, args, t0, t1, saveat: diffrax.SaveAt | None = None, jump_ts=None):
+    def solve(self, y0, args, t0, t1, saveat: diffrax.SaveAt | None = None):
         """Integrate the LTC ODE from ``t0`` to ``t1`` with ``diffrax.diffeqsolve`` and this cell's
         solver, controller and adjoint. ``args``: the raw observation (held) or a path.
 
         Constant step sizes take ``ode_unfolds`` steps of ``(t1 − t0) / ode_unfolds``; an adaptive
-        controller starts from that step and stops at ``jump_ts`` (observation times) when given.
+        controller starts from that step size.
 
         **Returns:** the ``diffrax.Solution`` (``.ys``, ``.stats`` with ``num_steps``).
         """
         from ..solvers import make_term
 
         saveat = diffrax.SaveAt(t1=True) if saveat is None else saveat
-        controller = self.stepsize_controller
-        if jump_ts is not None and isinstance(controller, diffrax.PIDController):
-            controller = eqx.tree_at(lambda c: c.jump_ts, controller, jump_ts,
-                                     is_leaf=lambda z: z is None)
         dtype = y0.dtype
         t0 = jnp.asarray(t0, dtype)
         t1 = jnp.asarray(t1, dtype)
         return diffrax.diffeqsolve(
             make_term(self), self.solver, t0, t1, (t1 - t0) / self.ode_unfolds, y0, args,
-            saveat=saveat, stepsize_controller=controller, adjoint=self.adjoint,
+            saveat=saveat, stepsize_controller=self.stepsize_controller, adjoint=self.adjoint,
             max_steps=self.max_steps,
         )
 
