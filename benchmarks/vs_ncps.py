@@ -1,0 +1,381 @@
+"""liquidjax vs ncps 1.0.1 (PyTorch, CPU): train step and inference forward, side by side.
+
+For every configuration of issue 4 this script
+
+1. builds the ncps model (``ncps.torch.LTC`` / ``ncps.torch.CfC``, ``return_sequences=False``,
+   then a 10-class ``nn.Linear`` readout), copies its weights into liquidjax with
+   ``liquidjax.interop.ncps.from_ncps`` (+ the readout), and **checks that both give the same
+   cross-entropy loss and the same gradient for every parameter** — it exits with an error if
+   they do not;
+2. times the training step (forward + backward + Adam update; liquidjax: one ``eqx.filter_jit``
+   call, ``jax.block_until_ready``; torch: ``zero_grad`` / ``backward`` / ``step``) and the
+   inference forward (``torch.inference_mode`` / a jitted forward), after warm-up, as the median
+   of several repeats, with the same cores and thread count for both;
+3. prints a table (ms per step, ncps / liquidjax ratio = speed-up) and the JAX compile time.
+
+Without torch/ncps it times liquidjax alone. ``--quick`` cuts the repeats (for development);
+the full run also rewrites the ``vs_ncps`` section of ``BENCHMARKS.md``.
+
+    python benchmarks/vs_ncps.py                      # all configurations, full repeats
+    python benchmarks/vs_ncps.py --quick --config rowwise_ltc
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (must come before jax/torch: pins the threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    kind: str  # "ltc" | "cfc"
+    batch: int
+    steps: int
+    inputs: int
+    units: int
+    classes: int = 10
+    backbone_units: int = 128
+    description: str = ""
+
+
+CONFIGS: dict[str, Config] = {
+    "rowwise_ltc": Config("ltc", 128, 32, 96, 64,
+                          description="row-wise image: B128 × 32 steps × 96 in, LTC-64 FC, 6 unfolds"),
+    "rowwise_cfc": Config("cfc", 128, 32, 96, 64,
+                          description="row-wise image: B128 × 32 steps × 96 in, CfC-64, backbone 128"),
+    "long_ltc": Config("ltc", 32, 256, 3, 32,
+                       description="long sequence: B32 × 256 steps × 3 in, LTC-32 FC, 6 unfolds"),
+    "long_cfc": Config("cfc", 32, 256, 3, 32,
+                       description="long sequence: B32 × 256 steps × 3 in, CfC-32, backbone 128"),
+}
+
+# Issue 4 targets: ncps time / liquidjax time.
+TARGETS = {"ltc": 8.0, "cfc": 2.5}
+
+LOSS_RTOL = 1e-4
+GRAD_TOL = 2e-3  # max |g_jax - g_torch| <= GRAD_TOL * max |g_torch| (+ 1e-7), per tensor
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="few repeats (development)")
+    p.add_argument("--config", action="append", choices=sorted(CONFIGS),
+                   help="run only this configuration (repeatable); default: all")
+    p.add_argument("--threads", type=int, default=None,
+                   help="cores/threads for both frameworks (default: all cores of this process)")
+    p.add_argument("--repeats", type=int, default=None, help="override the number of repeats")
+    p.add_argument("--no-ncps", action="store_true", help="time liquidjax only")
+    p.add_argument("--no-md", action="store_true", help="do not rewrite BENCHMARKS.md")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON results path (default benchmarks/results/vs_ncps[_quick].json)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------- torch
+def build_torch(cfg: Config, seed: int):
+    import torch
+    from ncps.torch import CfC as TCfC
+    from ncps.torch import LTC as TLTC
+
+    torch.manual_seed(seed)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            if cfg.kind == "ltc":
+                self.rnn = TLTC(cfg.inputs, cfg.units, return_sequences=False, batch_first=True)
+            else:
+                self.rnn = TCfC(cfg.inputs, cfg.units, return_sequences=False, batch_first=True,
+                                backbone_units=cfg.backbone_units, backbone_layers=1)
+            self.fc = torch.nn.Linear(cfg.units, cfg.classes)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return self.fc(y)
+
+    return Model()
+
+
+def torch_state_dict(model) -> dict:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------ jax
+def build_jax(cfg: Config, sd: dict | None, seed: int):
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from liquidjax.interop.ncps import from_ncps
+
+    class Classifier(eqx.Module):
+        rnn: eqx.Module
+        head: eqx.nn.Linear
+
+        def __call__(self, x):
+            y, _ = self.rnn(x)  # return_sequences=False: the last output
+            return self.head(y)
+
+    kw = {} if cfg.kind == "ltc" else {"backbone_units": cfg.backbone_units, "backbone_layers": 1}
+    if sd is None:  # no torch: liquidjax's own init
+        from liquidjax.cells import LTC
+        from liquidjax.cells._cfc import CfC
+        from liquidjax.layers import LiquidRNN
+
+        k1, k2 = jax.random.split(jax.random.key(seed))
+        cell = (LTC(cfg.inputs, cfg.units, key=k1) if cfg.kind == "ltc"
+                else CfC(cfg.inputs, cfg.units, key=k1, **kw))
+        return Classifier(LiquidRNN(cell, return_sequences=False),
+                          eqx.nn.Linear(cfg.units, cfg.classes, key=k2))
+    rnn_sd = {k[len("rnn."):]: v for k, v in sd.items() if k.startswith("rnn.")}
+    rnn = from_ncps(rnn_sd, kind=cfg.kind, input_size=cfg.inputs, units=cfg.units,
+                    return_sequences=False, **kw)
+    head = eqx.nn.Linear(cfg.units, cfg.classes, key=jax.random.key(0))
+    head = eqx.tree_at(lambda h: (h.weight, h.bias), head,
+                       (jnp.asarray(sd["fc.weight"]), jnp.asarray(sd["fc.bias"])))
+    return Classifier(rnn, head)
+
+
+def jax_fns(lr: float):
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    opt = optax.adam(lr)
+
+    def loss_fn(model, x, y):
+        logits = jax.vmap(model)(x)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+    @eqx.filter_jit
+    def train_step(model, opt_state, x, y):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, x, y)
+        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    @eqx.filter_jit
+    def forward(model, x):
+        return jax.vmap(model)(x)
+
+    @eqx.filter_jit
+    def loss_and_grad(model, x, y):
+        return eqx.filter_value_and_grad(loss_fn)(model, x, y)
+
+    return opt, train_step, forward, loss_and_grad
+
+
+def jax_grads_as_state_dict(grads) -> dict:
+    import numpy as np
+
+    from liquidjax.interop.ncps import to_ncps
+
+    out = {"rnn." + k: v for k, v in to_ncps(grads.rnn).items()}
+    out["fc.weight"] = np.asarray(grads.head.weight)
+    out["fc.bias"] = np.asarray(grads.head.bias)
+    return out
+
+
+# ------------------------------------------------------------------------------------ the check
+def check_equal(cfg: Config, tmodel, jmodel, x, y, loss_and_grad) -> dict:
+    """Same loss and gradients from ncps and liquidjax, or SystemExit."""
+    import numpy as np
+    import torch
+
+    tmodel.zero_grad()
+    loss_t = torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(x)),
+                                               torch.from_numpy(y).long())
+    loss_t.backward()
+    loss_j, grads_j = loss_and_grad(jmodel, x, y)
+    loss_t, loss_j = float(loss_t.detach()), float(loss_j)
+    gj = jax_grads_as_state_dict(grads_j)
+    worst, worst_name, failures = 0.0, "", []
+    for name, p in tmodel.named_parameters():
+        if p.grad is None:
+            continue
+        gt = p.grad.numpy()
+        if name not in gj:
+            failures.append(f"{name}: no liquidjax gradient")
+            continue
+        g = np.asarray(gj[name]).reshape(gt.shape)
+        scale = float(np.abs(gt).max())
+        err = float(np.abs(g - gt).max())
+        rel = err / (scale + 1e-7)
+        if rel >= worst:
+            worst, worst_name = rel, name
+        if err > GRAD_TOL * scale + 1e-7:
+            failures.append(f"{name}: max|Δg| = {err:.3g} vs max|g| = {scale:.3g}")
+    loss_rel = abs(loss_t - loss_j) / abs(loss_t)
+    if loss_rel > LOSS_RTOL:
+        failures.insert(0, f"loss: ncps {loss_t:.7g} vs liquidjax {loss_j:.7g}")
+    if failures:
+        raise SystemExit(f"[{cfg.kind}] liquidjax and ncps disagree:\n  " + "\n  ".join(failures))
+    return {"loss_ncps": loss_t, "loss_liquidjax": loss_j, "loss_rel_diff": loss_rel,
+            "grad_max_rel_diff": worst, "grad_worst_tensor": worst_name}
+
+
+# ------------------------------------------------------------------------------------ benchmark
+def run_config(name: str, cfg: Config, *, use_ncps: bool, warmup: int, repeats: int,
+               ncps_repeats: int) -> dict:
+    import equinox as eqx
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((cfg.batch, cfg.steps, cfg.inputs)).astype(np.float32)
+    y = rng.integers(0, cfg.classes, cfg.batch).astype(np.int32)
+    lr = 1e-3
+    res: dict = {"config": name, **dataclasses.asdict(cfg)}
+
+    tmodel = build_torch(cfg, seed=0) if use_ncps else None
+    sd = torch_state_dict(tmodel) if use_ncps else None
+    jmodel = build_jax(cfg, sd, seed=0)
+    opt, train_step, forward, loss_and_grad = jax_fns(lr)
+    xj, yj = jax.device_put(x), jax.device_put(y)
+
+    if use_ncps:
+        res["check"] = check_equal(cfg, tmodel, jmodel, x, y, loss_and_grad)
+        print(f"  check: loss ncps {res['check']['loss_ncps']:.6f} liquidjax "
+              f"{res['check']['loss_liquidjax']:.6f}; max rel grad diff "
+              f"{res['check']['grad_max_rel_diff']:.1e}  OK", flush=True)
+
+    # ---- liquidjax
+    opt_state = opt.init(eqx.filter(jmodel, eqx.is_inexact_array))
+    t0 = time.perf_counter()
+    compiled_step = train_step.lower(jmodel, opt_state, xj, yj).compile()
+    res["jax_compile_train_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    forward.lower(jmodel, xj).compile()
+    res["jax_compile_forward_s"] = time.perf_counter() - t0
+    del compiled_step
+    state = [jmodel, opt_state]
+
+    def jax_train():
+        m, s, loss = train_step(state[0], state[1], xj, yj)
+        jax.block_until_ready(loss)
+        state[0], state[1] = m, s
+
+    def jax_fwd():
+        jax.block_until_ready(forward(jmodel, xj))
+
+    fns = {"jax_train": jax_train, "jax_forward": jax_fwd}
+    reps = {"jax_train": repeats, "jax_forward": repeats}
+    if use_ncps:
+        import torch
+
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
+        topt = torch.optim.Adam(tmodel.parameters(), lr=lr)
+
+        def torch_train():
+            topt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(tmodel(xt), yt)
+            loss.backward()
+            topt.step()
+
+        def torch_fwd():
+            with torch.inference_mode():
+                tmodel(xt)
+
+        fns.update(ncps_train=torch_train, ncps_forward=torch_fwd)
+        reps.update(ncps_train=ncps_repeats, ncps_forward=ncps_repeats)
+    # Round-robin over the four measurements: a burst of background load hits both frameworks.
+    res.update(_common.time_interleaved(fns, warmup=warmup, repeats=reps))
+    loss_after = float(train_step(state[0], state[1], xj, yj)[2])
+    if not np.isfinite(loss_after):
+        raise SystemExit(f"[{name}] liquidjax loss became {loss_after} after training steps")
+    if use_ncps:
+        res["speedup_train"] = res["ncps_train"]["median_ms"] / res["jax_train"]["median_ms"]
+        res["speedup_forward"] = (res["ncps_forward"]["median_ms"]
+                                  / res["jax_forward"]["median_ms"])
+    return res
+
+
+def table(results: list[dict]) -> str:
+    header = ["configuration", "what", "ncps ms", "liquidjax ms", "speed-up", "target",
+              "JAX compile s"]
+    rows = []
+    for r in results:
+        target = TARGETS[r["kind"]]
+        for what, key in (("train step", "train"), ("forward", "forward")):
+            nc = r.get(f"ncps_{key}", {}).get("median_ms")
+            jx = r[f"jax_{key}"]["median_ms"]
+            sp = r.get(f"speedup_{key}")
+            sp_s = "–" if sp is None else f"{sp:.2f}×" + (" ✓" if sp >= target else " ✗")
+            comp = r[f"jax_compile_{key}_s"] if key == "train" else r["jax_compile_forward_s"]
+            rows.append([r["config"], what, _common.fmt_ms(nc), _common.fmt_ms(jx), sp_s,
+                         f"≥ {target:g}×", f"{comp:.2f}"])
+    return _common.md_table(header, rows)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads = _common.pin_threads(args.threads)
+    import jax
+
+    use_ncps = not args.no_ncps
+    if use_ncps:
+        try:
+            import ncps.torch  # noqa: F401
+            import torch
+
+            torch.set_num_threads(threads)
+            torch.set_num_interop_threads(1)
+        except ImportError as e:
+            print(f"ncps/torch not importable ({e}); timing liquidjax only. "
+                  "Install with: pip install 'torch==2.13.0' 'ncps==1.0.1'", flush=True)
+            use_ncps = False
+
+    warmup = 2 if args.quick else 3
+    repeats = args.repeats or (5 if args.quick else 20)
+    ncps_repeats = args.repeats or (3 if args.quick else 10)
+    names = args.config or list(CONFIGS)
+    info = _common.machine_info()
+    print(f"machine: {_common.machine_line(info)}")
+    print(f"threads: {threads} (torch.set_num_threads and the CPU affinity XLA sizes its pool "
+          f"from); jax device {jax.devices()[0]}; warm-up {warmup}, repeats liquidjax {repeats}"
+          f"{f', ncps {ncps_repeats}' if use_ncps else ''} (median)", flush=True)
+
+    results = []
+    for name in names:
+        cfg = CONFIGS[name]
+        print(f"\n== {name}: {cfg.description} ({cfg.steps} steps per sequence)", flush=True)
+        r = run_config(name, cfg, use_ncps=use_ncps, warmup=warmup, repeats=repeats,
+                       ncps_repeats=ncps_repeats)
+        results.append(r)
+        for key in ("train", "forward"):
+            j = r[f"jax_{key}"]
+            line = f"  {key:8s} liquidjax {j['median_ms']:9.2f} ms (min {j['min_ms']:.1f})"
+            if use_ncps:
+                t = r[f"ncps_{key}"]
+                line += (f" | ncps {t['median_ms']:9.2f} ms (min {t['min_ms']:.1f})"
+                         f" | speed-up {r[f'speedup_{key}']:.2f}x")
+            print(line, flush=True)
+        print(f"  JAX compile: train step {r['jax_compile_train_s']:.2f} s, "
+              f"forward {r['jax_compile_forward_s']:.2f} s", flush=True)
+
+    tab = table(results)
+    print("\n" + tab)
+    payload = {"machine": info, "threads": threads, "quick": args.quick, "warmup": warmup,
+               "repeats": repeats, "ncps_repeats": ncps_repeats if use_ncps else None,
+               "command": _common.command_line(), "results": results}
+    out = args.out or _common.RESULTS / f"vs_ncps{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(__import__("json").dumps(payload, indent=2, default=str) + "\n")
+    print(f"\nwrote {out}")
+    if not args.quick and not args.no_md and use_ncps and args.config is None:
+        body = (f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `{_common.command_line()}` on "
+                f"{_common.machine_line(info)}; {threads} threads for both; median of {repeats} "
+                f"(liquidjax) / {ncps_repeats} (ncps) repeats after warm-up. Speed-up = ncps ms "
+                f"/ liquidjax ms; ✓/✗ against the issue-4 target.\n\n" + tab)
+        _common.update_benchmarks_md("vs_ncps", body)
+        print(f"updated {_common.BENCHMARKS_MD}")
+
+
+if __name__ == "__main__":
+    main()
