@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import optax
@@ -100,8 +101,12 @@ def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     """The default optimiser: global-norm clipping, then AdamW on the warm-up + cosine schedule.
+
+    Cached: the same arguments give the same object, so the jitted train step (which treats the
+    optimiser as static) is not recompiled when training is restarted in the same process.
 
     **Arguments:**
     - `config`: the :class:`TrainConfig`.

@@ -139,7 +139,10 @@ def train_step(
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
     model = project_nonnegative(eqx.combine(new_params, static))
-    ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads)) & (state.bad_step < 0)
+    # A non-finite update (e.g. from a custom optax transformation) is caught as well as a
+    # non-finite loss or gradient; the norms are a cheap reduction next to the forward pass.
+    ok = (jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+          & jnp.isfinite(optax.tree.norm(updates)) & (state.bad_step < 0))
     model = _select(ok, model, state.model)
     opt_state = _select(ok, opt_state, state.opt_state)
     if replicated is not None:

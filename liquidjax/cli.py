@@ -1,0 +1,429 @@
+"""The ``liquidjax`` command line: ``liquidjax train`` and ``liquidjax evaluate``.
+
+Thin by design: parse → configs (:class:`~liquidjax.models.ModelConfig`,
+:class:`~liquidjax.train.TrainConfig`) → data (:mod:`liquidjax.data`) → :func:`liquidjax.train.fit`.
+Strings become objects only here and in :func:`liquidjax.models.build_model`.
+
+```
+liquidjax train                                   # CfC on CIFAR-10 rows (tfds)
+liquidjax train --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist
+liquidjax train --dataset irregular_sine --cell ltc --wiring ncp --units 16 --epochs 3
+liquidjax train --resume --out-dir runs/fashion_mnist-cfc      # continue a run
+liquidjax evaluate runs/fashion_mnist-cfc --split test
+```
+
+Exit codes: 0 success; 1 a run-time failure (data unavailable or corrupt, unusable checkpoint,
+non-finite loss), with a clear message and no traceback; 2 bad command-line usage; 130
+interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .models import CELL_KINDS, MODEL_KINDS, READOUTS, WIRINGS, ModelConfig
+from .solvers import SOLVER_NAMES
+
+IMAGE_DATASETS: tuple[str, ...] = ("cifar10", "mnist", "fashion_mnist")
+SYNTHETIC_DATASETS: tuple[str, ...] = ("irregular_sine", "two_spirals")
+DATASETS: tuple[str, ...] = IMAGE_DATASETS + SYNTHETIC_DATASETS
+SEQUENCE_MODES: tuple[str, ...] = ("rows", "pixels", "patches")
+SPLITS: tuple[str, ...] = ("test", "val", "train")
+# Synthetic tasks: examples generated per split (each split from its own seed).
+SYNTHETIC_SIZES = {"train": 2048, "val": 512, "test": 512}
+SYNTHETIC_CLASSES = {"irregular_sine": 3, "two_spirals": 2}
+_VAL_SEED = 0  # the validation hold-out does not move with --seed
+
+
+class _CliError(Exception):
+    """A run-time failure reported as one message and exit code 1."""
+
+
+class _UsageError(Exception):
+    """A bad combination of flags (exit code 2)."""
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+
+    return parse
+
+
+def _float_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = True):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok or not np.isfinite(v):
+            lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise argparse.ArgumentTypeError(f"expected a number in {lb}{lo}, {hi}{rb}, got {v}")
+        return v
+
+    return parse
+
+
+def _choice(valid: tuple[str, ...], aliases: dict[str, str] | None = None):
+    """A case-insensitive choice whose error lists the valid names."""
+
+    def parse(text: str) -> str:
+        v = text.strip().lower().replace("-", "_")
+        v = (aliases or {}).get(v, v)
+        if v not in valid:
+            raise argparse.ArgumentTypeError(
+                f"unknown value {text!r}; expected one of: {', '.join(valid)}"
+            )
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``liquidjax`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="liquidjax",
+        description="Train and evaluate liquid neural networks (LTC, CfC, NCP) in JAX.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate}")
+    sub.required = True
+    pos = _int_at_least(1)
+
+    t = sub.add_parser("train", help="train a model", usage="liquidjax train [options]",
+                       description=(
+        "Train a liquid model. With no flags: a CfC on CIFAR-10 read row by row (tfds)."))
+    g = t.add_argument_group("data")
+    g.add_argument("--dataset", type=_choice(DATASETS, {"fashion": "fashion_mnist",
+                                                        "fmnist": "fashion_mnist"}),
+                   default="cifar10", help=f"one of: {', '.join(DATASETS)} (default cifar10)")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with the original files or a tfds data dir (default: tfds's)")
+    g.add_argument("--sequence", type=_choice(SEQUENCE_MODES), default="rows",
+                   help="how images become sequences: rows, pixels or patches (default rows)")
+    g.add_argument("--patch-size", type=pos, default=4, help="patch size for --sequence patches")
+    g.add_argument("--val-fraction", type=_float_in(0.0, 1.0), default=0.1,
+                   help="share of the training split held out for validation (default 0.1)")
+    g.add_argument("--augment", action="store_true", help="random crop + flip (CIFAR-10)")
+    g.add_argument("--limit-examples", type=pos, default=None,
+                   help="use only the first N training (and N validation) examples")
+    g.add_argument("--no-download", action="store_true",
+                   help="never try to download; fail at once if the data is not local")
+
+    g = t.add_argument_group("model")
+    g.add_argument("--model", type=_choice(MODEL_KINDS), default="sequence",
+                   help="sequence (liquid layers on the sequence) or conv (conv stem + liquid)")
+    g.add_argument("--cell", type=_choice(CELL_KINDS), default="cfc", help="cfc or ltc")
+    g.add_argument("--wiring", type=_choice(WIRINGS), default="fc",
+                   help="fc, ncp/autoncp or random")
+    g.add_argument("--solver", type=_choice(SOLVER_NAMES), default=None,
+                   help=f"LTC solver: {', '.join(SOLVER_NAMES)} (default fused)")
+    g.add_argument("--units", type=pos, default=64, help="neurons per liquid layer (default 64)")
+    g.add_argument("--layers", type=pos, default=1, help="stacked liquid layers (default 1)")
+    g.add_argument("--motor-neurons", type=pos, default=None,
+                   help="outputs of a wired layer (default: the number of classes if it fits)")
+    g.add_argument("--ode-unfolds", type=pos, default=6, help="LTC steps per observation")
+    g.add_argument("--backbone-units", type=pos, default=128, help="CfC backbone width")
+    g.add_argument("--backbone-layers", type=_int_at_least(0), default=1,
+                   help="CfC backbone depth")
+    g.add_argument("--mixed-memory", action="store_true", help="add an LSTM memory")
+    g.add_argument("--readout", type=_choice(READOUTS), default="last",
+                   help="last (output at the last step) or mean (mean over steps)")
+    g.add_argument("--dropout", type=_float_in(0.0, 1.0), default=0.0,
+                   help="dropout before the readout")
+
+    g = t.add_argument_group("training")
+    g.add_argument("--epochs", type=pos, default=10)
+    g.add_argument("--batch-size", type=pos, default=128)
+    g.add_argument("--lr", type=_float_in(0.0, float("inf"), lo_open=True), default=2e-3,
+                   help="peak learning rate (AdamW, warm-up + cosine; default 2e-3)")
+    g.add_argument("--weight-decay", type=_float_in(0.0, float("inf")), default=1e-4)
+    g.add_argument("--clip-norm", type=_float_in(0.0, float("inf"), lo_open=True), default=1.0)
+    g.add_argument("--seed", type=_int_at_least(0), default=0)
+    g.add_argument("--max-steps", type=pos, default=None,
+                   help="stop after N steps in total (quick runs)")
+    g.add_argument("--checkpoint-every", type=pos, default=None,
+                   help="also checkpoint every N steps (default: every epoch)")
+    g.add_argument("--log-every", type=pos, default=50,
+                   help="read metrics from the device every N steps (default 50)")
+
+    g = t.add_argument_group("output")
+    g.add_argument("--out-dir", default=None,
+                   help="run directory (default runs/<dataset>-<model>-<cell>-<wiring>)")
+    g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the newest checkpoint in --out-dir, or from CHECKPOINT")
+    g.add_argument("--progress", type=_choice(("auto", "bar", "plain", "none")), default="auto",
+                   help="progress display: auto (bar on a terminal), bar, plain, none")
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a split",
+                       usage="liquidjax evaluate CHECKPOINT [--split SPLIT] [options]",
+                       description="Report the loss and accuracy of a checkpoint on a split.")
+    e.add_argument("checkpoint", help="a checkpoint file, or a run directory (newest checkpoint)")
+    e.add_argument("--split", type=_choice(SPLITS), default="test",
+                   help="test, val or train (default test)")
+    e.add_argument("--data-dir", default=None, help="where the data is (default: as trained)")
+    e.add_argument("--batch-size", type=pos, default=256)
+    e.add_argument("--limit-examples", type=pos, default=None,
+                   help="evaluate only the first N examples of the split")
+    e.add_argument("--no-download", action="store_true")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclasses.dataclass
+class _Data:
+    train: Any  # a liquidjax.data.Loader
+    val: Any
+    test_split: Any  # () -> eval Loader, built lazily
+    input_size: int
+    num_classes: int
+    image_shape: tuple[int, int, int] | None
+    info: dict[str, Any]
+
+
+def _limit_image(ds, limit: int | None):
+    if limit is None or limit >= len(ds):
+        return ds
+    return ds.take(np.arange(limit))
+
+
+def _synthetic(name: str, split: str, seed: int, limit: int | None):
+    from . import data as ld
+
+    fn = {"irregular_sine": ld.irregular_sine, "two_spirals": ld.two_spirals}[name]
+    n = SYNTHETIC_SIZES[split]
+    if limit is not None:
+        n = min(n, limit)
+    offset = {"train": 0, "val": 1, "test": 2}[split]
+    return fn(n, seed=1000 * seed + offset)
+
+
+def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
+    from . import data as ld
+
+    if args.dataset in SYNTHETIC_DATASETS:
+        train = _synthetic(args.dataset, "train", args.seed, args.limit_examples)
+        val = _synthetic(args.dataset, "val", args.seed, args.limit_examples)
+        num_classes = SYNTHETIC_CLASSES[args.dataset]
+        return _Data(
+            train=ld.Loader(train, batch_size, seed=args.seed, shuffle=True, drop_last=True),
+            val=ld.Loader(val, eval_batch, shuffle=False, drop_last=False),
+            test_split=None,
+            input_size=int(train.x.shape[-1]),
+            num_classes=num_classes,
+            image_shape=None,
+            info={"dataset": args.dataset, "synthetic_seed": args.seed,
+                  "limit_examples": args.limit_examples},
+        )
+    if args.model == "conv" and args.sequence == "patches":
+        raise _UsageError("--model conv reads whole images: use --sequence rows or pixels")
+    task = ld.load_image_task(
+        args.dataset, data_dir=args.data_dir, download=not args.no_download, mode=args.sequence,
+        patch_size=args.patch_size, val_fraction=args.val_fraction, seed=_VAL_SEED,
+    )
+    task = dataclasses.replace(task, train=_limit_image(task.train, args.limit_examples),
+                               val=_limit_image(task.val, args.limit_examples))
+    seq = task.sequencer
+    val = task.eval_loader("val", eval_batch) if len(task.val) else None
+    return _Data(
+        train=task.train_loader(batch_size, seed=args.seed, augment=args.augment),
+        val=val,
+        test_split=lambda: task.eval_loader("test", eval_batch),
+        input_size=int(task.sequence_shape[1]),
+        num_classes=task.num_classes,
+        image_shape=tuple(task.train.image_shape),
+        info={"dataset": args.dataset, "data_dir": None if args.data_dir is None else str(
+            Path(args.data_dir).resolve()), "sequence": args.sequence,
+            "patch_size": args.patch_size, "val_fraction": args.val_fraction,
+            "val_seed": _VAL_SEED, "limit_examples": args.limit_examples,
+            "augment": args.augment, "mean": seq.mean.tolist(), "std": seq.std.tolist(),
+            "source": task.train.source},
+    )
+
+
+# ----------------------------------------------------------------------------------------- train
+def _train(args) -> int:
+    import equinox as eqx
+    import jax
+
+    from . import data as ld
+    from . import train as lt
+    from .models import build_model
+
+    try:
+        tconfig = lt.TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+            weight_decay=args.weight_decay, clip_norm=args.clip_norm, seed=args.seed,
+            log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+            max_steps=args.max_steps,
+        )
+        parallel = lt.DataParallel.create()
+        parallel.check_batch_size(args.batch_size)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    eval_batch = max(args.batch_size, 256 - 256 % parallel.num_devices)
+
+    out_dir = Path(args.out_dir or f"runs/{args.dataset}-{args.model}-{args.cell}-{args.wiring}")
+    existing = lt.list_checkpoints(out_dir / "checkpoints")
+    if existing and args.resume is None:
+        raise _CliError(
+            f"{out_dir} already holds checkpoints (newest: {existing[-1].name}); pass --resume to "
+            "continue that run, or choose another --out-dir (nothing was overwritten)"
+        )
+    data = _load_data(args, args.batch_size, eval_batch)
+    try:
+        mconfig = ModelConfig(
+            input_size=data.input_size, num_classes=data.num_classes, kind=args.model,
+            cell=args.cell, units=args.units, wiring=args.wiring,
+            motor_neurons=args.motor_neurons, layers=args.layers, readout=args.readout,
+            dropout=args.dropout, mixed_memory=args.mixed_memory, solver=args.solver,
+            ode_unfolds=args.ode_unfolds, backbone_units=args.backbone_units,
+            backbone_layers=args.backbone_layers,
+            image_shape=data.image_shape if args.model == "conv" else None,
+        )
+        if args.model == "conv" and data.image_shape is None:
+            raise ValueError(f"--model conv needs an image dataset ({', '.join(IMAGE_DATASETS)})")
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    model = build_model(mconfig, key=jax.random.key(args.seed))
+    nparams = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)))
+    print(f"liquidjax: {args.dataset} ({data.info.get('source', 'synthetic')}), "
+          f"{args.model}/{args.cell}/{args.wiring}, {args.units} units, {nparams} parameters, "
+          f"{parallel.num_devices} device(s) [{jax.devices()[0].platform}], out dir {out_dir}",
+          file=sys.stderr, flush=True)
+    resume: Any = None if args.resume is None else (
+        "latest" if args.resume == "latest" else Path(args.resume))
+    result = lt.fit(
+        model, data.train, tconfig, val_data=data.val, out_dir=out_dir, resume=resume,
+        model_config=mconfig.to_dict(), extra_header={"data_config": data.info},
+        progress=args.progress, parallel=parallel,
+    )
+    summary: dict[str, Any] = {}
+    if data.test_split is not None or args.dataset in SYNTHETIC_DATASETS:
+        loader = data.test_split() if data.test_split is not None else ld.Loader(
+            _synthetic(args.dataset, "test", args.seed, None), eval_batch, shuffle=False,
+            drop_last=False)
+        t0 = time.perf_counter()
+        ev = lt.evaluate(result.model, loader, parallel=parallel)
+        summary = {"test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
+                   "test_examples": ev["count"], "eval_time_s": round(time.perf_counter() - t0, 2)}
+        lt.RunLogger(out_dir, progress="none").record("test", **summary)
+    if jax.process_index() == 0:
+        last = result.history[-1] if result.history else {}
+        lines = [f"done: {out_dir}"]
+        if last:
+            lines.append(f"  last epoch {last['epoch']}: train acc {last['train_accuracy']:.4f}"
+                         + (f", val acc {last['val_accuracy']:.4f}" if "val_accuracy" in last
+                            else "") + f", {last['train_time_s']:.1f} s/epoch")
+        if summary:
+            lines.append(f"  test accuracy {summary['test_accuracy']:.4f} "
+                         f"(loss {summary['test_loss']:.4f}, {summary['test_examples']} examples)")
+        lines.append(f"  checkpoint {result.checkpoint}")
+        if result.plot is not None:
+            lines.append(f"  curves {result.plot}")
+        lines.append(f"  metrics {out_dir / 'metrics.jsonl'}")
+        print("\n".join(lines), flush=True)
+    return 0
+
+
+# -------------------------------------------------------------------------------------- evaluate
+def _evaluate(args) -> int:
+    import jax
+
+    from . import data as ld
+    from . import train as lt
+    from .models import build_model
+
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        found = lt.latest_checkpoint(path / "checkpoints") or lt.latest_checkpoint(path)
+        if found is None:
+            raise _CliError(f"no checkpoint found in {path} or {path / 'checkpoints'}")
+        path = found
+    header = lt.read_header(path)
+    try:
+        mconfig = ModelConfig.from_dict(header["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise lt.CheckpointError(path, f"no usable model config in its header ({e})") from None
+    info = header.get("data_config") or {}
+    name = info.get("dataset")
+    if name not in DATASETS:
+        raise lt.CheckpointError(path, f"unknown dataset {name!r} in its header")
+    parallel = lt.DataParallel.create()
+    try:
+        parallel.check_batch_size(args.batch_size)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    model, _ = lt.restore_model(path, build_model(mconfig, key=jax.random.key(0)))
+
+    if name in SYNTHETIC_DATASETS:
+        split = _synthetic(name, args.split, int(info.get("synthetic_seed", 0)), args.limit_examples)
+        loader = ld.Loader(split, args.batch_size, shuffle=False, drop_last=False)
+    else:
+        data_dir = args.data_dir if args.data_dir is not None else info.get("data_dir")
+        seq = ld.ImageSequencer(np.asarray(info["mean"]), np.asarray(info["std"]),
+                                info.get("sequence", "rows"), int(info.get("patch_size", 4)))
+        if args.split == "test":
+            ds = ld.load_dataset(name, "test", data_dir, download=not args.no_download)
+        else:
+            full = ld.load_dataset(name, "train", data_dir, download=not args.no_download)
+            train, val = ld.split_validation(full, float(info.get("val_fraction", 0.1)),
+                                             seed=int(info.get("val_seed", _VAL_SEED)))
+            ds = val if args.split == "val" else train
+        ds = _limit_image(ds, args.limit_examples)
+        if len(ds) == 0:
+            raise _CliError(f"the {args.split} split of {name} is empty")
+        loader = ld.Loader((ds.images, ds.labels), args.batch_size, shuffle=False,
+                           drop_last=False, transform=ld.ImageTransform(seq, False))
+    t0 = time.perf_counter()
+    ev = lt.evaluate(model, loader, parallel=parallel)
+    dt = time.perf_counter() - t0
+    print(f"{path}: {name} {args.split}: accuracy {ev['accuracy']:.4f}, loss {ev['loss']:.4f} "
+          f"({ev['count']} examples, step {header.get('step')}, {dt:.1f} s)", flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``liquidjax`` console script (and ``python -m liquidjax``).
+
+    **Arguments:** `argv` — the arguments (default ``sys.argv[1:]``).
+
+    **Returns:** the exit code (0 success, 1 run-time failure, 2 usage error, 130 interrupted).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with code 2 and the valid choices on bad usage
+    from .data import DatasetFormatError, DatasetUnavailableError
+    from .train import CheckpointError, NonFiniteLossError
+
+    try:
+        return _train(args) if args.command == "train" else _evaluate(args)
+    except _UsageError as e:
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        sub.print_usage(sys.stderr)
+        print(f"liquidjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (DatasetUnavailableError, DatasetFormatError, CheckpointError, NonFiniteLossError,
+            _CliError) as e:
+        print(f"liquidjax {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"liquidjax {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

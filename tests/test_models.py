@@ -1,0 +1,155 @@
+"""Task models: every cell/wiring/solver combination builds and runs; masks, readouts, conv stem,
+config validation."""
+
+from __future__ import annotations
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from liquidjax.cells._cfc import CfC
+from liquidjax.cells._lstm import MixedMemory
+from liquidjax.cells._ltc import LTC
+from liquidjax.cells._wired_cfc import WiredCfC
+from liquidjax.models import (
+    ConvLiquidClassifier,
+    ModelConfig,
+    SequenceClassifier,
+    build_model,
+    feature_map_shape,
+)
+from liquidjax.solvers import FusedSemiImplicit
+
+L, C, K = 7, 3, 4
+KEY = jax.random.key(0)
+
+
+@eqx.filter_jit
+def _call(model, *args, **kw):
+    return model(*args, **kw)
+
+
+def _cfg(**kw) -> ModelConfig:
+    base = dict(input_size=C, num_classes=K, units=8, backbone_units=8)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def xs():
+    return jax.random.normal(jax.random.key(1), (3, L, C))
+
+
+CASES = {
+    "cfc-fc": (dict(), CfC),
+    "cfc-ncp": (dict(wiring="ncp", units=12), WiredCfC),
+    "cfc-random-mixed": (dict(wiring="random", mixed_memory=True), MixedMemory),
+    "ltc-fc-fused": (dict(cell="ltc"), LTC),
+    "ltc-ncp-euler": (dict(cell="ltc", wiring="autoncp", units=12, solver="euler",
+                           ode_unfolds=2), LTC),
+    "ltc-2layers-mean": (dict(cell="ltc", layers=2, readout="mean", ode_unfolds=2), LTC),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_build_and_run(name, xs):
+    kw, cell_type = CASES[name]
+    cfg = _cfg(**kw)
+    model = build_model(cfg, key=KEY)
+    assert isinstance(model, SequenceClassifier)
+    assert len(model.layers) == cfg.layers
+    assert isinstance(model.layers[0].cell, cell_type)
+    if cfg.cell == "ltc":
+        solver = model.layers[0].cell.solver
+        assert isinstance(solver, FusedSemiImplicit) == (cfg.solver in (None, "fused"))
+    logits = eqx.filter_jit(jax.vmap(model))(xs)
+    assert logits.shape == (3, K)
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    # different examples give different logits (the model reads its input)
+    assert not np.allclose(logits[0], logits[1])
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_mask_equals_unpadded(readout):
+    """A padded sequence with its mask gives the logits of the unpadded sequence."""
+    model = build_model(_cfg(readout=readout, cell="ltc", ode_unfolds=2), key=KEY)
+    x = jax.random.normal(jax.random.key(2), (5, C))
+    ts = jnp.linspace(0.5, 1.5, 5)
+    padded = jnp.concatenate([x, jnp.full((3, C), 9.0)])
+    pts = jnp.concatenate([ts, jnp.ones(3)])
+    mask = jnp.arange(8) < 5
+    a = _call(model, x, ts)
+    b = _call(model, padded, pts, mask)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # and the timespans matter
+    assert not np.allclose(_call(model, x, 3 * ts), a)
+
+
+def test_dropout_only_with_key():
+    model = build_model(_cfg(dropout=0.5), key=KEY)
+    x = jnp.ones((L, C))
+    np.testing.assert_array_equal(_call(model, x), _call(model, x))
+    assert not np.allclose(_call(model, x, key=jax.random.key(3)), _call(model, x))
+
+
+def test_conv_model():
+    cfg = _cfg(kind="conv", image_shape=(12, 10, 2), conv_channels=(4, 6))
+    model = build_model(cfg, key=KEY)
+    assert isinstance(model, ConvLiquidClassifier)
+    c, h, w = feature_map_shape((12, 10, 2), (4, 6))
+    assert (c, h, w) == (6, 6, 5)
+    assert model.body.input_size == w * c
+    img = jax.random.normal(jax.random.key(4), (12, 10, 2))
+    seq = jax.eval_shape(model.features, img)
+    assert seq.shape == (6, 30)
+    out = _call(model, img)
+    assert out.shape == (K,)
+    # a row sequence (H, W*C) of the image is accepted too (same values, reshaped)
+    assert jax.eval_shape(model, img.reshape(12, 20)).shape == (K,)
+    cols = build_model(_cfg(kind="conv", image_shape=(12, 10, 2), conv_channels=(4, 6),
+                            conv_sequence="columns"), key=KEY)
+    assert jax.eval_shape(cols.features, img).shape == (5, 36)
+    with pytest.raises(ValueError, match="timespans and mask must be None"):
+        model(img, jnp.ones(12))
+    with pytest.raises(ValueError, match="12x10x2=240"):
+        model(jnp.ones((5, 5)))
+
+
+def test_config_roundtrip_json():
+    cfg = _cfg(kind="conv", image_shape=(8, 8, 1), conv_channels=(4,), cell="ltc",
+               solver="tsit5", adaptive_tol=1e-3)
+    again = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    with pytest.raises(ValueError, match="unknown ModelConfig fields: colour"):
+        ModelConfig.from_dict({**cfg.to_dict(), "colour": 1})
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(cell="gru"), "unknown cell 'gru'; expected one of: cfc, ltc"),
+    (dict(wiring="star"), "expected one of: fc, ncp, autoncp, random"),
+    (dict(cell="ltc", solver="rk4"), "expected one of: fused, euler"),
+    (dict(solver="tsit5"), "applies only to ODE cells"),
+    (dict(interpolation="cubic"), "needs an ODE cell"),
+    (dict(cell="ltc", solver="euler", adaptive_tol=1e-3), "adaptive solver"),
+    (dict(readout="max"), "expected one of: last, mean"),
+    (dict(units=0), "units must be a positive integer"),
+    (dict(num_classes=1), "num_classes must be at least 2"),
+    (dict(wiring="ncp", units=6, motor_neurons=4), r"motor_neurons in \[1, 3\]"),
+    (dict(kind="conv"), "image_shape"),
+    (dict(dropout=1.0), "dropout must lie in"),
+])
+def test_config_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kw)
+
+
+def test_layer_mismatch_errors():
+    a = build_model(_cfg(), key=KEY)
+    with pytest.raises(ValueError, match="head expects 5 features"):
+        SequenceClassifier(a.layers, eqx.nn.Linear(5, K, key=KEY))
+    with pytest.raises(ValueError, match="readout='mean' needs"):
+        SequenceClassifier(a.layers, a.head, readout="mean")  # last layer built for "last"

@@ -1,0 +1,405 @@
+"""Training: the jitted step, fit/evaluate, checkpoints (atomic, checked, resumable to the bit,
+also after SIGKILL), non-finite loss, data parallelism over 2 CPU devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from liquidjax.cells._ltc import POSITIVE_PARAMS
+from liquidjax.data import Loader
+from liquidjax.models import ModelConfig, build_model
+from liquidjax.train import (
+    ArrayData,
+    CheckpointError,
+    DataParallel,
+    NonFiniteLossError,
+    TrainConfig,
+    TrainState,
+    evaluate,
+    fit,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    make_optimizer,
+    read_header,
+    read_metrics,
+    restore_model,
+    save_checkpoint,
+    train_step,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+N, L, C = 64, 6, 3
+CFG = ModelConfig(input_size=C, num_classes=2, units=8, backbone_units=8, dropout=0.1)
+TCFG = TrainConfig(epochs=2, batch_size=8, learning_rate=2e-2, seed=3, log_every=3,
+                   checkpoint_every=5)
+
+
+def _data(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, L, C)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = _data()
+    return ArrayData(x, y)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(CFG, key=jax.random.key(0))
+
+
+def _leaves(tree):
+    return [np.asarray(v) for v in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))]
+
+
+def _assert_trees_equal(a, b):
+    la, lb = _leaves(a), _leaves(b)
+    assert len(la) == len(lb) and la
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert np.array_equal(x, y), "leaves differ"
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, model, data):
+    out = tmp_path_factory.mktemp("ref")
+    result = fit(model, data, TCFG, val_data=data, out_dir=out, model_config=CFG.to_dict(),
+                 progress="none")
+    return out, result
+
+
+def test_fit_learns_and_writes_everything(reference_run):
+    out, result = reference_run
+    hist = result.history
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["val_accuracy"] > 0.6
+    assert all(h["examples_per_s"] and h["examples_per_s"] > 0 for h in hist)
+    recs = read_metrics(out / "metrics.jsonl")
+    events = [r["event"] for r in recs]
+    assert events[0] == "start" and events[-1] == "end"
+    assert events.count("epoch") == 2 and "compiled" in events
+    train_recs = [r for r in recs if r["event"] == "train"]
+    assert [r["step"] for r in train_recs][:3] == [3, 5, 6]  # log_every=3, checkpoint_every=5
+    assert (out / "curves.png").stat().st_size > 1000
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert len(ckpts) == TCFG.keep_checkpoints
+    assert ckpts[-1] == result.checkpoint and read_header(ckpts[-1])["step"] == 16
+    header = read_header(ckpts[-1])
+    assert header["data"] == {"epoch": 2, "batch": 0, "seed": 3, "num_examples": N,
+                              "batch_size": 8}
+    assert header["model_config"] == json.loads(json.dumps(CFG.to_dict()))
+
+
+def test_resume_in_process_bit_identical(tmp_path, reference_run, model, data):
+    _, ref = reference_run
+    # Stop after 7 steps (mid-epoch, between checkpoints at 5 and 7), then resume.
+    part = fit(model, data, TrainConfig(**{**TCFG.to_dict(), "max_steps": 7}), val_data=data,
+               out_dir=tmp_path, model_config=CFG.to_dict(), progress="none")
+    assert read_header(part.checkpoint)["data"]["batch"] == 7
+    done = fit(model, data, TCFG, val_data=data, out_dir=tmp_path, resume=True,
+               model_config=CFG.to_dict(), progress="none")
+    _assert_trees_equal(done.state, ref.state)
+    assert done.history[-1]["train_loss"] == ref.history[-1]["train_loss"]
+    restored, _ = restore_model(done.checkpoint, model)
+    _assert_trees_equal(restored, ref.model)
+
+
+def test_checkpoint_errors(tmp_path, reference_run, model, data):
+    out, ref = reference_run
+    good = ref.checkpoint
+    raw = good.read_bytes()
+    like = ref.state
+
+    flipped = tmp_path / "flipped.ljx"
+    flipped.write_bytes(raw[:-10] + bytes([raw[-10] ^ 0xFF]) + raw[-9:])
+    with pytest.raises(CheckpointError, match=r"flipped\.ljx.*checksum mismatch"):
+        load_checkpoint(flipped, like)
+
+    short = tmp_path / "short.ljx"
+    short.write_bytes(raw[:-100])
+    with pytest.raises(CheckpointError, match=r"short\.ljx.*truncated payload"):
+        load_checkpoint(short, like)
+
+    junk = tmp_path / "junk.ljx"
+    junk.write_bytes(b"hello world")
+    with pytest.raises(CheckpointError, match=r"junk\.ljx.*not a liquidjax checkpoint"):
+        load_checkpoint(junk, like)
+
+    other = CFG.to_dict() | {"units": 16, "cell": "ltc"}
+    with pytest.raises(CheckpointError, match=r"different model:\n  cell: checkpoint has 'cfc', "
+                       r"requested 'ltc'\n  units: checkpoint has 8, requested 16"):
+        load_checkpoint(good, like, model_config=other)
+
+    # resuming with other training settings names them; nothing is written
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(CheckpointError, match=r"learning_rate: checkpoint has 0\.02, requested 0\.1"):
+        fit(model, data, TrainConfig(**{**TCFG.to_dict(), "learning_rate": 0.1}),
+            out_dir=out, resume=True, model_config=CFG.to_dict(), progress="none")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    with pytest.raises(CheckpointError, match="no such file"):
+        fit(model, data, TCFG, out_dir=tmp_path / "x", resume=tmp_path / "missing.ljx",
+            progress="none")
+
+
+def test_save_is_atomic_and_keeps_the_newest(tmp_path):
+    state = {"a": np.arange(4.0), "b": np.ones(3, np.int32)}
+    d = tmp_path / "ck"
+    d.mkdir()
+    stale = d / ".ckpt-000000009.ljx.tmp"
+    stale.write_bytes(b"half written")  # left by a killed save
+    assert latest_checkpoint(d) is None
+    for step in (1, 2, 3, 4):
+        save_checkpoint(d, {"a": state["a"] * step, "b": state["b"]}, {"step": step}, keep=2)
+    assert [p.name for p in list_checkpoints(d)] == ["ckpt-000000003.ljx", "ckpt-000000004.ljx"]
+    assert not stale.exists()
+    got, header = load_checkpoint(latest_checkpoint(d), state)
+    np.testing.assert_array_equal(got["a"], state["a"] * 4)
+    assert header["step"] == 4 and header["format_version"] == 1
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, model):
+    x, y = _data()
+    cfg = TrainConfig(**{**TCFG.to_dict(), "log_every": 1, "checkpoint_every": 2})
+    loader = ArrayData(x, y).loader(8, seed=cfg.seed)
+    poisoned = int(loader.order(0)[8 * 3])  # first example of the 4th batch
+    y = y.copy()
+    y[poisoned] = 99  # out-of-range label: NaN cross-entropy
+    with pytest.raises(NonFiniteLossError, match=r"step 4 \(epoch 1\).*ckpt-000000002\.ljx"):
+        fit(model, ArrayData(x, y), cfg, out_dir=tmp_path, model_config=CFG.to_dict(),
+            progress="none")
+    assert [read_header(p)["step"] for p in list_checkpoints(tmp_path / "checkpoints")] == [2]
+    state, _ = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"),
+                               TrainState.create(model, make_optimizer(cfg, 16),
+                                                 jax.random.key(0)))
+    assert all(np.all(np.isfinite(v)) for v in _leaves(state.model))
+    assert any(r["event"] == "nonfinite" and r["step"] == 4
+               for r in read_metrics(tmp_path / "metrics.jsonl"))
+
+
+def test_nonfinite_update_is_skipped_on_device():
+    m = build_model(CFG, key=jax.random.key(1))
+    opt = optax.chain(optax.sgd(0.1), optax.scale(jnp.nan))  # any optax transformation
+    state = TrainState.create(m, opt, jax.random.key(0))
+    x, y = _data(8)
+    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
+    new = train_step(state, opt, batch)
+    new = train_step(new, opt, batch)
+    assert int(new.bad_step) == 1 and int(new.step) == 2
+    _assert_trees_equal(new.model, state.model)
+
+
+def test_projection_keeps_ltc_parameters_nonnegative():
+    cfg = ModelConfig(input_size=C, num_classes=2, units=6, cell="ltc", ode_unfolds=2,
+                      implicit_param_constraints=False)
+    m = build_model(cfg, key=jax.random.key(0))
+    opt = optax.sgd(50.0)
+    state = TrainState.create(m, opt, jax.random.key(0))
+    x, y = _data(8)
+    new = train_step(state, opt, {"x": jnp.asarray(x), "y": jnp.asarray(y)})
+    cell, old = new.model.layers[0].cell, m.layers[0].cell
+    for name in POSITIVE_PARAMS:
+        assert float(jnp.min(getattr(cell, name))) >= 0.0, name
+    assert any(not np.array_equal(getattr(cell, n), getattr(old, n)) for n in POSITIVE_PARAMS)
+    # exactly zero somewhere: the clip was needed
+    assert any(float(jnp.min(getattr(cell, n))) == 0.0 for n in POSITIVE_PARAMS)
+
+
+def test_evaluate_pads_the_last_batch(reference_run):
+    _, ref = reference_run
+    x, y = _data(10, seed=5)
+    got = evaluate(ref.model, ArrayData(x, y), batch_size=8)
+    logits = jax.vmap(ref.model)(jnp.asarray(x))
+    assert got["count"] == 10
+    assert got["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == y)))
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y))
+    assert got["loss"] == pytest.approx(float(jnp.mean(ce)), rel=1e-5)
+
+
+def test_sequence_data_with_timespans_and_mask(tmp_path):
+    from liquidjax.data import two_spirals
+
+    train = two_spirals(32, seed=0, min_length=4, max_length=8)
+    cfg = ModelConfig(input_size=2, num_classes=2, units=8, cell="ltc", wiring="ncp",
+                      ode_unfolds=2)
+    m = build_model(cfg, key=jax.random.key(0))
+    tc = TrainConfig(epochs=1, batch_size=8, log_every=2)
+    res = fit(m, Loader(train, 8, seed=0), tc, val_data=Loader(train, 8, shuffle=False,
+              drop_last=False), progress="none")
+    assert np.isfinite(res.history[0]["train_loss"]) and res.checkpoint is None
+    with pytest.raises(ValueError, match="batch_size 16, but the config asks for 8"):
+        fit(m, Loader(train, 16, seed=0), tc, progress="none")
+
+
+def test_batch_size_must_divide_devices():
+    dp = DataParallel.create()
+    dp.check_batch_size(8)
+    fake = DataParallel.create(jax.devices() * 1)
+    assert fake.num_devices == jax.device_count()
+
+
+# ------------------------------------------------------------------------------ subprocess tests
+DRIVER = textwrap.dedent("""
+    import sys, time
+    import jax, numpy as np
+    from liquidjax.data import Loader
+    from liquidjax.models import ModelConfig, build_model
+    from liquidjax.train import TrainConfig, fit
+
+    out, resume, delay = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6, 3)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+
+    def slow(batch, rng):  # gives the test time to kill the run mid-way
+        time.sleep(delay)
+        return batch
+
+    cfg = ModelConfig(input_size=3, num_classes=2, units=8, backbone_units=8, dropout=0.1)
+    tc = TrainConfig(epochs=3, batch_size=8, learning_rate=2e-2, seed=3, log_every=1,
+                     checkpoint_every=1)
+    loader = Loader({"x": x, "y": y}, 8, seed=3, transform=slow if delay else None)
+    fit(build_model(cfg, key=jax.random.key(0)), loader, tc, out_dir=out,
+        resume="latest" if resume else None, model_config=cfg.to_dict(), progress="none")
+    print("FINISHED")
+""")
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def _newest_step(d: Path) -> int:
+    try:
+        p = latest_checkpoint(d)
+        return -1 if p is None else int(p.name[5:14])
+    except OSError:
+        return -1
+
+
+def _kill_after(proc, ckdir: Path, step: int, timeout=120.0):
+    t0 = time.monotonic()
+    while _newest_step(ckdir) < step:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before step {step}: {proc.communicate()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for a checkpoint")
+        time.sleep(0.005)
+    time.sleep(random.uniform(0.0, 0.04))  # anywhere: mid-step, mid-write, between
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    cmd = [sys.executable, str(script)]
+    ref = subprocess.Popen(cmd + [str(ref_dir), "0", "0"], env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd + [str(run_dir), "0", "0.03"], env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_after(p, run_dir / "checkpoints", 3)
+    p = subprocess.Popen(cmd + [str(run_dir), "1", "0.03"], env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_after(p, run_dir / "checkpoints", 11)
+    done = subprocess.run(cmd + [str(run_dir), "1", "0"], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "FINISHED" in done.stdout, done.stderr
+    out, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0 and "FINISHED" in out, err
+
+    final_ref = latest_checkpoint(ref_dir / "checkpoints")
+    final_run = latest_checkpoint(run_dir / "checkpoints")
+    assert read_header(final_ref)["step"] == read_header(final_run)["step"] == 24
+    cfg = ModelConfig(input_size=3, num_classes=2, units=8, backbone_units=8, dropout=0.1)
+    tc = TrainConfig(epochs=3, batch_size=8, learning_rate=2e-2, seed=3)
+    like = TrainState.create(build_model(cfg, key=jax.random.key(0)), make_optimizer(tc, 24),
+                             jax.random.key(0))
+    a, _ = load_checkpoint(final_ref, like)
+    b, _ = load_checkpoint(final_run, like)
+    _assert_trees_equal(a, b)  # model, optimiser state, step, key, metric sums
+    resumes = [r for r in read_metrics(run_dir / "metrics.jsonl")
+               if r["event"] == "start" and r["resumed_from"]]
+    assert len(resumes) == 2
+
+
+DP_DRIVER = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    from liquidjax.models import ModelConfig, build_model
+    from liquidjax.train import ArrayData, DataParallel, TrainConfig, fit
+
+    assert jax.device_count() == 2, jax.devices()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 6, 3)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+    cfg = ModelConfig(input_size=3, num_classes=2, units=8, backbone_units=8)
+    tc = TrainConfig(epochs=2, batch_size=8, learning_rate=2e-2, log_every=2)
+    out = {}
+    for name, devices in (("two", jax.devices()), ("one", jax.devices()[:1])):
+        dp = DataParallel.create(devices)
+        res = fit(build_model(cfg, key=jax.random.key(0)), ArrayData(x, y), tc,
+                  val_data=ArrayData(x[:20], y[:20]), progress="none", parallel=dp)
+        leaves = jax.tree_util.tree_leaves(res.model)
+        out[name] = {
+            "losses": [h["train_loss"] for h in res.history],
+            "val": [h["val_loss"] for h in res.history],
+            "params": [np.asarray(v).ravel().tolist() for v in leaves if hasattr(v, "dtype")
+                       and np.issubdtype(v.dtype, np.floating)],
+            "shards": len(dp.shard_batch({"x": x[:8]}, 8)["x"].addressable_shards),
+            "param_sharding": str(leaves[0].sharding.spec) if hasattr(leaves[0], "sharding")
+                              else None,
+        }
+    try:
+        fit(build_model(cfg, key=jax.random.key(0)), ArrayData(x, y),
+            TrainConfig(batch_size=7), progress="none")
+    except ValueError as e:
+        out["error"] = str(e)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_two_devices_match_one(tmp_path):
+    script = tmp_path / "dp.py"
+    script.write_text(DP_DRIVER)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.split("RESULT", 1)[1])
+    two, one = res["two"], res["one"]
+    assert two["shards"] == 2 and one["shards"] == 1
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    np.testing.assert_allclose(two["val"], one["val"], rtol=1e-5)
+    for a, b in zip(two["params"], one["params"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert "batch_size=7 is not divisible by the number of devices (2)" in res["error"]
