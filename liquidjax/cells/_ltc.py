@@ -221,16 +221,17 @@ class LTC(AbstractODECell):
         return jax.nn.softplus(x) if self.implicit_param_constraints else x
 
     def effective_params(self) -> LTCParams:
-        """The parameters the dynamics use: positivity applied, non-synapses zeroed."""
+        """The parameters the dynamics use — positivity applied, non-synapses zeroed — with the
+        synapse matrices transposed to the kernel's ``[post, pre]`` layout."""
         return LTCParams(
-            w=jnp.where(self.mask.array, self._positive(self.w), 0),
-            sigma=self.sigma,
-            mu=self.mu,
-            erev=self.erev,
-            sensory_w=jnp.where(self.sensory_mask.array, self._positive(self.sensory_w), 0),
-            sensory_sigma=self.sensory_sigma,
-            sensory_mu=self.sensory_mu,
-            sensory_erev=self.sensory_erev,
+            w=jnp.where(self.mask.array, self._positive(self.w), 0).T,
+            sigma=self.sigma.T,
+            mu=self.mu.T,
+            erev=self.erev.T,
+            sensory_w=jnp.where(self.sensory_mask.array, self._positive(self.sensory_w), 0).T,
+            sensory_sigma=self.sensory_sigma.T,
+            sensory_mu=self.sensory_mu.T,
+            sensory_erev=self.sensory_erev.T,
             gleak=self._positive(self.gleak),
             vleak=self.vleak,
             cm=self._positive(self.cm),
@@ -260,12 +261,12 @@ class LTC(AbstractODECell):
         """``(num, den, cm)`` of ``cm dv/dt = num − den v``; ``args`` is the raw observation (an
         array) or a ``diffrax.AbstractPath`` evaluated at ``t``."""
         x = args.evaluate(t) if isinstance(args, diffrax.AbstractPath) else args
-        p = self.effective_params()
+        p = self.effective_params()  # [post, pre] layout
         x = self.map_input(x)
-        s_sens = p.sensory_w * sigmoid(p.sensory_sigma * (x[:, None] - p.sensory_mu))
-        s = p.w * sigmoid(p.sigma * (y[:, None] - p.mu))
-        num = p.gleak * p.vleak + jnp.sum(s_sens * p.sensory_erev, 0) + jnp.sum(s * p.erev, 0)
-        den = p.gleak + jnp.sum(s_sens, 0) + jnp.sum(s, 0)
+        s_sens = p.sensory_w * sigmoid(p.sensory_sigma * (x[None, :] - p.sensory_mu))
+        s = p.w * sigmoid(p.sigma * (y[None, :] - p.mu))
+        num = p.gleak * p.vleak + jnp.sum(s_sens * p.sensory_erev, 1) + jnp.sum(s * p.erev, 1)
+        den = p.gleak + jnp.sum(s_sens, 1) + jnp.sum(s, 1)
         return num, den, p.cm
 
     def system_time_constant(self, y: Float[Array, " N"], x: Float[Array, " I"]) -> Float[Array, " N"]:
