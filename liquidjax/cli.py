@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the training split held out for validation (default 0.1)")
     g.add_argument("--augment", action="store_true", help="random crop + flip (CIFAR-10)")
     g.add_argument("--limit-examples", type=pos, default=None,
-                   help="use only the first N training (and N validation) examples")
+                   help="use only the first N examples of each split (quick runs)")
     g.add_argument("--no-download", action="store_true",
                    help="never try to download; fail at once if the data is not local")
 
@@ -235,7 +235,8 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
         patch_size=args.patch_size, val_fraction=args.val_fraction, seed=_VAL_SEED,
     )
     task = dataclasses.replace(task, train=_limit_image(task.train, args.limit_examples),
-                               val=_limit_image(task.val, args.limit_examples))
+                               val=_limit_image(task.val, args.limit_examples),
+                               test=_limit_image(task.test, args.limit_examples))
     seq = task.sequencer
     val = task.eval_loader("val", eval_batch) if len(task.val) else None
     return _Data(
@@ -274,7 +275,7 @@ def _train(args) -> int:
         parallel.check_batch_size(args.batch_size)
     except ValueError as e:
         raise _UsageError(str(e)) from None
-    eval_batch = max(args.batch_size, 256 - 256 % parallel.num_devices)
+    eval_batch = args.batch_size
 
     out_dir = Path(args.out_dir or f"runs/{args.dataset}-{args.model}-{args.cell}-{args.wiring}")
     existing = lt.list_checkpoints(out_dir / "checkpoints")
@@ -283,21 +284,27 @@ def _train(args) -> int:
             f"{out_dir} already holds checkpoints (newest: {existing[-1].name}); pass --resume to "
             "continue that run, or choose another --out-dir (nothing was overwritten)"
         )
+    def model_config(input_size: int, num_classes: int, image_shape) -> ModelConfig:
+        try:
+            if args.model == "conv" and args.dataset in SYNTHETIC_DATASETS:
+                raise ValueError(
+                    f"--model conv needs an image dataset ({', '.join(IMAGE_DATASETS)})")
+            return ModelConfig(
+                input_size=input_size, num_classes=num_classes, kind=args.model,
+                cell=args.cell, units=args.units, wiring=args.wiring,
+                motor_neurons=args.motor_neurons, layers=args.layers, readout=args.readout,
+                dropout=args.dropout, mixed_memory=args.mixed_memory, solver=args.solver,
+                ode_unfolds=args.ode_unfolds, backbone_units=args.backbone_units,
+                backbone_layers=args.backbone_layers,
+                image_shape=image_shape if args.model == "conv" else None,
+            )
+        except ValueError as e:
+            raise _UsageError(str(e)) from None
+
+    # Check the flags before spending time on the data; the data then fixes the sizes.
+    model_config(1, 10, (8, 8, 1))
     data = _load_data(args, args.batch_size, eval_batch)
-    try:
-        mconfig = ModelConfig(
-            input_size=data.input_size, num_classes=data.num_classes, kind=args.model,
-            cell=args.cell, units=args.units, wiring=args.wiring,
-            motor_neurons=args.motor_neurons, layers=args.layers, readout=args.readout,
-            dropout=args.dropout, mixed_memory=args.mixed_memory, solver=args.solver,
-            ode_unfolds=args.ode_unfolds, backbone_units=args.backbone_units,
-            backbone_layers=args.backbone_layers,
-            image_shape=data.image_shape if args.model == "conv" else None,
-        )
-        if args.model == "conv" and data.image_shape is None:
-            raise ValueError(f"--model conv needs an image dataset ({', '.join(IMAGE_DATASETS)})")
-    except ValueError as e:
-        raise _UsageError(str(e)) from None
+    mconfig = model_config(data.input_size, data.num_classes, data.image_shape)
     model = build_model(mconfig, key=jax.random.key(args.seed))
     nparams = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)))
     print(f"liquidjax: {args.dataset} ({data.info.get('source', 'synthetic')}), "
@@ -314,7 +321,8 @@ def _train(args) -> int:
     summary: dict[str, Any] = {}
     if data.test_split is not None or args.dataset in SYNTHETIC_DATASETS:
         loader = data.test_split() if data.test_split is not None else ld.Loader(
-            _synthetic(args.dataset, "test", args.seed, None), eval_batch, shuffle=False,
+            _synthetic(args.dataset, "test", args.seed, args.limit_examples), eval_batch,
+            shuffle=False,
             drop_last=False)
         t0 = time.perf_counter()
         ev = lt.evaluate(result.model, loader, parallel=parallel)

@@ -1,0 +1,185 @@
+"""The ``liquidjax`` command line: usage errors (exit 2, valid names listed, no traceback), data
+errors (exit 1, the data module's message), train → checkpoints/metrics/plot → evaluate."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from liquidjax.cli import main
+from liquidjax.train import list_checkpoints, read_header, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--units", "8", "--backbone-units", "8", "--batch-size", "8", "--progress", "plain"]
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape)
+    raw = header + np.ascontiguousarray(array, np.uint8).tobytes()
+    if gz:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    """Tiny Fashion-MNIST-layout IDX files: 8×8 images whose class is the bright quadrant."""
+    d = tmp_path_factory.mktemp("fashion")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 80), ("t10k", 24)):
+        y = rng.integers(0, 4, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 8, 8)).astype(np.uint8)
+        for i, c in enumerate(y):
+            r, s = divmod(int(c), 2)
+            x[i, 4 * r:4 * r + 4, 4 * s:4 * s + 4] += 180
+        _write_idx(d / f"{prefix}-images-idx3-ubyte", x)
+        _write_idx(d / f"{prefix}-labels-idx1-ubyte", y)
+    return d
+
+
+def _run_main(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--dataset", "imagenet"], "cifar10, mnist, fashion_mnist, irregular_sine"),
+    (["train", "--cell", "gru"], "expected one of: cfc, ltc"),
+    (["train", "--wiring", "star"], "expected one of: fc, ncp, autoncp, random"),
+    (["train", "--solver", "rk4"], "fused, euler, heun"),
+    (["train", "--sequence", "diagonal"], "rows, pixels, patches"),
+    (["train", "--model", "vit"], "sequence, conv"),
+    (["train", "--units", "0"], "expected an integer >= 1, got 0"),
+    (["train", "--lr", "-1"], "expected a number in (0.0, inf)"),
+    (["train", "--epochs", "two"], "expected an integer, got 'two'"),
+    (["train", "--dataset", "irregular_sine", "--solver", "tsit5"],
+     "applies only to ODE cells (cell='ltc')"),
+    (["train", "--dataset", "two_spirals", "--model", "conv"], "needs an image dataset"),
+    (["evaluate", "x.ljx", "--split", "dev"], "expected one of: test, val, train"),
+    (["fit"], "invalid choice: 'fit'"),
+])
+def test_usage_errors_exit_2(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run_main(argv, capsys)
+    assert code == 2
+    assert expected in err
+
+
+def test_help(capsys):
+    code, out, _ = _run_main(["train", "--help"], capsys)
+    assert code == 0 and "--dataset" in out and "--resume" in out
+
+
+def test_data_unavailable_subprocess(tmp_path):
+    """``liquidjax train`` (CIFAR-10 by default) with no data: the clear message, exit 1."""
+    exe = ROOT / ".venv" / "bin" / "liquidjax"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "liquidjax"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        cmd + ["train", "--data-dir", str(tmp_path / "empty"), "--no-download",
+               "--out-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 1
+    assert "dataset 'cifar10'" in proc.stderr and "Looked in" in proc.stderr
+    assert "--data-dir" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_corrupt_data_exit_1(tmp_path, capsys):
+    d = tmp_path / "bad"
+    d.mkdir()
+    _write_idx(d / "train-images-idx3-ubyte", np.zeros((10, 8, 8), np.uint8), gz=False)
+    _write_idx(d / "train-labels-idx1-ubyte", np.zeros(10, np.uint8), gz=False)
+    _write_idx(d / "t10k-images-idx3-ubyte", np.zeros((4, 8, 8), np.uint8), gz=False)
+    _write_idx(d / "t10k-labels-idx1-ubyte", np.zeros(4, np.uint8), gz=False)
+    p = d / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-7])  # truncated
+    code, _, err = _run_main(["train", "--dataset", "mnist", "--data-dir", str(d),
+                              "--no-download", "--out-dir", str(tmp_path / "r")], capsys)
+    assert code == 1
+    assert "train-images-idx3-ubyte" in err and "truncated" in err
+
+
+def test_train_evaluate_resume_end_to_end(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "fashion_mnist", "--data-dir", str(idx_dir), "--epochs", "2",
+            "--lr", "0.02", "--val-fraction", "0.2", "--out-dir", str(out), *SMALL]
+    code, stdout, err = _run_main(argv, capsys)
+    assert code == 0, err
+    assert "test accuracy" in stdout and "epoch 2/2" in err
+    ckpts = list_checkpoints(out / "checkpoints")
+    assert read_header(ckpts[-1])["step"] == 16  # 64 training examples / 8, two epochs
+    header = read_header(ckpts[-1])
+    assert header["data_config"]["dataset"] == "fashion_mnist"
+    assert header["model_config"]["input_size"] == 8
+    assert (out / "curves.png").exists()
+    recs = read_metrics(out / "metrics.jsonl")
+    test_rec = [r for r in recs if r["event"] == "test"][-1]
+    assert test_rec["test_examples"] == 24
+
+    # evaluate: the same test accuracy as reported at the end of training
+    code, stdout, err = _run_main(["evaluate", str(out), "--split", "test"], capsys)
+    assert code == 0, err
+    acc = float(stdout.split("accuracy ")[1].split(",")[0])
+    assert acc == pytest.approx(test_rec["test_accuracy"], abs=1e-4)
+    assert "24 examples" in stdout
+    code, stdout, err = _run_main(["evaluate", str(ckpts[-1]), "--split", "val"], capsys)
+    assert code == 0 and "16 examples" in stdout, err
+
+    # never overwrite a run by accident; resume must match the training settings
+    code, _, err = _run_main(argv, capsys)
+    assert code == 1 and "already holds checkpoints" in err and "--resume" in err
+    code, _, err = _run_main([*argv[:-len(SMALL)], *SMALL, "--lr", "0.5", "--resume"], capsys)
+    assert code == 1 and "learning_rate: checkpoint has 0.02, requested 0.5" in err
+    code, stdout, err = _run_main([*argv, "--resume"], capsys)  # already complete: no new steps
+    assert code == 0 and "resumed from" in err
+    assert list_checkpoints(out / "checkpoints")[-1] == ckpts[-1]
+
+    # a corrupt checkpoint is reported with its name, exit 1
+    bad = tmp_path / "bad.ljx"
+    raw = ckpts[-1].read_bytes()
+    bad.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    code, _, err = _run_main(["evaluate", str(bad)], capsys)
+    assert code == 1 and "bad.ljx" in err and "checksum" in err
+
+
+@pytest.mark.slow
+def test_conv_and_ltc_ncp_synthetic(idx_dir, tmp_path, capsys):
+    code, stdout, err = _run_main(
+        ["train", "--dataset", "fashion_mnist", "--data-dir", str(idx_dir), "--model", "conv",
+         "--max-steps", "2", "--out-dir", str(tmp_path / "conv"), *SMALL], capsys)
+    assert code == 0, err
+    cfg = read_header(list_checkpoints(tmp_path / "conv" / "checkpoints")[-1])["model_config"]
+    assert cfg["kind"] == "conv" and cfg["image_shape"] == [8, 8, 1]
+
+    out = tmp_path / "ltc"
+    code, stdout, err = _run_main(
+        ["train", "--dataset", "two_spirals", "--cell", "ltc", "--wiring", "ncp",
+         "--solver", "fused", "--ode-unfolds", "2", "--limit-examples", "32", "--epochs", "1",
+         "--out-dir", str(out), *SMALL], capsys)
+    assert code == 0, err
+    header = read_header(list_checkpoints(out / "checkpoints")[-1])
+    assert header["model_config"]["solver"] == "fused"
+    assert header["model_config"]["wiring"] == "ncp"
+    code, stdout, err = _run_main(["evaluate", str(out), "--split", "test",
+                                   "--batch-size", "16", "--limit-examples", "32"], capsys)
+    assert code == 0 and "two_spirals test: accuracy" in stdout, err
+    json.dumps(header)  # the header is plain JSON
