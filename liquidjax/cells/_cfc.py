@@ -18,6 +18,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from .._static import StaticArray
 from ._base import AbstractCell
 
 Mode = Literal["default", "no_gate", "pure"]
@@ -121,7 +122,7 @@ class CfC(AbstractCell):
     time_b: eqx.nn.Linear | None
     w_tau: Float[Array, " units"] | None
     A: Float[Array, " units"] | None
-    sparsity_mask: Bool[Array, "units cat"] | None
+    sparsity_mask: StaticArray | None = eqx.field(static=True)  # bool (units, cat)
     activation: Callable[[Array], Array] = eqx.field(static=True)
     mode: str = eqx.field(static=True)
     backbone_dropout: float = eqx.field(static=True)
@@ -189,14 +190,16 @@ class CfC(AbstractCell):
             self.time_a = _linear(cat, units, key=hkeys[2])
             self.time_b = _linear(cat, units, key=hkeys[3])
             self.w_tau = self.A = None
-        self.sparsity_mask = None if sparsity_mask is None else jnp.asarray(sparsity_mask)
+        # Static configuration (a compile-time constant): never a gradient or optimiser leaf.
+        self.sparsity_mask = None if sparsity_mask is None else StaticArray(sparsity_mask)
 
     def __check_init__(self):
         cat = self.ff1.in_features
         if self.sparsity_mask is not None:
-            if self.sparsity_mask.dtype != jnp.bool_:
+            if self.sparsity_mask.array.dtype != np.bool_:
                 raise ValueError(
-                    f"sparsity_mask must be a boolean array, got dtype {self.sparsity_mask.dtype}"
+                    "sparsity_mask must be a boolean array, got dtype "
+                    f"{self.sparsity_mask.array.dtype}"
                 )
             if self.sparsity_mask.shape != (self.state_size, cat):
                 raise ValueError(
@@ -224,7 +227,7 @@ class CfC(AbstractCell):
         weight = linear.weight
         if self.sparsity_mask is not None:
             # `where`, not a product: masked weights get exactly zero gradient.
-            weight = jnp.where(self.sparsity_mask, weight, jnp.zeros((), weight.dtype))
+            weight = jnp.where(self.sparsity_mask.array, weight, jnp.zeros((), weight.dtype))
         assert linear.bias is not None
         return weight @ z + linear.bias
 

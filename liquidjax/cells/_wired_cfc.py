@@ -43,7 +43,7 @@ class WiredCfC(AbstractCell):
     $$ h_0' = \mathrm{CfC}_0(h_0; x, Δt),\qquad h_l' = \mathrm{CfC}_l(h_l; h_{l-1}', Δt) $$
 
     where the ``ff1``/``ff2`` weights of block ``l`` are masked by the wiring's synapses into
-    layer ``l`` (``time_a``/``time_b`` and the biases are dense). The masks are boolean arrays:
+    layer ``l`` (``time_a``/``time_b`` and the biases are dense). The masks are static boolean constants:
     they are never trained, and masked weights get exactly zero gradient. The output is the
     last layer's new state (the motor neurons for NCP/AutoNCP).
 
@@ -148,7 +148,7 @@ class WiredCfC(AbstractCell):
     @property
     def masks(self) -> tuple[Bool[Array, "n cat"], ...]:
         """The boolean ff1/ff2 mask of each layer."""
-        return tuple(layer.sparsity_mask for layer in self.layers)  # pyright: ignore
+        return tuple(layer.sparsity_mask.array for layer in self.layers)  # pyright: ignore
 
     def init_state(self) -> Float[Array, " units"]:
         """The zero layer-ordered state ``(units,)``."""
