@@ -273,3 +273,24 @@ def test_invalid_configuration_errors():
     with pytest.raises(ValueError, match="unknown solver 'rk99'.*tsit5"):
         solver_from_name("rk99")
     assert isinstance(solver_from_name("FUSED"), FusedSemiImplicit)
+
+
+def test_nonnegative_projection_in_optax_chain():
+    import optax
+
+    from liquidjax import nonnegative_projection
+
+    cell = LTC(3, 4, key=jax.random.key(0), implicit_param_constraints=False)
+    params = eqx.filter(cell, eqx.is_inexact_array)
+    opt = optax.chain(optax.sgd(10.0), nonnegative_projection())
+    state = opt.init(params)
+    # A gradient that pushes every parameter up: SGD then drives them far below zero.
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    updates, state = opt.update(grads, state, params)
+    new = eqx.apply_updates(cell, updates)
+    for name in ("w", "sensory_w", "cm", "gleak"):
+        assert jnp.all(getattr(new, name) == 0), name  # clipped exactly at zero
+    np.testing.assert_allclose(new.vleak, cell.vleak - 10.0, rtol=1e-6)  # unconstrained
+    np.testing.assert_allclose(new.sigma, cell.sigma - 10.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the current parameters"):
+        opt.update(grads, state)

@@ -4,6 +4,7 @@ from ._lstm import LSTMCell as LSTMCell, MixedMemory as MixedMemory
 from ._ltc import (
     LTC as LTC,
     nonnegative_mask as nonnegative_mask,
+    nonnegative_projection as nonnegative_projection,
     project_nonnegative as project_nonnegative,
 )
 from ._wired_cfc import WiredCfC as WiredCfC

@@ -341,3 +341,38 @@ def project_nonnegative(model: Any) -> Any:
         lambda p, f: jnp.maximum(p, 0) if f else p, model, flags,
         is_leaf=lambda z: z is None,
     )
+
+
+def nonnegative_projection():
+    """An optax transformation that keeps the constrained LTC parameters non-negative.
+
+    For cells built with ``implicit_param_constraints=False`` (ncps's bare-cell convention):
+    put it **last** in the chain; it turns each update ``u`` of ``w``, ``sensory_w``, ``cm``,
+    ``gleak`` into ``max(u, −p)``, so ``p + u = max(p + u, 0)`` — ncps's ReLU clip after the
+    optimiser step, as a pure transformation. Other parameters pass through unchanged.
+
+    ```python
+    opt = optax.chain(optax.adam(1e-3), nonnegative_projection())
+    updates, state = opt.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
+    ```
+    """
+    import optax
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                "nonnegative_projection needs the current parameters: "
+                "call opt.update(updates, state, params)"
+            )
+        flags = nonnegative_mask(params)
+        updates = jax.tree_util.tree_map(
+            lambda u, p, f: jnp.maximum(u, -p) if (f and u is not None) else u,
+            updates, params, flags, is_leaf=lambda z: z is None,
+        )
+        return updates, state
+
+    return optax.GradientTransformation(init, update)
