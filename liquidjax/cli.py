@@ -78,6 +78,17 @@ def _float_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Tr
     return parse
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, e.g. 32,64,64; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def _choice(valid: tuple[str, ...], aliases: dict[str, str] | None = None):
     """A case-insensitive choice whose error lists the valid names."""
 
@@ -140,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-layers", type=_int_at_least(0), default=1,
                    help="CfC backbone depth")
     g.add_argument("--mixed-memory", action="store_true", help="add an LSTM memory")
+    g.add_argument("--conv-channels", type=_int_list, default=(32, 64, 64),
+                   help="output channels of the conv stem's blocks, e.g. 32,64,64 (--model conv)")
     g.add_argument("--readout", type=_choice(READOUTS), default="last",
                    help="last (output at the last step) or mean (mean over steps)")
     g.add_argument("--dropout", type=_float_in(0.0, 1.0), default=0.0,
@@ -297,6 +310,7 @@ def _train(args) -> int:
                 ode_unfolds=args.ode_unfolds, backbone_units=args.backbone_units,
                 backbone_layers=args.backbone_layers,
                 image_shape=image_shape if args.model == "conv" else None,
+                conv_channels=args.conv_channels,
             )
         except ValueError as e:
             raise _UsageError(str(e)) from None

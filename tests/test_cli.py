@@ -66,6 +66,7 @@ def _run_main(argv, capsys):
     (["train", "--sequence", "diagonal"], "rows, pixels, patches"),
     (["train", "--model", "vit"], "sequence, conv"),
     (["train", "--units", "0"], "expected an integer >= 1, got 0"),
+    (["train", "--conv-channels", "4,x"], "expected comma-separated integers"),
     (["train", "--lr", "-1"], "expected a number in (0.0, inf)"),
     (["train", "--epochs", "two"], "expected an integer, got 'two'"),
     (["train", "--dataset", "irregular_sine", "--solver", "tsit5"],
@@ -162,14 +163,19 @@ def test_train_evaluate_resume_end_to_end(idx_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_conv_and_ltc_ncp_synthetic(idx_dir, tmp_path, capsys):
+def test_conv_model(idx_dir, tmp_path, capsys):
     code, stdout, err = _run_main(
         ["train", "--dataset", "fashion_mnist", "--data-dir", str(idx_dir), "--model", "conv",
-         "--max-steps", "2", "--out-dir", str(tmp_path / "conv"), *SMALL], capsys)
+         "--conv-channels", "4,6", "--max-steps", "2", "--limit-examples", "16",
+         "--out-dir", str(tmp_path / "conv"), *SMALL], capsys)
     assert code == 0, err
     cfg = read_header(list_checkpoints(tmp_path / "conv" / "checkpoints")[-1])["model_config"]
     assert cfg["kind"] == "conv" and cfg["image_shape"] == [8, 8, 1]
+    assert cfg["conv_channels"] == [4, 6]
 
+
+@pytest.mark.slow
+def test_ltc_ncp_synthetic(tmp_path, capsys):
     out = tmp_path / "ltc"
     code, stdout, err = _run_main(
         ["train", "--dataset", "two_spirals", "--cell", "ltc", "--wiring", "ncp",

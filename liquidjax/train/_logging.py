@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -69,8 +70,11 @@ class RunLogger:
         if self.progress == "bar":
             from tqdm.auto import tqdm
 
+            # A pseudo-terminal may report a 0×0 size, with which tqdm draws nothing.
+            size = shutil.get_terminal_size((100, 24))
             self._bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}",
-                             unit="step", file=self.stream, dynamic_ncols=True, leave=True)
+                             unit="step", file=self.stream, ncols=min(size.columns or 100, 140),
+                             nrows=size.lines or 24, leave=True)
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
