@@ -16,13 +16,8 @@ Interpolation = Literal["hold", "linear", "cubic"]
 _INTERPOLATIONS = ("hold", "linear", "cubic")
 
 
-def _bcast_where(pred, a, b):
-    pred = jnp.reshape(pred, jnp.shape(pred) + (1,) * (jnp.ndim(a) - jnp.ndim(pred)))
-    return jnp.where(pred, a, b)
-
-
 def _where_tree(pred, new, old):
-    return jax.tree_util.tree_map(lambda a, b: _bcast_where(pred, a, b), new, old)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
 class LiquidRNN(eqx.Module):
@@ -171,73 +166,23 @@ class LiquidRNN(eqx.Module):
             return self._run_held(x, timespans, mask, state, key)
         return self._run_continuous(x, timespans, mask, state)
 
-    def _run_held(self, x, timespans, mask, state, key, advance=None, readout=None):
-        # `advance(h, x, dt, key)`/`readout(h)` act on one example, or on a batch (see `batched`).
+    def _run_held(self, x, timespans, mask, state, key):
         n = x.shape[0]
         keys = None if key is None else jax.random.split(key, n)
         zero = jnp.zeros((), timespans.dtype)
-        if advance is None:
-            advance = lambda h, xk, dt, kk: self.cell.advance(h, xk, zero, dt, key=kk)  # noqa: E731
-        readout = self._readout if readout is None else readout
 
         def step(h, inp):
             xk, dt, mk, kk = inp
-            h_new = advance(h, xk, dt, kk)
+            h_new = self.cell.advance(h, xk, zero, dt, key=kk)
             if mk is not None:
                 h_new = _where_tree(mk, h_new, h)
             if not self.return_sequences:
                 return h_new, None
-            y = readout(h_new)
-            return h_new, (y if mk is None else _bcast_where(mk, y, 0))
+            y = self._readout(h_new)
+            return h_new, (y if mk is None else jnp.where(mk, y, 0))
 
         h, ys = jax.lax.scan(step, state, (x, timespans, mask, keys))
-        return (ys if self.return_sequences else readout(h)), h
-
-    def batched(
-        self,
-        x: Float[Array, "batch time input"],
-        timespans: Float[Array, "batch time"] | None = None,
-        mask: Bool[Array, "batch time"] | None = None,
-        state: PyTree[Array] | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> tuple[Array, PyTree[Array]]:
-        """Run over a batch of sequences sharing these parameters: the same values as
-        ``jax.vmap(self)(x, timespans, mask, state)`` (batch axis first everywhere).
-
-        For an LTC on the fused fast path the time loop calls a batched kernel whose backward
-        pass sums the parameter gradients over the batch as it goes (≈1.5× faster training than
-        the vmapped per-example kernel). Per-example gradients (``jax.vmap(jax.grad(...))``) are
-        still correct: there the batch is not an input of this function. Other cells and
-        continuous inputs simply vmap.
-
-        **Returns:** ``(outputs, final_state)`` with a leading batch axis.
-        """
-        from .cells._ltc import LTC
-        from .cells._ltc_kernel import fused_ltc_step_batched
-
-        if x.ndim != 3:
-            raise ValueError(
-                f"expected x of shape (batch, time, {self.cell.input_size}), got {x.shape}"
-            )
-        cell = self.cell
-        if (self.interpolation != "hold" or not isinstance(cell, LTC)
-                or not cell.uses_fused_kernel):
-            keys = None if key is None else jax.random.split(key, x.shape[0])
-            return jax.vmap(lambda xb, tb, mb, sb, kb: self(xb, tb, mb, sb, key=kb))(
-                x, timespans, mask, state, keys)
-        x, timespans, mask, state = jax.vmap(self._validate)(x, timespans, mask, state)
-        epsilon = cell.solver.epsilon
-
-        def advance(h, xk, dt, kk):
-            del kk
-            return fused_ltc_step_batched(cell.effective_params(), jax.vmap(cell.map_input)(xk),
-                                          h, dt, cell.ode_unfolds, epsilon)
-
-        tm = lambda a: None if a is None else jnp.swapaxes(a, 0, 1)  # noqa: E731
-        ys, h = self._run_held(tm(x), tm(timespans), tm(mask), state, None, advance,
-                               jax.vmap(self._readout))
-        return (tm(ys) if self.return_sequences else ys), h
+        return (ys if self.return_sequences else self._readout(h)), h
 
     def _run_continuous(self, x, timespans, mask, state):
         from .solvers import make_term

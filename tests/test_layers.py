@@ -192,30 +192,3 @@ def test_continuous_mode_with_padding_equals_unpadded():
     np.testing.assert_allclose(y_pad[:4], y, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_pad, h, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(y_pad[4:], 0.0)
-
-
-@pytest.mark.parametrize("return_sequences", [True, False])
-def test_batched_equals_vmap_values_and_gradients(return_sequences):
-    """`LiquidRNN.batched` (batched LTC kernel, batch-summed backward) equals vmap of the
-    per-example call, and per-example gradients through vmap(grad) stay per-example."""
-    rnn = LiquidRNN(LTC(3, AutoNCP(8, 2), key=KEY), return_sequences=return_sequences)
-    x, ts = _data(4, 6, seed=5)
-    mask = jnp.arange(6)[None, :] < jnp.array([6, 3, 5, 1])[:, None]
-
-    def loss_b(m):
-        ys, h = m.batched(x, ts, mask)
-        return jnp.sum(jnp.sin(ys)) + jnp.sum(h**2)
-
-    def loss_v(m):
-        ys, h = jax.vmap(m)(x, ts, mask)
-        return jnp.sum(jnp.sin(ys)) + jnp.sum(h**2)
-
-    (lb, gb), (lv, gv) = eqx.filter_value_and_grad(loss_b)(rnn), eqx.filter_value_and_grad(loss_v)(rnn)
-    np.testing.assert_allclose(lb, lv, rtol=1e-6)
-    for a, b in zip(jax.tree_util.tree_leaves(gb), jax.tree_util.tree_leaves(gv)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    # Per-example gradients: the batch-summed gradient is their sum, and they differ.
-    per = jax.vmap(lambda xb, tb, mb: eqx.filter_grad(
-        lambda m: jnp.sum(jnp.sin(m(xb, tb, mb)[0])) + jnp.sum(m(xb, tb, mb)[1] ** 2))(rnn))(x, ts, mask)
-    np.testing.assert_allclose(per.cell.w.sum(0), gv.cell.w, rtol=1e-4, atol=1e-6)
-    assert not np.allclose(per.cell.w[0], per.cell.w[1])
