@@ -6,6 +6,7 @@ fused semi-implicit step or any other solver), optax trains them. ``liquidjax.da
 """
 
 from . import cells as cells, interop as interop, solvers as solvers, wirings as wirings
+from ._platform import use_cpu_cores as use_cpu_cores
 from ._static import StaticArray as StaticArray, replace_fields as replace_fields
 from .cells import (
     CfC as CfC,
