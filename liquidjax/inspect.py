@@ -227,7 +227,7 @@ class SolverTrace(NamedTuple):
     """The steps a diffrax solver took across one sequence (held inputs).
 
     Observation interval ``k`` is ``(T_{k−1}, T_k]``; each is one ``diffeqsolve``, as in
-    [`LTC.advance`][liquidjax.cells.LTC.advance]. Arrays are padded to the cell's `max_steps`.
+    ``LTC.advance``. Arrays are padded to the cell's `max_steps`.
 
     **Fields:**
     - `ts`: ``(L, max_steps)`` end time of every accepted step (``+inf`` padding).

@@ -5,7 +5,7 @@ Every function returns a `matplotlib.figure.Figure` built without pyplot (nothin
 nothing global changes; in Jupyter a returned figure displays itself, elsewhere call
 ``fig.savefig(...)``). Axes carry labels, units and a title. Inputs may be JAX or NumPy arrays;
 the quantities themselves come from [`liquidjax.inspect`][liquidjax.inspect] and
-[`liquidjax.train`][liquidjax.train].
+[`liquidjax.train.fit`][liquidjax.train.fit].
 
 **Example:**
 ```python
