@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=_float_in(0.0, float("inf")), default=1e-4)
     g.add_argument("--clip-norm", type=_float_in(0.0, float("inf"), lo_open=True), default=1.0)
     g.add_argument("--seed", type=_int_at_least(0), default=0)
+    g.add_argument("--cpu-devices", type=_int_at_least(1), default=None,
+                   help="CPU only: XLA host devices to shard the batch over (default: one per "
+                        "core; XLA:CPU runs each kernel on one thread)")
     g.add_argument("--max-steps", type=pos, default=None,
                    help="stop after N steps in total (quick runs)")
     g.add_argument("--checkpoint-every", type=pos, default=None,
@@ -428,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 and the valid choices on bad usage
+    from ._platform import use_cpu_cores
+
+    # Before any JAX backend exists: one CPU device per core, so data parallelism uses them all.
+    use_cpu_cores(getattr(args, "cpu_devices", None))
     from .data import DatasetFormatError, DatasetUnavailableError
     from .train import CheckpointError, NonFiniteLossError
 
