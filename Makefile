@@ -32,5 +32,8 @@ test: $(VENV)/.base
 bench: $(VENV)/.base
 	$(PY) benchmarks/vs_ncps.py
 
+docs: $(VENV)/.base
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) runs site

@@ -5,7 +5,14 @@ fused semi-implicit step or any other solver), optax trains them. ``liquidjax.da
 ``liquidjax.models`` and ``liquidjax.train`` are imported on demand.
 """
 
-from . import cells as cells, interop as interop, solvers as solvers, wirings as wirings
+from . import (
+    cells as cells,
+    inspect as inspect,
+    interop as interop,
+    plot as plot,
+    solvers as solvers,
+    wirings as wirings,
+)
 from ._platform import use_cpu_cores as use_cpu_cores
 from ._static import StaticArray as StaticArray, replace_fields as replace_fields
 from .cells import (

@@ -166,6 +166,9 @@ def count_vf_evals(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
     ``fn`` is traced afresh here (pass a plain Python function, not an already-jitted one whose
     trace is cached): every :class:`LiquidTerm` built while tracing it reports each evaluation
     through a host callback. The count is exact, at run time — for benchmarks, not training loops.
+    An LTC on its fused fast path (fused solver, constant steps) bypasses diffrax and the term, so
+    it reports 0 there: its cost is known statically, ``ode_unfolds`` conductance evaluations per
+    observation. Call ``cell.solve`` (the diffrax path) to count the fused solver through diffrax.
 
     **Returns:** ``(fn(*args), number_of_evaluations)``.
     """

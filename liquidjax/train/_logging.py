@@ -111,34 +111,11 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
 
     **Returns:** the PNG path, or ``None`` if there is no finished epoch to plot.
     """
-    import matplotlib
+    from ..plot import training_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # On resume an epoch may be recorded twice (before and after the kill): keep the last one.
-    epochs: dict[int, dict[str, Any]] = {}
-    for rec in read_metrics(metrics_path):
-        if rec.get("event") == "epoch":
-            epochs[int(rec["epoch"])] = rec
-    if not epochs:
+    if not any(rec.get("event") == "epoch" for rec in read_metrics(metrics_path)):
         return None
-    xs = sorted(epochs)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label, style in (("train", "train", "-o"), ("val", "validation", "-s")):
-        loss = [epochs[e].get(f"{key}_loss", math.nan) for e in xs]
-        acc = [epochs[e].get(f"{key}_accuracy", math.nan) for e in xs]
-        if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in loss):
-            continue
-        ax_loss.plot(xs, [math.nan if v is None else v for v in loss], style, label=label)
-        ax_acc.plot(xs, [math.nan if v is None else v for v in acc], style, label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    # Built without pyplot (no backend switch inside notebooks); one implementation of the plot.
     out = Path(out_path)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    training_curves(metrics_path).savefig(out, dpi=100)
     return out

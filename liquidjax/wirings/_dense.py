@@ -38,7 +38,7 @@ class FullyConnected(Wiring):
     """Every neuron connects to every neuron (and every input to every neuron).
 
     Polarities are drawn as in ncps: `numpy.random.default_rng(erev_init_seed)`, one
-    `choice([-1, 1, 1])` per synapse, row by row (`[pre, post]`), then — at [`build`][] — the
+    `choice([-1, 1, 1])` per synapse, row by row (`[pre, post]`), then — at [`build`][liquidjax.wirings.Wiring.build] — the
     sensory synapses from where the stream left off.
 
     **Arguments:**
@@ -96,7 +96,7 @@ class Random(Wiring):
 
     As in ncps: `numpy.random.default_rng(random_seed)` picks `round(N² (1 − sparsity_level))`
     distinct `(pre, post)` pairs, then one `choice([-1, 1, 1])` polarity for each; at
-    [`build`][] it picks `round(I·N (1 − sparsity_level))` distinct sensory pairs. (ncps draws
+    [`build`][liquidjax.wirings.Wiring.build] it picks `round(I·N (1 − sparsity_level))` distinct sensory pairs. (ncps draws
     *two* polarities per sensory synapse and keeps the second; this is replayed, so the
     matrices are identical.)
 

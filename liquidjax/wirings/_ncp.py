@@ -16,7 +16,7 @@ class NCP(Wiring):
 
     Neuron ids are ordered motor `[0, M)`, command `[M, M+C)`, inter `[M+C, N)`; layer 0 is the
     inter, 1 the command and 2 the motor layer. As in ncps, *all* synapses are drawn at
-    [`build`][] with `numpy.random.RandomState(seed)`: sensory→inter, inter→command, recurrent
+    [`build`][liquidjax.wirings.Wiring.build] with `numpy.random.RandomState(seed)`: sensory→inter, inter→command, recurrent
     command, command→motor, in that order — so the internal adjacency depends on the input size,
     and an unbuilt NCP has no adjacency matrix yet. Each sensory neuron gets exactly
     `sensory_fanout` distinct inter targets (then inter neurons left without input get

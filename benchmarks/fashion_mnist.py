@@ -1,0 +1,92 @@
+"""Accuracy benchmark: liquid models on Fashion-MNIST, through the real `liquidjax train` path.
+
+Each recipe is one `liquidjax train` command (so the figures are what a user gets); the script
+reads the run's `metrics.jsonl` and prints test accuracy, best validation accuracy and the time
+per epoch. Data: Debian's `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`).
+
+    python benchmarks/fashion_mnist.py                     # every recipe
+    python benchmarks/fashion_mnist.py --recipe cfc_rows   # one
+    python benchmarks/fashion_mnist.py --quick             # 1 epoch each, 6k examples (smoke)
+
+Reference points (PERF_NOTES.md, ncps 1.0.1 on this machine, 15 epochs): CfC-64 80.9 % in 422 s,
+CfC-64 + mixed memory 90.2 % in 693 s. Fashion-MNIST board best recurrent entry: 89.7 %.
+Targets (issue 3): row-wise liquid model ≥ 90.5 %, conv stem + liquid ≥ 93.5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA = "/usr/share/datasets/fashion-mnist"
+COMMON = ["--dataset", "fashion_mnist", "--data-dir", DATA, "--batch-size", "128",
+          "--progress", "plain"]
+
+RECIPES: dict[str, list[str]] = {
+    # Row-wise (28 steps x 28 features), no convolution.
+    "cfc_rows": ["--cell", "cfc", "--units", "128", "--mixed-memory", "--epochs", "20",
+                 "--lr", "2e-3", "--augment"],
+    "ltc_rows": ["--cell", "ltc", "--units", "64", "--epochs", "3", "--lr", "5e-3"],
+    # Small conv stem whose feature-map rows feed a CfC.
+    "conv_cfc": ["--model", "conv", "--cell", "cfc", "--units", "64", "--epochs", "15",
+                 "--lr", "3e-3", "--augment"],
+}
+
+
+def run(name: str, args: list[str], out_root: Path, quick: bool) -> dict:
+    out = out_root / name
+    cmd = [sys.executable, "-m", "liquidjax", "train", *COMMON, *args, "--out-dir", str(out)]
+    if quick:
+        cmd = [c for c in cmd]
+        i = cmd.index("--epochs")
+        cmd[i + 1] = "1"
+        cmd += ["--limit-examples", "6000"]
+    if (out / "checkpoints").exists():
+        cmd.append("--resume")
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    wall = time.time() - t0
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    test = [e for e in events if e["event"] == "test"][-1]
+    start = [e for e in events if e["event"] == "start"][0]
+    return {
+        "recipe": name,
+        "epochs": len(epochs),
+        "test_accuracy": test["test_accuracy"],
+        "best_val_accuracy": max(e["val_accuracy"] for e in epochs),
+        "s_per_epoch": sum(e["train_time_s"] for e in epochs) / len(epochs),
+        "train_s": sum(e["train_time_s"] for e in epochs),
+        "wall_s": wall,
+        "devices": len(start["devices"]),
+        "command": " ".join(cmd),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", action="append", choices=sorted(RECIPES))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="runs/bench_fashion")
+    args = ap.parse_args()
+    if not Path(DATA).is_dir():
+        print(f"{DATA} not found: apt-get install dataset-fashion-mnist", file=sys.stderr)
+        return 1
+    results = [run(n, RECIPES[n], Path(args.out), args.quick) for n in args.recipe or RECIPES]
+    print("\n| recipe | epochs | test acc | best val acc | s / epoch (train) | devices |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['recipe']} | {r['epochs']} | {100 * r['test_accuracy']:.2f} % | "
+              f"{100 * r['best_val_accuracy']:.2f} % | {r['s_per_epoch']:.1f} | {r['devices']} |")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
