@@ -236,7 +236,7 @@ def plot(rows, path):
                            color=cmap(i), marker=marker,
                            label=f"{fam} ({'PID' if adaptive else 'constant'})")
                 if fam == "fused":
-                    pts = sorted(pts, key=lambda r: r[key])
+                    pts = sorted(pts, key=lambda r: r["steps_per_interval"])
                     ax.plot([r[key] for r in pts], [r["max_abs_error"] for r in pts],
                             color=cmap(i), lw=0.8)
         # Pareto front: no other point both faster and more accurate.
