@@ -40,7 +40,7 @@ def _probe(host: str, port: int, timeout: float) -> str | None:
         try:
             socket.create_connection((host, port), timeout=timeout).close()
             result.append(None)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - a daemon thread must not leak an exception
             result.append(f"{type(e).__name__}: {e}")
 
     thread = threading.Thread(target=attempt, daemon=True)
