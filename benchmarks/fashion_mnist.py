@@ -29,7 +29,7 @@ COMMON = ["--dataset", "fashion_mnist", "--data-dir", DATA, "--batch-size", "128
 RECIPES: dict[str, list[str]] = {
     # Row-wise (28 steps x 28 features), no convolution.
     "cfc_rows": ["--cell", "cfc", "--units", "128", "--mixed-memory", "--epochs", "20",
-                 "--lr", "2e-3", "--augment"],
+                 "--lr", "2e-3", "--dropout", "0.1"],
     "ltc_rows": ["--cell", "ltc", "--units", "64", "--epochs", "3", "--lr", "5e-3"],
     # Small conv stem whose feature-map rows feed a CfC.
     "conv_cfc": ["--model", "conv", "--cell", "cfc", "--units", "64", "--epochs", "15",
