@@ -46,9 +46,9 @@ def measure(variant: str, batch: int, repeats: int) -> dict:
     y = jax.random.randint(jax.random.key(3), (batch,), 0, 10)
     n_dev = len(jax.devices())
     if n_dev > 1:
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-        mesh = jax.make_mesh((n_dev,), ("batch",))
+        mesh = jax.make_mesh((n_dev,), ("batch",), (AxisType.Auto,))
         x = jax.device_put(x, NamedSharding(mesh, P("batch")))
         y = jax.device_put(y, NamedSharding(mesh, P("batch")))
         model = jax.device_put(model, NamedSharding(mesh, P()))

@@ -309,8 +309,11 @@ class LTC(AbstractODECell):
         dtype = y0.dtype
         t0 = jnp.asarray(t0, dtype)
         t1 = jnp.asarray(t1, dtype)
+        # StepTo fixes the step locations itself; otherwise start from ode_unfolds equal steps.
+        dt0 = None if isinstance(self.stepsize_controller, diffrax.StepTo) else (
+            (t1 - t0) / self.ode_unfolds)
         return diffrax.diffeqsolve(
-            make_term(self), self.solver, t0, t1, (t1 - t0) / self.ode_unfolds, y0, args,
+            make_term(self), self.solver, t0, t1, dt0, y0, args,
             saveat=saveat, stepsize_controller=self.stepsize_controller, adjoint=self.adjoint,
             max_steps=self.max_steps,
         )
