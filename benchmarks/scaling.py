@@ -82,7 +82,7 @@ class RSSSampler:
 
 
 def build(kind, inputs, units, *, key, interpolation="hold", solver=None, adjoint=None,
-          max_steps=4096):
+          max_steps=4096, remat=False):
     import equinox as eqx
     import jax
 
@@ -103,7 +103,8 @@ def build(kind, inputs, units, *, key, interpolation="hold", solver=None, adjoin
         def __call__(self, x):
             return self.head(self.rnn(x)[0])
 
-    return Classifier(LiquidRNN(cell, return_sequences=False, interpolation=interpolation),
+    return Classifier(LiquidRNN(cell, return_sequences=False, interpolation=interpolation,
+                                remat=remat),
                       eqx.nn.Linear(cell.output_size, 10, key=k2))
 
 
@@ -226,6 +227,7 @@ def part_memory(quick):
 
     variants = {
         "held, fused kernel (default)": dict(),
+        "held, fused kernel, remat=True (checkpointed steps)": dict(remat=True),
         "continuous, fused solver, RecursiveCheckpointAdjoint": dict(
             interpolation="linear", solver=FusedSemiImplicit(),
             adjoint=diffrax.RecursiveCheckpointAdjoint()),

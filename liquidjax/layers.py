@@ -44,6 +44,9 @@ class LiquidRNN(eqx.Module):
     - `interpolation`: ``"hold"``, ``"linear"`` or ``"cubic"``.
     - `check_inputs`: check at run time that inputs are finite and valid timespans positive
       (``eqx.error_if``; cheap, on by default).
+    - `remat`: held inputs only — keep just the state per step for the backward pass and
+      recompute each step's internals (``jax.checkpoint``): training memory then grows by one
+      state per step, for about one extra forward pass of compute.
 
     **Returns** (of ``__call__``): ``(outputs, final_state)`` with outputs of shape
     ``(L, out)`` (or ``(out,)`` without `return_sequences`).
@@ -61,6 +64,7 @@ class LiquidRNN(eqx.Module):
     return_sequences: bool = eqx.field(default=True, static=True)
     interpolation: str = eqx.field(default="hold", static=True)
     check_inputs: bool = eqx.field(default=True, static=True)
+    remat: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self):
         if self.interpolation not in _INTERPOLATIONS:
@@ -181,11 +185,13 @@ class LiquidRNN(eqx.Module):
             y = self._readout(h_new)
             return h_new, (y if mk is None else jnp.where(mk, y, 0))
 
+        if self.remat:
+            step = jax.checkpoint(step, policy=jax.checkpoint_policies.nothing_saveable)
         h, ys = jax.lax.scan(step, state, (x, timespans, mask, keys))
         return (ys if self.return_sequences else self._readout(h)), h
 
     def _run_continuous(self, x, timespans, mask, state):
-        from .solvers import make_term
+        from .solvers import make_term, with_root_finder_tols
 
         cell = self.cell
         assert isinstance(cell, AbstractODECell)
@@ -217,10 +223,20 @@ class LiquidRNN(eqx.Module):
                 # a saved state then never depends on inputs after its time (padding).
                 controller = diffrax.ClipStepSizeController(controller, step_ts=ts)
             dt0 = timespans[0].astype(dtype) / unfolds
+        adjoint = getattr(cell, "adjoint", diffrax.RecursiveCheckpointAdjoint())
+        if (isinstance(adjoint, diffrax.BacksolveAdjoint) and dt0 is None
+                and "stepsize_controller" not in adjoint.kwargs):
+            # The forward step grid cannot drive the backward solves (they run T_k -> T_{k-1}):
+            # give them constant steps no longer than the forward's shortest step.
+            adjoint = diffrax.BacksolveAdjoint(**{
+                "dt0": -jnp.min(timespans).astype(dtype) / unfolds,
+                **adjoint.kwargs,
+                "stepsize_controller": diffrax.ConstantStepSize(),
+            })
+        solver = with_root_finder_tols(cell.solver, controller, dtype)
         sol = diffrax.diffeqsolve(
-            make_term(cell), cell.solver, knots[0], ts[-1], dt0, state, path,
-            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller,
-            adjoint=getattr(cell, "adjoint", diffrax.RecursiveCheckpointAdjoint()),
+            make_term(cell), solver, knots[0], ts[-1], dt0, state, path,
+            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller, adjoint=adjoint,
             max_steps=getattr(cell, "max_steps", 4096),
         )
         hs = sol.ys

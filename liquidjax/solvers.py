@@ -194,3 +194,26 @@ def make_term(cell: AbstractODECell) -> LiquidTerm:
 def observation_times(timespans: Float[Array, " time"]) -> Float[Array, " time"]:
     """Absolute observation times ``T_k = Σ_{j≤k} Δt_j`` (the sequence starts at ``t = 0``)."""
     return jnp.cumsum(timespans)
+
+
+def with_root_finder_tols(
+    solver: diffrax.AbstractSolver, controller: diffrax.AbstractStepSizeController, dtype
+) -> diffrax.AbstractSolver:
+    """An implicit solver ready for ``controller``.
+
+    diffrax's implicit solvers (Kvaerno*, ImplicitEuler) take their Newton tolerances from an
+    adaptive controller; with constant steps it refuses to run until they are set. Here they get a
+    full Newton root finder with tolerances suited to ``dtype`` (1e-4/1e-6 in float32, where
+    tighter ones cannot be met, 1e-8/1e-10 in float64). Solvers whose root finder already has
+    tolerances, and adaptive controllers, are left alone.
+    """
+    import optimistix as optx
+    from diffrax._root_finder import use_stepsize_tol  # the "take them from the controller" marker
+
+    if (not isinstance(solver, diffrax.AbstractImplicitSolver)
+            or isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
+            or getattr(solver.root_finder, "rtol", None) is not use_stepsize_tol):
+        return solver
+    single = jnp.dtype(dtype) == jnp.float32
+    finder = optx.Newton(rtol=1e-4 if single else 1e-8, atol=1e-6 if single else 1e-10)
+    return eqx.tree_at(lambda s: s.root_finder, solver, finder)

@@ -294,3 +294,18 @@ def test_nonnegative_projection_in_optax_chain():
     np.testing.assert_allclose(new.sigma, cell.sigma - 10.0, rtol=1e-6)
     with pytest.raises(ValueError, match="needs the current parameters"):
         opt.update(grads, state)
+
+
+def test_implicit_solver_with_constant_steps(stiffish):
+    """Kvaerno5 / ImplicitEuler need Newton tolerances under constant steps: they get them."""
+    cell, x, v0, exact = stiffish
+    with jax.enable_x64(True):
+        errs = {}
+        for name in ("kvaerno5", "implicit_euler"):
+            for n in (4, 16):
+                c = cell.with_solver(solver_from_name(name), ode_unfolds=n)
+                errs[name, n] = float(jnp.max(jnp.abs(c.advance(v0, x, 0.0, 1.0) - exact)))
+    assert errs["kvaerno5", 16] < 1e-6, errs
+    assert errs["implicit_euler", 16] < errs["implicit_euler", 4] < 0.1, errs
+    f32 = LTC(3, 6, key=jax.random.key(3)).with_solver(solver_from_name("kvaerno5"))
+    assert jnp.all(jnp.isfinite(f32.advance(f32.init_state(), jnp.ones(3), 0.0, 1.0)))

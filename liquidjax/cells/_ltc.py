@@ -303,7 +303,7 @@ class LTC(AbstractODECell):
 
         **Returns:** the ``diffrax.Solution`` (``.ys``, ``.stats`` with ``num_steps``).
         """
-        from ..solvers import make_term
+        from ..solvers import make_term, with_root_finder_tols
 
         saveat = diffrax.SaveAt(t1=True) if saveat is None else saveat
         dtype = y0.dtype
@@ -312,8 +312,9 @@ class LTC(AbstractODECell):
         # StepTo fixes the step locations itself; otherwise start from ode_unfolds equal steps.
         dt0 = None if isinstance(self.stepsize_controller, diffrax.StepTo) else (
             (t1 - t0) / self.ode_unfolds)
+        solver = with_root_finder_tols(self.solver, self.stepsize_controller, dtype)
         return diffrax.diffeqsolve(
-            make_term(self), self.solver, t0, t1, dt0, y0, args,
+            make_term(self), solver, t0, t1, dt0, y0, args,
             saveat=saveat, stepsize_controller=self.stepsize_controller, adjoint=self.adjoint,
             max_steps=self.max_steps,
         )
