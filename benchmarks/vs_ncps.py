@@ -23,6 +23,7 @@ the full run also rewrites the ``vs_ncps`` section of ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import sys
 import time
@@ -69,6 +70,9 @@ def parse_args(argv=None):
                    help="run only this configuration (repeatable); default: all")
     p.add_argument("--threads", type=int, default=None,
                    help="cores/threads for both frameworks (default: all cores of this process)")
+    p.add_argument("--jax-devices", type=int, default=None,
+                   help="XLA CPU devices the JAX batch is sharded over (default 1; "
+                        "XLA:CPU runs each kernel on one thread: N devices use N cores)")
     p.add_argument("--repeats", type=int, default=None, help="override the number of repeats")
     p.add_argument("--no-ncps", action="store_true", help="time liquidjax only")
     p.add_argument("--no-md", action="store_true", help="do not rewrite BENCHMARKS.md")
@@ -247,7 +251,18 @@ def run_config(name: str, cfg: Config, *, use_ncps: bool, warmup: int, repeats: 
               f"{res['check']['loss_liquidjax']:.6f}; max rel grad diff "
               f"{res['check']['grad_max_rel_diff']:.1e}  OK", flush=True)
 
-    # ---- liquidjax
+    # ---- liquidjax: batch sharded over the CPU devices (one per core), parameters replicated
+    n_dev = len(jax.devices())
+    if n_dev > 1 and cfg.batch % n_dev == 0:
+        from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+        mesh = jax.make_mesh((n_dev,), ("batch",), (AxisType.Auto,))
+        xj = jax.device_put(x, NamedSharding(mesh, PartitionSpec("batch")))
+        yj = jax.device_put(y, NamedSharding(mesh, PartitionSpec("batch")))
+        rep = NamedSharding(mesh, PartitionSpec())
+        jmodel = jax.tree_util.tree_map(
+            lambda a: jax.device_put(a, rep) if eqx.is_array(a) else a, jmodel)
+    res["jax_devices"] = n_dev
     opt_state = opt.init(eqx.filter(jmodel, eqx.is_inexact_array))
     t0 = time.perf_counter()
     compiled_step = train_step.lower(jmodel, opt_state, xj, yj).compile()
@@ -335,6 +350,8 @@ def main(argv=None):
             write_md(payload)
         return
     threads = _common.pin_threads(args.threads)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={args.jax_devices or 1}").strip()
     import jax
 
     use_ncps = not args.no_ncps
@@ -357,7 +374,7 @@ def main(argv=None):
     info = _common.machine_info()
     print(f"machine: {_common.machine_line(info)}")
     print(f"threads: {threads} (torch.set_num_threads and the CPU affinity XLA sizes its pool "
-          f"from); jax device {jax.devices()[0]}; warm-up {warmup}, repeats liquidjax {repeats}"
+          f"from); jax devices {len(jax.devices())} (batch sharded); warm-up {warmup}, repeats liquidjax {repeats}"
           f"{f', ncps {ncps_repeats}' if use_ncps else ''} (median)", flush=True)
 
     results = []
