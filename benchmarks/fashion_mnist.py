@@ -28,12 +28,13 @@ COMMON = ["--dataset", "fashion_mnist", "--data-dir", DATA, "--batch-size", "128
 
 RECIPES: dict[str, list[str]] = {
     # Row-wise (28 steps x 28 features), no convolution.
-    "cfc_rows": ["--cell", "cfc", "--units", "128", "--mixed-memory", "--epochs", "20",
-                 "--lr", "2e-3", "--dropout", "0.1"],
+    "cfc_rows": ["--cell", "cfc", "--units", "128", "--mixed-memory", "--epochs", "15",
+                 "--lr", "2e-3", "--dropout", "0.2", "--weight-decay", "0.05"],
     "ltc_rows": ["--cell", "ltc", "--units", "64", "--epochs", "3", "--lr", "5e-3"],
     # Small conv stem whose feature-map rows feed a CfC.
-    "conv_cfc": ["--model", "conv", "--cell", "cfc", "--units", "64", "--epochs", "15",
-                 "--lr", "3e-3", "--augment"],
+    "conv_cfc": ["--model", "conv", "--cell", "cfc", "--units", "64", "--conv-channels",
+                 "32,64,128", "--epochs", "12", "--lr", "2e-3", "--dropout", "0.2",
+                 "--weight-decay", "0.05"],
 }
 
 
