@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from ._static import replace_fields
 from .cells._base import AbstractCell, AbstractODECell
 from .layers import LiquidRNN
 
@@ -36,82 +37,6 @@ __all__ = [
     "solver_trace",
     "system_time_constants",
 ]
-
-
-def _liquid_part(state: PyTree[Array]) -> Array:
-    # A MixedMemory state is (h, c): h is the liquid cell's state, c the LSTM's memory.
-    return state[0] if isinstance(state, tuple) else state
-
-
-class _StateReadout(AbstractCell):
-    """A cell that behaves exactly like `inner` but whose output is its (liquid) state."""
-
-    inner: AbstractCell
-    input_size: int = eqx.field(static=True)
-    state_size: int = eqx.field(static=True)
-    output_size: int = eqx.field(static=True)
-
-    def __init__(self, inner: AbstractCell):
-        self.inner = inner
-        self.input_size = inner.input_size
-        self.state_size = self.output_size = inner.state_size
-
-    def init_state(self):
-        return self.inner.init_state()
-
-    def advance(self, state, x, t0, t1, *, key=None):
-        return self.inner.advance(state, x, t0, t1, key=key)
-
-    def output(self, state):
-        return _liquid_part(state)
-
-
-class _ODEStateReadout(AbstractODECell):
-    """Like `_StateReadout`, for ODE cells: the layer's continuous mode integrates its
-    conductances with the inner cell's solver, controller and adjoint."""
-
-    inner: AbstractODECell
-    input_size: int = eqx.field(static=True)
-    state_size: int = eqx.field(static=True)
-    output_size: int = eqx.field(static=True)
-
-    def __init__(self, inner: AbstractODECell):
-        self.inner = inner
-        self.input_size = inner.input_size
-        self.state_size = self.output_size = inner.state_size
-
-    def init_state(self):
-        return self.inner.init_state()
-
-    def advance(self, state, x, t0, t1, *, key=None):
-        return self.inner.advance(state, x, t0, t1, key=key)
-
-    def output(self, state):
-        return state
-
-    def conductances(self, t, y, args):
-        return self.inner.conductances(t, y, args)
-
-    # What LiquidRNN's continuous mode reads from an ODE cell.
-    @property
-    def solver(self) -> diffrax.AbstractSolver:
-        return self.inner.solver  # type: ignore[attr-defined]
-
-    @property
-    def stepsize_controller(self) -> diffrax.AbstractStepSizeController:
-        return self.inner.stepsize_controller  # type: ignore[attr-defined]
-
-    @property
-    def adjoint(self) -> diffrax.AbstractAdjoint:
-        return getattr(self.inner, "adjoint", diffrax.RecursiveCheckpointAdjoint())
-
-    @property
-    def ode_unfolds(self) -> int:
-        return getattr(self.inner, "ode_unfolds", 1)
-
-    @property
-    def max_steps(self) -> int:
-        return getattr(self.inner, "max_steps", 4096)
 
 
 def _as_rnn(rnn_or_cell: LiquidRNN | AbstractCell) -> LiquidRNN:
@@ -159,15 +84,7 @@ def hidden_states(
     hs = jax.vmap(hidden_states, in_axes=(None, 0, 0, 0))(rnn, xb, tb, mb)  # (B, L, 8)
     ```
     """
-    rnn = _as_rnn(rnn)
-    cell = rnn.cell
-    probe_cell: AbstractCell
-    if isinstance(cell, AbstractODECell):
-        probe_cell = _ODEStateReadout(cell)
-    else:
-        probe_cell = _StateReadout(cell)
-    probe = LiquidRNN(probe_cell, proj=None, return_sequences=True,
-                      interpolation=rnn.interpolation, check_inputs=rnn.check_inputs)
+    probe = replace_fields(_as_rnn(rnn), readout_states=True, return_sequences=True)
     hs, _ = probe(x, timespans, mask, state, key=key)
     return hs
 

@@ -47,6 +47,9 @@ class LiquidRNN(eqx.Module):
     - `remat`: held inputs only — keep just the state per step for the backward pass and
       recompute each step's internals (``jax.checkpoint``): training memory then grows by one
       state per step, for about one extra forward pass of compute.
+    - `readout_states`: output the hidden state itself (the liquid cell's ``h`` with mixed
+      memory) instead of ``cell.output`` and `proj` — what :func:`liquidjax.inspect.hidden_states`
+      uses.
 
     **Returns** (of ``__call__``): ``(outputs, final_state)`` with outputs of shape
     ``(L, out)`` (or ``(out,)`` without `return_sequences`).
@@ -65,6 +68,7 @@ class LiquidRNN(eqx.Module):
     interpolation: str = eqx.field(default="hold", static=True)
     check_inputs: bool = eqx.field(default=True, static=True)
     remat: bool = eqx.field(default=False, static=True)
+    readout_states: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self):
         if self.interpolation not in _INTERPOLATIONS:
@@ -88,6 +92,8 @@ class LiquidRNN(eqx.Module):
         return self.cell.output_size if self.proj is None else self.proj.out_features
 
     def _readout(self, state):
+        if self.readout_states:
+            return state[0] if isinstance(state, tuple) else state
         y = self.cell.output(state)
         return y if self.proj is None else self.proj(y)
 
