@@ -191,3 +191,33 @@ def fmt_ms(x: float | None) -> str:
 
 def command_line() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+
+
+def classifier_fns(lr: float = 1e-3):
+    """The jitted pieces every classifier benchmark times: ``(opt, train_step, forward,
+    loss_and_grad)`` — Adam, cross-entropy over ``jax.vmap(model)``, one ``eqx.filter_jit`` each."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    opt = optax.adam(lr)
+
+    def loss_fn(model, x, y):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(jax.vmap(model)(x), y))
+
+    @eqx.filter_jit
+    def train_step(model, opt_state, x, y):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, x, y)
+        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    @eqx.filter_jit
+    def forward(model, x):
+        return jax.vmap(model)(x)
+
+    @eqx.filter_jit
+    def loss_and_grad(model, x, y):
+        return eqx.filter_value_and_grad(loss_fn)(model, x, y)
+
+    return opt, train_step, forward, loss_and_grad

@@ -109,26 +109,7 @@ def build(kind, inputs, units, *, key, interpolation="hold", solver=None, adjoin
 
 
 def fns():
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    opt = optax.adam(1e-3)
-
-    def loss_fn(model, x, y):
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(jax.vmap(model)(x), y))
-
-    @eqx.filter_jit
-    def train_step(model, opt_state, x, y):
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, x, y)
-        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-        return eqx.apply_updates(model, updates), opt_state, loss
-
-    @eqx.filter_jit
-    def forward(model, x):
-        return jax.vmap(model)(x)
-
+    opt, train_step, forward, _ = _common.classifier_fns(1e-3)
     return opt, train_step, forward
 
 

@@ -149,32 +149,7 @@ def build_jax(cfg: Config, sd: dict | None, seed: int):
 
 
 def jax_fns(lr: float):
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    opt = optax.adam(lr)
-
-    def loss_fn(model, x, y):
-        logits = jax.vmap(model)(x)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-
-    @eqx.filter_jit
-    def train_step(model, opt_state, x, y):
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, x, y)
-        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-        return eqx.apply_updates(model, updates), opt_state, loss
-
-    @eqx.filter_jit
-    def forward(model, x):
-        return jax.vmap(model)(x)
-
-    @eqx.filter_jit
-    def loss_and_grad(model, x, y):
-        return eqx.filter_value_and_grad(loss_fn)(model, x, y)
-
-    return opt, train_step, forward, loss_and_grad
+    return _common.classifier_fns(lr)
 
 
 def jax_grads_as_state_dict(grads) -> dict:

@@ -276,6 +276,17 @@ def _input_panel(ax: Axes, t: np.ndarray, x: np.ndarray, step: bool) -> None:
         ax.legend(fontsize=7, loc="upper right")
 
 
+def _main_axes_below_input(x, tt: np.ndarray, figsize, height: float) -> tuple[Figure, Axes]:
+    """A figure whose main axes sit under an input panel (when `x` is given), sharing time."""
+    if x is None:
+        fig, axes = _figure(figsize=figsize)
+        return fig, axes[0, 0]
+    fig, axes = _figure(2, 1, figsize=figsize, sharex=True, height_ratios=(1, height))
+    _input_panel(axes[0, 0], tt, _np(x), step=True)
+    axes[0, 0].set_title("Input")
+    return fig, axes[1, 0]
+
+
 def _shade(ax: Axes, regimes: Sequence[tuple[float, float, str]] | None) -> None:
     for k, (t0, t1, label) in enumerate(regimes or ()):
         ax.axvspan(t0, t1, color=f"C{k % 10}", alpha=0.08, lw=0)
@@ -322,14 +333,7 @@ def time_constants(
     labels = list(neuron_labels) if neuron_labels is not None else [f"neuron {j}" for j in idx]
     if len(labels) != len(idx):
         raise ValueError(f"got {len(labels)} neuron labels for {len(idx)} neurons")
-    if x is not None:
-        fig, axes = _figure(2, 1, figsize=figsize, sharex=True, height_ratios=(1, 2.5))
-        _input_panel(axes[0, 0], tt, _np(x), step=True)
-        axes[0, 0].set_title("Input")
-        ax = axes[1, 0]
-    else:
-        fig, axes = _figure(figsize=figsize)
-        ax = axes[0, 0]
+    fig, ax = _main_axes_below_input(x, tt, figsize, height=2.5)
     for j, label in zip(idx, labels):
         ax.plot(tt, tau[:, j], lw=1.2, label=label)
     if log:
@@ -393,14 +397,7 @@ def activity(
         raise ValueError(f"expected states of shape (time, neurons), got {s.shape}")
     n_t, n = s.shape
     tt, tlabel = _times(t, n_t)
-    if x is not None:
-        fig, axes = _figure(2, 1, figsize=figsize, sharex=True, height_ratios=(1, 3))
-        _input_panel(axes[0, 0], tt, _np(x), step=True)
-        axes[0, 0].set_title("Input")
-        ax = axes[1, 0]
-    else:
-        fig, axes = _figure(figsize=figsize)
-        ax = axes[0, 0]
+    fig, ax = _main_axes_below_input(x, tt, figsize, height=3)
     # Cell edges halfway between observation times.
     mid = (tt[1:] + tt[:-1]) / 2 if n_t > 1 else np.array([], float)
     first = tt[0] - (mid[0] - tt[0] if n_t > 1 else 0.5)

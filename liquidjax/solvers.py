@@ -18,7 +18,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
 from .cells._base import AbstractODECell
 
@@ -155,9 +154,7 @@ def solver_from_name(name: str) -> diffrax.AbstractSolver:
 
 def is_adaptive(solver: diffrax.AbstractSolver) -> bool:
     """Whether ``solver`` provides an error estimate (can be used with ``PIDController``)."""
-    return isinstance(solver, diffrax.AbstractAdaptiveSolver) or (
-        isinstance(solver, diffrax.AbstractImplicitSolver)
-    )
+    return isinstance(solver, (diffrax.AbstractAdaptiveSolver, diffrax.AbstractImplicitSolver))
 
 
 def count_vf_evals(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
@@ -189,11 +186,6 @@ def count_vf_evals(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
 def make_term(cell: AbstractODECell) -> LiquidTerm:
     """The :class:`LiquidTerm` of ``cell`` (counting evaluations inside :func:`count_vf_evals`)."""
     return LiquidTerm(cell, _COUNTER.get())
-
-
-def observation_times(timespans: Float[Array, " time"]) -> Float[Array, " time"]:
-    """Absolute observation times ``T_k = Σ_{j≤k} Δt_j`` (the sequence starts at ``t = 0``)."""
-    return jnp.cumsum(timespans)
 
 
 def with_root_finder_tols(
