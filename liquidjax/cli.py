@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .models import CELL_KINDS, MODEL_KINDS, READOUTS, WIRINGS, ModelConfig
+from .models import CELL_KINDS, CONV_STEMS, MODEL_KINDS, READOUTS, WIRINGS, ModelConfig
 from .solvers import SOLVER_NAMES
 
 IMAGE_DATASETS: tuple[str, ...] = ("cifar10", "mnist", "fashion_mnist")
@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patch-size", type=pos, default=4, help="patch size for --sequence patches")
     g.add_argument("--val-fraction", type=_float_in(0.0, 1.0), default=0.1,
                    help="share of the training split held out for validation (default 0.1)")
-    g.add_argument("--augment", action="store_true", help="random crop + flip (CIFAR-10)")
+    g.add_argument("--augment", action="store_true",
+                   help="random crop (after zero padding) + horizontal flip of training images")
+    g.add_argument("--augment-padding", type=_int_at_least(0), default=4,
+                   help="--augment: crop padding in pixels (default 4; 0 = flips only)")
     g.add_argument("--limit-examples", type=pos, default=None,
                    help="use only the first N examples of each split (quick runs)")
     g.add_argument("--no-download", action="store_true",
@@ -152,7 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CfC backbone depth")
     g.add_argument("--mixed-memory", action="store_true", help="add an LSTM memory")
     g.add_argument("--conv-channels", type=_int_list, default=(32, 64, 64),
-                   help="output channels of the conv stem's blocks, e.g. 32,64,64 (--model conv)")
+                   help="output channels of the conv stem's blocks (strided) or stages (pooled), "
+                        "e.g. 32,64,64 (--model conv)")
+    g.add_argument("--conv-stem", type=_choice(CONV_STEMS), default="strided",
+                   help="strided (3x3 conv blocks, stride 2 after the first) or pooled (two 3x3 "
+                        "convs + 2x2 max pool per stage)")
+    g.add_argument("--conv-dropout", type=_float_in(0.0, 1.0), default=0.0,
+                   help="dropout in the conv stem (after each pool)")
     g.add_argument("--readout", type=_choice(READOUTS), default="last",
                    help="last (output at the last step) or mean (mean over steps)")
     g.add_argument("--dropout", type=_float_in(0.0, 1.0), default=0.0,
@@ -165,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peak learning rate (AdamW, warm-up + cosine; default 2e-3)")
     g.add_argument("--weight-decay", type=_float_in(0.0, float("inf")), default=1e-4)
     g.add_argument("--clip-norm", type=_float_in(0.0, float("inf"), lo_open=True), default=1.0)
+    g.add_argument("--label-smoothing", type=_float_in(0.0, 1.0), default=0.0)
     g.add_argument("--seed", type=_int_at_least(0), default=0)
     g.add_argument("--cpu-devices", type=_int_at_least(1), default=None,
                    help="CPU only: XLA host devices to shard the batch over (default: one per "
@@ -256,7 +266,8 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
     seq = task.sequencer
     val = task.eval_loader("val", eval_batch) if len(task.val) else None
     return _Data(
-        train=task.train_loader(batch_size, seed=args.seed, augment=args.augment),
+        train=task.train_loader(batch_size, seed=args.seed, augment=args.augment,
+                                augment_padding=args.augment_padding),
         val=val,
         test_split=lambda: task.eval_loader("test", eval_batch),
         input_size=int(task.sequence_shape[1]),
@@ -266,12 +277,44 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
             Path(args.data_dir).resolve()), "sequence": args.sequence,
             "patch_size": args.patch_size, "val_fraction": args.val_fraction,
             "val_seed": _VAL_SEED, "limit_examples": args.limit_examples,
-            "augment": args.augment, "mean": seq.mean.tolist(), "std": seq.std.tolist(),
+            "augment": args.augment, "augment_padding": args.augment_padding, "mean": seq.mean.tolist(), "std": seq.std.tolist(),
             "source": task.train.source},
     )
 
 
 # ----------------------------------------------------------------------------------------- train
+# Data settings that change the training trajectory, with the value a checkpoint written before
+# the setting existed implies.
+_DATA_TRAJECTORY = {"dataset": None, "sequence": None, "patch_size": None, "val_fraction": None,
+                    "limit_examples": None, "augment": False, "augment_padding": 4}
+
+
+def _check_resumable(ckpt: Path, mconfig, data_info: dict[str, Any]) -> dict[str, Any]:
+    """Refuse to resume `ckpt` with other model or data settings; return the model config dict
+    to record (the checkpoint's own, so that one written before a newer config field existed,
+    whose defaults reproduce it, still resumes)."""
+    from . import train as lt
+    from .models import ModelConfig
+
+    header = lt.read_header(ckpt)
+    saved = header.get("model_config") or {}
+    try:
+        same_model = ModelConfig.from_dict(saved) == mconfig
+    except (TypeError, ValueError):
+        same_model = False
+    saved_data = header.get("data_config") or {}
+    diff = [
+        f"{k}: checkpoint has {saved_data.get(k, d)!r}, requested {data_info.get(k, d)!r}"
+        for k, d in _DATA_TRAJECTORY.items()
+        if k in data_info and saved_data.get(k, d) != data_info.get(k, d)
+    ]
+    if diff:
+        raise lt.CheckpointError(
+            ckpt, "it belongs to a run with different data settings:\n  " + "\n  ".join(diff)
+        )
+    return saved if same_model else mconfig.to_dict()
+
+
 def _train(args) -> int:
     import equinox as eqx
     import jax
@@ -285,7 +328,7 @@ def _train(args) -> int:
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
             weight_decay=args.weight_decay, clip_norm=args.clip_norm, seed=args.seed,
             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-            max_steps=args.max_steps,
+            max_steps=args.max_steps, label_smoothing=args.label_smoothing,
         )
         parallel = lt.DataParallel.create()
         parallel.check_batch_size(args.batch_size)
@@ -313,13 +356,14 @@ def _train(args) -> int:
                 ode_unfolds=args.ode_unfolds, backbone_units=args.backbone_units,
                 backbone_layers=args.backbone_layers,
                 image_shape=image_shape if args.model == "conv" else None,
-                conv_channels=args.conv_channels,
+                conv_channels=args.conv_channels, conv_stem=args.conv_stem,
+                conv_dropout=args.conv_dropout,
             )
         except ValueError as e:
             raise _UsageError(str(e)) from None
 
     # Check the flags before spending time on the data; the data then fixes the sizes.
-    model_config(1, 10, (8, 8, 1))
+    model_config(1, 10, (256, 256, 1))
     data = _load_data(args, args.batch_size, eval_batch)
     mconfig = model_config(data.input_size, data.num_classes, data.image_shape)
     model = build_model(mconfig, key=jax.random.key(args.seed))
@@ -330,9 +374,14 @@ def _train(args) -> int:
           file=sys.stderr, flush=True)
     resume: Any = None if args.resume is None else (
         "latest" if args.resume == "latest" else Path(args.resume))
+    saved_config = mconfig.to_dict()
+    if resume is not None:
+        ckpt = lt.latest_checkpoint(out_dir / "checkpoints") if resume == "latest" else resume
+        if ckpt is not None and Path(ckpt).is_file():
+            saved_config = _check_resumable(Path(ckpt), mconfig, data.info)
     result = lt.fit(
         model, data.train, tconfig, val_data=data.val, out_dir=out_dir, resume=resume,
-        model_config=mconfig.to_dict(), extra_header={"data_config": data.info},
+        model_config=saved_config, extra_header={"data_config": data.info},
         progress=args.progress, parallel=parallel,
     )
     summary: dict[str, Any] = {}

@@ -190,10 +190,17 @@ class SequenceClassifier(AbstractClassifier):
 class ConvLiquidClassifier(AbstractClassifier):
     r"""A small conv stem whose feature map is read as a sequence by a liquid layer.
 
-    The image ``(H, W, C)`` goes through ``Conv2d(3×3) → GroupNorm → ReLU`` blocks (the first
-    with stride 1, the others stride 2); the ``(C', H', W')`` feature map is read row by row
-    (``H'`` steps of ``W'·C'`` features) or column by column, fed to a
-    :class:`SequenceClassifier`'s liquid layers, and read out linearly.
+    The image ``(H, W, C)`` goes through ``Conv2d(3×3) → GroupNorm → ReLU`` blocks. Two stem
+    layouts (see :func:`conv_stem_blocks`):
+
+    - ``"strided"``: one block per entry of `channels`, the first with stride 1, the others
+      stride 2;
+    - ``"pooled"``: per entry of `channels` a stage of two stride-1 blocks and a 2×2 max pool
+      (the VGG pattern; more accurate, about twice the convolution work).
+
+    The ``(C', H', W')`` feature map (after optional dropout) is read row by row (``H'`` steps of
+    ``W'·C'`` features) or column by column, fed to a :class:`SequenceClassifier`'s liquid
+    layers, and read out linearly.
 
     **Arguments:**
     - `stem`: the conv blocks, a tuple of ``(eqx.nn.Conv2d, eqx.nn.GroupNorm)`` pairs.
@@ -201,6 +208,8 @@ class ConvLiquidClassifier(AbstractClassifier):
     - `image_shape`: ``(H, W, C)``; inputs of any shape with ``H·W·C`` elements in row-major
       ``(H, W, C)`` order (an image, a row sequence ``(H, W·C)``, a pixel sequence) are accepted.
     - `sequence`: ``"rows"`` or ``"columns"`` of the feature map.
+    - `pool_after`: for each block, whether a 2×2 max pool (stride 2) follows it; default none.
+    - `stem_dropout`: dropout rate after each pool and on the final feature map (training only).
 
     **Returns** (of ``__call__``): logits ``(num_classes,)``.
 
@@ -216,20 +225,33 @@ class ConvLiquidClassifier(AbstractClassifier):
     body: SequenceClassifier
     image_shape: tuple[int, int, int] = eqx.field(static=True)
     sequence: str = eqx.field(static=True)
+    pool_after: tuple[bool, ...] = eqx.field(static=True)
+    stem_dropout: float = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
 
-    def __init__(self, stem, body: SequenceClassifier, image_shape, *, sequence: str = "rows"):
+    def __init__(self, stem, body: SequenceClassifier, image_shape, *, sequence: str = "rows",
+                 pool_after=None, stem_dropout: float = 0.0):
         self.stem = tuple((conv, norm) for conv, norm in stem)
         self.body = body
         self.image_shape = tuple(int(s) for s in image_shape)  # type: ignore[assignment]
         self.sequence = sequence
+        self.pool_after = (tuple(bool(p) for p in pool_after) if pool_after is not None
+                           else (False,) * len(self.stem))
+        self.stem_dropout = float(stem_dropout)
         self.num_classes = body.num_classes
 
     def __check_init__(self):
         _choice("conv sequence", self.sequence, CONV_SEQUENCES)
         if len(self.image_shape) != 3:
             raise ValueError(f"image_shape must be (H, W, C), got {self.image_shape}")
-        c, h, w = feature_map_shape(self.image_shape, [conv.out_channels for conv, _ in self.stem])
+        if len(self.pool_after) != len(self.stem):
+            raise ValueError(
+                f"pool_after needs one flag per stem block ({len(self.stem)}), got "
+                f"{len(self.pool_after)}"
+            )
+        if not 0.0 <= self.stem_dropout < 1.0:
+            raise ValueError(f"stem_dropout must lie in [0, 1), got {self.stem_dropout}")
+        c, h, w = jax.eval_shape(self._feature_map, jnp.zeros(self.image_shape), None).shape
         feats = w * c if self.sequence == "rows" else h * c
         if self.body.input_size != feats:
             raise ValueError(
@@ -237,8 +259,7 @@ class ConvLiquidClassifier(AbstractClassifier):
                 f"expects {self.body.input_size}"
             )
 
-    def features(self, x: Array) -> Float[Array, "time features"]:
-        """The feature-map sequence of one image."""
+    def _feature_map(self, x: Array, key: PRNGKeyArray | None) -> Float[Array, "c h w"]:
         h, w, c = self.image_shape
         if x.size != h * w * c:
             raise ValueError(
@@ -246,8 +267,22 @@ class ConvLiquidClassifier(AbstractClassifier):
                 f"or a sequence of it), got shape {x.shape}"
             )
         z = jnp.transpose(jnp.reshape(x, (h, w, c)), (2, 0, 1))
-        for conv, norm in self.stem:
+        pools = sum(self.pool_after)
+        keys = [None] * (pools + 1) if key is None else list(jax.random.split(key, pools + 1))
+        for (conv, norm), pool in zip(self.stem, self.pool_after):
             z = jax.nn.relu(norm(conv(z)))
+            if pool:
+                z = _max_pool2(z)
+                z = _dropout(z, self.stem_dropout, keys.pop())
+        if not any(self.pool_after):
+            z = _dropout(z, self.stem_dropout, keys.pop())
+        return z
+
+    def features(
+        self, x: Array, *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "time features"]:
+        """The feature-map sequence of one image (`key` enables stem dropout)."""
+        z = self._feature_map(x, key)
         cc, hh, ww = z.shape
         if self.sequence == "rows":
             return jnp.reshape(jnp.transpose(z, (1, 2, 0)), (hh, ww * cc))
@@ -266,15 +301,37 @@ class ConvLiquidClassifier(AbstractClassifier):
             raise ValueError(
                 "ConvLiquidClassifier reads images: timespans and mask must be None"
             )
-        return self.body(self.features(x), key=key)
+        kstem, kbody = (None, None) if key is None else jax.random.split(key)
+        return self.body(self.features(x, key=kstem), key=kbody)
 
 
-def feature_map_shape(image_shape, channels) -> tuple[int, int, int]:
-    """``(C', H', W')`` after the stem (3×3 convs, padding 1, stride 1 then 2, 2, ...)."""
+def _max_pool2(z: Float[Array, "c h w"]) -> Float[Array, "c h2 w2"]:
+    """2×2 max pool with stride 2 (odd trailing rows/columns dropped, as in ``floor`` mode)."""
+    return jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 2, 2), (1, 2, 2), "VALID")
+
+
+CONV_STEMS: tuple[str, ...] = ("strided", "pooled")
+
+
+def conv_stem_blocks(channels, stem: str = "strided") -> list[tuple[int, int, bool]]:
+    """The stem's blocks as ``(out_channels, stride, pool_after)`` triples.
+
+    ``"strided"``: one block per channel count, stride 1 then 2, 2, ...; ``"pooled"``: two
+    stride-1 blocks per channel count, the second followed by a 2×2 max pool.
+    """
+    _choice("conv stem", stem, CONV_STEMS)
+    if stem == "strided":
+        return [(int(ch), 1 if i == 0 else 2, False) for i, ch in enumerate(channels)]
+    return [blk for ch in channels for blk in ((int(ch), 1, False), (int(ch), 1, True))]
+
+
+def feature_map_shape(image_shape, channels, stem: str = "strided") -> tuple[int, int, int]:
+    """``(C', H', W')`` after the stem (3×3 convs with padding 1; see :func:`conv_stem_blocks`)."""
     h, w, c = image_shape
-    for i, ch in enumerate(channels):
-        if i > 0:
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    for ch, stride, pool in conv_stem_blocks(channels, stem):
+        h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
+        if pool:
+            h, w = h // 2, w // 2
         c = ch
     return int(c), int(h), int(w)
 
@@ -312,7 +369,10 @@ class ModelConfig:
     - `cfc_mode`, `activation`, `backbone_units`, `backbone_layers`, `backbone_dropout`: CfC
       options (the backbone only for unwired CfC).
     - `image_shape`: ``(H, W, C)``, required for ``kind="conv"``.
-    - `conv_channels`: output channels of the stem's conv blocks.
+    - `conv_channels`: output channels of the stem's conv blocks (``"strided"``) or stages
+      (``"pooled"``).
+    - `conv_stem`: ``"strided"`` or ``"pooled"`` (see :class:`ConvLiquidClassifier`).
+    - `conv_dropout`: dropout in the stem (after each pool, or on the feature map).
     - `conv_sequence`: ``"rows"`` or ``"columns"`` of the feature map.
 
     **Example:**
@@ -347,6 +407,8 @@ class ModelConfig:
     image_shape: tuple[int, int, int] | None = None
     conv_channels: tuple[int, ...] = (32, 64, 64)
     conv_sequence: str = "rows"
+    conv_stem: str = "strided"
+    conv_dropout: float = 0.0
 
     def __post_init__(self):
         _choice("model kind", self.kind, MODEL_KINDS)
@@ -357,6 +419,7 @@ class ModelConfig:
         _choice("CfC mode", self.cfc_mode, CFC_MODES)
         _choice("activation", self.activation, tuple(ACTIVATIONS))
         _choice("conv sequence", self.conv_sequence, CONV_SEQUENCES)
+        _choice("conv stem", self.conv_stem, CONV_STEMS)
         for name in ("input_size", "num_classes", "units", "layers", "ode_unfolds"):
             _positive_int(name, getattr(self, name))
         if self.num_classes < 2:
@@ -380,7 +443,7 @@ class ModelConfig:
                 )
             if not self.adaptive_tol > 0:
                 raise ValueError(f"adaptive_tol must be positive, got {self.adaptive_tol}")
-        for name in ("dropout", "backbone_dropout"):
+        for name in ("dropout", "backbone_dropout", "conv_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.backbone_layers < 0 or self.backbone_units < 1:
@@ -410,6 +473,12 @@ class ModelConfig:
             ):
                 raise ValueError(
                     f"conv_channels must be positive ints, got {self.conv_channels!r}"
+                )
+            _, h, w = feature_map_shape(self.image_shape, self.conv_channels, self.conv_stem)
+            if h < 1 or w < 1:
+                raise ValueError(
+                    f"a {self.conv_stem} stem with channels {self.conv_channels} shrinks an image "
+                    f"of shape {self.image_shape} to nothing; use fewer stages"
                 )
 
     @property
@@ -508,14 +577,17 @@ def build_model(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier
         return _make_body(config, config.input_size, key=key)
     assert config.image_shape is not None
     kstem, kbody = jax.random.split(key)
-    ckeys = jax.random.split(kstem, len(config.conv_channels))
+    blocks = conv_stem_blocks(config.conv_channels, config.conv_stem)
+    ckeys = jax.random.split(kstem, len(blocks))
     stem = []
     in_ch = config.image_shape[2]
-    for i, (ch, k) in enumerate(zip(config.conv_channels, ckeys)):
-        conv = eqx.nn.Conv2d(in_ch, ch, 3, stride=1 if i == 0 else 2, padding=1, key=k)
+    for (ch, stride, _), k in zip(blocks, ckeys):
+        conv = eqx.nn.Conv2d(in_ch, ch, 3, stride=stride, padding=1, key=k)
         stem.append((conv, eqx.nn.GroupNorm(math.gcd(ch, 8), ch)))
         in_ch = ch
-    c, h, w = feature_map_shape(config.image_shape, config.conv_channels)
+    c, h, w = feature_map_shape(config.image_shape, config.conv_channels, config.conv_stem)
     feats = w * c if config.conv_sequence == "rows" else h * c
     body = _make_body(config, feats, key=kbody)
-    return ConvLiquidClassifier(stem, body, config.image_shape, sequence=config.conv_sequence)
+    return ConvLiquidClassifier(stem, body, config.image_shape, sequence=config.conv_sequence,
+                                pool_after=[pool for _, _, pool in blocks],
+                                stem_dropout=config.conv_dropout)

@@ -65,6 +65,10 @@ def _run_main(argv, capsys):
     (["train", "--solver", "rk4"], "fused, euler, heun"),
     (["train", "--sequence", "diagonal"], "rows, pixels, patches"),
     (["train", "--model", "vit"], "sequence, conv"),
+    (["train", "--conv-stem", "resnet"], "expected one of: strided, pooled"),
+    (["train", "--augment-padding", "-1"], "expected an integer >= 0, got -1"),
+    (["train", "--model", "conv", "--conv-stem", "pooled", "--conv-channels", "8,8,8,8,8,8,8,8,8"],
+     "shrinks an image"),
     (["train", "--units", "0"], "expected an integer >= 1, got 0"),
     (["train", "--conv-channels", "4,x"], "expected comma-separated integers"),
     (["train", "--lr", "-1"], "expected a number in (0.0, inf)"),
@@ -150,6 +154,19 @@ def test_train_evaluate_resume_end_to_end(idx_dir, tmp_path, capsys):
     assert code == 1 and "already holds checkpoints" in err and "--resume" in err
     code, _, err = _run_main([*argv[:-len(SMALL)], *SMALL, "--lr", "0.5", "--resume"], capsys)
     assert code == 1 and "learning_rate: checkpoint has 0.02, requested 0.5" in err
+    code, _, err = _run_main([*argv, "--augment", "--resume"], capsys)
+    assert code == 1 and "augment: checkpoint has False, requested True" in err
+    # a checkpoint written before a config field existed (here: conv_stem, conv_dropout, and
+    # the data's augment_padding) still resumes: the defaults reproduce it
+    old_dir = tmp_path / "old"
+    (old_dir / "checkpoints").mkdir(parents=True)
+    for ck in ckpts:
+        dst = old_dir / "checkpoints" / ck.name
+        dst.write_bytes(ck.read_bytes())
+        _strip_header_fields(dst, model=("conv_stem", "conv_dropout"), data=("augment_padding",))
+    old_argv = [*argv[:argv.index("--out-dir")], "--out-dir", str(old_dir), *SMALL]
+    code, _, err = _run_main([*old_argv, "--resume"], capsys)
+    assert code == 0 and "resumed from" in err, err
     code, stdout, err = _run_main([*argv, "--resume"], capsys)  # already complete: no new steps
     assert code == 0 and "resumed from" in err
     assert list_checkpoints(out / "checkpoints")[-1] == ckpts[-1]
@@ -166,12 +183,18 @@ def test_train_evaluate_resume_end_to_end(idx_dir, tmp_path, capsys):
 def test_conv_model(idx_dir, tmp_path, capsys):
     code, stdout, err = _run_main(
         ["train", "--dataset", "fashion_mnist", "--data-dir", str(idx_dir), "--model", "conv",
-         "--conv-channels", "4,6", "--max-steps", "2", "--limit-examples", "16",
+         "--conv-channels", "4,6", "--conv-stem", "pooled", "--conv-dropout", "0.1",
+         "--augment", "--augment-padding", "1", "--label-smoothing", "0.1",
+         "--max-steps", "2", "--limit-examples", "16",
          "--out-dir", str(tmp_path / "conv"), *SMALL], capsys)
     assert code == 0, err
-    cfg = read_header(list_checkpoints(tmp_path / "conv" / "checkpoints")[-1])["model_config"]
+    header = read_header(list_checkpoints(tmp_path / "conv" / "checkpoints")[-1])
+    cfg = header["model_config"]
     assert cfg["kind"] == "conv" and cfg["image_shape"] == [8, 8, 1]
     assert cfg["conv_channels"] == [4, 6]
+    assert cfg["conv_stem"] == "pooled" and cfg["conv_dropout"] == 0.1
+    assert header["train_config"]["label_smoothing"] == 0.1
+    assert header["data_config"]["augment"] and header["data_config"]["augment_padding"] == 1
 
 
 @pytest.mark.slow
@@ -189,3 +212,19 @@ def test_ltc_ncp_synthetic(tmp_path, capsys):
                                    "--batch-size", "16", "--limit-examples", "32"], capsys)
     assert code == 0 and "two_spirals test: accuracy" in stdout, err
     json.dumps(header)  # the header is plain JSON
+
+
+def _strip_header_fields(path, *, model=(), data=()):
+    """Rewrite a checkpoint as one written before these header fields existed (the header is
+    length-prefixed JSON after the magic bytes; the payload and its checksum are unchanged)."""
+    from liquidjax.train._checkpoint import MAGIC
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[len(MAGIC):len(MAGIC) + 8])
+    header = json.loads(raw[len(MAGIC) + 8:len(MAGIC) + 8 + n])
+    for k in model:
+        header["model_config"].pop(k)
+    for k in data:
+        header["data_config"].pop(k)
+    head = json.dumps(header, sort_keys=True).encode()
+    path.write_bytes(MAGIC + struct.pack("<Q", len(head)) + head + raw[len(MAGIC) + 8 + n:])

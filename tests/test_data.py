@@ -548,6 +548,21 @@ def test_augmentation_shape_determinism_and_content():
         assert any(np.array_equal(a[i], w) or np.array_equal(a[i], w[:, ::-1]) for w in windows)
 
 
+def test_augmentation_padding():
+    images = np.random.default_rng(1).integers(1, 256, (32, 6, 5, 1), dtype=np.uint8)
+    flips = D.augment_crop_flip(images, np.random.default_rng(2), padding=0)
+    mirrored = np.array([not np.array_equal(f, im) for f, im in zip(flips, images)])
+    np.testing.assert_array_equal(flips[mirrored], images[mirrored][:, :, ::-1])
+    assert 0 < mirrored.sum() < 32  # some flipped, some not
+    small = D.augment_crop_flip(images, np.random.default_rng(3), padding=1, flip=False)
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for i in range(32):
+        assert any(np.array_equal(small[i], padded[i, dy:dy + 6, dx:dx + 5])
+                   for dy in range(3) for dx in range(3))
+    with pytest.raises(ValueError, match="padding must be a non-negative integer, got -1"):
+        D.augment_crop_flip(images, np.random.default_rng(0), padding=-1)
+
+
 def test_batch_assembly_speed_cifar_shaped():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8)

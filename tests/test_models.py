@@ -3,6 +3,7 @@ config validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import equinox as eqx
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from liquidjax import models as models_mod
 from liquidjax.cells._cfc import CfC
 from liquidjax.cells._lstm import MixedMemory
 from liquidjax.cells._ltc import LTC
@@ -119,6 +121,38 @@ def test_conv_model():
         model(jnp.ones((5, 5)))
 
 
+def test_pooled_conv_stem_and_stem_dropout():
+    cfg = _cfg(kind="conv", image_shape=(12, 10, 2), conv_channels=(4, 6), conv_stem="pooled",
+               conv_dropout=0.5)
+    model = build_model(cfg, key=KEY)
+    # two stride-1 blocks per stage, a 2x2 max pool after each stage: 12x10 -> 6x5 -> 3x2
+    assert [conv.out_channels for conv, _ in model.stem] == [4, 4, 6, 6]
+    assert all(conv.stride == (1, 1) for conv, _ in model.stem)
+    assert model.pool_after == (False, True, False, True)
+    assert feature_map_shape((12, 10, 2), (4, 6), "pooled") == (6, 3, 2)
+    img = jax.random.normal(jax.random.key(4), (12, 10, 2))
+    assert jax.eval_shape(model.features, img).shape == (3, 12)
+    # the pool is a max over 2x2 windows (odd trailing column dropped): numpy reference
+    z = np.asarray(jax.random.normal(jax.random.key(5), (3, 7, 5)))
+    want = z[:, :6, :4].reshape(3, 3, 2, 2, 2).max(axis=(2, 4))
+    np.testing.assert_array_equal(models_mod._max_pool2(jnp.asarray(z)), want)
+    # stem dropout only with a key; without one the call is deterministic
+    a, b = _call(model, img), _call(model, img)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(model.features(img, key=jax.random.key(6)), model.features(img))
+    # one stage: the dropout after its pool is the last operation, so kept values scale by 2
+    one = build_model(dataclasses.replace(cfg, conv_channels=(4,)), key=KEY)
+    f0 = one.features(img)
+    f1 = one.features(img, key=jax.random.key(6))
+    f0, f1 = np.asarray(f0), np.asarray(f1)
+    live = f0 != 0  # ReLU zeros stay zero either way
+    assert live.sum() > 20
+    dropped = live & (f1 == 0)
+    assert 0.25 < dropped.sum() / live.sum() < 0.75  # rate 0.5
+    kept = live & ~dropped
+    np.testing.assert_allclose(f1[kept], 2 * f0[kept], rtol=1e-5, atol=1e-6)  # 1 / (1 - rate)
+
+
 def test_config_roundtrip_json():
     cfg = _cfg(kind="conv", image_shape=(8, 8, 1), conv_channels=(4,), cell="ltc",
                solver="tsit5", adaptive_tol=1e-3)
@@ -141,6 +175,11 @@ def test_config_roundtrip_json():
     (dict(wiring="ncp", units=6, motor_neurons=4), r"motor_neurons in \[1, 3\]"),
     (dict(kind="conv"), "image_shape"),
     (dict(dropout=1.0), "dropout must lie in"),
+    (dict(kind="conv", image_shape=(8, 8, 1), conv_stem="resnet"),
+     "unknown conv stem 'resnet'; expected one of: strided, pooled"),
+    (dict(kind="conv", image_shape=(8, 8, 1), conv_channels=(4, 4, 4, 4), conv_stem="pooled"),
+     r"shrinks an image of shape \(8, 8, 1\) to nothing"),
+    (dict(conv_dropout=-0.1), "conv_dropout must lie in"),
 ])
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -113,7 +113,8 @@ class ImageTransform:
 
     **Arguments:**
     - `sequencer`: the :class:`ImageSequencer` (statistics from the training split).
-    - `augment`: apply :func:`augment_crop_flip` (padding 4, horizontal flip) first.
+    - `augment`: apply :func:`augment_crop_flip` (horizontal flip, crop after `padding`) first.
+    - `padding`: crop padding of the augmentation (0: flips only).
 
     Example:
         >>> loader = Loader((ds.images, ds.labels), 128, transform=ImageTransform(seq, True))
@@ -122,11 +123,12 @@ class ImageTransform:
 
     sequencer: ImageSequencer
     augment: bool = False
+    padding: int = 4
 
     def __call__(self, data: tuple[np.ndarray, np.ndarray], rng: np.random.Generator):
         images, labels = data
         if self.augment:
-            images = augment_crop_flip(images, rng)
+            images = augment_crop_flip(images, rng, padding=self.padding)
         return self.sequencer(images), labels.astype(np.int32)
 
 
@@ -160,7 +162,9 @@ class ImageTask:
         """``(steps, features)`` of one example."""
         return self.sequencer.sequence_shape(self.train.image_shape)
 
-    def train_loader(self, batch_size: int, *, seed: int = 0, augment: bool = False) -> Loader:
+    def train_loader(
+        self, batch_size: int, *, seed: int = 0, augment: bool = False, augment_padding: int = 4
+    ) -> Loader:
         """Shuffled training batches (``drop_last``) of ``(x, labels)``; see :class:`Loader`."""
         return Loader(
             (self.train.images, self.train.labels),
@@ -168,7 +172,7 @@ class ImageTask:
             seed=seed,
             shuffle=True,
             drop_last=True,
-            transform=ImageTransform(self.sequencer, augment),
+            transform=ImageTransform(self.sequencer, augment, augment_padding),
         )
 
     def eval_loader(self, split: Literal["val", "test", "train"], batch_size: int) -> Loader:

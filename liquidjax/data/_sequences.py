@@ -139,6 +139,8 @@ def augment_crop_flip(
     Example:
         >>> aug = augment_crop_flip(batch, np.random.default_rng((0, 3, 17)))  # doctest: +SKIP
     """
+    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
+        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
     n, h, w, _ = images.shape
     padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     dy = rng.integers(0, 2 * padding + 1, n)
