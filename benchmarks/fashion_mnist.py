@@ -36,13 +36,13 @@ RECIPES: dict[str, list[str]] = {
                  "32,64,128", "--epochs", "12", "--lr", "2e-3", "--dropout", "0.2",
                  "--weight-decay", "0.05"],
     # VGG-style stem (two 3x3 convs + 2x2 max pool per stage, 32 then 64 channels): its 7 rows
-    # of 7x64 features feed a CfC-64. Light augmentation (2-px crop + flip), stem dropout,
-    # label smoothing.
+    # of 7x64 features feed a CfC-64. Light augmentation (1-px crop + horizontal flip), label
+    # smoothing. (With 2-px crops and stem dropout 0.1 it underfits in 20 epochs: 92.1 % val
+    # at epoch 15 of 20.)
     "conv_pooled_cfc": ["--model", "conv", "--conv-stem", "pooled", "--conv-channels", "32,64",
-                        "--cell", "cfc", "--units", "64", "--epochs", "20", "--lr", "2e-3",
-                        "--augment", "--augment-padding", "2", "--conv-dropout", "0.1",
-                        "--dropout", "0.2", "--weight-decay", "0.05",
-                        "--label-smoothing", "0.1"],
+                        "--cell", "cfc", "--units", "64", "--epochs", "26", "--lr", "2e-3",
+                        "--augment", "--augment-padding", "1", "--dropout", "0.2",
+                        "--weight-decay", "0.05", "--label-smoothing", "0.1"],
 }
 
 
