@@ -133,8 +133,8 @@ def test_pooled_conv_stem_and_stem_dropout():
     img = jax.random.normal(jax.random.key(4), (12, 10, 2))
     assert jax.eval_shape(model.features, img).shape == (3, 12)
     # the pool is a max over 2x2 windows (odd trailing column dropped): numpy reference
-    z = np.asarray(jax.random.normal(jax.random.key(5), (3, 7, 5)))
-    want = z[:, :6, :4].reshape(3, 3, 2, 2, 2).max(axis=(2, 4))
+    z = np.asarray(jax.random.normal(jax.random.key(5), (7, 5, 3)))
+    want = z[:6, :4].reshape(3, 2, 2, 2, 3).max(axis=(1, 3))
     np.testing.assert_array_equal(models_mod._max_pool2(jnp.asarray(z)), want)
     # stem dropout only with a key; without one the call is deterministic
     a, b = _call(model, img), _call(model, img)
@@ -151,6 +151,51 @@ def test_pooled_conv_stem_and_stem_dropout():
     assert 0.25 < dropped.sum() / live.sum() < 0.75  # rate 0.5
     kept = live & ~dropped
     np.testing.assert_allclose(f1[kept], 2 * f0[kept], rtol=1e-5, atol=1e-6)  # 1 / (1 - rate)
+
+
+def _reference_features(model, img):
+    """The stem written with equinox's own channels-first modules and ``reduce_window``."""
+    z = jnp.transpose(img, (2, 0, 1))
+    for (conv, norm), pool in zip(model.stem, model.pool_after):
+        z = jax.nn.relu(norm(conv(z)))
+        if pool:
+            z = jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 2, 2), (1, 2, 2), "VALID")
+    c, h, w = z.shape
+    return jnp.reshape(jnp.transpose(z, (1, 2, 0)), (h, w * c))
+
+
+@pytest.mark.parametrize("stem", ["strided", "pooled"])
+def test_conv_stem_matches_equinox_reference(stem):
+    """The fused channels-last stem (custom VJP for GroupNorm + ReLU) against eqx modules:
+    values and gradients with respect to every stem parameter and the image."""
+    model = build_model(_cfg(kind="conv", image_shape=(9, 7, 3), conv_channels=(8, 16),
+                             conv_stem=stem), key=KEY)
+    # non-trivial affine parameters, so the ReLU mask and both parameter gradients matter
+    leaves = [(n.weight, n.bias) for _, n in model.stem]
+    keys = iter(jax.random.split(jax.random.key(7), 2 * len(leaves)))
+    new = [(1 + 0.5 * jax.random.normal(next(keys), w.shape), 0.3 * jax.random.normal(
+        next(keys), b.shape)) for w, b in leaves]
+    model = eqx.tree_at(lambda m: [x for _, n in m.stem for x in (n.weight, n.bias)], model,
+                        [x for pair in new for x in pair])
+    img = 2.0 + 3.0 * jax.random.normal(jax.random.key(8), (9, 7, 3))
+    probe = jax.random.normal(jax.random.key(9), jax.eval_shape(model.features, img).shape)
+
+    def loss(fn, m, x):
+        return jnp.sum(jnp.tanh(fn(m, x)) * probe)
+
+    ours = eqx.filter_jit(eqx.filter_value_and_grad(
+        lambda mx: loss(lambda m, x: m.features(x), *mx)))((model, img))
+    ref = eqx.filter_jit(eqx.filter_value_and_grad(
+        lambda mx: loss(_reference_features, *mx)))((model, img))
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.features(img), _reference_features(model, img),
+                               rtol=1e-5, atol=1e-5)
+    g_ours = jax.tree_util.tree_leaves(eqx.filter((ours[1][0].stem, ours[1][1]), eqx.is_array))
+    g_ref = jax.tree_util.tree_leaves(eqx.filter((ref[1][0].stem, ref[1][1]), eqx.is_array))
+    assert len(g_ours) == len(g_ref) == 4 * len(model.stem) + 1
+    for a, b in zip(g_ours, g_ref):
+        assert float(jnp.max(jnp.abs(b))) > 0
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_config_roundtrip_json():
