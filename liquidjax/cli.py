@@ -277,8 +277,8 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
             Path(args.data_dir).resolve()), "sequence": args.sequence,
             "patch_size": args.patch_size, "val_fraction": args.val_fraction,
             "val_seed": _VAL_SEED, "limit_examples": args.limit_examples,
-            "augment": args.augment, "augment_padding": args.augment_padding, "mean": seq.mean.tolist(), "std": seq.std.tolist(),
-            "source": task.train.source},
+            "augment": args.augment, "augment_padding": args.augment_padding,
+            "mean": seq.mean.tolist(), "std": seq.std.tolist(), "source": task.train.source},
     )
 
 
@@ -303,9 +303,12 @@ def _check_resumable(ckpt: Path, mconfig, data_info: dict[str, Any]) -> dict[str
     except (TypeError, ValueError):
         same_model = False
     saved_data = header.get("data_config") or {}
+    compared = dict(_DATA_TRAJECTORY)
+    if not (data_info.get("augment") or saved_data.get("augment")):
+        del compared["augment_padding"]  # the crop padding matters only with --augment
     diff = [
         f"{k}: checkpoint has {saved_data.get(k, d)!r}, requested {data_info.get(k, d)!r}"
-        for k, d in _DATA_TRAJECTORY.items()
+        for k, d in compared.items()
         if k in data_info and saved_data.get(k, d) != data_info.get(k, d)
     ]
     if diff:
