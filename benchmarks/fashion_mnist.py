@@ -93,7 +93,11 @@ def main() -> int:
         print(f"| {r['recipe']} | {r['epochs']} | {100 * r['test_accuracy']:.2f} % | "
               f"{100 * r['best_val_accuracy']:.2f} % | {r['s_per_epoch']:.1f} | {r['devices']} |")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
+    # Keep the figures of recipes not run this time; replace those that were.
+    path = Path(args.out) / "results.json"
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    ran = {r["recipe"] for r in results}
+    path.write_text(json.dumps([r for r in earlier if r["recipe"] not in ran] + results, indent=1))
     return 0
 
 
