@@ -28,7 +28,7 @@ def _reference_feature_map(self, x, key):
         z = jax.nn.relu(norm(conv(z)))
         if pool:
             z = jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 2, 2), (1, 2, 2), "VALID")
-    return z
+    return jnp.transpose(z, (1, 2, 0))  # the (H, W, C) layout `features` reads
 
 
 class _ReferenceStem(ConvLiquidClassifier):
