@@ -148,6 +148,10 @@ def test_train_evaluate_resume_end_to_end(idx_dir, tmp_path, capsys):
     assert "24 examples" in stdout
     code, stdout, err = _run_main(["evaluate", str(ckpts[-1]), "--split", "val"], capsys)
     assert code == 0 and "16 examples" in stdout, err
+    # an explicit --data-dir is used or the command fails naming it (never another copy)
+    code, _, err = _run_main(["evaluate", str(out), "--data-dir", str(tmp_path / "nowhere"),
+                              "--no-download"], capsys)
+    assert code == 1 and f"data dir given ({tmp_path / 'nowhere'}) does not exist" in err
 
     # never overwrite a run by accident; resume must match the training settings
     code, _, err = _run_main(argv, capsys)

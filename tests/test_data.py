@@ -158,12 +158,31 @@ def test_idx_roundtrip(tmp_path, gz):
         assert ds.source == f"idx:{tmp_path}" and ds.split == split
 
 
-def test_auto_falls_back_to_system_copy_not_unknown_subfolders(tmp_path):
-    _write_idx_dir(tmp_path / "my-copy", gz=False)  # not a recognised folder name
-    if FASHION.is_dir():
-        assert D.load_dataset("fashion_mnist", "test", tmp_path).source == f"idx:{FASHION}"
+def test_explicit_data_dir_is_never_replaced(tmp_path, offline, monkeypatch):
+    """An explicit data dir is used or the load fails naming it, even when a system copy
+    exists (issue 13: a wrong --data-dir silently trained on /usr/share/datasets)."""
+    import dataclasses
+
+    from liquidjax.data import _dataset
+
+    system = tmp_path / "system-copy"
+    _write_idx_dir(system, gz=False)
+    spec = dataclasses.replace(_dataset.KNOWN_DATASETS["fashion_mnist"], system_dirs=(str(system),))
+    monkeypatch.setitem(_dataset.KNOWN_DATASETS, "fashion_mnist", spec)
+    given = tmp_path / "given"
+    _write_idx_dir(given / "my-copy", gz=False)  # not a recognised folder name
+    for download in (True, False):
+        with pytest.raises(D.DatasetUnavailableError) as info:
+            D.load_dataset("fashion_mnist", "test", given, download=download)
+        assert str(given) in str(info.value) and str(system) not in str(info.value)
+    missing = tmp_path / "nonexistent" / "x"
+    for where in (missing, given / "my-copy" / "t10k-labels-idx1-ubyte"):
+        with pytest.raises(D.DatasetUnavailableError, match=f"data dir given \\({where}\\)"):
+            D.load_image_task("fashion_mnist", data_dir=where)
     with pytest.raises(D.DatasetUnavailableError, match="no local files"):
-        D.load_dataset("fashion_mnist", "test", tmp_path, source="local")
+        D.load_dataset("fashion_mnist", "test", given, source="local")
+    # without a data dir, the system copy is a fallback
+    assert D.load_dataset("fashion_mnist", "test", download=False).source == f"idx:{system}"
 
 
 def test_idx_found_in_named_subfolder(tmp_path):

@@ -42,9 +42,13 @@ def load_dataset(
     1. original files under `data_dir` (IDX for the MNISTs; CIFAR-10 python/binary folder or
        ``.tar.gz``), searched in `data_dir`, ``data_dir/<name>``, ``data_dir/<name-with-dashes>``;
     2. a prepared tfds ``array_record`` copy in `data_dir` (or tfds's default data dir);
-    3. known system copies (``/usr/share/datasets/fashion-mnist`` from Debian's
-       ``dataset-fashion-mnist``);
+    3. only when no `data_dir` is given: known system copies
+       (``/usr/share/datasets/fashion-mnist`` from Debian's ``dataset-fashion-mnist``);
     4. tfds download + preparation (needs network and TensorFlow), if `download`.
+
+    An explicit `data_dir` is never silently replaced by another copy: the data come from it
+    (original files, or a tfds data dir, prepared or downloaded into), or the load fails naming
+    it. A `data_dir` that is not an existing folder fails at once.
 
     If none works, :class:`DatasetUnavailableError` lists the places searched and the options;
     offline, this takes at most `probe_timeout` seconds instead of minutes of tfds retries.
@@ -75,6 +79,14 @@ def load_dataset(
     looked: list[str] = []
     layout = "IDX files" if spec.layout == "idx" else "CIFAR-10 python/binary folder or archive"
 
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        # An explicit folder is used or the load fails naming it; never another copy instead.
+        what = "is not a folder" if Path(data_dir).expanduser().exists() else "does not exist"
+        raise DatasetUnavailableError(
+            name, split, [f"{Path(data_dir)}: {what}"],
+            f"the data dir given ({data_dir}) {what}; fix the path, or create the folder to let "
+            "tfds download into it",
+        )
     if source in ("auto", "local") and data_dir is not None:
         if (path := find_local(name, data_dir)) is not None:
             return load_local(name, split, path)
@@ -88,7 +100,7 @@ def load_dataset(
             return load_tfds(name, split, data_dir=data_dir, download=False)
         looked.append(f"tfds data dir {path}: {name} not prepared (array_record)")
 
-    if source == "auto":
+    if source == "auto" and data_dir is None:  # an explicit data_dir is never replaced
         for system_dir in spec.system_dirs:
             if (path := find_local(name, system_dir)) is not None:
                 return load_local(name, split, path)
