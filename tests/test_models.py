@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liquidjax import models as models_mod
+from liquidjax.models import _conv_stem
 from liquidjax.cells._cfc import CfC
 from liquidjax.cells._lstm import MixedMemory
 from liquidjax.cells._ltc import LTC
@@ -135,7 +135,7 @@ def test_pooled_conv_stem_and_stem_dropout():
     # the pool is a max over 2x2 windows (odd trailing column dropped): numpy reference
     z = np.asarray(jax.random.normal(jax.random.key(5), (7, 5, 3)))
     want = z[:6, :4].reshape(3, 2, 2, 2, 3).max(axis=(1, 3))
-    np.testing.assert_array_equal(models_mod._max_pool2(jnp.asarray(z)), want)
+    np.testing.assert_array_equal(_conv_stem._max_pool2(jnp.asarray(z)), want)
     # stem dropout only with a key; without one the call is deterministic
     a, b = _call(model, img), _call(model, img)
     np.testing.assert_array_equal(a, b)

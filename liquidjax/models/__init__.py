@@ -1,0 +1,32 @@
+"""Task models built from liquid layers: a sequence classifier and a conv-stem image classifier.
+
+* :class:`SequenceClassifier` — one or more :class:`~liquidjax.layers.LiquidRNN` layers and a
+  linear readout of the last output or of the (masked) mean of the output sequence. Acts on one
+  ``(L, C)`` sequence with optional timespans and mask; ``jax.vmap`` adds the batch.
+* :class:`ConvLiquidClassifier` — a small convolutional stem whose feature-map rows (or columns)
+  form the sequence read by a liquid layer (the "conv + NCP" design).
+* :class:`ModelConfig` and :func:`build_model` — the one place where names (cell, wiring, solver,
+  readout) become objects.
+"""
+
+from ._build import build_model as build_model
+from ._classifier import (
+    READOUTS as READOUTS,
+    AbstractClassifier as AbstractClassifier,
+    SequenceClassifier as SequenceClassifier,
+)
+from ._config import (
+    CELL_KINDS as CELL_KINDS,
+    CFC_MODES as CFC_MODES,
+    INTERPOLATIONS as INTERPOLATIONS,
+    MODEL_KINDS as MODEL_KINDS,
+    WIRINGS as WIRINGS,
+    ModelConfig as ModelConfig,
+)
+from ._conv_stem import (
+    CONV_SEQUENCES as CONV_SEQUENCES,
+    CONV_STEMS as CONV_STEMS,
+    ConvLiquidClassifier as ConvLiquidClassifier,
+    conv_stem_blocks as conv_stem_blocks,
+    feature_map_shape as feature_map_shape,
+)

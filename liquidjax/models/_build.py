@@ -1,0 +1,110 @@
+"""`build_model`: the one place where a :class:`ModelConfig`'s names become objects."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+from jaxtyping import PRNGKeyArray
+
+from ..cells._base import AbstractCell
+from ..cells._cfc import CfC
+from ..cells._lstm import MixedMemory
+from ..cells._ltc import LTC
+from ..cells._wired_cfc import WiredCfC
+from ..layers import LiquidRNN
+from ..solvers import solver_from_name
+from ..wirings import AutoNCP, FullyConnected, Random
+from ._classifier import AbstractClassifier, SequenceClassifier
+from ._config import ModelConfig
+from ._conv_stem import ConvLiquidClassifier, conv_stem_blocks, feature_map_shape
+
+
+def _make_wiring(config: ModelConfig):
+    if config.wiring == "fc":
+        return FullyConnected(config.units)
+    motor = config.wired_motor_neurons
+    if config.wiring == "random":
+        return Random(config.units, motor, sparsity_level=config.sparsity,
+                      random_seed=config.wiring_seed)
+    return AutoNCP(config.units, motor, sparsity_level=max(config.sparsity, 0.1),
+                   seed=config.wiring_seed)
+
+
+def _make_cell(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> AbstractCell:
+    kcell, kmem = jax.random.split(key)
+    cell: AbstractCell
+    if config.cell == "cfc":
+        if config.wiring == "fc":
+            cell = CfC(input_size, config.units, mode=config.cfc_mode,  # type: ignore[arg-type]
+                       activation=config.activation, backbone_units=config.backbone_units,
+                       backbone_layers=config.backbone_layers,
+                       backbone_dropout=config.backbone_dropout, key=kcell)
+        else:
+            cell = WiredCfC(input_size, _make_wiring(config), mode=config.cfc_mode,  # type: ignore[arg-type]
+                            key=kcell)
+    else:
+        solver = solver_from_name(config.solver or "fused")
+        controller = (
+            diffrax.PIDController(rtol=config.adaptive_tol, atol=config.adaptive_tol)
+            if config.adaptive_tol is not None else None
+        )
+        units: Any = config.units if config.wiring == "fc" else _make_wiring(config)
+        cell = LTC(input_size, units, ode_unfolds=config.ode_unfolds, solver=solver,
+                   stepsize_controller=controller,
+                   implicit_param_constraints=config.implicit_param_constraints, key=kcell)
+    if config.mixed_memory:
+        cell = MixedMemory(cell, key=kmem)
+    return cell
+
+
+def _make_body(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> SequenceClassifier:
+    keys = jax.random.split(key, config.layers + 1)
+    layers = []
+    size = input_size
+    for i in range(config.layers):
+        cell = _make_cell(config, size, key=keys[i])
+        # The last layer of a "last" readout need not emit (and store) every step's output.
+        sequences = i < config.layers - 1 or config.readout == "mean"
+        layers.append(LiquidRNN(cell, return_sequences=sequences,
+                                interpolation=config.interpolation))
+        size = cell.output_size
+    head = eqx.nn.Linear(size, config.num_classes, key=keys[-1])
+    return SequenceClassifier(layers, head, readout=config.readout, dropout=config.dropout)
+
+
+def build_model(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier:
+    """Build the model described by `config`.
+
+    **Arguments:**
+    - `config`: a :class:`ModelConfig`.
+    - `key`: PRNG key for the initial parameters (keyword-only).
+
+    **Returns:** a :class:`SequenceClassifier` or a :class:`ConvLiquidClassifier`.
+
+    **Example:**
+    ```python
+    model = build_model(ModelConfig(input_size=28, num_classes=10), key=jax.random.key(0))
+    ```
+    """
+    if config.kind == "sequence":
+        return _make_body(config, config.input_size, key=key)
+    assert config.image_shape is not None
+    kstem, kbody = jax.random.split(key)
+    blocks = conv_stem_blocks(config.conv_channels, config.conv_stem)
+    ckeys = jax.random.split(kstem, len(blocks))
+    stem = []
+    in_ch = config.image_shape[2]
+    for (ch, stride, _), k in zip(blocks, ckeys):
+        conv = eqx.nn.Conv2d(in_ch, ch, 3, stride=stride, padding=1, key=k)
+        stem.append((conv, eqx.nn.GroupNorm(math.gcd(ch, 8), ch)))
+        in_ch = ch
+    c, h, w = feature_map_shape(config.image_shape, config.conv_channels, config.conv_stem)
+    feats = w * c if config.conv_sequence == "rows" else h * c
+    body = _make_body(config, feats, key=kbody)
+    return ConvLiquidClassifier(stem, body, config.image_shape, sequence=config.conv_sequence,
+                                pool_after=[pool for _, _, pool in blocks],
+                                stem_dropout=config.conv_dropout)

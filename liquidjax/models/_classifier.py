@@ -1,0 +1,151 @@
+"""Sequence classifiers: the classifier contract and liquid layers with a linear readout."""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from .._checks import check_choice
+from ..layers import LiquidRNN
+
+READOUTS: tuple[str, ...] = ("last", "mean")
+
+
+class AbstractClassifier(eqx.Module):
+    """A classifier of one example: ``model(x, timespans, mask, *, key) -> logits``.
+
+    ``key`` enables dropout (training); ``None`` means inference.
+    """
+
+    num_classes: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        x: Array,
+        timespans: Float[Array, " time"] | None = None,
+        mask: Bool[Array, " time"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " classes"]:
+        """The class logits of one example."""
+
+
+def _dropout(x: Array, rate: float, key: PRNGKeyArray | None) -> Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def _pool(rnn: LiquidRNN, x, timespans, mask, readout: str, key) -> Array:
+    """Run the last liquid layer and reduce its outputs to one feature vector."""
+    if readout == "last":
+        # With a mask the state stops changing after the last valid step, so the final state's
+        # output is the output at the last valid observation.
+        ys, h = rnn(x, timespans, mask, key=key)
+        if not rnn.return_sequences:
+            return ys
+        y = rnn.cell.output(h)
+        return y if rnn.proj is None else rnn.proj(y)
+    ys, _ = rnn(x, timespans, mask, key=key)
+    if mask is None:
+        return jnp.mean(ys, axis=0)
+    count = jnp.maximum(jnp.sum(mask), 1).astype(ys.dtype)
+    return jnp.sum(ys, axis=0) / count  # masked outputs are zero
+
+
+class SequenceClassifier(AbstractClassifier):
+    r"""Liquid layers over a ``(L, C)`` sequence, then a linear readout to class logits.
+
+    $$h^{(1)}_{1:L} = \mathrm{RNN}_1(x_{1:L}),\ \dots,\ h^{(n)}_{1:L} = \mathrm{RNN}_n(h^{(n-1)}_{1:L}),
+      \qquad \mathrm{logits} = W\,\mathrm{pool}(h^{(n)}) + b$$
+
+    with ``pool`` the output at the last (valid) step (``readout="last"``) or the mean over the
+    valid steps (``readout="mean"``). Every layer sees the same timespans and mask.
+
+    **Arguments:**
+    - `layers`: the liquid layers, in order (each ``input_size`` equals the previous
+      ``output_size``).
+    - `head`: ``eqx.nn.Linear`` from the last layer's output size to the classes.
+    - `readout`: ``"last"`` or ``"mean"``.
+    - `dropout`: dropout rate on the pooled features (training only).
+
+    **Returns** (of ``__call__``): logits of shape ``(num_classes,)``.
+
+    **Example:**
+    ```python
+    model = build_model(ModelConfig(input_size=3, num_classes=4, units=8), key=jax.random.key(0))
+    logits = jax.vmap(model)(xs)                       # xs: (batch, L, 3) -> (batch, 4)
+    ```
+    """
+
+    layers: tuple[LiquidRNN, ...]
+    head: eqx.nn.Linear
+    readout: str = eqx.field(static=True)
+    dropout: float = eqx.field(static=True)
+    input_size: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        layers: tuple[LiquidRNN, ...] | list[LiquidRNN],
+        head: eqx.nn.Linear,
+        *,
+        readout: str = "last",
+        dropout: float = 0.0,
+    ):
+        self.layers = tuple(layers)
+        self.head = head
+        self.readout = readout
+        self.dropout = float(dropout)
+        self.input_size = self.layers[0].cell.input_size if self.layers else 0
+        self.num_classes = int(head.out_features)  # type: ignore[arg-type]
+
+    def __check_init__(self):
+        check_choice("readout", self.readout, READOUTS)
+        if not self.layers:
+            raise ValueError("SequenceClassifier needs at least one liquid layer")
+        for i, (a, b) in enumerate(zip(self.layers[:-1], self.layers[1:])):
+            if a.output_size != b.cell.input_size:
+                raise ValueError(
+                    f"layer {i} outputs {a.output_size} features but layer {i + 1} expects "
+                    f"{b.cell.input_size}"
+                )
+            if not a.return_sequences:
+                raise ValueError(f"layer {i} must return sequences to feed layer {i + 1}")
+        if self.readout == "mean" and not self.layers[-1].return_sequences:
+            raise ValueError("readout='mean' needs a last layer with return_sequences=True")
+        if self.head.in_features != self.layers[-1].output_size:
+            raise ValueError(
+                f"head expects {self.head.in_features} features but the last layer outputs "
+                f"{self.layers[-1].output_size}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+
+    def __call__(
+        self,
+        x: Float[Array, "time input"],
+        timespans: Float[Array, " time"] | None = None,
+        mask: Bool[Array, " time"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " classes"]:
+        """Class logits of one sequence ``x`` of shape ``(L, input_size)``.
+
+        **Arguments:** `timespans` ``(L,)`` elapsed times (default 1.0), `mask` boolean ``(L,)``
+        (``True`` on valid steps), `key` for dropout (``None``: inference).
+        """
+        keys = [None] * (len(self.layers) + 1) if key is None else list(
+            jax.random.split(key, len(self.layers) + 1)
+        )
+        h = x
+        for layer, k in zip(self.layers[:-1], keys):
+            h, _ = layer(h, timespans, mask, key=k)
+        feats = _pool(self.layers[-1], h, timespans, mask, self.readout, keys[-2])
+        return self.head(_dropout(feats, self.dropout, keys[-1]))
