@@ -4,6 +4,7 @@ errors (exit 1, the data module's message), train â†’ checkpoints/metrics/plot â
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import struct
@@ -221,15 +222,17 @@ def test_ltc_ncp_synthetic(tmp_path, capsys):
 
 def _strip_header_fields(path, *, model=(), data=()):
     """Rewrite a checkpoint as one written before these header fields existed (the header is
-    length-prefixed JSON after the magic bytes; the payload and its checksum are unchanged)."""
+    length-prefixed, checksummed JSON after the magic bytes; the payload is unchanged)."""
     from liquidjax.train._checkpoint import MAGIC
 
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[len(MAGIC):len(MAGIC) + 8])
-    header = json.loads(raw[len(MAGIC) + 8:len(MAGIC) + 8 + n])
+    start = len(MAGIC) + 8 + 32
+    header = json.loads(raw[start:start + n])
     for k in model:
         header["model_config"].pop(k)
     for k in data:
         header["data_config"].pop(k)
     head = json.dumps(header, sort_keys=True).encode()
-    path.write_bytes(MAGIC + struct.pack("<Q", len(head)) + head + raw[len(MAGIC) + 8 + n:])
+    path.write_bytes(MAGIC + struct.pack("<Q", len(head)) + hashlib.sha256(head).digest() + head
+                     + raw[start + n:])

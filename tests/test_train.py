@@ -3,10 +3,13 @@ also after SIGKILL), non-finite loss, data parallelism over 2 CPU devices."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -162,6 +165,74 @@ def test_checkpoint_errors(tmp_path, reference_run, model, data):
             progress="none")
 
 
+def _split_checkpoint(raw: bytes) -> tuple[dict, bytes]:
+    from liquidjax.train._checkpoint import MAGIC
+
+    (n,) = struct.unpack("<Q", raw[len(MAGIC):len(MAGIC) + 8])
+    start = len(MAGIC) + 8 + 32
+    return json.loads(raw[start:start + n]), raw[start + n:]
+
+
+def _write_checkpoint(path: Path, header: dict | bytes, payload: bytes, *, version=2,
+                      length: int | None = None) -> Path:
+    """A checkpoint file with a valid header checksum (version 2) or in the old version 1
+    layout, whatever the header says (a crafted file)."""
+    from liquidjax.train._checkpoint import MAGIC, MAGIC_V1
+
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    n = struct.pack("<Q", len(head) if length is None else length)
+    if version == 1:
+        path.write_bytes(MAGIC_V1 + n + head + payload)
+    else:
+        path.write_bytes(MAGIC + n + hashlib.sha256(head).digest() + head + payload)
+    return path
+
+
+def test_whole_checkpoint_is_verified(tmp_path, reference_run):
+    """Issue 13: the header (normalisation, readout, configs) is covered by a checksum like the
+    payload; crafted headers (wrong types, absurd lengths) are refused; format 1 still reads."""
+    _, ref = reference_run
+    raw = ref.checkpoint.read_bytes()
+    header, payload = _split_checkpoint(raw)
+    like = ref.state
+    head_at = raw.index(b'"model_config"')
+    for i, edit in enumerate((
+        lambda r: r[:head_at] + bytes([r[head_at] ^ 1]) + r[head_at + 1:],  # one bit
+        lambda r: r.replace(b'"readout": "last"', b'"readout": "mean"'),  # same length
+        lambda r: r.replace(b'"units": 8', b'"units": 9'),
+    )):
+        bad = tmp_path / f"edited{i}.ljx"
+        bad.write_bytes(edit(raw))
+        assert bad.read_bytes() != raw
+        for read in (read_header, lambda p: load_checkpoint(p, like)):
+            with pytest.raises(CheckpointError, match=rf"edited{i}\.ljx.*checksum mismatch in "
+                               "the header"):
+                read(bad)
+
+    crafted = [
+        (dict(header, step="7"), "corrupt header: step='7'"),
+        (dict(header, payload_bytes=None), "corrupt header: payload_bytes=None"),
+        (dict(header, format_version=9), "format version 9 in a version 2 file"),
+        ([1, 2], "corrupt header: a JSON list"),
+    ]
+    for i, (h, msg) in enumerate(crafted):
+        with pytest.raises(CheckpointError, match=re.escape(msg)):
+            read_header(_write_checkpoint(tmp_path / f"crafted{i}.ljx", h, payload))
+    for length in (2**63, len(payload) + 10**6):
+        with pytest.raises(CheckpointError, match=f"length field says {length} bytes"):
+            read_header(_write_checkpoint(tmp_path / "long.ljx", header, payload, length=length))
+
+    # format 1 (no header digest) is still read, payload verified
+    old = dict(header, format_version=1)
+    v1 = _write_checkpoint(tmp_path / "v1.ljx", old, payload, version=1)
+    state, got = load_checkpoint(v1, like)
+    assert got == old
+    _assert_trees_equal(state, ref.state)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(_write_checkpoint(tmp_path / "v1bad.ljx", old, payload[:-1] + b"\0",
+                                          version=1), like)
+
+
 def test_save_is_atomic_and_keeps_the_newest(tmp_path):
     state = {"a": np.arange(4.0), "b": np.ones(3, np.int32)}
     d = tmp_path / "ck"
@@ -175,7 +246,7 @@ def test_save_is_atomic_and_keeps_the_newest(tmp_path):
     assert not stale.exists()
     got, header = load_checkpoint(latest_checkpoint(d), state)
     np.testing.assert_array_equal(got["a"], state["a"] * 4)
-    assert header["step"] == 4 and header["format_version"] == 1
+    assert header["step"] == 4 and header["format_version"] == 2
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, model):
@@ -355,7 +426,8 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
 
 
 DP_DRIVER = textwrap.dedent("""
-    import json
+    import hashlib
+import json
     import jax, numpy as np
     from liquidjax.models import ModelConfig, build_model
     from liquidjax.train import ArrayData, DataParallel, TrainConfig, fit

@@ -1,12 +1,18 @@
-"""Checkpoints: one self-describing file per save, written atomically.
+"""Checkpoints: one self-describing file per save, written atomically and verified whole.
 
-File layout (``ckpt-<step>.ljx``)::
+File layout (``ckpt-<step>.ljx``, format version 2)::
 
-    b"LIQUIDJAX-CKPT\\n"            magic
+    b"LIQUIDJAX-CKP2\\n"             magic
     8 bytes, little-endian         length H of the header
+    32 bytes                       SHA-256 of the H header bytes
     H bytes                        JSON header: format version, step/epoch, data-order state,
                                    model + train config, payload length and SHA-256, ...
     payload                        eqx.tree_serialise_leaves of the TrainState
+
+Every byte is covered: the header by the digest before it, the payload by the digest in the
+header, the header length by both (a wrong length reads other bytes as the header). Version 1
+files (magic ``b"LIQUIDJAX-CKPT\\n"``, no header digest: only the payload was verified) are still
+read.
 
 A save writes ``.ckpt-<step>.ljx.tmp``, fsyncs it, ``os.replace``-s it to its final name and
 fsyncs the directory; only then are checkpoints beyond the newest ``keep`` deleted. A process
@@ -30,8 +36,10 @@ import equinox as eqx
 import jax
 import numpy as np
 
-MAGIC = b"LIQUIDJAX-CKPT\n"
-FORMAT_VERSION = 1
+MAGIC = b"LIQUIDJAX-CKP2\n"
+MAGIC_V1 = b"LIQUIDJAX-CKPT\n"  # format 1: the header was not covered by a checksum
+FORMAT_VERSION = 2
+_DIGEST = 32
 SUFFIX = ".ljx"
 _NAME = re.compile(r"^ckpt-(\d+)\.ljx$")
 _TMP = re.compile(r"^\.ckpt-(\d+)\.ljx\.tmp$")
@@ -134,6 +142,7 @@ def save_checkpoint(
     with open(tmp, "wb") as f:
         f.write(MAGIC)
         f.write(struct.pack("<Q", len(head)))
+        f.write(hashlib.sha256(head).digest())
         f.write(head)
         f.write(payload)
         f.flush()
@@ -150,47 +159,78 @@ def save_checkpoint(
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header of a checkpoint (no payload check). Raises :class:`CheckpointError`."""
+    """The JSON header of a checkpoint, verified against its checksum (the payload is not read).
+    Raises :class:`CheckpointError`."""
     header, _ = _read(path, with_payload=False)
+    return header
+
+
+def _check_header(p: Path, header: Any, version: int) -> dict[str, Any]:
+    if not isinstance(header, dict):
+        raise CheckpointError(p, f"corrupt header: a JSON {type(header).__name__}, not an object")
+    if header.get("format_version") != version:
+        raise CheckpointError(
+            p, f"format version {header.get('format_version')!r} in a version {version} file"
+        )
+    want = {"payload_bytes": int, "payload_sha256": str, "step": int}
+    bad = [f"{k}={header.get(k)!r}" for k, t in want.items()
+           if not isinstance(header.get(k), t) or isinstance(header.get(k), bool)]
+    if bad or header["payload_bytes"] < 0 or header["step"] < 0:
+        raise CheckpointError(p, "corrupt header: " + (", ".join(bad) or "negative sizes"))
     return header
 
 
 def _read(path: str | os.PathLike, *, with_payload: bool) -> tuple[dict[str, Any], bytes]:
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(p, "no such file")
-    with open(p, "rb") as f:
-        magic = f.read(len(MAGIC))
-        if magic != MAGIC:
-            raise CheckpointError(p, "not a liquidjax checkpoint (bad magic bytes)")
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise CheckpointError(p, "truncated header")
-        (n,) = struct.unpack("<Q", raw)
-        head = f.read(n)
-        if len(head) != n:
-            raise CheckpointError(p, f"truncated header: expected {n} bytes, got {len(head)}")
-        try:
-            header = json.loads(head)
-        except ValueError as e:
-            raise CheckpointError(p, f"corrupt header ({e})") from None
-        version = header.get("format_version")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(
-                p, f"format version {version!r}, this liquidjax reads version {FORMAT_VERSION}"
-            )
-        payload = f.read() if with_payload else b""
+        raise CheckpointError(p, "no such file" if not p.exists() else "not a file")
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            return _read_open(p, f, size, with_payload)
+    except OSError as e:
+        raise CheckpointError(p, f"cannot be read ({e.strerror or e})") from None
+
+
+def _read_open(p: Path, f, size: int, with_payload: bool) -> tuple[dict[str, Any], bytes]:
+    magic = f.read(len(MAGIC))
+    if magic not in (MAGIC, MAGIC_V1):
+        raise CheckpointError(p, "not a liquidjax checkpoint (bad magic bytes)")
+    version = FORMAT_VERSION if magic == MAGIC else 1
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise CheckpointError(p, "truncated header")
+    (n,) = struct.unpack("<Q", raw)
+    digest = f.read(_DIGEST) if version >= 2 else b""
+    room = size - f.tell()
+    if n > room:  # checked before reading: a corrupt length must not allocate n bytes
+        raise CheckpointError(
+            p, f"corrupt or truncated header: its length field says {n} bytes, the file has "
+            f"{max(room, 0)} left"
+        )
+    head = f.read(n)
+    if version >= 2 and hashlib.sha256(head).digest() != digest:
+        raise CheckpointError(
+            p, "checksum mismatch in the header (its SHA-256 differs from the stored one): the "
+            "file is corrupt"
+        )
+    try:
+        header = json.loads(head)
+    except ValueError as e:
+        raise CheckpointError(p, f"corrupt header ({e})") from None
+    header = _check_header(p, header, version)
+    payload = f.read() if with_payload else b""
     if with_payload:
-        want = header.get("payload_bytes")
+        want = header["payload_bytes"]
         if len(payload) != want:
             raise CheckpointError(
                 p, f"truncated payload: expected {want} bytes, got {len(payload)}"
             )
         digest = hashlib.sha256(payload).hexdigest()
-        if digest != header.get("payload_sha256"):
+        if digest != header["payload_sha256"]:
             raise CheckpointError(
                 p, f"checksum mismatch (payload SHA-256 {digest}, header says "
-                f"{header.get('payload_sha256')}): the file is corrupt"
+                f"{header['payload_sha256']}): the file is corrupt"
             )
     return header, payload
 
