@@ -340,6 +340,7 @@ def _train(args) -> int:
     eval_batch = args.batch_size
 
     out_dir = Path(args.out_dir or f"runs/{args.dataset}-{args.model}-{args.cell}-{args.wiring}")
+    lt.check_run_dir(out_dir)  # a bad out dir fails now, not after an epoch of training
     existing = lt.list_checkpoints(out_dir / "checkpoints")
     if existing and args.resume is None:
         raise _CliError(
@@ -488,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before any JAX backend exists: one CPU device per core, so data parallelism uses them all.
     use_cpu_cores(getattr(args, "cpu_devices", None))
     from .data import DatasetFormatError, DatasetUnavailableError
-    from .train import CheckpointError, NonFiniteLossError
+    from .train import CheckpointError, NonFiniteLossError, RunDirError
 
     try:
         return _train(args) if args.command == "train" else _evaluate(args)
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"liquidjax {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (DatasetUnavailableError, DatasetFormatError, CheckpointError, NonFiniteLossError,
-            _CliError) as e:
+            RunDirError, _CliError) as e:
         print(f"liquidjax {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

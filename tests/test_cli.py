@@ -236,3 +236,64 @@ def _strip_header_fields(path, *, model=(), data=()):
     head = json.dumps(header, sort_keys=True).encode()
     path.write_bytes(MAGIC + struct.pack("<Q", len(head)) + hashlib.sha256(head).digest() + head
                      + raw[start + n:])
+
+
+# ------------------------------------------------------------- every failure one `error:` line
+CLI_DRIVER = """
+import contextlib, io, json, sys, traceback
+from liquidjax.cli import main
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        except BaseException:
+            code = None
+            err.write(traceback.format_exc())
+    results.append({"code": code, "out": out.getvalue(), "err": err.getvalue()})
+print("RESULT" + json.dumps(results))
+"""
+
+
+def run_cli_cases(tmp_path, cases, *, env=None, timeout=300):
+    """Run ``liquidjax`` on each ``(argv, code, message)`` in ONE subprocess (each start costs
+    seconds) and check: the exit code, a line ``liquidjax <command>: error: ...<message>``, and
+    no traceback."""
+    script = tmp_path / "cli_driver.py"
+    script.write_text(CLI_DRIVER)
+    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **(env or {}))
+    e.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, str(script), json.dumps([c[0] for c in cases])],
+                          capture_output=True, text=True, timeout=timeout, env=e, cwd=tmp_path)
+    assert proc.returncode == 0 and "RESULT" in proc.stdout, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.split("RESULT", 1)[1])
+    for (argv, code, message), r in zip(cases, results):
+        text = r["out"] + r["err"]
+        assert "Traceback" not in text, (argv, text)
+        lines = [ln for ln in r["err"].splitlines() if ln.startswith(f"liquidjax {argv[0]}: error: ")]
+        assert r["code"] == code and len(lines) == 1, (argv, r)
+        assert message in r["err"], (argv, message, r["err"])
+    return results
+
+
+def test_run_time_failures_are_one_line(idx_dir, tmp_path):
+    """Issue 13: data dirs, unusable out dirs — exit 1 with a `liquidjax <cmd>: error:` line."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    fm = ["train", "--dataset", "fashion_mnist", "--no-download", *SMALL]
+    bad_ckpt_dir = tmp_path / "ckfile"
+    bad_ckpt_dir.mkdir()
+    (bad_ckpt_dir / "checkpoints").write_text("")
+    run_cli_cases(tmp_path, [
+        ([*fm, "--data-dir", str(tmp_path / "nonexistent" / "x"), "--out-dir", "r1"], 1,
+         f"data dir given ({tmp_path / 'nonexistent' / 'x'}) does not exist"),
+        ([*fm, "--data-dir", str(idx_dir), "--out-dir", str(a_file)], 1,
+         f"run directory: {a_file} is a file, not a folder"),
+        ([*fm, "--data-dir", str(idx_dir), "--out-dir", str(bad_ckpt_dir)], 1,
+         f"run directory: {bad_ckpt_dir / 'checkpoints'} is a file, not a folder"),
+    ])

@@ -31,6 +31,7 @@ from liquidjax.train import (
     CheckpointError,
     DataParallel,
     NonFiniteLossError,
+    RunDirError,
     TrainConfig,
     TrainState,
     evaluate,
@@ -231,6 +232,40 @@ def test_whole_checkpoint_is_verified(tmp_path, reference_run):
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         load_checkpoint(_write_checkpoint(tmp_path / "v1bad.ljx", old, payload[:-1] + b"\0",
                                           version=1), like)
+
+
+def test_unusable_run_dir_fails_before_training(tmp_path, model, data, monkeypatch):
+    """Issue 13: an out dir that cannot hold the outputs is refused before the first step (not
+    with a traceback at the first save, after an epoch of work)."""
+
+    def never(batch, rng):
+        raise AssertionError("training started")
+
+    loader = Loader(data.arrays(), 8, seed=TCFG.seed, transform=never)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [(a_file, f"{a_file} is a file, not a folder")]
+    for i, (name, what) in enumerate((("checkpoints", "is a file, not a folder"),
+                                      ("metrics.jsonl", "is not a file"),
+                                      ("curves.png", "is a folder"))):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        (run / name).mkdir() if name.endswith((".jsonl", ".png")) else (run / name).write_text("")
+        cases.append((run, f"{run / name} {what}"))
+    cases.append((a_file / "sub", f"{a_file / 'sub'} cannot be created: a parent of it is a file"))
+    for out, msg in cases:
+        with pytest.raises(RunDirError, match=re.escape(msg)):
+            fit(model, loader, TCFG, out_dir=out, progress="none")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the write probe fail as it would
+        def refuse(self, data):
+            raise PermissionError(13, "Permission denied", str(self))
+
+        monkeypatch.setattr(Path, "write_bytes", refuse)
+    with pytest.raises(RunDirError, match=re.escape(f"{ro} is not writable (Permission denied)")):
+        fit(model, loader, TCFG, out_dir=ro, progress="none")
 
 
 def test_save_is_atomic_and_keeps_the_newest(tmp_path):

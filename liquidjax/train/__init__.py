@@ -23,7 +23,13 @@ from ._fit import (
     fit as fit,
     restore_model as restore_model,
 )
-from ._logging import RunLogger as RunLogger, plot_curves as plot_curves, read_metrics as read_metrics
+from ._logging import (
+    RunDirError as RunDirError,
+    RunLogger as RunLogger,
+    check_run_dir as check_run_dir,
+    plot_curves as plot_curves,
+    read_metrics as read_metrics,
+)
 from ._sharding import DataParallel as DataParallel
 from ._step import (
     TrainState as TrainState,

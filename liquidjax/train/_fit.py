@@ -22,7 +22,7 @@ from ._checkpoint import (
     save_checkpoint,
 )
 from ._config import TRAJECTORY_FIELDS, TrainConfig, make_optimizer, make_schedule
-from ._logging import RunLogger, plot_curves
+from ._logging import RunLogger, check_run_dir, plot_curves
 from ._sharding import DataParallel
 from ._step import TrainState, eval_step, model_uses_dropout, train_step
 
@@ -280,8 +280,9 @@ def fit(
 
     **Returns:** a :class:`FitResult`.
 
-    Raises :class:`NonFiniteLossError` (naming the step) if the loss becomes non-finite, and
-    :class:`CheckpointError` for an unusable checkpoint.
+    Raises :class:`NonFiniteLossError` (naming the step) if the loss becomes non-finite,
+    :class:`CheckpointError` for an unusable checkpoint, and, before training starts,
+    :class:`RunDirError` if `out_dir` cannot hold the outputs (:func:`check_run_dir`).
 
     **Example:**
     ```python
@@ -304,7 +305,7 @@ def fit(
         optimizer = make_optimizer(config, total_steps)
         schedule = make_schedule(config, total_steps)
 
-    run_dir = None if out_dir is None else Path(out_dir)
+    run_dir = None if out_dir is None else check_run_dir(out_dir)  # before any work is done
     ckpt_dir = None if run_dir is None else run_dir / "checkpoints"
     logger = RunLogger(run_dir, progress=progress)
     train_key = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)

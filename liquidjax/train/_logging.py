@@ -15,6 +15,67 @@ from typing import Any, TextIO
 import jax
 
 
+class RunDirError(RuntimeError):
+    """The run directory cannot hold the run's outputs (a path is a file where a folder is
+    needed or the other way round, or a folder is not writable).
+
+    Raised by :func:`check_run_dir` before any training, so that no work is lost at the first
+    save. **Attributes:** `path` — the offending path.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        super().__init__(f"run directory: {self.path} {problem}")
+
+
+def _probe_dir(d: Path) -> None:
+    if d.exists() and not d.is_dir():
+        raise RunDirError(d, "is a file, not a folder; remove it or choose another out dir")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".liquidjax-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except NotADirectoryError:
+        raise RunDirError(d, "cannot be created: a parent of it is a file") from None
+    except OSError as e:
+        raise RunDirError(d, f"is not writable ({e.strerror or e}); fix its permissions or "
+                          "choose another out dir") from None
+
+
+def check_run_dir(out_dir: str | os.PathLike) -> Path:
+    """Create `out_dir` and ``out_dir/checkpoints`` if needed and check that every output of a
+    run can be written there: the two folders (a real write), ``metrics.jsonl`` (a file, or
+    absent) and ``curves.png`` (not a folder). Only process 0 checks (only it writes).
+
+    **Returns:** the run directory as a ``Path``. **Raises:** :class:`RunDirError` naming the
+    path and the problem.
+
+    **Example:**
+    ```python
+    check_run_dir("runs/demo")  # before an hour of training, not at its first save
+    ```
+    """
+    run = Path(out_dir)
+    if jax.process_index() != 0:
+        return run
+    for d in (run, run / "checkpoints"):
+        _probe_dir(d)
+    metrics = run / "metrics.jsonl"
+    if metrics.exists():
+        if not metrics.is_file():
+            raise RunDirError(metrics, "is not a file; remove it or choose another out dir")
+        try:
+            with open(metrics, "a"):
+                pass
+        except OSError as e:
+            raise RunDirError(metrics, f"cannot be appended to ({e.strerror or e})") from None
+    curves = run / "curves.png"
+    if curves.is_dir():
+        raise RunDirError(curves, "is a folder; remove it or choose another out dir")
+    return run
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
