@@ -1,5 +1,6 @@
 """Data for liquidjax: image datasets (tfds without TensorFlow, or the original files), images as
-sequences, seeded resumable batching, and synthetic irregularly-sampled sequence tasks."""
+sequences, seeded resumable batching, synthetic irregularly-sampled sequence tasks, and time series
+with missing values (in memory, ``.npz`` or the UEA/UCR ``.ts`` archive format)."""
 
 from ._batching import Batch as Batch
 from ._batching import Loader as Loader
@@ -11,6 +12,9 @@ from ._errors import (
 from ._errors import (
     DatasetUnavailableError as DatasetUnavailableError,
 )
+from ._events import event_sequential_mnist as event_sequential_mnist
+from ._events import event_xor as event_xor
+from ._events import irregular_oscillators as irregular_oscillators
 from ._load import (
     ImageTask as ImageTask,
 )
@@ -58,3 +62,15 @@ from ._synthetic import (
 )
 from ._tfds import load_tfds as load_tfds
 from ._tfds import network_reason as network_reason
+from ._timeseries import MISSING_MODES as MISSING_MODES
+from ._timeseries import ChannelNormalizer as ChannelNormalizer
+from ._timeseries import TimeSeriesData as TimeSeriesData
+from ._timeseries import TimeSeriesTask as TimeSeriesTask
+from ._timeseries import input_channels as input_channels
+from ._timeseries import make_time_series_task as make_time_series_task
+from ._timeseries import missing_value_features as missing_value_features
+from ._timeseries import model_inputs as model_inputs
+from ._timeseries import split_time_series as split_time_series
+from ._ts_format import find_ts_files as find_ts_files
+from ._ts_format import load_ts_task as load_ts_task
+from ._ts_format import read_ts as read_ts

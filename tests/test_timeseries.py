@@ -1,0 +1,402 @@
+"""Time-series data (arrays, .npz, the UEA/UCR .ts format), normalisation, missing-value features,
+the event-based tasks, and losses/metrics against independent NumPy/SciPy references. Offline;
+every archive file is written by the test."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+
+import liquidjax.data as D
+import liquidjax.train as T
+
+# ------------------------------------------------------------------------------ .ts files
+
+EQUAL = """# a comment
+% another comment style
+@problemName Toy
+@timeStamps false
+@missing true
+@univariate false
+@dimensions 2
+@equalLength true
+@seriesLength 3
+@classLabel true up down flat
+@data
+1.0,2.0,3.0:4,5,6:up
+3,?,1:0.5,0.5,0.5:down
+
+7,8,9:1,2,3:flat
+"""
+
+UNEQUAL = """@problemName Var
+@timeStamps false
+@missing false
+@univariate true
+@equalLength false
+@classLabel true a b
+@data
+1,2,3,4,5:a
+6,7:b
+8:a
+"""
+
+REGRESSION = """@problemName Reg
+@timeStamps false
+@missing false
+@univariate true
+@equalLength true
+@seriesLength 2
+@targetLabel true
+@data
+1,2:0.5
+3,4:-1.25e1
+"""
+
+STAMPED = """@problemName Stamped
+@timeStamps true
+@missing false
+@univariate false
+@dimensions 2
+@equalLength false
+@classLabel true 0 1
+@data
+(0,1.0),(2,3.0),(3,4.0):(2,-1.0),(5,-2.0):1
+(2007-01-01 00:00:00,5.0),(2007-01-01 00:01:00,6.0):(2007-01-01 00:01:00,7.0):0
+"""
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_read_ts_equal_length_multivariate_with_missing(tmp_path):
+    d = D.read_ts(_write(tmp_path, "Toy_TRAIN.ts", EQUAL))
+    assert d.name == "Toy" and d.task == "classification"
+    assert d.class_names == ("up", "down", "flat") and d.num_classes == 3
+    np.testing.assert_array_equal(d.y, [0, 1, 2])
+    assert d.x.shape == (3, 3, 2)
+    np.testing.assert_array_equal(d.x[0], [[1, 4], [2, 5], [3, 6]])
+    assert np.isnan(d.x[1, 1, 0]) and np.isnan(d.x).sum() == 1
+    np.testing.assert_array_equal(d.lengths, [3, 3, 3])
+    np.testing.assert_array_equal(d.timespans, np.ones((3, 3)))
+
+
+def test_read_ts_unequal_lengths_pad_with_nan(tmp_path):
+    d = D.read_ts(_write(tmp_path, "Var_TRAIN.ts", UNEQUAL))
+    assert d.x.shape == (3, 5, 1)
+    np.testing.assert_array_equal(d.lengths, [5, 2, 1])
+    np.testing.assert_array_equal(d.mask.sum(1), [5, 2, 1])
+    assert np.isnan(d.x[1, 2:]).all() and not np.isnan(d.x[1, :2]).any()
+    np.testing.assert_array_equal(d.y, [0, 1, 0])
+
+
+def test_read_ts_regression(tmp_path):
+    d = D.read_ts(_write(tmp_path, "Reg_TRAIN.ts", REGRESSION))
+    assert d.task == "regression" and d.num_classes == 0 and d.y.dtype == np.float32
+    np.testing.assert_allclose(d.y, [0.5, -12.5])
+    assert d.target_size == 1 and not d.per_step
+
+
+def test_read_ts_time_stamps_union_of_channels(tmp_path):
+    d = D.read_ts(_write(tmp_path, "Stamped_TRAIN.ts", STAMPED))
+    # Example 0: times {0, 2, 3, 5}; channel 1 seen at 2 and 5 only.
+    np.testing.assert_array_equal(d.lengths, [4, 2])
+    # Gaps after the first: 2, 1, 2; the first observation gets their median, 2.
+    np.testing.assert_allclose(d.timespans[0], [2, 2, 1, 2])
+    np.testing.assert_allclose(d.times[0], [2, 4, 5, 7])
+    np.testing.assert_array_equal(np.isnan(d.x[0, :, 1]), [True, False, True, False])
+    np.testing.assert_allclose(d.x[0, :, 0][:3], [1, 3, 4])
+    # Example 1: ISO times, one minute apart, in seconds.
+    np.testing.assert_allclose(d.timespans[1, :2], [60, 60])
+    np.testing.assert_allclose(d.x[1, :2], [[5, np.nan], [6, 7]])
+
+
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        (EQUAL.replace("4,5,6:up", "4,5,6:sideways"), 12, "'sideways' is not among"),
+        (EQUAL.replace("4,5,6:up", "4,5,6"), 12, "expected 2 channel(s) and a label"),
+        (EQUAL.replace("3,?,1", "3,x,1"), 13, "not a number: 'x'"),
+        (EQUAL.replace("@univariate false", "@univariat false"), 6, "unknown header @univariat"),
+        (EQUAL.replace("@timeStamps false", "@timeStamps maybe"), 4, "needs true or false"),
+        (REGRESSION.replace("3,4:-1.25e1", "3,4:big"), 10, "'big' is not a number"),
+        (EQUAL.replace("@data\n", ""), 11, "expected an @ header line or @data"),
+    ],
+)
+def test_read_ts_malformed_names_file_and_line(tmp_path, text, line, words):
+    path = _write(tmp_path, "Bad_TRAIN.ts", text)
+    with pytest.raises(D.DatasetFormatError) as e:
+        D.read_ts(path)
+    msg = str(e.value)
+    assert f"{path}:{line}:" in msg and words in msg
+
+
+def test_read_ts_without_data_or_labels(tmp_path):
+    with pytest.raises(D.DatasetFormatError, match="no @data"):
+        D.read_ts(_write(tmp_path, "A_TRAIN.ts", "@problemName A\n@classLabel true a b\n"))
+    with pytest.raises(D.DatasetFormatError, match="no labels"):
+        D.read_ts(_write(tmp_path, "B_TRAIN.ts", "@classLabel false\n@data\n1,2\n"))
+    with pytest.raises(D.DatasetFormatError, match="cannot read"):
+        D.read_ts(tmp_path / "absent.ts")
+
+
+def test_load_ts_task_maps_test_labels_with_train_classes(tmp_path):
+    (tmp_path / "Toy").mkdir()
+    _write(tmp_path / "Toy", "Toy_TRAIN.ts", EQUAL * 1)
+    test = EQUAL.replace("@classLabel true up down flat", "@classLabel true flat down up")
+    _write(tmp_path / "Toy", "Toy_TEST.ts", test)
+    task = D.load_ts_task(tmp_path, "Toy", val_fraction=0.0)
+    np.testing.assert_array_equal(task.test.y, [0, 1, 2])  # by name, not by header position
+    assert task.input_size == 6  # [x̃ | m | δ] for 2 channels
+    with pytest.raises(D.DatasetUnavailableError, match="Nope_TRAIN.ts"):
+        D.load_ts_task(tmp_path, "Nope")
+
+
+# ------------------------------------------------------------------------------ arrays, npz
+
+
+def test_from_arrays_times_become_timespans_and_lengths_are_inferred():
+    x = np.array([[[1.0], [2.0], [np.nan]], [[1.0], [np.nan], [3.0]]])
+    times = np.array([[0.5, 1.0, np.nan], [0.0, 2.0, 2.5]])
+    d = D.TimeSeriesData.from_arrays(x, np.array([0, 1]), times=times, first_timespan=0.25)
+    np.testing.assert_array_equal(d.lengths, [2, 3])
+    np.testing.assert_allclose(d.timespans, [[0.25, 0.5, 1.0], [0.25, 2.0, 0.5]])
+    with pytest.raises(ValueError, match="example 0 step 1"):
+        D.TimeSeriesData.from_arrays(x, np.array([0, 1]), times=[[0, 0, 0], [0, 1, 2]])
+    with pytest.raises(ValueError, match="either times"):
+        D.TimeSeriesData.from_arrays(x, np.array([0, 1]), times=times, timespans=times)
+
+
+def test_npz_round_trip_and_errors(tmp_path):
+    d = D.irregular_oscillators(5, seed=3, max_length=7, min_length=4)
+    back = D.TimeSeriesData.load_npz(d.save_npz(tmp_path / "osc.npz"))
+    for name in ("x", "timespans", "lengths", "y", "y_mask"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(d, name))
+    assert back.task == "regression" and back.per_step
+    np.savez(tmp_path / "bad.npz", x=np.zeros((2, 3, 1)))
+    with pytest.raises(D.DatasetFormatError, match=r"bad.npz: missing array\(s\) \['y'\]"):
+        D.TimeSeriesData.load_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "bad2.npz", x=np.zeros((2, 3, 1)), y=np.zeros(3, int))
+    with pytest.raises(D.DatasetFormatError, match="bad2.npz: y must have 2 rows"):
+        D.TimeSeriesData.load_npz(tmp_path / "bad2.npz")
+
+
+# ------------------------------------------------------------------------------ normalisation
+
+
+def test_normalizer_uses_observed_training_values_only():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (6, 5, 3))
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x[:, :, 2] = np.nan  # a channel never observed
+    lengths = np.array([5, 4, 3, 5, 2, 1])
+    train = D.TimeSeriesData.from_arrays(x, np.arange(6) % 2, lengths=lengths)
+    norm = D.ChannelNormalizer.fit(train)
+    valid = np.arange(5)[None] < lengths[:, None]
+    ref = np.where(valid[..., None], x, np.nan)  # padding must not count
+    np.testing.assert_allclose(norm.mean[:2], np.nanmean(ref[..., :2], axis=(0, 1)), rtol=1e-6)
+    np.testing.assert_allclose(norm.std[:2], np.nanstd(ref[..., :2], axis=(0, 1)), rtol=1e-5)
+    assert norm.mean[2] == 0 and norm.std[2] == 1
+    z = norm(train)
+    seen = ~np.isnan(z.x[..., :2])
+    np.testing.assert_allclose(np.nanmean(z.x[..., :2], axis=(0, 1)), 0, atol=1e-6)
+    assert np.array_equal(seen, ~np.isnan(train.x[..., :2]))
+    other = D.TimeSeriesData.from_arrays(x + 100, np.arange(6) % 2, lengths=lengths)
+    assert np.nanmean(norm(other).x[..., 0]) > 10  # test data does not change the statistics
+
+
+def test_task_split_is_stratified_and_normalised_from_train_part():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], [10, 5, 2])
+    d = D.TimeSeriesData.from_arrays(rng.normal(size=(17, 4, 2)), y)
+    tr, va = D.split_time_series(d, 0.2, seed=0)
+    assert sorted(np.unique(va.y)) == [0, 1, 2] and len(tr) + len(va) == 17
+    task = D.make_time_series_task(d, d, val_fraction=0.2, seed=0)
+    fit_x = tr.x
+    np.testing.assert_allclose(task.normalizer.mean, np.nanmean(fit_x, axis=(0, 1)), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ missing values
+
+
+def _features_reference(x, dts, valid):
+    """Che et al. (2018) eqs. (2)-(3), one step at a time."""
+    n, length, c = x.shape
+    out = np.zeros((n, length, 3 * c))
+    for i in range(n):
+        s = np.cumsum(np.where(valid[i], dts[i], 0.0))
+        for d in range(c):
+            last, delta, prev_m = 0.0, 0.0, True
+            for t in range(length):
+                if not valid[i, t]:
+                    continue
+                m = not np.isnan(x[i, t, d])
+                if t > 0:
+                    delta = s[t] - s[t - 1] + (delta if not prev_m else 0.0)
+                if m:
+                    last = x[i, t, d]
+                out[i, t, d], out[i, t, c + d], out[i, t, 2 * c + d] = last, m, delta
+                prev_m = m
+    return out
+
+
+def test_missing_value_features_match_the_grud_definition():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 7, 3))
+    x[rng.random(x.shape) < 0.5] = np.nan
+    x[1, :, 2] = np.nan  # fully missing channel
+    x[2, :, :] = np.nan
+    x[2, 3, 1] = 1.5  # a sequence with one observation
+    dts = rng.uniform(0.1, 2.0, (4, 7))
+    valid = np.arange(7)[None] < np.array([7, 5, 7, 1])[:, None]
+    got = D.missing_value_features(x, dts, valid)
+    np.testing.assert_allclose(got, _features_reference(x, dts, valid), rtol=1e-5, atol=1e-6)
+    assert not np.isnan(got).any()
+    # The fully missing channel: value 0, mask 0, delta = time since the first step.
+    np.testing.assert_allclose(got[1, :5, 2], 0)
+    np.testing.assert_allclose(got[1, :5, 8], np.cumsum(dts[1, :5]) - dts[1, 0], rtol=1e-5)
+    np.testing.assert_allclose(got[2, 3:, 1], 1.5)  # carried forward after its one observation
+    np.testing.assert_allclose(got[2, :3, 1], 0)
+
+
+# ------------------------------------------------------------------------------ tasks
+
+
+def test_event_xor_labels_are_the_parity_of_the_decoded_stream():
+    d = D.event_xor(300, seed=4, max_length=16)
+    assert d.x.shape == (300, 16, 1) and set(np.unique(d.y)) == {0, 1}
+    counts = np.rint(d.timespans * 16).astype(int)
+    for i in range(300):
+        k = d.lengths[i]
+        pos = np.cumsum(counts[i, :k]) - 1  # dense position of each event
+        bits = np.zeros(pos[-1] + 1)
+        for j in range(k):
+            end = pos[j + 1] if j + 1 < k else pos[j] + 1
+            bits[pos[j] : end] = d.x[i, j, 0]
+        assert 2 <= len(bits) <= 15
+        assert int(bits.sum()) % 2 == d.y[i]
+        # An event at every change (the final one may repeat the last bit).
+        assert np.all(d.x[i, 1 : k - 1, 0] != d.x[i, : k - 2, 0])
+    assert 0.35 < d.y.mean() < 0.65
+
+
+def _paper_event_transform(img, pad, threshold):
+    """The ODE-LSTM paper's per-image loop (transform_sample), rewritten here as a reference."""
+    events, elapsed, mask = np.zeros(pad), np.zeros(pad), np.zeros(pad, bool)
+    last, w, counter = -1, 0, 0
+    for v in img.reshape(-1):
+        counter += 1
+        ch = int(v > threshold)
+        if ch != last:
+            events[w], elapsed[w], mask[w] = ch, counter, True
+            w += 1
+            counter = 0
+            if w >= pad:
+                break
+        last = ch
+    return events, elapsed, mask
+
+
+def test_event_sequential_mnist_matches_the_paper_encoding():
+    rng = np.random.default_rng(5)
+    images = (rng.random((6, 8, 8)) < 0.3).astype(np.uint8) * 255
+    images[0] = 0  # one event only
+    images[1] = rng.integers(0, 256, (8, 8))  # many events: truncated at max_length
+    d = D.event_sequential_mnist(images, np.arange(6) % 3, max_length=20, num_classes=3)
+    for i in range(6):
+        ev, el, m = _paper_event_transform(images[i], 20, 128)
+        assert d.lengths[i] == m.sum()
+        np.testing.assert_array_equal(d.x[i, m, 0], ev[m])
+        np.testing.assert_allclose(d.timespans[i, m], el[m] / 20)
+    assert d.lengths[0] == 1 and d.lengths[1] == 20
+
+
+def test_irregular_oscillators_missing_channels_and_targets():
+    d = D.irregular_oscillators(50, seed=1, channels=3, missing=0.6)
+    obs = d.observed[d.mask]
+    assert obs.any(axis=1).all()  # every valid step has at least one channel
+    assert 0.3 < 1 - obs.mean() < 0.6
+    assert d.per_step and d.y.shape == (50, 48, 3) and d.target_size == 3
+    assert np.isfinite(d.y).all()
+    f = D.irregular_oscillators(10, seed=1, target="frequency")
+    assert f.y.shape == (10,) and not f.per_step and 1 <= f.y.min() and f.y.max() <= 4
+
+
+# ------------------------------------------------------------------------------ losses, metrics
+
+
+def _masked_mean(v, m):
+    return float((v * m).sum() / m.sum())
+
+
+def test_classification_losses_and_metrics_per_sequence_and_per_step():
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(5, 4, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (5, 4))
+    mask = rng.random((5, 4)) < 0.7
+    mask[0, 0] = True
+    ce = -(logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True))
+    ce = np.take_along_axis(ce, labels[..., None], -1)[..., 0]
+    np.testing.assert_allclose(T.cross_entropy(logits, labels, mask), _masked_mean(ce, mask),
+                               rtol=1e-5)
+    np.testing.assert_allclose(T.cross_entropy(logits[:, 0], labels[:, 0]), ce[:, 0].mean(),
+                               rtol=1e-5)
+    hit = logits.argmax(-1) == labels
+    np.testing.assert_allclose(T.accuracy(logits, labels, mask), _masked_mean(hit, mask),
+                               rtol=1e-6)
+    # Macro-F1 with a plain loop over classes present as a label or a prediction.
+    pred, lab = logits.argmax(-1)[mask], labels[mask]
+    f1s = []
+    for c in range(3):
+        tp = np.sum((pred == c) & (lab == c))
+        fp = np.sum((pred == c) & (lab != c))
+        fn = np.sum((pred != c) & (lab == c))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    np.testing.assert_allclose(T.macro_f1(logits, labels, mask), np.mean(f1s), rtol=1e-6)
+    with pytest.raises(ValueError, match="class axis"):
+        T.accuracy(logits, labels[:, :2])
+
+
+def test_binary_auc_against_pairwise_counting():
+    rng = np.random.default_rng(7)
+    scores = np.round(rng.normal(size=40), 1)  # rounded: ties
+    labels = rng.integers(0, 2, 40)
+    mask = rng.random(40) < 0.8
+    s, y = scores[mask], labels[mask]
+    pos, neg = s[y == 1], s[y == 0]
+    ref = np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None]))
+    np.testing.assert_allclose(T.binary_auc(scores, labels, mask), ref, rtol=1e-6)
+    np.testing.assert_allclose(T.binary_auc(np.arange(4.0), np.array([0, 0, 1, 1])), 1.0)
+    assert math.isnan(float(T.binary_auc(np.arange(3.0), np.zeros(3, int))))
+
+
+def test_regression_losses_with_per_step_masks():
+    rng = np.random.default_rng(8)
+    pred = rng.normal(size=(3, 6, 2))
+    target = rng.normal(size=(3, 6, 2))
+    target[0, 5] = np.nan  # masked out: must not poison the mean
+    mask = np.ones((3, 6), bool)
+    mask[0, 5] = False
+    mask[2, 3:] = False
+    m = np.broadcast_to(mask[..., None], pred.shape)
+    diff = np.where(m, pred - target, 0.0)
+    np.testing.assert_allclose(T.mse(pred, target, mask), (diff**2).sum() / m.sum(), rtol=1e-5)
+    np.testing.assert_allclose(T.mae(pred, target, mask), np.abs(diff).sum() / m.sum(),
+                               rtol=1e-5)
+    var = rng.uniform(0.2, 3.0, pred.shape)
+    nll = -scipy.stats.norm.logpdf(np.nan_to_num(target), pred, np.sqrt(var))
+    np.testing.assert_allclose(T.gaussian_nll(pred, var, target, mask), _masked_mean(nll, m),
+                               rtol=1e-5)
+    assert bool(jnp.isnan(T.mse(pred, target, np.zeros((3, 6), bool))))
+    with pytest.raises(ValueError, match="leading axes"):
+        T.mse(pred, target, mask[:, :2])
