@@ -268,6 +268,33 @@ def test_unusable_run_dir_fails_before_training(tmp_path, model, data, monkeypat
         fit(model, loader, TCFG, out_dir=ro, progress="none")
 
 
+def test_bad_labels_are_named_before_training(model, data):
+    """Issue 13: a label outside [0, num_classes) is refused on the host, naming the values
+    (it trained silently as another class, or gave a NaN loss)."""
+    x, y = data.x, data.y.copy()
+    y[5], y[9], y[11] = -1, 2, -1
+
+    def never(batch, rng):
+        raise AssertionError("training started")
+
+    msg = (r"training data: 3 of 64 labels are outside the valid range \[0, 1\] "
+           r"\(num_classes=2\): -1 \(2 examples, first at index 5\), 2 \(1 example, first at "
+           r"index 9\)")
+    with pytest.raises(ValueError, match=msg):
+        fit(model, ArrayData(x, y), TCFG, progress="none")
+    for loader in (Loader((x, y), 8, transform=never), Loader({"x": x, "y": y}, 8,
+                                                                  transform=never)):
+        with pytest.raises(ValueError, match=msg):
+            fit(model, loader, TCFG, progress="none")
+    with pytest.raises(ValueError, match=r"validation data: 1 of 4 labels .*: 7 \(1 example"):
+        fit(model, data, TCFG, val_data=ArrayData(x[:4], np.array([0, 1, 7, 0])),
+            progress="none")
+    with pytest.raises(ValueError, match=r"evaluation data: 3 of 64 labels .*-1 \(2 examples"):
+        evaluate(model, ArrayData(x, y), batch_size=8)
+    with pytest.raises(ValueError, match=r"y: label 4294967296 at index 3 is not a class"):
+        ArrayData(x, np.where(np.arange(64) == 3, 2**32, 0))  # would wrap to 0 as int32
+
+
 def test_save_is_atomic_and_keeps_the_newest(tmp_path):
     state = {"a": np.arange(4.0), "b": np.ones(3, np.int32)}
     d = tmp_path / "ck"
@@ -287,13 +314,17 @@ def test_save_is_atomic_and_keeps_the_newest(tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, model):
     x, y = _data()
     cfg = TrainConfig(**{**TCFG.to_dict(), "log_every": 1, "checkpoint_every": 2})
-    loader = ArrayData(x, y).loader(8, seed=cfg.seed)
-    poisoned = int(loader.order(0)[8 * 3])  # first example of the 4th batch
-    y = y.copy()
-    y[poisoned] = 99  # out-of-range label: NaN cross-entropy
+
+    def poison(batch, rng):  # the 4th batch gets an out-of-range label: NaN cross-entropy
+        if rng.bit_generator.seed_seq.entropy[1:] == (0, 3):  # (seed, epoch, step)
+            batch = dict(batch, y=np.where(np.arange(8) == 0, 99, batch["y"]))
+        return batch
+
+    # (labels are checked on the host before training; a transform slips past that check and
+    # exercises the on-device guard)
+    loader = Loader({"x": x, "y": y}, 8, seed=cfg.seed, transform=poison)
     with pytest.raises(NonFiniteLossError, match=r"step 4 \(epoch 1\).*ckpt-000000002\.ljx"):
-        fit(model, ArrayData(x, y), cfg, out_dir=tmp_path, model_config=CFG.to_dict(),
-            progress="none")
+        fit(model, loader, cfg, out_dir=tmp_path, model_config=CFG.to_dict(), progress="none")
     assert [read_header(p)["step"] for p in list_checkpoints(tmp_path / "checkpoints")] == [2]
     state, _ = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"),
                                TrainState.create(model, make_optimizer(cfg, 16),

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Union
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ from ._checkpoint import (
 from ._config import TRAJECTORY_FIELDS, TrainConfig, make_optimizer, make_schedule
 from ._logging import RunLogger, check_run_dir, plot_curves
 from ._sharding import DataParallel
-from ._step import TrainState, eval_step, model_uses_dropout, train_step
+from ._step import TrainState, _forward, eval_step, model_uses_dropout, train_step
 
 _OPTIONAL = ("timespans", "mask")
 
@@ -56,6 +57,11 @@ class ArrayData:
         y = np.asarray(self.y)
         if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"y must be integer labels of shape ({n},), got {y.dtype} {y.shape}")
+        big = np.abs(y.astype(np.int64, copy=False)) > np.iinfo(np.int32).max
+        if big.any():  # checked before the int32 cast, under which they would wrap around
+            i = int(np.flatnonzero(big)[0])
+            raise ValueError(f"y: label {int(y[i])} at index {i} is not a class index (labels "
+                             "must be 0..num_classes-1)")
         object.__setattr__(self, "y", y.astype(np.int32, copy=False))
         for name in _OPTIONAL:
             v = getattr(self, name)
@@ -111,6 +117,70 @@ def batch_dict(data: Any) -> dict[str, np.ndarray]:
         if d.get(name) is not None:
             out[name] = np.asarray(d[name])
     return out
+
+
+def check_labels(labels: np.ndarray, num_classes: int, what: str = "labels") -> None:
+    """Raise ``ValueError`` naming the values of `labels` outside ``[0, num_classes)`` (how many
+    of each, and the first index), so that none is silently trained as another class or turns
+    the loss into NaN.
+
+    **Example:**
+    ```python
+    check_labels(np.array([0, 3, -1]), 3)  # ValueError: ... -1 (1 example, index 2), 3 (...)
+    ```
+    """
+    y = np.asarray(labels)
+    bad = (y < 0) | (y >= num_classes)
+    if not bad.any():
+        return
+    values, first, counts = np.unique(y[bad], return_index=True, return_counts=True)
+    where = np.flatnonzero(bad)[first]
+    shown = ", ".join(f"{int(v)} ({int(c)} example{'s' if c > 1 else ''}, first at index {int(i)})"
+                      for v, c, i in list(zip(values, counts, where))[:8])
+    more = f" and {len(values) - 8} more values" if len(values) > 8 else ""
+    raise ValueError(
+        f"{what}: {int(bad.sum())} of {y.size} labels are outside the valid range "
+        f"[0, {num_classes - 1}] (num_classes={num_classes}): {shown}{more}. Labels must be "
+        f"class indices 0..{num_classes - 1}; re-map them, or build the model with more classes"
+    )
+
+
+def _host_labels(data: DataLike) -> np.ndarray | None:
+    """All labels of `data` as stored (before any batch transform), or ``None`` if the loader's
+    data is not an ``(x, y)`` pair, a dict or a named tuple with ``y``."""
+    raw = data.y if isinstance(data, ArrayData) else data.data
+    if isinstance(raw, dict):
+        raw = raw.get("y")
+    elif hasattr(raw, "_fields"):
+        raw = getattr(raw, "y", None)
+    elif isinstance(raw, (tuple, list)) and len(raw) == 2:
+        raw = raw[1]
+    elif not isinstance(data, ArrayData):
+        raw = None
+    if raw is None:
+        return None
+    y = np.asarray(raw)
+    return y if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) else None
+
+
+def _num_classes(model: Any, loader: Loader) -> int:
+    from ..models import AbstractClassifier
+
+    if isinstance(model, AbstractClassifier):
+        return int(model.num_classes)
+    batch = batch_dict(loader.batch(0, 0).data)
+    return int(eqx.filter_eval_shape(_forward, model, batch, None).shape[-1])
+
+
+def _check_data_labels(model: Any, loader: Loader, splits: dict[str, DataLike | None]) -> None:
+    """Check every split's labels once, on the host, against the model's number of classes
+    (read from the model, or from its output shape on `loader`'s first batch)."""
+    labels = {what: _host_labels(d) for what, d in splits.items() if d is not None}
+    if any(y is not None for y in labels.values()):
+        num_classes = _num_classes(model, loader)
+        for what, y in labels.items():
+            if y is not None:
+                check_labels(y, num_classes, what)
 
 
 def _as_loader(data: DataLike, batch_size: int, seed: int, train: bool) -> Loader:
@@ -215,6 +285,7 @@ def evaluate(
     dp.check_batch_size(batch_size, "eval batch size")
     if loader.num_examples == 0:
         raise ValueError("cannot evaluate on an empty split")
+    _check_data_labels(model, loader, {"evaluation data": data})
     model = dp.replicate(model)
     sums = jax.device_put(jnp.zeros((3,), jnp.float32), dp.replicated)
     rows = dp.local_rows(batch_size)
@@ -298,6 +369,7 @@ def fit(
     if n < B:
         raise ValueError(f"batch_size={B} is larger than the training set ({n} examples)")
     loader = _as_loader(train_data, B, config.seed, train=True)
+    _check_data_labels(model, loader, {"training data": train_data, "validation data": val_data})
     steps_per_epoch = loader.num_batches
     total_steps = config.epochs * steps_per_epoch
     schedule = None
