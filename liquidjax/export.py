@@ -1,0 +1,440 @@
+"""Streaming and deployment: a compiled one-observation stepper, and export to StableHLO and ONNX.
+
+A liquid network deployed as a controller is stepped one observation at a time: read a sensor,
+advance the state across the elapsed time ``Δt``, emit an action. Three ways to run that step:
+
+* :func:`stepper` — in Python, as one ahead-of-time compiled XLA executable with the parameters
+  baked in and the state kept as **one flat array** (a few microseconds of call overhead);
+* :func:`to_stablehlo` — serialised with ``jax.export``: any process with JAX (and without
+  liquidjax) deserialises and runs it;
+* :func:`to_onnx` — an ONNX graph, for ONNX Runtime and the toolchains that read ONNX
+  (microcontrollers, C++, the browser).
+
+Every export has the same calling convention, per example (``batch_shape`` prefixes every
+argument):
+
+    step(state (S,), x (input_size,), dt ()) -> (output (output_size,), new_state (S,))
+
+with ``state`` the model's state pytree flattened into one vector (``Stepper.unflatten_state``
+gives it back), ``dt`` the elapsed time since the previous observation (ncps "timespans"), and
+``output`` what the model outputs after the step: the cell's output, the ``LiquidRNN``'s output
+(``proj`` applied), or a ``SequenceClassifier``'s logits for the sequence seen so far. The
+whole-sequence function ``sequence(state, xs (T, input_size), dts (T,)) -> (outputs (T, output_size),
+new_state)`` is the step scanned over ``T`` observations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PyTree
+
+from .cells._base import AbstractCell
+from .layers import LiquidRNN
+
+FORMAT_VERSION = 1
+"""Version of the exported artifacts' layout (the files and the manifest's fields)."""
+
+
+# ---------------------------------------------------------------------------------- the step
+@dataclasses.dataclass(frozen=True)
+class _StepPlan:
+    """A model reduced to one example's pure step on a flat state vector."""
+
+    model_name: str
+    fn: Callable[[Array, Array, Array], tuple[Array, Array]]  # (S,), (I,), () -> (O,), (S,)
+    init: np.ndarray  # (S,)
+    unravel: Callable[[Array], PyTree[Array]]
+    input_size: int
+    output_size: int
+    dtype: np.dtype
+    cells: tuple[AbstractCell, ...]
+
+
+def _cell_step(cell: AbstractCell):
+    def advance(state, x, dt):
+        return cell.advance(state, x, jnp.zeros((), dt.dtype), dt)
+
+    return advance
+
+
+def _layer_readout(layer: LiquidRNN, state):
+    # LiquidRNN's per-step output (its ``return_sequences`` outputs).
+    if layer.readout_states:
+        return state[0] if isinstance(state, tuple) else state
+    y = layer.cell.output(state)
+    return y if layer.proj is None else layer.proj(y)
+
+
+def _check_layer(layer: LiquidRNN, where: str) -> None:
+    if layer.interpolation != "hold":
+        raise ValueError(
+            f"{where}: cannot stream a LiquidRNN with interpolation={layer.interpolation!r} "
+            f"({type(layer.cell).__name__} cell): a continuous input path between observations "
+            "needs the future observation; rebuild the layer with interpolation='hold'"
+        )
+
+
+def _plan(model: Any) -> _StepPlan:
+    """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``."""
+    from .models import SequenceClassifier
+
+    if isinstance(model, AbstractCell):
+        cell = model
+        advance = _cell_step(cell)
+
+        def step_tree(state, x, dt):
+            new = advance(state, x, dt)
+            return cell.output(new), new
+
+        state0 = cell.init_state()
+        cells, in_size, out_size = (cell,), cell.input_size, cell.output_size
+    elif isinstance(model, LiquidRNN):
+        _check_layer(model, "stepper")
+        layer = model
+        advance = _cell_step(layer.cell)
+
+        def step_tree(state, x, dt):
+            new = advance(state, x, dt)
+            return _layer_readout(layer, new), new
+
+        state0 = layer.cell.init_state()
+        cells = (layer.cell,)
+        in_size, out_size = layer.cell.input_size, layer.output_size
+    elif isinstance(model, SequenceClassifier):
+        for i, layer in enumerate(model.layers):
+            _check_layer(layer, f"stepper (SequenceClassifier layer {i})")
+        clf = model
+        layers = clf.layers
+        *inner, last = layers
+
+        def feats_of(layer, state):
+            # SequenceClassifier's "last" readout: the last layer's output for its final state.
+            if layer.return_sequences:
+                y = layer.cell.output(state)
+                return y if layer.proj is None else layer.proj(y)
+            return _layer_readout(layer, state)
+
+        def step_tree(state, x, dt):
+            states, acc = state
+            new_states = []
+            h = x
+            for layer, s in zip(inner, states[:-1]):
+                s = _cell_step(layer.cell)(s, h, dt)
+                new_states.append(s)
+                h = _layer_readout(layer, s)
+            s = _cell_step(last.cell)(states[-1], h, dt)
+            new_states.append(s)
+            if clf.readout == "last":
+                feats, new_acc = feats_of(last, s), acc
+            else:  # "mean": running mean of the last layer's outputs
+                total, count = acc
+                total = total + _layer_readout(last, s)
+                count = count + 1
+                feats, new_acc = total / count, (total, count)
+            return clf.head(feats), (tuple(new_states), new_acc)
+
+        states0 = tuple(layer.cell.init_state() for layer in layers)
+        dtype0 = jax.tree_util.tree_leaves(states0)[0].dtype
+        if clf.readout == "mean":
+            acc0 = (jnp.zeros((last.output_size,), dtype0), jnp.zeros((), dtype0))
+        else:
+            acc0 = ()
+        state0 = (states0, acc0)
+        cells = tuple(layer.cell for layer in layers)
+        in_size, out_size = clf.input_size, clf.num_classes
+    else:
+        raise ValueError(  # noqa: TRY004 - the library's one error type for bad arguments
+            f"cannot build a stepper for {type(model).__name__}: expected a liquid cell "
+            "(liquidjax.cells.AbstractCell), a liquidjax.LiquidRNN or a "
+            "liquidjax.models.SequenceClassifier"
+        )
+    leaves = jax.tree_util.tree_leaves(state0)
+    dtypes = {leaf.dtype for leaf in leaves}
+    if len(dtypes) != 1:
+        raise ValueError(
+            f"{type(model).__name__}: the state mixes dtypes {sorted(map(str, dtypes))}; "
+            "a stepper keeps the state as one flat array of one dtype"
+        )
+    flat0, unravel = ravel_pytree(state0)
+
+    def fn(flat, x, dt):
+        out, new = step_tree(unravel(flat), x, dt)
+        return out, ravel_pytree(new)[0]
+
+    return _StepPlan(
+        model_name=type(model).__name__, fn=fn, init=np.asarray(flat0), unravel=unravel,
+        input_size=int(in_size), output_size=int(out_size), dtype=np.dtype(flat0.dtype),
+        cells=cells,
+    )
+
+
+def _batched(fn: Callable, batch_shape: tuple[int, ...]) -> Callable:
+    for _ in batch_shape:
+        fn = jax.vmap(fn)
+    return fn
+
+
+def _sequence_fn(fn: Callable) -> Callable:
+    """One example's whole sequence: the step scanned over ``T`` observations."""
+
+    def sequence(flat, xs, dts):
+        def body(s, x_dt):
+            out, s = fn(s, *x_dt)
+            return s, out
+
+        new, outs = jax.lax.scan(body, flat, (xs, dts))
+        return outs, new
+
+    return sequence
+
+
+def _check_batch_shape(batch_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in batch_shape)
+    except TypeError:
+        raise ValueError(f"batch_shape must be a tuple of ints, got {batch_shape!r}") from None
+    if any(d < 1 for d in shape) or any(isinstance(d, bool) for d in batch_shape):
+        raise ValueError(f"batch_shape must hold positive ints, got {batch_shape!r}")
+    return shape
+
+
+def _step_specs(plan: _StepPlan, batch_shape: tuple[int, ...]):
+    s = jax.ShapeDtypeStruct
+    return (s(batch_shape + (plan.init.size,), plan.dtype),
+            s(batch_shape + (plan.input_size,), plan.dtype),
+            s(batch_shape, plan.dtype))
+
+
+def _sequence_specs(plan: _StepPlan, batch_shape: tuple[int, ...], length: int):
+    s = jax.ShapeDtypeStruct
+    return (s(batch_shape + (plan.init.size,), plan.dtype),
+            s(batch_shape + (length, plan.input_size), plan.dtype),
+            s(batch_shape + (length,), plan.dtype))
+
+
+class Stepper:
+    """A model compiled for streaming: ``step(state, x, dt) -> (output, new_state)``.
+
+    Built by :func:`stepper`. The state is one flat array of shape ``batch_shape + (state_size,)``;
+    the parameters are constants of the compiled executable. Calling it runs the executable
+    directly (no tracing, no pytree flattening, no cache look-up).
+
+    **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`.
+    """
+
+    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
+        self._plan = plan
+        self.batch_shape = batch_shape
+        self.input_size = plan.input_size
+        self.output_size = plan.output_size
+        self.state_size = int(plan.init.size)
+        self.dtype = plan.dtype
+        self._fn = _batched(plan.fn, batch_shape)
+        self._compiled = jax.jit(self._fn).lower(*_step_specs(plan, batch_shape)).compile()
+        self._init = jnp.broadcast_to(jnp.asarray(plan.init), batch_shape + plan.init.shape)
+
+    def __call__(
+        self, state: Float[Array, "*batch state"], x: Float[Array, "*batch input"],
+        dt: Float[Array, "*batch"] | float = 1.0,
+    ) -> tuple[Float[Array, "*batch output"], Float[Array, "*batch state"]]:
+        """Advance ``state`` across the elapsed time ``dt`` with the observation ``x`` held.
+
+        **Arguments:**
+        - `state`: ``batch_shape + (state_size,)``, from :meth:`initial_state` or a previous step.
+        - `x`: ``batch_shape + (input_size,)``.
+        - `dt`: elapsed time since the previous observation, shape ``batch_shape`` (a Python
+          float is accepted too); must be positive (not checked: a stepper does no host syncs).
+
+        **Returns:** ``(output, new_state)``.
+        """
+        return self._compiled(state, x, dt)
+
+    def initial_state(self) -> Float[Array, "*batch state"]:
+        """The model's initial (zero) state, flat, of shape ``batch_shape + (state_size,)``."""
+        return self._init
+
+    def unflatten_state(self, state: Float[Array, "*batch state"]) -> PyTree[Array]:
+        """The state pytree of the model (e.g. ``(h, c)`` with mixed memory; for a
+        ``SequenceClassifier`` ``(layer_states, running_mean)``) from the flat state."""
+        state = jnp.asarray(state)
+        if state.shape != self.batch_shape + (self.state_size,):
+            raise ValueError(
+                f"expected a flat state of shape {self.batch_shape + (self.state_size,)}, "
+                f"got {state.shape}"
+            )
+        return _batched(self._plan.unravel, self.batch_shape)(state)
+
+    def flatten_state(self, state: PyTree[Array]) -> Float[Array, "*batch state"]:
+        """The flat state of a state pytree (e.g. the final state of ``LiquidRNN``), the inverse
+        of :meth:`unflatten_state`; batched leaves carry ``batch_shape`` in front."""
+        def ravel(tree):
+            return ravel_pytree(tree)[0]
+
+        flat = _batched(ravel, self.batch_shape)(state)
+        if flat.shape != self.batch_shape + (self.state_size,):
+            raise ValueError(
+                f"the state flattens to shape {flat.shape}, expected "
+                f"{self.batch_shape + (self.state_size,)}"
+            )
+        return flat.astype(self.dtype)
+
+    def __repr__(self) -> str:
+        return (f"Stepper({self._plan.model_name}, input_size={self.input_size}, "
+                f"output_size={self.output_size}, state_size={self.state_size}, "
+                f"batch_shape={self.batch_shape}, dtype={self.dtype})")
+
+
+def stepper(model: Any, *, batch_shape: Sequence[int] = ()) -> Stepper:
+    """Compile a model for streaming, one observation at a time.
+
+    The returned ``step(state, x, dt) -> (output, new_state)`` advances the model across the
+    elapsed time ``dt`` with the observation ``x`` held (ncps semantics), exactly as
+    :class:`~liquidjax.LiquidRNN` does for one step of a sequence; streaming a sequence step by
+    step gives the sequence layer's outputs. It is one XLA executable compiled ahead of time
+    for concrete shapes, with the parameters closed over, called with flat arrays: the call
+    overhead is a few microseconds.
+
+    **Arguments:**
+    - `model`: a cell (``LTC`` with any solver, ``CfC``, ``WiredCfC``, ``MixedMemory``), a
+      :class:`~liquidjax.LiquidRNN` with ``interpolation="hold"`` (its `proj` applied), or a
+      :class:`~liquidjax.models.SequenceClassifier` (the output of each step is the logits of
+      the sequence seen so far: for ``readout="mean"`` the state carries the running mean).
+      Inference only: no dropout.
+    - `batch_shape`: leading batch dimensions of every argument (default: one example).
+
+    **Returns:** a :class:`Stepper` (``step(state, x, dt)``, ``step.initial_state()``,
+    ``step.unflatten_state(state)`` to read the model's own state pytree).
+
+    **Example:**
+    ```python
+    step = liquidjax.export.stepper(LiquidRNN(LTC(8, 32, key=key)))
+    state = step.initial_state()
+    for x, dt in sensor_stream:
+        action, state = step(state, x, dt)
+    ```
+    """
+    return Stepper(_plan(model), _check_batch_shape(batch_shape))
+
+
+# ------------------------------------------------------------------------------ serialisation
+def _describe(name: str, spec: Any) -> dict[str, Any]:
+    return {"name": name, "shape": list(spec.shape), "dtype": str(np.dtype(spec.dtype))}
+
+
+def _signature(plan, batch_shape, length=None) -> dict[str, Any]:
+    bs = tuple(batch_shape)
+    if length is None:
+        ins = _step_specs(plan, bs)
+        outs = (jax.ShapeDtypeStruct(bs + (plan.output_size,), plan.dtype), ins[0])
+        return {"inputs": [_describe(n, s) for n, s in zip(("state", "x", "dt"), ins)],
+                "outputs": [_describe(n, s) for n, s in zip(("output", "new_state"), outs)]}
+    ins = _sequence_specs(plan, bs, length)
+    outs = (jax.ShapeDtypeStruct(bs + (length, plan.output_size), plan.dtype), ins[0])
+    return {"inputs": [_describe(n, s) for n, s in zip(("state", "xs", "dts"), ins)],
+            "outputs": [_describe(n, s) for n, s in zip(("outputs", "new_state"), outs)]}
+
+
+def _manifest(plan: _StepPlan, fmt: str, batch_shape, functions: dict) -> dict[str, Any]:
+    from importlib import metadata
+
+    from . import __version__
+
+    return {
+        "format": fmt,
+        "format_version": FORMAT_VERSION,
+        "liquidjax_version": __version__,
+        "jax_version": metadata.version("jax"),
+        "model": plan.model_name,
+        "input_size": plan.input_size,
+        "output_size": plan.output_size,
+        "state_size": int(plan.init.size),
+        "dtype": str(plan.dtype),
+        "batch_shape": list(batch_shape),
+        "initial_state": [float(v) for v in plan.init],
+        "calling_convention": "step(state, x, dt) -> (output, new_state); "
+                              "sequence(state, xs, dts) -> (outputs, new_state)",
+        "functions": functions,
+    }
+
+
+def _check_length(seq_len: Any) -> int | None:
+    if seq_len is None:
+        return None
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int (or None: step only), got {seq_len!r}")
+    return int(seq_len)
+
+
+def to_stablehlo(
+    model: Any,
+    path: str | Path,
+    *,
+    seq_len: int | None = None,
+    batch_shape: Sequence[int] = (),
+    platforms: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Serialise the model's step (and its whole-sequence function) with ``jax.export``.
+
+    Writes the folder `path` with
+
+    * ``step.jaxexport`` — ``step(state, x, dt) -> (output, new_state)`` (see :func:`stepper`);
+    * ``sequence.jaxexport`` (when `seq_len` is given) —
+      ``sequence(state, xs, dts) -> (outputs, new_state)`` over ``seq_len`` observations;
+    * ``manifest.json`` — format version, versions of liquidjax and jax, every input's and
+      output's name, shape and dtype, the initial state.
+
+    The files are ``jax.export`` serialisations (StableHLO with the parameters as constants):
+    any process with a compatible JAX runs them without liquidjax —
+    ``jax.export.deserialize(open(p, "rb").read()).call(state, x, dt)``.
+
+    **Arguments:**
+    - `model`: as :func:`stepper`.
+    - `path`: the folder to write (created if needed; existing files are replaced).
+    - `seq_len`: length ``T`` of the exported whole-sequence function (``None``: step only).
+    - `batch_shape`: leading batch dimensions of every argument.
+    - `platforms`: the platforms to lower for (default: this machine's backend), e.g.
+      ``("cpu", "cuda")``.
+
+    **Returns:** the manifest (a dict, also written as ``manifest.json``).
+    """
+    plan = _plan(model)
+    bs = _check_batch_shape(batch_shape)
+    length = _check_length(seq_len)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    kw = {} if platforms is None else {"platforms": tuple(platforms)}
+    step_fn = _batched(plan.fn, bs)
+    todo = [("step", step_fn, _step_specs(plan, bs), None)]
+    if length is not None:
+        seq_fn = _batched(_sequence_fn(plan.fn), bs)
+        todo.append(("sequence", seq_fn, _sequence_specs(plan, bs, length), length))
+    functions = {}
+    for name, fn, specs, n in todo:
+        try:
+            exported = jax.export.export(jax.jit(fn), **kw)(*specs)
+        except Exception as e:  # re-raised with the model named
+            cells = ", ".join(type(c).__name__ for c in plan.cells)
+            raise ValueError(
+                f"cannot export the {name} of {plan.model_name} ({cells}) to StableHLO: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        fname = f"{name}.jaxexport"
+        (out / fname).write_bytes(exported.serialize())
+        functions[name] = {
+            "file": fname,
+            "platforms": list(exported.platforms),
+            "calling_convention_version": exported.calling_convention_version,
+            **_signature(plan, bs, n),
+        }
+    manifest = _manifest(plan, "liquidjax.stablehlo", bs, functions)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest

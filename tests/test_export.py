@@ -1,0 +1,189 @@
+"""Streaming and export: the stepper equals the sequence layer/model, StableHLO round-trips in a
+process without liquidjax, ONNX Runtime gives the same numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from liquidjax import export
+from liquidjax.cells import LTC, CfC, MixedMemory, WiredCfC
+from liquidjax.layers import LiquidRNN
+from liquidjax.models import ModelConfig, build_model
+from liquidjax.wirings import AutoNCP
+
+I, N, T = 3, 6, 5
+KEY = jax.random.key(0)
+
+
+def _randomise(model, key):
+    """Perturb every float parameter so that no test passes on an initialisation pattern."""
+    leaves, tree = jax.tree_util.tree_flatten(eqx.filter(model, eqx.is_inexact_array))
+    keys = jax.random.split(key, len(leaves))
+    leaves = [a + 0.1 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree_util.tree_unflatten(tree, leaves), model)
+
+
+@eqx.filter_jit
+def _call(model, *args, **kw):
+    return model(*args, **kw)
+
+
+def _cells():
+    k = jax.random.split(KEY, 8)
+    return {
+        "ltc-fused": LTC(I, N, key=k[0]),
+        "ltc-euler": LTC(I, N, ode_unfolds=3, key=k[1]).with_solver(diffrax.Euler()),
+        "ltc-tsit5-adaptive": LTC(I, N, ode_unfolds=2, key=k[2]).with_solver(
+            diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-6)),
+        "cfc-default": CfC(I, N, backbone_units=5, key=k[3]),
+        "cfc-no_gate": CfC(I, N, mode="no_gate", backbone_units=5, backbone_layers=2, key=k[4]),
+        "cfc-pure": CfC(I, N, mode="pure", backbone_layers=0, key=k[5]),
+        "wired-cfc": WiredCfC(I, AutoNCP(8, 2, seed=1), key=k[6]),
+        "mixed-cfc": MixedMemory(CfC(I, N, backbone_units=5, key=k[7]), key=k[0]),
+    }
+
+
+CELLS = _cells()
+
+
+def _data(batch=(), seed=1):
+    kx, kt = jax.random.split(jax.random.key(seed))
+    xs = jax.random.normal(kx, batch + (T, I))
+    dts = jax.random.uniform(kt, batch + (T,), minval=0.2, maxval=1.5)  # per-step, irregular
+    return xs, dts
+
+
+def _stream(step, xs, dts, state=None):
+    state = step.initial_state() if state is None else state
+    outs = []
+    for k in range(xs.shape[-2]):
+        y, state = step(state, xs[..., k, :], dts[..., k])
+        outs.append(y)
+    return jnp.stack(outs, axis=-2), state
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_stepper_streams_like_the_sequence_layer(name):
+    rnn = LiquidRNN(_randomise(CELLS[name], jax.random.key(5)))
+    step = export.stepper(rnn)
+    xs, dts = _data()
+    ys, hT = _stream(step, xs, dts)
+    ys_ref, hT_ref = _call(rnn, xs, dts)
+    assert ys.shape == ys_ref.shape == (T, rnn.output_size)
+    np.testing.assert_allclose(ys, ys_ref, rtol=0, atol=1e-6)
+    got = step.unflatten_state(hT)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(hT_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert float(jnp.max(jnp.abs(ys_ref[-1] - ys_ref[0]))) > 1e-3  # the state really moves
+
+
+def test_stepper_batch_proj_and_continuing_state():
+    cell = _randomise(LTC(I, N, key=KEY), jax.random.key(2))
+    rnn = LiquidRNN(cell, eqx.nn.Linear(N, 2, key=jax.random.key(3)))
+    step = export.stepper(rnn, batch_shape=(2, 3))
+    xs, dts = _data((2, 3))
+    # Start from the state a first half of the sequence left, as a stream would.
+    _, h_mid = jax.vmap(jax.vmap(rnn))(xs[..., :2, :], dts[..., :2])
+    ys, _ = _stream(step, xs[..., 2:, :], dts[..., 2:], step.flatten_state(h_mid))
+    ys_ref, _ = jax.vmap(jax.vmap(rnn))(xs, dts)
+    assert ys.shape == (2, 3, T - 2, 2)
+    np.testing.assert_allclose(ys, ys_ref[..., 2:, :], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(cell="ltc", layers=2, readout="last", ode_unfolds=2),
+    dict(cell="cfc", wiring="ncp", units=10, mixed_memory=True, readout="mean"),
+], ids=["ltc-2layers-last", "wired-mixed-mean"])
+def test_stepper_classifier_logits_at_every_step(cfg):
+    cfg = {"units": N, **cfg}
+    model = build_model(ModelConfig(input_size=I, num_classes=4, backbone_units=5, **cfg),
+                        key=KEY)
+    model = _randomise(model, jax.random.key(4))
+    step = export.stepper(model)
+    xs, dts = _data()
+    logits, _ = _stream(step, xs, dts)
+    for k in (1, T):  # the logits after k observations are the model's on the first k
+        ref = _call(model, xs[:k], dts[:k])
+        np.testing.assert_allclose(logits[k - 1], ref, rtol=0, atol=1e-6)
+
+
+def test_stepper_accepts_numpy_and_python_scalars():
+    step = export.stepper(CELLS["cfc-default"])
+    x = np.linspace(-1, 1, I).astype(np.float32)
+    y1, s1 = step(step.initial_state(), x, 0.5)
+    y2, s2 = step(np.zeros(step.state_size, np.float32), jnp.asarray(x), np.float32(0.5))
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(s1, s2)
+    with pytest.raises(ValueError, match=r"flat state of shape \(6,\)"):
+        step.unflatten_state(jnp.zeros(3))
+
+
+def test_stepper_rejects_what_it_cannot_stream():
+    with pytest.raises(ValueError, match="interpolation='linear'.*LTC"):
+        export.stepper(LiquidRNN(LTC(I, N, key=KEY), interpolation="linear"))
+    with pytest.raises(ValueError, match="cannot build a stepper for int"):
+        export.stepper(3)
+    with pytest.raises(ValueError, match="batch_shape"):
+        export.stepper(CELLS["cfc-default"], batch_shape=(0,))
+
+
+# ------------------------------------------------------------------------------- StableHLO
+_STABLEHLO_CHILD = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import jax, numpy as np
+    from jax import export
+    d = Path(sys.argv[1])
+    man = json.loads((d / "manifest.json").read_text())
+    assert man["format"] == "liquidjax.stablehlo" and man["format_version"] == 1
+    data = np.load(d / "inputs.npz")
+    out = {}
+    for name, spec in man["functions"].items():
+        fn = export.deserialize((d / spec["file"]).read_bytes())
+        args = [data[name + "." + a["name"]] for a in spec["inputs"]]
+        for a, s in zip(args, spec["inputs"]):
+            assert list(a.shape) == s["shape"] and str(a.dtype) == s["dtype"], (a.shape, s)
+        res = fn.call(*args)
+        for r, s in zip(res, spec["outputs"]):
+            assert list(r.shape) == s["shape"] and str(r.dtype) == s["dtype"], (r.shape, s)
+            out[name + "." + s["name"]] = np.asarray(r)
+    np.savez(d / "outputs.npz", **out)
+    assert "liquidjax" not in sys.modules and "equinox" not in sys.modules, sorted(sys.modules)
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("name", ["ltc-fused", "cfc-pure", "mixed-cfc"])
+def test_stablehlo_round_trip_without_liquidjax(name, tmp_path):
+    rnn = LiquidRNN(_randomise(CELLS[name], jax.random.key(6)))
+    man = export.to_stablehlo(rnn, tmp_path / "m", seq_len=T, batch_shape=(2,))
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text()) == man
+    step = export.stepper(rnn, batch_shape=(2,))
+    xs, dts = _data((2,))
+    s0 = np.asarray(step.initial_state()) + 0.1  # a non-trivial starting state
+    np.savez(tmp_path / "m" / "inputs.npz", **{
+        "step.state": s0, "step.x": np.asarray(xs[:, 0]), "step.dt": np.asarray(dts[:, 0]),
+        "sequence.state": s0, "sequence.xs": np.asarray(xs), "sequence.dts": np.asarray(dts)})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", _STABLEHLO_CHILD, str(tmp_path / "m")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+    got = np.load(tmp_path / "m" / "outputs.npz")
+    y1, h1 = step(jnp.asarray(s0), xs[:, 0], dts[:, 0])
+    np.testing.assert_allclose(got["step.output"], y1, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["step.new_state"], h1, rtol=0, atol=1e-6)
+    ys_ref, h_ref = jax.vmap(rnn)(xs, dts, state=jax.vmap(step._plan.unravel)(jnp.asarray(s0)))
+    np.testing.assert_allclose(got["sequence.outputs"], ys_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["sequence.new_state"], step.flatten_state(h_ref), atol=1e-6)
