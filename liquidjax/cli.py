@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before any JAX backend exists: one CPU device per core, so data parallelism uses them all.
     use_cpu_cores(getattr(args, "cpu_devices", None))
     from .data import DatasetFormatError, DatasetUnavailableError
-    from .train import CheckpointError, NonFiniteLossError, RunDirError
+    from .train import CheckpointError, NonFiniteLossError, PeerFailureError, RunDirError
 
     try:
         return _train(args) if args.command == "train" else _evaluate(args)
@@ -502,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
             RunDirError, _CliError) as e:
         print(f"liquidjax {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except PeerFailureError as e:
+        print(f"liquidjax {args.command}: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Skip JAX's distributed shutdown barrier: the dead process cannot join it, and it would
+        # end this one with an abort and a C++ stack dump instead of this message.
+        os._exit(1)
     except KeyboardInterrupt:
         print(f"liquidjax {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -545,3 +545,99 @@ def test_two_devices_match_one(tmp_path):
     for a, b in zip(two["params"], one["params"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert "batch_size=7 is not divisible by the number of devices (2)" in res["error"]
+
+
+# ------------------------------------------------------------------------------- multi-process
+MP_DRIVER = textwrap.dedent("""
+    import sys, time
+    import jax
+    port, pid, out, delay = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+    # CPU collectives between processes (gloo is JAX's CPU default; set explicitly)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
+                               initialization_timeout=60, heartbeat_timeout_seconds=10)
+    import numpy as np
+    from liquidjax.data import Loader
+    from liquidjax.models import ModelConfig, build_model
+    from liquidjax.train import PeerFailureError, TrainConfig, fit
+
+    assert jax.process_count() == 2 and jax.device_count() == 2, jax.devices()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 6, 3)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+
+    def slow(batch, rng):  # gives the test time to kill a process mid-run
+        time.sleep(delay)
+        return batch
+
+    cfg = ModelConfig(input_size=3, num_classes=2, units=8, backbone_units=8)
+    tc = TrainConfig(epochs=2, batch_size=8, learning_rate=2e-2, log_every=2)
+    loader = Loader({"x": x, "y": y}, 8, seed=0, transform=slow if delay else None)
+    try:
+        fit(build_model(cfg, key=jax.random.key(0)), loader, tc, out_dir=out,
+            model_config=cfg.to_dict(), progress="none")
+    except PeerFailureError as e:
+        print("PEER-FAILURE " + str(e), flush=True)
+        import os
+        os._exit(3)  # skip the distributed shutdown barrier, which the dead peer cannot join
+    print("FINISHED", flush=True)
+""")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_two(tmp_path, out, delay):
+    script = tmp_path / "mp.py"
+    script.write_text(MP_DRIVER)
+    port = str(_free_port())
+    return [subprocess.Popen([sys.executable, str(script), port, str(i), str(out), str(delay)],
+                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for i in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    """Issue 13: the multi-host path (jax.distributed.initialize, each process feeding its rows
+    of the global batch) gives the parameters of one process on the same global batches; a
+    process killed mid-run is reported by the survivor within the heartbeat timeout, not hung."""
+    procs = _launch_two(tmp_path, tmp_path / "mp", 0)
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0 and "FINISHED" in o, e[-3000:]
+    mp_ckpt = latest_checkpoint(tmp_path / "mp" / "checkpoints")
+    assert read_header(mp_ckpt)["step"] == 12 and read_header(mp_ckpt)["num_devices"] == 2
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 6, 3)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+    cfg = ModelConfig(input_size=3, num_classes=2, units=8, backbone_units=8)
+    tc = TrainConfig(epochs=2, batch_size=8, learning_rate=2e-2, log_every=2)
+    one = fit(build_model(cfg, key=jax.random.key(0)), Loader({"x": x, "y": y}, 8, seed=0), tc,
+              progress="none", parallel=DataParallel.create(jax.devices()[:1]))
+    got, _ = load_checkpoint(mp_ckpt, jax.device_get(one.state))
+    la, lb = _leaves(got.model), _leaves(one.state.model)
+    assert len(la) == len(lb) > 3
+    for a, b in zip(la, lb):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(_leaves(build_model(cfg, key=jax.random.key(0)))[0], la[0])
+
+    # kill process 1 after the first checkpoint: process 0 reports it, quickly
+    procs = _launch_two(tmp_path, tmp_path / "killed", 0.3)
+    t0 = time.monotonic()
+    while latest_checkpoint(tmp_path / "killed" / "checkpoints") is None:
+        assert time.monotonic() - t0 < 120 and procs[0].poll() is None, procs[0].communicate()
+        time.sleep(0.05)
+    procs[1].kill()
+    t_kill = time.monotonic()
+    o, e = procs[0].communicate(timeout=60)
+    procs[1].communicate()
+    assert time.monotonic() - t_kill < 40
+    assert procs[0].returncode == 3, (o, e[-3000:])
+    assert "PEER-FAILURE process 0 of 2: a collective operation failed" in o
+    assert "the last checkpoint is" in o and "ckpt-000000006.ljx" in o

@@ -23,7 +23,7 @@ from ._checkpoint import (
     save_checkpoint,
 )
 from ._config import TRAJECTORY_FIELDS, TrainConfig, make_optimizer, make_schedule
-from ._logging import RunLogger, check_run_dir, plot_curves
+from ._logging import RunDirError, RunLogger, check_run_dir, plot_curves
 from ._sharding import DataParallel
 from ._step import TrainState, _forward, eval_step, model_uses_dropout, train_step
 
@@ -218,6 +218,38 @@ class NonFiniteLossError(RuntimeError):
             f"before applying that update. {where}. Try a lower learning rate, gradient "
             "clipping (clip_norm), or check the data for extreme values."
         )
+
+
+class PeerFailureError(RuntimeError):
+    """A multi-process run stopped because a collective failed: another process died or became
+    unreachable (raised on the processes that survive, instead of a hang or a bare XLA error).
+
+    **Attributes:** `step` (steps completed here), `checkpoint` (the last one written, or
+    ``None``), `process` (this process's index).
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None, cause: BaseException):
+        self.step, self.checkpoint = step, checkpoint
+        self.process = jax.process_index()
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        where = (f"the last checkpoint is {checkpoint}; restart every process with resume to "
+                 "continue from it" if checkpoint is not None else "no checkpoint was written")
+        super().__init__(
+            f"process {self.process} of {jax.process_count()}: a collective operation failed "
+            f"after step {step} — another process has probably died or lost its network "
+            f"({type(cause).__name__}: {first[:300]}); {where}"
+        )
+
+
+def _is_runtime_failure(e: BaseException) -> bool:
+    """An error raised by the XLA runtime (a failed collective surfaces as one of these), not a
+    Python-level mistake."""
+    if isinstance(e, jax.errors.JaxRuntimeError):
+        return True
+    text = str(e).lstrip()
+    return isinstance(e, (ValueError, RuntimeError)) and text.startswith(
+        ("UNKNOWN:", "INTERNAL:", "UNAVAILABLE:", "DEADLINE_EXCEEDED:", "ABORTED:", "CANCELLED:")
+    )
 
 
 @dataclasses.dataclass
@@ -444,79 +476,86 @@ def fit(
     rows = dp.local_rows(B)
     compile_s = None
     stop = config.max_steps is not None and step >= config.max_steps
-    for epoch in range(epoch0, config.epochs):
-        if stop:
-            break
-        start_b = batch0 if epoch == epoch0 else 0
-        if start_b == 0:
-            state = state.reset_epoch_metrics()
-        logger.start_epoch(epoch + 1, config.epochs, steps_per_epoch, start_b)
-        t_epoch, steps_timed = time.perf_counter(), 0
-        b = start_b
-        for item in loader.epoch(epoch, start_step=start_b):
-            b = item.step
-            batch = dp.shard_batch(_rows(batch_dict(item.data), rows), B)
-            state = train_step(state, optimizer, batch, use_key=use_key,
-                               label_smoothing=config.label_smoothing, replicated=dp.replicated)
-            step += 1
-            logger.advance()
-            if compile_s is None:
-                # One sync at the start of the run separates compile time from throughput.
-                jax.block_until_ready(state.step)
-                compile_s = time.perf_counter() - t_epoch
-                logger.record("compiled", step=step, seconds=round(compile_s, 3))
-                t_epoch = time.perf_counter()
-            else:
-                steps_timed += 1
-            at_end = b == steps_per_epoch - 1
-            hit_max = config.max_steps is not None and step >= config.max_steps
-            want_ckpt = config.checkpoint_every is not None and step % config.checkpoint_every == 0
-            if step % config.log_every == 0 or at_end or hit_max or want_ckpt:
-                read = _read(state)
-                check(read, epoch)
-                elapsed = time.perf_counter() - t_epoch
-                shown = {"loss": read["loss"], "acc": read["accuracy"]}
-                if steps_timed and elapsed > 0:
-                    shown["ex/s"] = round(steps_timed * B / elapsed, 1)
-                if schedule is not None:
-                    shown["lr"] = float(schedule(step - 1))
-                logger.show(step, epoch + 1, shown)
-                logger.record("train", step=step, epoch=epoch + 1, loss=read["loss"],
-                              accuracy=read["accuracy"], examples_per_s=shown.get("ex/s"),
-                              lr=shown.get("lr"))
-                if (want_ckpt or hit_max) and not at_end:
-                    save(epoch, b + 1)
-            if hit_max:
-                stop = True
+    try:
+        for epoch in range(epoch0, config.epochs):
+            if stop:
                 break
-        read = _read(state)
-        check(read, epoch)
-        train_time = time.perf_counter() - t_epoch
-        logger.end_epoch()
-        if stop and b != steps_per_epoch - 1:
-            break  # a partial epoch (max_steps): its checkpoint was written above
-        rec: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step, "train_loss": read["loss"],
-            "train_accuracy": read["accuracy"], "train_time_s": round(train_time, 3),
-            "examples_per_s": round(steps_timed * B / train_time, 1) if steps_timed else None,
-        }
-        if val_data is not None:
-            t0 = time.perf_counter()
-            ev = evaluate(state.model, val_data, batch_size=eval_bs, parallel=dp)
-            rec.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"],
-                       eval_time_s=round(time.perf_counter() - t0, 3))
-        path = save(epoch + 1, 0)
-        rec["checkpoint"] = None if path is None else str(path)
-        history.append(rec)
-        logger.record("epoch", **rec)
-        logger.message(
-            f"epoch {epoch + 1}/{config.epochs}: train loss {rec['train_loss']:.4f} "
-            f"acc {rec['train_accuracy']:.4f}"
-            + (f", val loss {rec['val_loss']:.4f} acc {rec['val_accuracy']:.4f}"
-               if "val_loss" in rec else "")
-            + f", {train_time:.1f} s"
-            + (f" ({rec['examples_per_s']:.0f} examples/s)" if rec["examples_per_s"] else "")
-        )
+            start_b = batch0 if epoch == epoch0 else 0
+            if start_b == 0:
+                state = state.reset_epoch_metrics()
+            logger.start_epoch(epoch + 1, config.epochs, steps_per_epoch, start_b)
+            t_epoch, steps_timed = time.perf_counter(), 0
+            b = start_b
+            for item in loader.epoch(epoch, start_step=start_b):
+                b = item.step
+                batch = dp.shard_batch(_rows(batch_dict(item.data), rows), B)
+                state = train_step(state, optimizer, batch, use_key=use_key,
+                                   label_smoothing=config.label_smoothing, replicated=dp.replicated)
+                step += 1
+                logger.advance()
+                if compile_s is None:
+                    # One sync at the start of the run separates compile time from throughput.
+                    jax.block_until_ready(state.step)
+                    compile_s = time.perf_counter() - t_epoch
+                    logger.record("compiled", step=step, seconds=round(compile_s, 3))
+                    t_epoch = time.perf_counter()
+                else:
+                    steps_timed += 1
+                at_end = b == steps_per_epoch - 1
+                hit_max = config.max_steps is not None and step >= config.max_steps
+                want_ckpt = config.checkpoint_every is not None and step % config.checkpoint_every == 0
+                if step % config.log_every == 0 or at_end or hit_max or want_ckpt:
+                    read = _read(state)
+                    check(read, epoch)
+                    elapsed = time.perf_counter() - t_epoch
+                    shown = {"loss": read["loss"], "acc": read["accuracy"]}
+                    if steps_timed and elapsed > 0:
+                        shown["ex/s"] = round(steps_timed * B / elapsed, 1)
+                    if schedule is not None:
+                        shown["lr"] = float(schedule(step - 1))
+                    logger.show(step, epoch + 1, shown)
+                    logger.record("train", step=step, epoch=epoch + 1, loss=read["loss"],
+                                  accuracy=read["accuracy"], examples_per_s=shown.get("ex/s"),
+                                  lr=shown.get("lr"))
+                    if (want_ckpt or hit_max) and not at_end:
+                        save(epoch, b + 1)
+                if hit_max:
+                    stop = True
+                    break
+            read = _read(state)
+            check(read, epoch)
+            train_time = time.perf_counter() - t_epoch
+            logger.end_epoch()
+            if stop and b != steps_per_epoch - 1:
+                break  # a partial epoch (max_steps): its checkpoint was written above
+            rec: dict[str, Any] = {
+                "epoch": epoch + 1, "step": step, "train_loss": read["loss"],
+                "train_accuracy": read["accuracy"], "train_time_s": round(train_time, 3),
+                "examples_per_s": round(steps_timed * B / train_time, 1) if steps_timed else None,
+            }
+            if val_data is not None:
+                t0 = time.perf_counter()
+                ev = evaluate(state.model, val_data, batch_size=eval_bs, parallel=dp)
+                rec.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"],
+                           eval_time_s=round(time.perf_counter() - t0, 3))
+            path = save(epoch + 1, 0)
+            rec["checkpoint"] = None if path is None else str(path)
+            history.append(rec)
+            logger.record("epoch", **rec)
+            logger.message(
+                f"epoch {epoch + 1}/{config.epochs}: train loss {rec['train_loss']:.4f} "
+                f"acc {rec['train_accuracy']:.4f}"
+                + (f", val loss {rec['val_loss']:.4f} acc {rec['val_accuracy']:.4f}"
+                   if "val_loss" in rec else "")
+                + f", {train_time:.1f} s"
+                + (f" ({rec['examples_per_s']:.0f} examples/s)" if rec["examples_per_s"] else "")
+            )
+    except (NonFiniteLossError, CheckpointError, RunDirError):
+        raise
+    except Exception as e:
+        if jax.process_count() > 1 and _is_runtime_failure(e):
+            raise PeerFailureError(step, last_ckpt, e) from e
+        raise
 
     plot = None
     if run_dir is not None and jax.process_index() == 0 and logger.path is not None \
