@@ -7,6 +7,7 @@ fused semi-implicit step or any other solver), optax trains them. ``liquidjax.da
 
 from . import (
     cells as cells,
+    export as export,
     inspect as inspect,
     interop as interop,
     plot as plot,

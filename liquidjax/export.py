@@ -25,8 +25,10 @@ new_state)`` is the step scanned over ``T`` observations.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -436,5 +438,209 @@ def to_stablehlo(
             **_signature(plan, bs, n),
         }
     manifest = _manifest(plan, "liquidjax.stablehlo", bs, functions)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------- ONNX
+class _NotExportable(Exception):
+    """A primitive that has no fixed-size ONNX form."""
+
+
+# Primitives that wrap a sub-jaxpr which, for inference, is just called (custom derivatives and
+# rematerialisation do not matter in an exported forward pass).
+_CALL_PARAMS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
+                "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
+                "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
+                "remat": "jaxpr", "checkpoint": "jaxpr", "custom_lin": None}
+
+_NO_ONNX = {
+    "while": "a data-dependent while loop (diffrax's diffeqsolve steps until t1: adaptive or "
+             "not, its number of steps is not fixed)",
+    "cond": "a data-dependent branch (lax.cond; diffrax's diffeqsolve steers its steps with "
+            "them)",
+    "debug_callback": "a host callback (jax.debug.callback, eqx.error_if)",
+    "pure_callback": "a host callback (jax.pure_callback, eqx.error_if)",
+    "io_callback": "a host callback (io_callback)",
+}
+
+
+def _eval_inlined(jaxpr, consts, args):
+    """Evaluate ``jaxpr`` binding plain primitives only: calls and custom-derivative wrappers are
+    inlined, scans (fixed trip count: ODE unfolds, the time loop) unrolled. Raises
+    :class:`_NotExportable` for what has no fixed-size graph."""
+    from jax.extend.core import ClosedJaxpr, Literal
+
+    env: dict[Any, Any] = {}
+
+    def read(v):
+        return v.val if isinstance(v, Literal) else env[v]
+
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = c
+    for v, a in zip(jaxpr.invars, args, strict=True):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        if name in _CALL_PARAMS and _CALL_PARAMS[name] in eqn.params:
+            inner = eqn.params[_CALL_PARAMS[name]]
+            if isinstance(inner, ClosedJaxpr):
+                outs = _eval_inlined(inner.jaxpr, inner.consts, invals)
+            else:
+                outs = _eval_inlined(inner, (), invals)
+        elif name == "scan":
+            outs = _unroll_scan(eqn.params, invals)
+        elif name in _NO_ONNX:
+            raise _NotExportable(_NO_ONNX[name])
+        else:
+            with eqn.ctx.manager:
+                outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+            if not eqn.primitive.multiple_results:
+                outs = [outs]
+        for v, o in zip(eqn.outvars, outs, strict=True):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _unroll_scan(params, invals):
+    body = params["jaxpr"]
+    nc, ncarry, length = params["num_consts"], params["num_carry"], params["length"]
+    consts, carry, xs = invals[:nc], list(invals[nc:nc + ncarry]), invals[nc + ncarry:]
+    ys = []
+    steps = range(length - 1, -1, -1) if params["reverse"] else range(length)
+    for i in steps:
+        outs = _eval_inlined(body.jaxpr, body.consts, [*consts, *carry, *(x[i] for x in xs)])
+        carry, y = outs[:ncarry], outs[ncarry:]
+        ys.append(y)
+    if params["reverse"]:
+        ys.reverse()
+    n_ys = len(body.jaxpr.outvars) - ncarry
+    stacked = [jnp.stack([y[j] for y in ys]) for j in range(n_ys)]
+    return [*carry, *stacked]
+
+
+def _onnx_ready(fn: Callable, specs) -> Callable:
+    """``fn`` as a function of plain, fixed-size primitives (see :func:`_eval_inlined`)."""
+    closed = jax.make_jaxpr(fn)(*specs)
+
+    def flat_fn(*args):
+        outs = _eval_inlined(closed.jaxpr, closed.consts, args)
+        # An ONNX value has one name: an output that is another output (a CfC's output is its
+        # state) or an input gets a copy of its own.
+        seen: set[int] = {id(a) for a in args}
+        for i, o in enumerate(outs):
+            if id(o) in seen:
+                outs[i] = jnp.copy(o)
+            seen.add(id(outs[i]))
+        return tuple(outs)
+
+    jax.make_jaxpr(flat_fn)(*specs)  # raises _NotExportable now, not inside the converter
+    return flat_fn
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    # The converter logs a line per intermediate value whose type it does not record.
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _require_onnx():
+    try:
+        import jax2onnx  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"to_onnx needs the optional packages onnx and jax2onnx ({e}): "
+            "pip install 'liquidjax[export]'"
+        ) from e
+
+
+def to_onnx(
+    model: Any,
+    path: str | Path,
+    *,
+    seq_len: int | None = None,
+    batch_shape: Sequence[int] = (),
+    opset: int = 21,
+) -> dict[str, Any]:
+    """Export the model's step (and its whole-sequence function) as ONNX graphs.
+
+    Writes the folder `path` with ``step.onnx`` (inputs ``state``, ``x``, ``dt``; outputs
+    ``output``, ``new_state``), ``sequence.onnx`` when `seq_len` is given (inputs ``state``,
+    ``xs``, ``dts``; outputs ``outputs``, ``new_state``) and ``manifest.json`` (as
+    :func:`to_stablehlo`). The calling convention is that of :func:`stepper`; the initial state
+    is in the manifest (zeros for every liquidjax cell).
+
+    The graphs are converted by ``jax2onnx`` from the step's jaxpr after inlining the custom
+    derivative wrappers (the fused LTC kernel's hand-written VJP) and unrolling the fixed loops:
+    the LTC's ``ode_unfolds`` semi-implicit steps and the ``seq_len`` observations of the
+    sequence graph. Parameters become ONNX initializers.
+
+    **Arguments:**
+    - `model`: as :func:`stepper`. Cells whose step has no fixed-size graph are refused with a
+      ``ValueError`` naming the cell: an LTC integrated by a diffrax solver (its
+      ``diffeqsolve`` is a ``while`` loop, adaptive or not; use the default
+      ``FusedSemiImplicit`` solver, or export to StableHLO).
+    - `path`: the folder to write (created if needed).
+    - `seq_len`: observations ``T`` of the sequence graph (``None``: step only). The graph holds
+      ``T`` copies of the step: keep ``T`` modest, or run ``step.onnx`` in a loop.
+    - `batch_shape`: leading batch dimensions (fixed sizes).
+    - `opset`: ONNX opset version.
+
+    **Returns:** the manifest (a dict).
+
+    **Example:**
+    ```python
+    liquidjax.export.to_onnx(model, "policy_onnx")
+    sess = onnxruntime.InferenceSession("policy_onnx/step.onnx")
+    y, state = sess.run(None, {"state": state, "x": x, "dt": np.float32(0.1)})
+    ```
+    """
+    _require_onnx()
+    from jax2onnx import to_onnx as j2o
+
+    plan = _plan(model)
+    bs = _check_batch_shape(batch_shape)
+    length = _check_length(seq_len)
+    if plan.dtype != np.float32:
+        raise ValueError(
+            f"to_onnx exports float32 models; {plan.model_name} has {plan.dtype} parameters "
+            "(cast them with jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), model))"
+        )
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [("step", _batched(plan.fn, bs), _step_specs(plan, bs), None,
+             ("state", "x", "dt"), ("output", "new_state"))]
+    if length is not None:
+        todo.append(("sequence", _batched(_sequence_fn(plan.fn), bs),
+                     _sequence_specs(plan, bs, length), length, ("state", "xs", "dts"),
+                     ("outputs", "new_state")))
+    functions = {}
+    for name, fn, specs, n, in_names, out_names in todo:
+        try:
+            flat_fn = _onnx_ready(fn, specs)
+        except _NotExportable as e:
+            cells = ", ".join(type(c).__name__ for c in plan.cells)
+            raise ValueError(
+                f"cannot export {plan.model_name} ({cells}) to ONNX: its step contains {e}. "
+                "Use a cell with a fixed-size step (CfC, WiredCfC, LTC with the default "
+                "FusedSemiImplicit solver and constant steps), or to_stablehlo"
+            ) from None
+        fname = f"{name}.onnx"
+        with _quiet_loggers("onnx_ir", "jax2onnx"):
+            j2o(flat_fn, list(specs), model_name=f"liquidjax_{plan.model_name}_{name}",
+                opset=opset, input_names=list(in_names), output_names=list(out_names),
+                return_mode="file", output_path=str(out / fname))
+        functions[name] = {"file": fname, "opset": opset, **_signature(plan, bs, n)}
+    manifest = _manifest(plan, "liquidjax.onnx", bs, functions)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest

@@ -187,3 +187,69 @@ def test_stablehlo_round_trip_without_liquidjax(name, tmp_path):
     ys_ref, h_ref = jax.vmap(rnn)(xs, dts, state=jax.vmap(step._plan.unravel)(jnp.asarray(s0)))
     np.testing.assert_allclose(got["sequence.outputs"], ys_ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(got["sequence.new_state"], step.flatten_state(h_ref), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- ONNX
+ONNX_CASES = ["ltc-fused", "cfc-default", "cfc-no_gate", "cfc-pure", "wired-cfc", "mixed-cfc"]
+
+
+def _ort():
+    try:
+        import jax2onnx  # noqa: F401
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError as e:  # pragma: no cover - CI installs the `test` extra, which has them
+        pytest.skip(f"ONNX export needs the `export` extra (onnx, onnxruntime, jax2onnx): {e}")
+    return onnxruntime
+
+
+@pytest.mark.parametrize("name", ONNX_CASES)
+def test_onnx_runtime_matches_the_stepper(name, tmp_path):
+    ort = _ort()
+    rnn = LiquidRNN(_randomise(CELLS[name], jax.random.key(7)))
+    man = export.to_onnx(rnn, tmp_path, seq_len=T)
+    assert man["format"] == "liquidjax.onnx"
+    assert [i["name"] for i in man["functions"]["step"]["inputs"]] == ["state", "x", "dt"]
+    step = export.stepper(rnn)
+    xs, dts = (np.asarray(a) for a in _data())
+    s0 = np.asarray(step.initial_state()) + 0.05
+    sess = ort.InferenceSession(str(tmp_path / "step.onnx"))
+    state, ys = s0, []
+    for k in range(T):  # stream through ONNX Runtime, feeding its own state back
+        y, state = sess.run(None, {"state": state, "x": xs[k], "dt": dts[k:k + 1].reshape(())})
+        ys.append(y)
+    ys_ref, h_ref = _call(rnn, jnp.asarray(xs), jnp.asarray(dts), state=step._plan.unravel(s0))
+    np.testing.assert_allclose(np.stack(ys), ys_ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(state, step.flatten_state(h_ref), rtol=0, atol=1e-5)
+    seq = ort.InferenceSession(str(tmp_path / "sequence.onnx"))
+    ys_seq, h_seq = seq.run(None, {"state": s0, "xs": xs, "dts": dts})
+    np.testing.assert_allclose(ys_seq, ys_ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(h_seq, state, rtol=0, atol=1e-5)
+
+
+def test_onnx_batched_classifier(tmp_path):
+    ort = _ort()
+    model = build_model(ModelConfig(input_size=I, num_classes=4, units=10, cell="ltc",
+                                    wiring="ncp", readout="mean", ode_unfolds=3), key=KEY)
+    model = _randomise(model, jax.random.key(8))
+    export.to_onnx(model, tmp_path, batch_shape=(2,))
+    step = export.stepper(model, batch_shape=(2,))
+    xs, dts = (np.asarray(a) for a in _data((2,)))
+    sess = ort.InferenceSession(str(tmp_path / "step.onnx"))
+    state = np.asarray(step.initial_state())
+    for k in range(T):
+        logits, state = sess.run(None, {"state": state, "x": xs[:, k], "dt": dts[:, k]})
+    ref = jax.vmap(lambda x, t: _call(model, x, t))(jnp.asarray(xs), jnp.asarray(dts))
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-5)
+
+
+def test_onnx_refuses_diffrax_solvers_naming_the_cell(tmp_path):
+    _ort()
+    for name in ("ltc-euler", "ltc-tsit5-adaptive"):
+        with pytest.raises(ValueError, match=r"cannot export LiquidRNN \(LTC\) to ONNX.*"
+                                             r"(while|branch)"):
+            export.to_onnx(LiquidRNN(CELLS[name]), tmp_path)
+    with pytest.raises(ValueError, match="float32"):
+        export.to_onnx(jax.tree_util.tree_map(
+            lambda a: a.astype(jnp.float16) if eqx.is_inexact_array(a) else a,
+            CELLS["cfc-pure"]), tmp_path)
