@@ -1,0 +1,184 @@
+"""The sparse-synapse LTC kernel held to the dense fused kernel: values and gradients, float32 and
+float64, unbatched, under ``jax.vmap`` (the batch-minor rule) and with per-example parameters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from liquidjax.cells import LTC
+from liquidjax.cells._ltc_kernel import fused_ltc_step
+from liquidjax.cells._ltc_sparse import SynapseLayout, sparse_ltc_step, sparse_params
+from liquidjax.wirings import AutoNCP, FullyConnected, Random
+
+UNFOLDS, EPS = 4, 1e-8
+
+
+def _cell(wiring, inputs=3, dtype=jnp.float32, key=0):
+    return LTC(inputs, wiring, key=jax.random.key(key), dtype=dtype)
+
+
+def _data(cell, batch, dtype):
+    k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.normal(k1, (batch, cell.input_size), dtype)
+    v0 = 0.3 * jax.random.normal(k2, (batch, cell.state_size), dtype)
+    dt = jax.random.uniform(k3, (batch,), dtype, 0.5, 2.0)
+    return x, v0, dt
+
+
+def _dense(p, x, v0, dt, layout):
+    del layout
+    return fused_ltc_step(p, x, v0, dt, UNFOLDS, EPS)
+
+
+def _sparse(p, x, v0, dt, layout):
+    return sparse_ltc_step(sparse_params(p, layout), x, v0, dt, layout, UNFOLDS, EPS)
+
+
+def _masked(p, layout):
+    # The dense kernel's gradient is not zero on absent synapses (the cell's mask zeroes it when
+    # mapping back to its parameters); mask here so that both kernels are compared on the same
+    # function of the parameters.
+    m, sm = layout.masks
+    return p._replace(w=jnp.where(m.T, p.w, 0), sensory_w=jnp.where(sm.T, p.sensory_w, 0))
+
+
+def _loss(step, layout, batched):
+    def f(p, x, v0, dt):
+        p = _masked(p, layout)
+        run = jax.vmap(step, in_axes=(None, 0, 0, 0, None)) if batched else step
+        v = run(p, x, v0, dt, layout)
+        return jnp.sum(jnp.sin(3 * v) * jnp.arange(1, v.shape[-1] + 1, dtype=v.dtype))
+
+    return jax.value_and_grad(f, argnums=(0, 1, 2, 3))
+
+
+def _close(a, b, tol):
+    # Sums run over the existing synapses only (the dense kernel adds exact zeros in between),
+    # so the two agree to rounding, relative to each array's scale.
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        x, y = np.asarray(x), np.asarray(y)
+        scale = max(float(np.max(np.abs(y), initial=0.0)), 1.0)
+        np.testing.assert_allclose(x, y, rtol=0, atol=tol * scale)
+
+
+def _check_same(cell, batched, tol):
+    layout = SynapseLayout(cell.mask.array, cell.sensory_mask.array)
+    p = cell.effective_params()
+    x, v0, dt = _data(cell, 5, cell.w.dtype)
+    if not batched:
+        x, v0, dt = x[0], v0[0], dt[0]
+    ref = jax.jit(_loss(_dense, layout, batched))(p, x, v0, dt)
+    got = jax.jit(_loss(_sparse, layout, batched))(p, x, v0, dt)
+    _close(got, ref, tol)
+    # not vacuous: gradients reach every parameter kind and the input
+    grads = got[1]
+    assert float(jnp.max(jnp.abs(grads[0].w))) > 0 and float(jnp.max(jnp.abs(grads[1]))) > 0
+    return got
+
+
+WIRINGS = {
+    "autoncp": lambda: AutoNCP(12, 3),
+    "random": lambda: Random(7, 2, sparsity_level=0.6),
+    "full": lambda: FullyConnected(5),
+}
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one", "vmap"])
+@pytest.mark.parametrize("wiring", sorted(WIRINGS))
+def test_sparse_matches_dense_float32(wiring, batched):
+    _check_same(_cell(WIRINGS[wiring]()), batched, 1e-6)
+
+
+@pytest.mark.parametrize("wiring", ["autoncp", "full"])
+def test_sparse_matches_dense_float64(wiring):
+    with jax.enable_x64(True):
+        for batched in (False, True):
+            _check_same(_cell(WIRINGS[wiring](), dtype=jnp.float64), batched, 1e-12)
+
+
+def test_per_example_gradients_and_parameters():
+    """vmap(grad) gives each example's own gradient (not the batch sum), and a vmap over
+    per-example parameters (an ensemble) takes the fallback path; both match the dense kernel."""
+    cell = _cell(AutoNCP(10, 2))
+    layout = SynapseLayout(cell.mask.array, cell.sensory_mask.array)
+    p = cell.effective_params()
+    x, v0, dt = _data(cell, 4, jnp.float32)
+
+    def per_example(step):
+        g = jax.vmap(_loss(step, layout, False), in_axes=(None, 0, 0, 0))
+        return jax.jit(g)(p, x, v0, dt)
+
+    got, ref = per_example(_sparse), per_example(_dense)
+    _close(got, ref, 1e-6)
+    assert got[1][0].w.shape == (4,) + p.w.shape
+    assert not np.allclose(got[1][0].w[0], got[1][0].w[1])  # really per example
+
+    ps = jax.tree_util.tree_map(lambda a: jnp.stack([a, 1.1 * a, 0.9 * a, a]), p)
+
+    def ensemble(step):
+        f = jax.vmap(lambda p, x, v0, dt: step(_masked(p, layout), x, v0, dt, layout))
+        return jax.jit(jax.grad(lambda ps: jnp.sum(jnp.sin(f(ps, x, v0, dt)))))(ps)
+
+    _close(ensemble(_sparse), ensemble(_dense), 1e-6)
+
+
+def test_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        cell = _cell(AutoNCP(10, 2), dtype=jnp.float64)
+        layout = SynapseLayout(cell.mask.array, cell.sensory_mask.array)
+        x, v0, dt = (a[0] for a in _data(cell, 1, jnp.float64))
+
+        def f(w_raw, dt):
+            p = cell.effective_params()._replace(w=w_raw)
+            return jnp.sum(jnp.cos(2 * _sparse(p, x, v0, dt, layout)))
+
+        w = cell.effective_params().w
+        gw, gdt = jax.grad(f, argnums=(0, 1))(w, dt)
+        post, pre = np.argwhere(np.asarray(cell.mask.array).T)[3]
+        e = jnp.zeros_like(w).at[post, pre].set(1e-6)
+        np.testing.assert_allclose(gw[post, pre], (f(w + e, dt) - f(w - e, dt)) / 2e-6,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(gdt, (f(w, dt + 1e-6) - f(w, dt - 1e-6)) / 2e-6, rtol=1e-6)
+        # absent synapses get no gradient through the layout
+        assert float(jnp.max(jnp.abs(jnp.where(np.asarray(cell.mask.array).T, 0, gw)))) == 0
+
+
+def test_layout_covers_exactly_the_wiring():
+    cell = _cell(AutoNCP(16, 4), inputs=5)
+    mask, smask = cell.mask.array, cell.sensory_mask.array
+    layout = SynapseLayout(mask, smask)
+    for fan, m in ((layout.recurrent, mask.T), (layout.sensory, smask.T)):
+        n_post, n_pre = m.shape
+        valid = fan.flat < n_post * n_pre
+        assert valid.sum() == m.sum()
+        rebuilt = np.zeros(m.size, bool)
+        rebuilt[fan.flat[valid]] = True
+        np.testing.assert_array_equal(rebuilt.reshape(m.shape), m)
+        # every slot's pre index agrees with its flat index, and fan-out lists cover each slot
+        np.testing.assert_array_equal(fan.flat[valid] % n_pre, fan.pre[valid])
+        assert (fan.fanout < fan.pre.size).sum() == m.sum()
+        assert not fan.full
+    assert 0 < layout.density < 0.6
+    assert layout == SynapseLayout(mask.copy(), smask.copy())
+    assert hash(layout) == hash(SynapseLayout(mask.copy(), smask.copy()))
+    assert layout != SynapseLayout(mask, np.ones_like(smask))
+
+
+def test_layout_without_recurrent_synapses():
+    mask = np.zeros((4, 4), bool)
+    smask = np.zeros((3, 4), bool)
+    smask[0, 1] = smask[2, 3] = True
+    layout = SynapseLayout(mask, smask)
+    cell = _cell(4)
+    p = cell.effective_params()
+    p = p._replace(w=p.w * mask.T, sensory_w=p.sensory_w * smask.T)
+    x, v0, dt = (a[0] for a in _data(cell, 1, jnp.float32))
+    _close(_sparse(p, x, v0, dt, layout), _dense(p, x, v0, dt, None), 1e-6)
+
+
+def test_layout_rejects_bad_masks():
+    with pytest.raises(ValueError, match=r"square \(N, N\).*\(3, 4\)"):
+        SynapseLayout(np.ones((3, 4), bool), np.ones((2, 4), bool))
+    with pytest.raises(ValueError, match=r"sensory_mask must have shape \(I, 4\).*\(2, 3\)"):
+        SynapseLayout(np.ones((4, 4), bool), np.ones((2, 3), bool))
