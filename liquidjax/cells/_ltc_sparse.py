@@ -95,7 +95,7 @@ class SynapseLayout:
     - `sensory_mask`: boolean ``(I, N)`` sensory mask ``[input, post]``.
     """
 
-    __slots__ = ("recurrent", "sensory", "units", "inputs", "masks", "_key")
+    __slots__ = ("_key", "inputs", "masks", "recurrent", "sensory", "units")
 
     def __init__(self, mask, sensory_mask):
         mask, sensory_mask = np.asarray(mask, bool), np.asarray(sensory_mask, bool)
