@@ -30,9 +30,10 @@ from jaxtyping import Array, Float
 
 from ._ltc_kernel import LTCParams, sigmoid
 
-# Below this fraction of existing synapses (recurrent and sensory together, counted with the
-# padding the layout adds) the sparse kernel is chosen automatically.
+# Below this fraction of the dense kernel's synapse evaluations (recurrent and sensory together,
+# padding included: ``SynapseLayout.density``) ``synapses="auto"`` chooses the sparse kernel.
 SPARSE_DENSITY_THRESHOLD = 0.5
+SYNAPSE_KERNELS = ("auto", "dense", "sparse")
 
 
 class FanIn(NamedTuple):
@@ -131,6 +132,24 @@ class SynapseLayout:
         r, s = self.recurrent, self.sensory
         return (f"SynapseLayout(units={self.units}, inputs={self.inputs}, recurrent "
                 f"{r.pre.shape}, sensory {s.pre.shape}, density {self.density:.2f})")
+
+
+@functools.lru_cache(maxsize=64)
+def choose_layout(mask, sensory_mask, synapses: str) -> SynapseLayout | None:
+    """The layout the LTC's fused step uses: ``None`` for the dense kernel.
+
+    **Arguments:** the cell's static masks (hashable, e.g. ``StaticArray``) and its `synapses`
+    setting: ``"dense"``, ``"sparse"``, or ``"auto"`` (sparse when the layout's
+    :attr:`SynapseLayout.density` is below ``SPARSE_DENSITY_THRESHOLD``). Cached: built once.
+    """
+    if synapses not in SYNAPSE_KERNELS:
+        raise ValueError(f"synapses must be one of {SYNAPSE_KERNELS}, got {synapses!r}")
+    if synapses == "dense":
+        return None
+    layout = SynapseLayout(np.asarray(mask), np.asarray(sensory_mask))
+    if synapses == "auto" and layout.density >= SPARSE_DENSITY_THRESHOLD:
+        return None
+    return layout
 
 
 class LTCSparseParams(NamedTuple):
