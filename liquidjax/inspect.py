@@ -4,7 +4,7 @@ Every function here is pure JAX and acts on **one** sequence, like
 [`LiquidRNN`][liquidjax.layers.LiquidRNN]; `jax.vmap` adds a batch and `jax.jit` compiles it. None
 of them re-implements the dynamics: they run the layer itself, call the cell's own methods
 ([`LTC.system_time_constant`][liquidjax.cells.LTC.system_time_constant],
-[`LTC.solve`][liquidjax.cells.LTC.solve]) and read diffrax's own records.
+[`solve`][liquidjax.solvers.solve]) and read diffrax's own records.
 
 * [`hidden_states`][liquidjax.inspect.hidden_states]: the state after every observation.
 * [`system_time_constants`][liquidjax.inspect.system_time_constants]: the LTC's "liquid" time
@@ -27,8 +27,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._static import replace_fields
-from .cells._base import AbstractCell, AbstractODECell
+from .cells import LTC, AbstractCell, AbstractODECell, MixedMemory
 from .layers import LiquidRNN
+from .solvers import solve
 
 __all__ = [
     "SolverTrace",
@@ -89,12 +90,14 @@ def hidden_states(
     return hs
 
 
-def _ltc_cell(rnn: LiquidRNN | AbstractCell) -> Any:
+def _ltc_cell(rnn: LiquidRNN | AbstractCell) -> LTC:
     cell = rnn.cell if isinstance(rnn, LiquidRNN) else rnn
-    if not hasattr(cell, "system_time_constant"):
+    if isinstance(cell, MixedMemory):
+        cell = cell.cell
+    if not isinstance(cell, LTC):
         raise ValueError(
-            f"system time constants need an LTC cell (a cell with .system_time_constant), got "
-            f"{type(cell).__name__}; a CfC has no ODE and so no instantaneous time constant"
+            f"system time constants need an LTC cell, got {type(cell).__name__}; a CfC has no "
+            "ODE and so no instantaneous time constant"
         )
     return cell
 
@@ -173,15 +176,15 @@ def solver_trace(
 ) -> SolverTrace:
     """Record every step the cell's diffrax solver takes across one sequence.
 
-    Each observation interval is integrated by the cell's own [`LTC.solve`][liquidjax.cells.LTC.solve]
-    (its solver, step-size controller and ``ode_unfolds`` initial step) with
+    Each observation interval is integrated by [`solve`][liquidjax.solvers.solve] with the
+    cell's own integrator (solver, step-size controller, ``ode_unfolds`` initial step) and
     ``diffrax.SaveAt(steps=True)``, so an adaptive controller (``diffrax.PIDController``) shows
     where it shrinks its steps — e.g. right after the input jumps — and a constant-step solver
     shows its ``ode_unfolds`` equal steps per interval.
 
     **Arguments:**
-    - `cell`: an ODE cell with a ``solve`` method (e.g. an
-      [`LTC`][liquidjax.cells.LTC], possibly from ``LTC.with_solver(...)``).
+    - `cell`: an ODE cell (e.g. an [`LTC`][liquidjax.cells.LTC], possibly from
+      ``LTC.with_solver(...)``, or a custom ``AbstractODECell``).
     - `x`: the observations ``(L, input_size)``, each held over its interval.
     - `timespans`: ``(L,)`` elapsed times (default 1.0).
     - `state`: initial state (default zero).
@@ -198,17 +201,17 @@ def solver_trace(
     fig = liquidjax.plot.step_sizes(trace)
     ```
     """
-    if not hasattr(cell, "solve"):
+    if not isinstance(cell, AbstractODECell):
         raise ValueError(
-            f"solver_trace needs an ODE cell with a .solve method (e.g. LTC), got "
-            f"{type(cell).__name__}"
+            f"solver_trace needs an ODE cell (an AbstractODECell, e.g. LTC), got "
+            f"{type(cell).__name__}; a CfC advances in closed form, without solver steps"
         )
     if x.ndim != 2 or x.shape[1] != cell.input_size:
         raise ValueError(f"expected x of shape (time, {cell.input_size}), got {x.shape}")
     if max_steps is not None:
-        cell = cell.with_solver(max_steps=max_steps)  # type: ignore[attr-defined]
+        cell = cell.with_solver(max_steps=max_steps)
     y0 = cell.init_state() if state is None else state
-    dtype = y0.dtype
+    dtype = jax.tree_util.tree_leaves(y0)[0].dtype
     dts = jnp.ones(x.shape[0], dtype) if timespans is None else jnp.asarray(timespans, dtype)
     if dts.shape != (x.shape[0],):
         raise ValueError(f"expected timespans of shape ({x.shape[0]},), got {dts.shape}")
@@ -218,10 +221,10 @@ def solver_trace(
 
     def step(h, inp):
         xk, t0, t1 = inp
-        sol = cell.solve(h, xk, t0, t1, saveat=diffrax.SaveAt(steps=True))  # type: ignore[attr-defined]
+        sol = solve(cell, h, xk, t0, t1, saveat=diffrax.SaveAt(steps=True))
         ts = sol.ts
         n = sol.stats["num_accepted_steps"]
-        h1 = sol.ys[jnp.maximum(n - 1, 0)]
+        h1 = jax.tree_util.tree_map(lambda a: a[jnp.maximum(n - 1, 0)], sol.ys)
         prev = jnp.concatenate([t0[None], ts[:-1]])
         sizes = jnp.where(jnp.isfinite(ts), ts - prev, jnp.nan)
         return h1, (ts, sizes, n, sol.stats["num_rejected_steps"], h1)

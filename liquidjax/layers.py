@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
-from .cells._base import AbstractCell, AbstractODECell
+from .cells import AbstractCell, AbstractODECell, MixedMemory
+from .solvers import solve
 
 Interpolation = Literal["hold", "linear", "cubic"]
 _INTERPOLATIONS = ("hold", "linear", "cubic")
@@ -180,6 +181,10 @@ class LiquidRNN(eqx.Module):
         n = x.shape[0]
         keys = None if key is None else jax.random.split(key, n)
         zero = jnp.zeros((), timespans.dtype)
+        if mask is not None and _is_adaptive(self.cell):
+            # A padded step is integrated over Δt = 0: an adaptive solve then takes no step.
+            # (Constant steps cost the same either way and keep Δt > 0, away from 1/Δt.)
+            timespans = jnp.where(mask, timespans, 0)
 
         def step(h, inp):
             xk, dt, mk, kk = inp
@@ -197,15 +202,12 @@ class LiquidRNN(eqx.Module):
         return (ys if self.return_sequences else self._readout(h)), h
 
     def _run_continuous(self, x, timespans, mask, state):
-        from .solvers import make_term, with_root_finder_tols
-
         cell = self.cell
         assert isinstance(cell, AbstractODECell)
         if mask is not None:
-            # Padding steps get unit spacing so the path's knots stay strictly increasing; states
-            # saved at valid observation times never see them (steps stop at every knot).
+            # Padding steps get unit spacing so the path's knots stay strictly increasing.
             timespans = jnp.where(mask, timespans, 1)
-        dtype = state.dtype
+        dtype = jax.tree_util.tree_leaves(state)[0].dtype
         ts = jnp.cumsum(timespans.astype(dtype))
         knots = jnp.concatenate([jnp.zeros((1,), dtype), ts])
         values = jnp.concatenate([x[:1], x], axis=0)  # held before the first observation
@@ -215,48 +217,32 @@ class LiquidRNN(eqx.Module):
             path = diffrax.CubicInterpolation(
                 knots, diffrax.backward_hermite_coefficients(knots, values)
             )
-        controller = cell.stepsize_controller
-        unfolds = getattr(cell, "ode_unfolds", 1)
-        if isinstance(controller, diffrax.ConstantStepSize):
-            frac = jnp.arange(unfolds, dtype=dtype) / unfolds
-            grid = (knots[:-1, None] + frac[None, :] * timespans.astype(dtype)[:, None]).reshape(-1)
-            controller, dt0 = diffrax.StepTo(jnp.concatenate([grid, ts[-1:]])), None
-        else:
-            if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController) and not isinstance(
-                controller, diffrax.ClipStepSizeController
-            ):
-                # Step exactly to every observation time: the path has a kink there (linear), and
-                # a saved state then never depends on inputs after its time (padding).
-                controller = diffrax.ClipStepSizeController(controller, step_ts=ts)
-            dt0 = timespans[0].astype(dtype) / unfolds
-        adjoint = getattr(cell, "adjoint", diffrax.RecursiveCheckpointAdjoint())
-        if (isinstance(adjoint, diffrax.BacksolveAdjoint) and dt0 is None
-                and "stepsize_controller" not in adjoint.kwargs):
-            # The forward step grid cannot drive the backward solves (they run T_k -> T_{k-1}):
-            # give them constant steps no longer than the forward's shortest step.
-            adjoint = diffrax.BacksolveAdjoint(**{
-                "dt0": -jnp.min(timespans).astype(dtype) / unfolds,
-                **adjoint.kwargs,
-                "stepsize_controller": diffrax.ConstantStepSize(),
-            })
-        solver = with_root_finder_tols(cell.solver, controller, dtype)
-        sol = diffrax.diffeqsolve(
-            make_term(cell), solver, knots[0], ts[-1], dt0, state, path,
-            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller, adjoint=adjoint,
-            max_steps=getattr(cell, "max_steps", 4096),
-        )
+        last = None if mask is None else jnp.maximum(jnp.sum(mask) - 1, 0)
+        t_end = ts[-1]
+        if mask is not None and cell.integrator.is_adaptive:
+            # Stop at the last valid observation: the padding costs no steps. States "saved" at
+            # padded times are the final state (their outputs are zeroed below).
+            t_end = jnp.where(jnp.any(mask), ts[last], knots[0])
+        sol = solve(cell, state, path, knots[0], t_end,
+                    saveat=diffrax.SaveAt(ts=jnp.minimum(ts, t_end)), observation_times=knots)
         hs = sol.ys
         if mask is None:
-            h = hs[-1]
+            h = jax.tree_util.tree_map(lambda a: a[-1], hs)
         else:
-            last = jnp.maximum(jnp.sum(mask) - 1, 0)
-            h = jnp.where(jnp.any(mask), hs[last], state)
+            h = _where_tree(jnp.any(mask), jax.tree_util.tree_map(lambda a: a[last], hs), state)
         if not self.return_sequences:
             return self._readout(h), h
         ys = jax.vmap(self._readout)(hs)
         if mask is not None:
             ys = jnp.where(mask[:, None], ys, 0)
         return ys, h
+
+
+def _is_adaptive(cell: AbstractCell) -> bool:
+    """Whether advancing `cell` runs an adaptive solve (whose cost grows with the interval)."""
+    if isinstance(cell, MixedMemory):
+        return _is_adaptive(cell.cell)
+    return isinstance(cell, AbstractODECell) and cell.integrator.is_adaptive
 
 
 def _describe(tree) -> str:

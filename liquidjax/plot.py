@@ -68,13 +68,14 @@ def _times(t: Any, n: int) -> tuple[np.ndarray, str]:
 
 
 # --------------------------------------------------------------------------------------- wiring
-def wiring(w: Wiring, input_dim: int | None = None, *, ax: Axes | None = None,
+def wiring(w: Any, input_dim: int | None = None, *, ax: Axes | None = None,
            **kwargs: Any) -> Figure:
     """Draw a wiring: [`liquidjax.wirings.draw`][liquidjax.wirings.draw], building it first if
-    needed.
+    needed. Neurons are coloured and labelled by type (sensory, inter, command, motor).
 
     **Arguments:**
-    - `w`: a [`Wiring`][liquidjax.wirings.Wiring] (e.g. ``AutoNCP(16, 2)``).
+    - `w`: a [`Wiring`][liquidjax.wirings.Wiring] (e.g. ``AutoNCP(16, 2)``), or a wired cell
+      (an LTC or ``WiredCfC``, e.g. one restored from a checkpoint), whose wiring is drawn.
     - `input_dim`: number of inputs, to build an unbuilt wiring (ignored if it is built).
     - `ax`: optional Axes to draw into.
     - `kwargs`: passed on to ``draw`` (``draw_labels``, colours, ``figsize``).
@@ -86,8 +87,17 @@ def wiring(w: Wiring, input_dim: int | None = None, *, ax: Axes | None = None,
     fig = plot.wiring(AutoNCP(16, 2), input_dim=3, draw_labels=True)
     ```
     """
-    from .wirings import draw
+    from .cells import AbstractWiredCell, MixedMemory
+    from .wirings import Wiring, draw
 
+    if isinstance(w, MixedMemory):
+        w = w.cell
+    if isinstance(w, AbstractWiredCell):
+        w = w.wiring
+    if not isinstance(w, Wiring):
+        raise TypeError(
+            f"plot.wiring draws a Wiring or a wired cell (LTC, WiredCfC), got {type(w).__name__}"
+        )
     if not w.is_built():
         if input_dim is None:
             raise ValueError(f"{w!r} is not built: pass input_dim (the number of inputs)")

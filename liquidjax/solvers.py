@@ -1,8 +1,13 @@
 """Solvers for liquid ODE cells.
 
+* :class:`Integrator` — how an ODE cell is integrated (solver, step-size controller, steps per
+  interval, adjoint, step budget): one declared object, the field ``integrator`` of every
+  :class:`~liquidjax.AbstractODECell`.
+* :func:`solve` — the one ``diffrax.diffeqsolve`` set-up used by every cell, by
+  :class:`~liquidjax.LiquidRNN` (held and continuous inputs) and by :mod:`liquidjax.inspect`.
 * :class:`FusedSemiImplicit` — the ncps "fused" semi-implicit Euler step as a diffrax solver.
-* :class:`LiquidTerm` — the diffrax term of an :class:`~liquidjax.AbstractODECell`; it exposes the
-  conductance split that the fused solver needs and the plain vector field for every other solver.
+* :class:`LiquidTerm` — the diffrax term of an ODE cell; it exposes the conductance split that the
+  fused solver needs and the general vector field for every other solver.
 * :func:`solver_from_name` — the single place where command-line strings become solver objects.
 * :func:`count_vf_evals` — counts vector-field evaluations of a solve (for benchmarks).
 """
@@ -19,9 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .cells._base import AbstractODECell
-
-_COUNTER: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+_COUNTER: contextvars.ContextVar[Callable[..., None] | None] = contextvars.ContextVar(
     "liquidjax_vf_counter", default=None
 )
 
@@ -33,13 +36,14 @@ class LiquidTerm(diffrax.AbstractTerm):
     used by :class:`FusedSemiImplicit`.
 
     **Arguments:**
-    - `cell`: an :class:`~liquidjax.AbstractODECell`.
+    - `cell`: an :class:`~liquidjax.AbstractODECell` (``conductances`` only for an
+      :class:`~liquidjax.cells.AbstractConductanceCell`).
     - `counter`: optional host callback called once per vector-field evaluation (see
       :func:`count_vf_evals`); leave ``None`` in normal use.
     """
 
-    cell: AbstractODECell
-    counter: Callable[[], None] | None = eqx.field(default=None, static=True)
+    cell: Any
+    counter: Callable[..., None] | None = eqx.field(default=None, static=True)
 
     def _tick(self):
         if self.counter is not None:
@@ -158,34 +162,205 @@ def is_adaptive(solver: diffrax.AbstractSolver) -> bool:
 
 
 def count_vf_evals(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
-    """Run ``fn(*args)`` and count the vector-field evaluations made by :class:`LiquidTerm`.
+    """Run ``fn(*args)`` and count the vector-field evaluations of every liquid ODE cell in it.
 
-    ``fn`` is traced afresh here (pass a plain Python function, not an already-jitted one whose
-    trace is cached): every :class:`LiquidTerm` built while tracing it reports each evaluation
-    through a host callback. The count is exact, at run time — for benchmarks, not training loops.
-    An LTC on its fused fast path (fused solver, constant steps) bypasses diffrax and the term, so
-    it reports 0 there: its cost is known statically, ``ode_unfolds`` conductance evaluations per
-    observation. Call ``cell.solve`` (the diffrax path) to count the fused solver through diffrax.
+    ``fn`` is traced afresh here under ``eqx.filter_jit`` (pass a plain Python function, not an
+    already-jitted one whose trace is cached; non-array arguments such as a
+    ``diffrax.PIDController`` or a model are fine). Every evaluation reports itself through a
+    host callback, so the count is exact, at run time — for benchmarks, not training loops:
+
+    * a diffrax solve counts each call of the term's vector field (or conductances), including
+      the evaluations of rejected steps and of implicit solvers' Newton iterations;
+    * the fused fast path (:class:`FusedSemiImplicit` with constant steps, held input) counts
+      its ``ode_unfolds`` conductance evaluations per observation, like the same solver through
+      diffrax;
+    * under ``jax.vmap`` the count is the **sum over the batch**; a padded (masked) step counts
+      what was computed for it: its fused unfolds (they run and are discarded), and nothing in an
+      adaptive solve (masked steps are integrated over Δt = 0, no steps are taken).
 
     **Returns:** ``(fn(*args), number_of_evaluations)``.
     """
     box = np.zeros((), np.int64)
 
-    def tick():
-        box[...] += 1
+    def tick(n=1):
+        box[...] += int(n)
 
     token = _COUNTER.set(tick)
     try:
-        out = jax.block_until_ready(jax.jit(fn)(*args))
+        out = jax.block_until_ready(eqx.filter_jit(fn)(*args))
         jax.effects_barrier()
     finally:
         _COUNTER.reset(token)
     return out, int(box)
 
 
-def make_term(cell: AbstractODECell) -> LiquidTerm:
+def count_fused_evals(n: int) -> None:
+    """Report ``n`` conductance evaluations made outside a diffrax term (the fused fast path)
+    to an enclosing :func:`count_vf_evals`; a no-op otherwise."""
+    counter = _COUNTER.get()
+    if counter is not None:
+        jax.debug.callback(counter, n)
+
+
+def make_term(cell: Any) -> LiquidTerm:
     """The :class:`LiquidTerm` of ``cell`` (counting evaluations inside :func:`count_vf_evals`)."""
     return LiquidTerm(cell, _COUNTER.get())
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Integrator(eqx.Module):
+    """How an ODE cell is integrated across each observation interval — one declared object.
+
+    Every :class:`~liquidjax.AbstractODECell` has one as its field ``integrator``; :func:`solve`
+    is the only consumer. Integration settings are not parameters: checkpoints store a model
+    without them, so weights trained with one integrator load into a model configured with
+    another (``liquidjax.train.load_checkpoint``).
+
+    **Arguments:**
+    - `solver`: a diffrax solver object; default :class:`FusedSemiImplicit` (ncps's scheme, for
+      conductance cells). Any diffrax solver works on the general form.
+    - `stepsize_controller`: default ``diffrax.ConstantStepSize()``; a
+      ``diffrax.PIDController`` makes the solve adaptive (the solver must then be adaptive);
+      ``diffrax.StepTo`` fixes the step locations.
+    - `ode_unfolds`: constant steps per observation interval (ncps's ``ode_unfolds``, default 6);
+      with an adaptive controller, the first step is ``Δt / ode_unfolds``.
+    - `adjoint`: diffrax adjoint for gradients through ``diffeqsolve`` (default
+      ``RecursiveCheckpointAdjoint()``; ``BacksolveAdjoint()`` for O(1) memory).
+    - `max_steps`: step budget of one solve (an interval, or a whole sequence with continuous
+      inputs).
+
+    **Example:**
+    ```python
+    adaptive = Integrator(diffrax.Tsit5(), diffrax.PIDController(rtol=1e-5, atol=1e-7))
+    ```
+    """
+
+    solver: diffrax.AbstractSolver = FusedSemiImplicit()
+    stepsize_controller: diffrax.AbstractStepSizeController = diffrax.ConstantStepSize()
+    ode_unfolds: int = eqx.field(default=6, static=True)
+    adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint()
+    max_steps: int = eqx.field(default=4096, static=True)
+
+    def __check_init__(self):
+        _check_count("ode_unfolds", self.ode_unfolds)
+        _check_count("max_steps", self.max_steps)
+        for name, value, kind in (
+            ("solver", self.solver, diffrax.AbstractSolver),
+            ("stepsize_controller", self.stepsize_controller,
+             diffrax.AbstractStepSizeController),
+            ("adjoint", self.adjoint, diffrax.AbstractAdjoint),
+        ):
+            if not isinstance(value, kind):
+                raise TypeError(
+                    f"Integrator.{name} must be a diffrax {kind.__name__}, got {value!r}"
+                )
+        if self.is_adaptive and not is_adaptive(self.solver):
+            raise ValueError(
+                f"an adaptive step-size controller needs a solver with an error estimate "
+                f"(e.g. diffrax.Tsit5(), diffrax.Kvaerno5()); {type(self.solver).__name__} "
+                "has none: use constant steps (diffrax.ConstantStepSize())"
+            )
+
+    @property
+    def is_adaptive(self) -> bool:
+        """Whether the step-size controller adapts the steps (``PIDController``)."""
+        return isinstance(self.stepsize_controller, diffrax.AbstractAdaptiveStepSizeController)
+
+    @property
+    def uses_fused_step(self) -> bool:
+        """Whether held inputs take the fused fast path (fused solver, constant steps)."""
+        return isinstance(self.solver, FusedSemiImplicit) and isinstance(
+            self.stepsize_controller, diffrax.ConstantStepSize
+        )
+
+    def replace(self, **changes: Any) -> Integrator:
+        """A copy with the given settings replaced (``None`` keeps a setting)."""
+        kept = {name: getattr(self, name) for name in
+                ("solver", "stepsize_controller", "ode_unfolds", "adjoint", "max_steps")}
+        unknown = set(changes) - set(kept)
+        if unknown:
+            raise ValueError(f"Integrator has no setting(s) {sorted(unknown)}")
+        kept.update({k: v for k, v in changes.items() if v is not None})
+        return Integrator(**kept)
+
+
+def solve(
+    cell: Any,
+    y0: Any,
+    x: Any,
+    t0: Any,
+    t1: Any,
+    *,
+    saveat: diffrax.SaveAt | None = None,
+    observation_times: Any = None,
+) -> diffrax.Solution:
+    """Integrate an ODE cell from ``t0`` to ``t1`` with its :class:`Integrator` — the single
+    ``diffrax.diffeqsolve`` set-up of the library.
+
+    **Arguments:**
+    - `cell`: an :class:`~liquidjax.AbstractODECell`.
+    - `y0`: the state at ``t0`` (any pytree).
+    - `x`: the observation held over the interval, or a ``diffrax.AbstractPath``.
+    - `t0`, `t1`: the interval.
+    - `saveat`: default ``SaveAt(t1=True)``.
+    - `observation_times`: for a whole sequence with continuous inputs, the knots
+      ``T_0 = t0 < T_1 < ... < T_L`` of the input path. Constant steps then take
+      ``ode_unfolds`` equal steps inside every ``(T_{k-1}, T_k]`` up to ``t1 = T_L``
+      (``StepTo``); an adaptive controller (which may stop early, ``t1 ≤ T_L``)
+      is clipped to step exactly onto every ``T_k`` (``ClipStepSizeController``), so
+      a state saved at ``T_k`` never depends on later inputs.
+
+    Constant steps on one interval take ``ode_unfolds`` steps of ``(t1 − t0) / ode_unfolds``; an
+    adaptive controller starts from that step size. Implicit solvers with constant steps get
+    Newton tolerances suited to the dtype (:func:`with_root_finder_tols`). ``t0 == t1`` takes no
+    step.
+
+    **Returns:** the ``diffrax.Solution``.
+    """
+    integ: Integrator = cell.integrator
+    dtype = jnp.result_type(jax.tree_util.tree_leaves(y0)[0])
+    saveat = diffrax.SaveAt(t1=True) if saveat is None else saveat
+    t0 = jnp.asarray(t0, dtype)
+    t1 = jnp.asarray(t1, dtype)
+    unfolds = integ.ode_unfolds
+    controller, adjoint = integ.stepsize_controller, integ.adjoint
+    if observation_times is None:
+        # StepTo fixes the step locations itself; otherwise start from ode_unfolds equal steps.
+        dt0 = None if isinstance(controller, diffrax.StepTo) else (t1 - t0) / unfolds
+    else:
+        knots = jnp.asarray(observation_times, dtype)
+        spans = knots[1:] - knots[:-1]
+        if isinstance(controller, diffrax.ConstantStepSize):
+            frac = jnp.arange(unfolds, dtype=dtype) / unfolds
+            grid = (knots[:-1, None] + frac[None, :] * spans[:, None]).reshape(-1)
+            grid = jnp.concatenate([grid, knots[-1:]])  # ends at t1 = T_L
+            controller, dt0 = diffrax.StepTo(grid), None
+        else:
+            if isinstance(controller, diffrax.AbstractAdaptiveStepSizeController) and not (
+                isinstance(controller, diffrax.ClipStepSizeController)
+            ):
+                controller = diffrax.ClipStepSizeController(controller, step_ts=knots[1:])
+            dt0 = spans[0] / unfolds
+        if (isinstance(adjoint, diffrax.BacksolveAdjoint) and dt0 is None
+                and "stepsize_controller" not in adjoint.kwargs):
+            # The forward step grid cannot drive the backward solves (they run T_k -> T_{k-1}):
+            # give them constant steps no longer than the forward's shortest step.
+            adjoint = diffrax.BacksolveAdjoint(**{
+                "dt0": -jnp.min(spans) / unfolds,
+                **adjoint.kwargs,
+                "stepsize_controller": diffrax.ConstantStepSize(),
+            })
+    solver = with_root_finder_tols(integ.solver, controller, dtype)
+    return diffrax.diffeqsolve(
+        make_term(cell), solver, t0, t1, dt0, y0, x,
+        saveat=saveat, stepsize_controller=controller, adjoint=adjoint,
+        max_steps=integ.max_steps,
+    )
 
 
 def with_root_finder_tols(

@@ -1,4 +1,9 @@
-from ._base import AbstractCell as AbstractCell, AbstractODECell as AbstractODECell
+from ._base import (
+    AbstractCell as AbstractCell,
+    AbstractConductanceCell as AbstractConductanceCell,
+    AbstractODECell as AbstractODECell,
+    AbstractWiredCell as AbstractWiredCell,
+)
 from ._cfc import CfC as CfC
 from ._lstm import LSTMCell as LSTMCell, MixedMemory as MixedMemory
 from ._ltc import (

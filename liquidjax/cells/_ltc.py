@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._static import StaticArray, replace_fields
-from ._base import AbstractODECell
+from .._static import StaticArray
+from ..solvers import FusedSemiImplicit, Integrator
+from ..wirings import FullyConnected, Wiring
+from ._base import AbstractConductanceCell, AbstractWiredCell
 from ._ltc_kernel import LTCParams, fused_ltc_step, sigmoid
 
 Mapping = Literal["affine", "linear", "none"]
@@ -35,10 +37,13 @@ _INIT_RANGES = {
 POSITIVE_PARAMS = ("w", "sensory_w", "cm", "gleak")
 
 
-def _built_wiring(units_or_wiring: Any, input_size: int):
-    from ..wirings import FullyConnected, Wiring
-
+def _built_wiring(units_or_wiring: Any, input_size: int) -> Wiring:
     if isinstance(units_or_wiring, Wiring):
+        if units_or_wiring.is_built() and units_or_wiring.input_dim != input_size:
+            raise ValueError(
+                f"the wiring is built for input_dim={units_or_wiring.input_dim}, got "
+                f"input_size={input_size}"
+            )
         return units_or_wiring.build(input_size)
     if isinstance(units_or_wiring, (int, np.integer)) and not isinstance(units_or_wiring, bool):
         return FullyConnected(int(units_or_wiring)).build(input_size)
@@ -47,7 +52,40 @@ def _built_wiring(units_or_wiring: Any, input_size: int):
     )
 
 
-class LTC(AbstractODECell):
+def _fused_kernel(cell: LTC, y0, x, dt, unfolds: int, epsilon: float):
+    return fused_ltc_step(cell.effective_params(), cell.map_input(x), y0, dt, unfolds, epsilon)
+
+
+def _integrator(integrator, epsilon, solver, stepsize_controller, ode_unfolds, adjoint,
+                max_steps) -> Integrator:
+    settings = dict(solver=solver, stepsize_controller=stepsize_controller,
+                    ode_unfolds=ode_unfolds, adjoint=adjoint, max_steps=max_steps)
+    if integrator is not None:
+        given = sorted(k for k, v in settings.items() if v is not None)
+        if given or epsilon is not None:
+            raise ValueError(
+                f"pass either integrator= or the separate settings {given or ['epsilon']}, "
+                "not both"
+            )
+        return integrator
+    if epsilon is not None:
+        # epsilon belongs to the fused solver: one source of truth.
+        if solver is None:
+            settings["solver"] = FusedSemiImplicit(float(epsilon))
+        elif not isinstance(solver, FusedSemiImplicit):
+            raise ValueError(
+                f"epsilon={epsilon} is the denominator guard of the fused solver, but the solver "
+                f"is {type(solver).__name__}: drop epsilon"
+            )
+        elif solver.epsilon != float(epsilon):
+            raise ValueError(
+                f"epsilon={epsilon} disagrees with the solver's FusedSemiImplicit(epsilon="
+                f"{solver.epsilon}): give it once, e.g. solver=FusedSemiImplicit({epsilon})"
+            )
+    return Integrator().replace(**settings)
+
+
+class LTC(AbstractConductanceCell, AbstractWiredCell):
     r"""Liquid Time-Constant cell (Hasani et al., AAAI 2021), ncps parametrisation.
 
     Hidden state: the membrane potentials ``v`` of the wiring's ``N`` neurons. With the mapped
@@ -70,7 +108,8 @@ class LTC(AbstractODECell):
     - `units`: an int (a fully connected wiring) or a :class:`liquidjax.wirings.Wiring`.
     - `input_mapping`, `output_mapping`: ``"affine"`` (default), ``"linear"`` or ``"none"``.
     - `ode_unfolds`: constant steps per observation interval (ncps default 6).
-    - `epsilon`: denominator guard of the fused step (ncps default ``1e-8``).
+    - `epsilon`: denominator guard of the fused step (ncps default ``1e-8``); shorthand for
+      ``solver=FusedSemiImplicit(epsilon)`` — it lives in the solver (``cell.epsilon`` reads it).
     - `implicit_param_constraints`: ``True`` (default, like ncps's ``LTC`` wrapper): ``w``,
       ``sensory_w``, ``cm``, ``gleak`` are softplus of the stored values. ``False``: used as stored;
       keep them non-negative with :func:`liquidjax.nonnegative_projection` in the optax chain.
@@ -79,6 +118,8 @@ class LTC(AbstractODECell):
     - `adjoint`: diffrax adjoint for gradients through ``diffeqsolve`` (default
       ``RecursiveCheckpointAdjoint()``; ``BacksolveAdjoint()`` for O(1) memory).
     - `max_steps`: step budget of an adaptive solve per interval.
+    - `integrator`: all five integration settings as one
+      :class:`~liquidjax.solvers.Integrator` (instead of the separate arguments).
     - `key`: PRNG key for the initial parameters (keyword-only).
 
     **Example:**
@@ -104,19 +145,17 @@ class LTC(AbstractODECell):
     sensory_erev: Float[Array, "I N"]
     mask: StaticArray = eqx.field(static=True)  # bool (N, N): synapse i -> j exists
     sensory_mask: StaticArray = eqx.field(static=True)  # bool (I, N)
+    wiring: Wiring = eqx.field(static=True)  # the built wiring (kind, arguments, seed, inputs)
     input_w: Float[Array, " I"] | None
     input_b: Float[Array, " I"] | None
     output_w: Float[Array, " M"] | None
     output_b: Float[Array, " M"] | None
     input_mapping: str = eqx.field(static=True)
     output_mapping: str = eqx.field(static=True)
-    ode_unfolds: int = eqx.field(static=True)
-    epsilon: float = eqx.field(static=True)
     implicit_param_constraints: bool = eqx.field(static=True)
-    solver: diffrax.AbstractSolver
-    stepsize_controller: diffrax.AbstractStepSizeController
-    adjoint: diffrax.AbstractAdjoint
-    max_steps: int = eqx.field(static=True)
+    integrator: Integrator
+
+    fused_kernel = staticmethod(_fused_kernel)
 
     def __init__(
         self,
@@ -125,25 +164,24 @@ class LTC(AbstractODECell):
         *,
         input_mapping: Mapping = "affine",
         output_mapping: Mapping = "affine",
-        ode_unfolds: int = 6,
-        epsilon: float = 1e-8,
+        ode_unfolds: int | None = None,
+        epsilon: float | None = None,
         implicit_param_constraints: bool = True,
         solver: diffrax.AbstractSolver | None = None,
         stepsize_controller: diffrax.AbstractStepSizeController | None = None,
         adjoint: diffrax.AbstractAdjoint | None = None,
-        max_steps: int = 4096,
+        max_steps: int | None = None,
+        integrator: Integrator | None = None,
         dtype: Any = jnp.float32,
         key: PRNGKeyArray,
     ):
-        from ..solvers import FusedSemiImplicit
-
         if not isinstance(input_size, (int, np.integer)) or input_size <= 0:
             raise ValueError(f"input_size must be a positive int, got {input_size!r}")
         for name, m in (("input_mapping", input_mapping), ("output_mapping", output_mapping)):
             if m not in _MAPPINGS:
                 raise ValueError(f"{name} must be one of {_MAPPINGS}, got {m!r}")
-        if not isinstance(ode_unfolds, (int, np.integer)) or ode_unfolds < 1:
-            raise ValueError(f"ode_unfolds must be a positive int, got {ode_unfolds!r}")
+        self.integrator = _integrator(integrator, epsilon, solver, stepsize_controller,
+                                      ode_unfolds, adjoint, max_steps)
         wiring = _built_wiring(units, int(input_size))
         n, m, i = wiring.units, wiring.output_dim, int(input_size)
         self.input_size, self.state_size, self.output_size = i, n, m
@@ -172,14 +210,8 @@ class LTC(AbstractODECell):
         self.output_w = None if output_mapping == "none" else jnp.ones((m,), dtype)
         self.output_b = jnp.zeros((m,), dtype) if affine_out else None
         self.input_mapping, self.output_mapping = input_mapping, output_mapping
-        self.ode_unfolds, self.epsilon = int(ode_unfolds), float(epsilon)
         self.implicit_param_constraints = bool(implicit_param_constraints)
-        self.solver = FusedSemiImplicit(self.epsilon) if solver is None else solver
-        self.stepsize_controller = (
-            diffrax.ConstantStepSize() if stepsize_controller is None else stepsize_controller
-        )
-        self.adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-        self.max_steps = int(max_steps)
+        self.wiring = wiring
 
     def __check_init__(self):
         n, i = self.state_size, self.input_size
@@ -194,27 +226,17 @@ class LTC(AbstractODECell):
         if not (0 < self.output_size <= n):
             raise ValueError(f"output_size must be in [1, {n}], got {self.output_size}")
 
-    def with_solver(
-        self,
-        solver: diffrax.AbstractSolver | None = None,
-        *,
-        ode_unfolds: int | None = None,
-        stepsize_controller: diffrax.AbstractStepSizeController | None = None,
-        adjoint: diffrax.AbstractAdjoint | None = None,
-        max_steps: int | None = None,
-    ) -> "LTC":
-        """The same cell (same parameters) integrated differently; ``None`` keeps a setting.
+    @property
+    def epsilon(self) -> float | None:
+        """The fused solver's denominator guard (what the dynamics use); ``None`` with another
+        solver."""
+        solver = self.integrator.solver
+        return solver.epsilon if isinstance(solver, FusedSemiImplicit) else None
 
-        ```python
-        tsit = cell.with_solver(diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(1e-6, 1e-8))
-        ```
-        """
-        changes = dict(solver=solver, ode_unfolds=ode_unfolds,
-                       stepsize_controller=stepsize_controller, adjoint=adjoint,
-                       max_steps=max_steps)
-        if ode_unfolds is not None and (not isinstance(ode_unfolds, (int, np.integer)) or ode_unfolds < 1):
-            raise ValueError(f"ode_unfolds must be a positive int, got {ode_unfolds!r}")
-        return replace_fields(self, **{k: v for k, v in changes.items() if v is not None})
+    @property
+    def uses_fused_kernel(self) -> bool:
+        """Whether :meth:`advance` takes the fused fast path (fused solver, constant steps)."""
+        return self.integrator.uses_fused_step
 
     # ----------------------------------------------------------------------------- parameters
     def _positive(self, x):
@@ -257,10 +279,10 @@ class LTC(AbstractODECell):
             out = out + self.output_b
         return out
 
-    def conductances(self, t, y, args):
-        """``(num, den, cm)`` of ``cm dv/dt = num − den v``; ``args`` is the raw observation (an
+    def conductances(self, t, y, x):
+        """``(num, den, cm)`` of ``cm dv/dt = num − den v``; ``x`` is the raw observation (an
         array) or a ``diffrax.AbstractPath`` evaluated at ``t``."""
-        x = args.evaluate(t) if isinstance(args, diffrax.AbstractPath) else args
+        x = self.input_at(x, t)
         p = self.effective_params()  # [post, pre] layout
         x = self.map_input(x)
         s_sens = p.sensory_w * sigmoid(p.sensory_sigma * (x[None, :] - p.sensory_mu))
@@ -274,50 +296,6 @@ class LTC(AbstractODECell):
         time constants at state ``y`` under observation ``x``."""
         _, den, cm = self.conductances(0.0, y, x)
         return cm / den
-
-    @property
-    def uses_fused_kernel(self) -> bool:
-        """Whether :meth:`advance` takes the fused fast path (fused solver, constant steps)."""
-        from ..solvers import FusedSemiImplicit
-
-        return isinstance(self.solver, FusedSemiImplicit) and isinstance(
-            self.stepsize_controller, diffrax.ConstantStepSize
-        )
-
-    def advance(self, state, x, t0, t1, *, key=None):
-        del key
-        if self.uses_fused_kernel:
-            dt = jnp.asarray(t1, state.dtype) - jnp.asarray(t0, state.dtype)
-            return fused_ltc_step(
-                self.effective_params(), self.map_input(x), state, dt,
-                self.ode_unfolds, self.solver.epsilon,
-            )
-        return self.solve(state, x, t0, t1).ys[-1]
-
-    def solve(self, y0, args, t0, t1, saveat: diffrax.SaveAt | None = None):
-        """Integrate the LTC ODE from ``t0`` to ``t1`` with ``diffrax.diffeqsolve`` and this cell's
-        solver, controller and adjoint. ``args``: the raw observation (held) or a path.
-
-        Constant step sizes take ``ode_unfolds`` steps of ``(t1 − t0) / ode_unfolds``; an adaptive
-        controller starts from that step size.
-
-        **Returns:** the ``diffrax.Solution`` (``.ys``, ``.stats`` with ``num_steps``).
-        """
-        from ..solvers import make_term, with_root_finder_tols
-
-        saveat = diffrax.SaveAt(t1=True) if saveat is None else saveat
-        dtype = y0.dtype
-        t0 = jnp.asarray(t0, dtype)
-        t1 = jnp.asarray(t1, dtype)
-        # StepTo fixes the step locations itself; otherwise start from ode_unfolds equal steps.
-        dt0 = None if isinstance(self.stepsize_controller, diffrax.StepTo) else (
-            (t1 - t0) / self.ode_unfolds)
-        solver = with_root_finder_tols(self.solver, self.stepsize_controller, dtype)
-        return diffrax.diffeqsolve(
-            make_term(self), solver, t0, t1, dt0, y0, args,
-            saveat=saveat, stepsize_controller=self.stepsize_controller, adjoint=self.adjoint,
-            max_steps=self.max_steps,
-        )
 
 
 def nonnegative_mask(model: Any) -> Any:

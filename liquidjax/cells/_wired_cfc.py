@@ -10,7 +10,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from ._base import AbstractCell
+from ..wirings import Wiring
+from ._base import AbstractWiredCell
 from ._cfc import CfC, Mode
 
 
@@ -33,7 +34,7 @@ def wired_cfc_masks(wiring: Any) -> list[np.ndarray]:
     return masks
 
 
-class WiredCfC(AbstractCell):
+class WiredCfC(AbstractWiredCell):
     r"""A CfC whose connectivity follows an NCP wiring (ncps ``WiredCfCCell``).
 
     One :class:`CfC` block without backbone (``backbone_layers=0``) per wiring layer
@@ -70,7 +71,7 @@ class WiredCfC(AbstractCell):
     """
 
     layers: tuple[CfC, ...]
-    wiring: Any = eqx.field(static=True)
+    wiring: Wiring = eqx.field(static=True)
     layer_sizes: tuple[int, ...] = eqx.field(static=True)
     neuron_ids: tuple[int, ...] = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
@@ -100,7 +101,12 @@ class WiredCfC(AbstractCell):
                     f"cannot use {name}={value!r} with a wired CfC (it has no backbone); "
                     f"pass units as an int for a backbone"
                 )
-        built_dim = getattr(wiring, "input_dim", None)
+        if not isinstance(wiring, Wiring):
+            raise TypeError(
+                f"wiring must be a liquidjax.wirings.Wiring (e.g. AutoNCP(16, 4)), got "
+                f"{type(wiring).__name__}"
+            )
+        built_dim = wiring.input_dim
         if built_dim is None:
             if input_size is None:
                 raise ValueError(
