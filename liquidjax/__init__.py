@@ -22,6 +22,8 @@ from .cells import (
     LTC as LTC,
     AbstractCell as AbstractCell,
     AbstractODECell as AbstractODECell,
+    AbstractConductanceCell as AbstractConductanceCell,
+    AbstractWiredCell as AbstractWiredCell,
     MixedMemory as MixedMemory,
     WiredCfC as WiredCfC,
     nonnegative_projection as nonnegative_projection,
@@ -31,6 +33,7 @@ from .interop.ncps import from_ncps as from_ncps, to_ncps as to_ncps
 from .layers import LiquidRNN as LiquidRNN
 from .solvers import (
     FusedSemiImplicit as FusedSemiImplicit,
+    Integrator as Integrator,
     LiquidTerm as LiquidTerm,
     count_vf_evals as count_vf_evals,
     solver_from_name as solver_from_name,

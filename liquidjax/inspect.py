@@ -18,7 +18,7 @@ Figures of these quantities come from [`liquidjax.plot`][liquidjax.plot].
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._static import replace_fields
-from .cells import LTC, AbstractCell, AbstractODECell, MixedMemory
+from .cells import LTC, AbstractCell, AbstractODECell
 from .layers import LiquidRNN
 from .solvers import solve
 
@@ -92,8 +92,6 @@ def hidden_states(
 
 def _ltc_cell(rnn: LiquidRNN | AbstractCell) -> LTC:
     cell = rnn.cell if isinstance(rnn, LiquidRNN) else rnn
-    if isinstance(cell, MixedMemory):
-        cell = cell.cell
     if not isinstance(cell, LTC):
         raise ValueError(
             f"system time constants need an LTC cell, got {type(cell).__name__}; a CfC has no "

@@ -45,23 +45,19 @@ class LiquidTerm(diffrax.AbstractTerm):
     cell: Any
     counter: Callable[..., None] | None = eqx.field(default=None, static=True)
 
-    def _tick(self):
-        if self.counter is not None:
-            jax.debug.callback(self.counter)
-
     def vf(self, t, y, args):
-        self._tick()
+        _report(self.counter, 1, y)
         return self.cell.vector_field(t, y, args)
 
     def conductances(self, t, y, args):
-        self._tick()
+        _report(self.counter, 1, y)
         return self.cell.conductances(t, y, args)
 
     def contr(self, t0, t1, **kwargs):
         return t1 - t0
 
     def prod(self, vf, control):
-        return vf * control
+        return jax.tree_util.tree_map(lambda v: v * control, vf)
 
 
 class FusedSemiImplicit(diffrax.AbstractSolver):
@@ -107,10 +103,12 @@ class FusedSemiImplicit(diffrax.AbstractSolver):
 
 
 def _liquid_term(terms) -> LiquidTerm:
-    # diffeqsolve wraps terms (e.g. in a WrapTerm that handles the direction of integration);
-    # the fused step integrates forward in time and needs the cell's conductance split.
+    # diffeqsolve wraps terms in a WrapTerm (the direction of integration); the fused step
+    # integrates forward in time and needs the cell's conductance split.
+    from diffrax._term import WrapTerm
+
     inner = terms
-    while not isinstance(inner, LiquidTerm) and hasattr(inner, "term"):
+    while isinstance(inner, WrapTerm):
         inner = inner.term
     if not isinstance(inner, LiquidTerm):
         raise TypeError(
@@ -174,9 +172,12 @@ def count_vf_evals(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
     * the fused fast path (:class:`FusedSemiImplicit` with constant steps, held input) counts
       its ``ode_unfolds`` conductance evaluations per observation, like the same solver through
       diffrax;
-    * under ``jax.vmap`` the count is the **sum over the batch**; a padded (masked) step counts
-      what was computed for it: its fused unfolds (they run and are discarded), and nothing in an
-      adaptive solve (masked steps are integrated over Δt = 0, no steps are taken).
+    * under ``jax.vmap`` the count is the **sum over the batch**: every example counts each
+      evaluation made on it — under ``vmap`` an adaptive solve's loop runs until the slowest
+      example is done, and examples already done are evaluated (and discarded) too;
+    * a padded (masked) step counts what was computed for it: its fused unfolds (they run and
+      are discarded), and nothing in an adaptive solve of one sequence (masked steps are
+      integrated over Δt = 0, no step is taken).
 
     **Returns:** ``(fn(*args), number_of_evaluations)``.
     """
@@ -194,12 +195,17 @@ def count_vf_evals(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
     return out, int(box)
 
 
-def count_fused_evals(n: int) -> None:
-    """Report ``n`` conductance evaluations made outside a diffrax term (the fused fast path)
-    to an enclosing :func:`count_vf_evals`; a no-op otherwise."""
-    counter = _COUNTER.get()
+def _report(counter: Callable[..., None] | None, n: int, state: Any) -> None:
+    # The state rides along so that under vmap the callback runs once per example (an
+    # unbatched callback would run once per batch).
     if counter is not None:
-        jax.debug.callback(counter, n)
+        jax.debug.callback(lambda _: counter(n), jax.tree_util.tree_leaves(state)[0])
+
+
+def count_fused_evals(n: int, state: Any) -> None:
+    """Report ``n`` conductance evaluations made outside a diffrax term (the fused fast path,
+    on `state`) to an enclosing :func:`count_vf_evals`; a no-op otherwise."""
+    _report(_COUNTER.get(), n, state)
 
 
 def make_term(cell: Any) -> LiquidTerm:

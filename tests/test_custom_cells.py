@@ -13,7 +13,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import liquidjax as lj
-from liquidjax.cells import AbstractConductanceCell, AbstractODECell
+from liquidjax.cells import AbstractODECell
 from liquidjax.solvers import FusedSemiImplicit, Integrator
 
 GUIDE = Path(__file__).parent.parent / "docs" / "custom_cells.md"
@@ -103,9 +103,11 @@ def test_guide_fused_path_equals_diffrax_fused_solver(guide):
 
 
 def test_guide_training(guide):
-    result = guide["result"]
-    losses = [r["loss"] for r in result.history if "loss" in r]
-    assert losses and all(np.isfinite(losses))
+    result, model = guide["result"], guide["model"]
+    losses = [r["train_loss"] for r in result.history]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    trained = result.model.layers[0].cell
+    assert float(jnp.max(jnp.abs(trained.W - model.layers[0].cell.W))) > 1e-4  # it learned
 
 
 def test_fused_solver_on_general_form_cell_is_refused():
@@ -223,9 +225,10 @@ def test_count_vf_evals_fused_pid_and_padding():
     assert n == 3 * 6 * 4
     # a PIDController among the arguments
     pid = diffrax.PIDController(rtol=1e-5, atol=1e-7)
-    _, n_pid = lj.count_vf_evals(
-        lambda c, ctrl: lj.LiquidRNN(c.with_solver(diffrax.Tsit5(), stepsize_controller=ctrl))(x)[0],
-        cell, pid)
+    def run(c, ctrl):
+        return lj.LiquidRNN(c.with_solver(diffrax.Tsit5(), stepsize_controller=ctrl))(x)[0]
+
+    _, n_pid = lj.count_vf_evals(run, cell, pid)
     assert n_pid > 6 * 6  # Tsit5: at least 6 evaluations per accepted step
     # padded steps of an adaptive solve cost nothing, and change nothing
     tsit = cell.with_solver(diffrax.Tsit5(), stepsize_controller=pid)

@@ -210,7 +210,7 @@ class AbstractODECell(AbstractCell):
             dtype = jax.tree_util.tree_leaves(state)[0].dtype
             dt = jnp.asarray(t1, dtype) - jnp.asarray(t0, dtype)
             unfolds = self.integrator.ode_unfolds
-            count_fused_evals(unfolds)
+            count_fused_evals(unfolds, state)
             return self.fused_unfolds(state, x, dt, unfolds, self.integrator.solver.epsilon)
         sol = solve(self, state, x, t0, t1)
         return jax.tree_util.tree_map(lambda y: y[-1], sol.ys)

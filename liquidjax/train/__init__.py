@@ -8,6 +8,7 @@ from ._checkpoint import (
     load_checkpoint as load_checkpoint,
     read_header as read_header,
     save_checkpoint as save_checkpoint,
+    wiring_signature as wiring_signature,
 )
 from ._config import (
     TrainConfig as TrainConfig,

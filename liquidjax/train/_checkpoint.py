@@ -7,7 +7,14 @@ File layout (``ckpt-<step>.ljx``, format version 2)::
     32 bytes                       SHA-256 of the H header bytes
     H bytes                        JSON header: format version, step/epoch, data-order state,
                                    model + train config, payload length and SHA-256, ...
-    payload                        eqx.tree_serialise_leaves of the TrainState
+    payload                        eqx.tree_serialise_leaves of the TrainState's *arrays*
+
+The payload holds only array leaves (header ``"payload": "arrays"``): Python scalars in the
+tree — integration settings such as a ``PIDController``'s tolerances, dropout rates — are
+configuration, taken from the model being loaded into, so weights trained with one solver load
+into the same model configured with another. The header records the wiring of every wired cell
+(``"wirings"``, each :class:`~liquidjax.wirings.Wiring`'s repr: kind, arguments, seed, input
+size); loading into a model with other wirings is refused, naming both.
 
 Every byte is covered: the header by the digest before it, the payload by the digest in the
 header, the header length by both (a wrong length reads other bytes as the header). Version 1
@@ -22,6 +29,7 @@ temporary file (ignored, and cleaned up by the next save).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -35,6 +43,8 @@ from typing import Any
 import equinox as eqx
 import jax
 import numpy as np
+
+from ..wirings import Wiring
 
 MAGIC = b"LIQUIDJAX-CKP2\n"
 MAGIC_V1 = b"LIQUIDJAX-CKPT\n"  # format 1: the header was not covered by a checksum
@@ -98,6 +108,29 @@ def _to_host(tree: Any) -> Any:
     )
 
 
+def wiring_signature(tree: Any) -> list[str]:
+    """The distinct wirings held anywhere in `tree` (static fields of its Modules), as sorted
+    reprs such as ``"AutoNCP(units=16, output_size=4, sparsity_level=0.5, seed=1).build(3)"``.
+    Two models with the same signature have the same connectivity."""
+    found: set[str] = set()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, Wiring):
+            found.add(repr(x))
+        elif isinstance(x, eqx.Module):
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name))
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+
+    walk(tree)
+    return sorted(found)
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     state: Any,
@@ -128,10 +161,12 @@ def save_checkpoint(
         return path
     d.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, host_state)
+    eqx.tree_serialise_leaves(buf, eqx.filter(host_state, eqx.is_array))
     payload = buf.getvalue()
     full = dict(header)
     full.update(
+        payload="arrays",
+        wirings=wiring_signature(state),
         format_version=FORMAT_VERSION,
         payload_bytes=len(payload),
         payload_sha256=hashlib.sha256(payload).hexdigest(),
@@ -266,8 +301,9 @@ def load_checkpoint(
     **Returns:** ``(state, header)``.
 
     Raises :class:`CheckpointError` naming the file and the problem: bad magic or version,
-    truncation, checksum mismatch, a different model config (each differing field), or leaves
-    whose shapes/dtypes do not match.
+    truncation, checksum mismatch, a different model config (each differing field), other
+    wirings (both named), or leaves whose shapes/dtypes do not match. Integration settings are
+    not part of a checkpoint: the loaded state keeps those of `like`.
 
     **Example:**
     ```python
@@ -281,9 +317,20 @@ def load_checkpoint(
             raise CheckpointError(
                 path, "it was written for a different model:\n  " + "\n  ".join(diff)
             )
+    saved_wirings = header.get("wirings")
+    if saved_wirings is not None and saved_wirings != wiring_signature(like):
+        raise CheckpointError(
+            path, f"it was written for a model with wiring(s) {saved_wirings}, but the model to "
+            f"load into has {wiring_signature(like)}: build it with the checkpoint's wiring "
+            "(same kind, arguments, seed and input size)"
+        )
+    arrays_only = header.get("payload") == "arrays"  # older files hold every leaf
     stream = io.BytesIO(payload)
     try:
-        state = eqx.tree_deserialise_leaves(stream, like)
+        target = eqx.filter(like, eqx.is_array) if arrays_only else like
+        state = eqx.tree_deserialise_leaves(stream, target)
+        if arrays_only:
+            state = eqx.combine(state, eqx.filter(like, eqx.is_array, inverse=True))
         if not prefix and stream.tell() != len(payload):
             raise ValueError(
                 f"{len(payload) - stream.tell()} bytes left over after the expected leaves"
