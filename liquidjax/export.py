@@ -241,7 +241,8 @@ class Stepper:
         self.state_size = int(plan.init.size)
         self.dtype = plan.dtype
         self._fn = _batched(plan.fn, batch_shape)
-        self._compiled = jax.jit(self._fn).lower(*_step_specs(plan, batch_shape)).compile()
+        specs = _step_specs(plan, batch_shape)
+        self._compiled = jax.jit(_folded(self._fn, specs)).lower(*specs).compile()
         self._init = jnp.broadcast_to(jnp.asarray(plan.init), batch_shape + plan.init.shape)
 
     def __call__(
@@ -422,7 +423,7 @@ def to_stablehlo(
     functions = {}
     for name, fn, specs, n in todo:
         try:
-            exported = jax.export.export(jax.jit(fn), **kw)(*specs)
+            exported = jax.export.export(jax.jit(_folded(fn, specs)), **kw)(*specs)
         except Exception as e:  # re-raised with the model named
             cells = ", ".join(type(c).__name__ for c in plan.cells)
             raise ValueError(
@@ -465,10 +466,11 @@ _NO_ONNX = {
 }
 
 
-def _eval_inlined(jaxpr, consts, args):
+def _eval_inlined(jaxpr, consts, args, *, onnx: bool):
     """Evaluate ``jaxpr`` binding plain primitives only: calls and custom-derivative wrappers are
-    inlined, scans (fixed trip count: ODE unfolds, the time loop) unrolled. Raises
-    :class:`_NotExportable` for what has no fixed-size graph."""
+    inlined (an exported forward pass needs no derivative rules). With ``onnx``, scans (fixed
+    trip count: the ODE unfolds, the time loop) are unrolled too and what has no fixed-size
+    graph raises :class:`_NotExportable`."""
     from jax.extend.core import ClosedJaxpr, Literal
 
     env: dict[Any, Any] = {}
@@ -486,21 +488,24 @@ def _eval_inlined(jaxpr, consts, args):
         if name in _CALL_PARAMS and _CALL_PARAMS[name] in eqn.params:
             inner = eqn.params[_CALL_PARAMS[name]]
             if isinstance(inner, ClosedJaxpr):
-                outs = _eval_inlined(inner.jaxpr, inner.consts, invals)
+                outs = _eval_inlined(inner.jaxpr, inner.consts, invals, onnx=onnx)
             else:
-                outs = _eval_inlined(inner, (), invals)
-        elif name == "scan":
+                outs = _eval_inlined(inner, (), invals, onnx=onnx)
+        elif onnx and name == "scan":
             outs = _unroll_scan(eqn.params, invals)
-        elif name in _NO_ONNX:
+        elif onnx and name in _NO_ONNX:
             raise _NotExportable(_NO_ONNX[name])
         else:
-            with eqn.ctx.manager:
-                outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
+            outs = _bind(eqn, invals)
         for v, o in zip(eqn.outvars, outs, strict=True):
             env[v] = o
     return [read(v) for v in jaxpr.outvars]
+
+
+def _bind(eqn, invals):
+    with eqn.ctx.manager:
+        outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+    return outs if eqn.primitive.multiple_results else [outs]
 
 
 def _unroll_scan(params, invals):
@@ -510,7 +515,8 @@ def _unroll_scan(params, invals):
     ys = []
     steps = range(length - 1, -1, -1) if params["reverse"] else range(length)
     for i in steps:
-        outs = _eval_inlined(body.jaxpr, body.consts, [*consts, *carry, *(x[i] for x in xs)])
+        outs = _eval_inlined(body.jaxpr, body.consts, [*consts, *carry, *(x[i] for x in xs)],
+                             onnx=True)
         carry, y = outs[:ncarry], outs[ncarry:]
         ys.append(y)
     if params["reverse"]:
@@ -520,12 +526,50 @@ def _unroll_scan(params, invals):
     return [*carry, *stacked]
 
 
-def _onnx_ready(fn: Callable, specs) -> Callable:
-    """``fn`` as a function of plain, fixed-size primitives (see :func:`_eval_inlined`)."""
-    closed = jax.make_jaxpr(fn)(*specs)
+def _folded(fn: Callable, specs, *, onnx: bool = False) -> Callable:
+    """``fn`` with its calls inlined (see :func:`_eval_inlined`) and every computation that
+    depends on the parameters only — positivity reparameterisations, masks, transposes, the
+    LTC's per-neuron constants — done once, now: the returned function computes only what
+    depends on its arguments, with the folded values as constants."""
+    from jax.extend.core import Literal
 
-    def flat_fn(*args):
-        outs = _eval_inlined(closed.jaxpr, closed.consts, args)
+    closed = jax.make_jaxpr(fn)(*specs)
+    inlined = jax.make_jaxpr(
+        lambda *a: _eval_inlined(closed.jaxpr, closed.consts, a, onnx=onnx))(*specs)
+    jaxpr = inlined.jaxpr
+    known = set(jaxpr.constvars)
+    now, later = [], []
+    for eqn in jaxpr.eqns:
+        if not eqn.effects and all(isinstance(v, Literal) or v in known for v in eqn.invars):
+            now.append(eqn)
+            known.update(eqn.outvars)
+        else:
+            later.append(eqn)
+    needed: dict[Any, None] = {}  # known values the remaining computation reads, in order
+    for v in [*(v for eqn in later for v in eqn.invars), *jaxpr.outvars]:
+        if not isinstance(v, Literal) and v in known:
+            needed[v] = None
+
+    def run(eqns, env):
+        def read(v):
+            return v.val if isinstance(v, Literal) else env[v]
+
+        for eqn in eqns:
+            for v, o in zip(eqn.outvars, _bind(eqn, [read(v) for v in eqn.invars]), strict=True):
+                env[v] = o
+        return read
+
+    def constants(*consts):
+        read = run(now, dict(zip(jaxpr.constvars, consts, strict=True)))
+        return [read(v) for v in needed]
+
+    values = jax.jit(constants)(*inlined.consts)
+
+    def folded(*args):
+        env = dict(zip(needed, values, strict=True))
+        env.update(zip(jaxpr.invars, args, strict=True))
+        read = run(later, env)
+        outs = [read(v) for v in jaxpr.outvars]
         # An ONNX value has one name: an output that is another output (a CfC's output is its
         # state) or an input gets a copy of its own.
         seen: set[int] = {id(a) for a in args}
@@ -535,8 +579,7 @@ def _onnx_ready(fn: Callable, specs) -> Callable:
             seen.add(id(outs[i]))
         return tuple(outs)
 
-    jax.make_jaxpr(flat_fn)(*specs)  # raises _NotExportable now, not inside the converter
-    return flat_fn
+    return folded
 
 
 @contextlib.contextmanager
@@ -627,7 +670,7 @@ def to_onnx(
     functions = {}
     for name, fn, specs, n, in_names, out_names in todo:
         try:
-            flat_fn = _onnx_ready(fn, specs)
+            flat_fn = _folded(fn, specs, onnx=True)
         except _NotExportable as e:
             cells = ", ".join(type(c).__name__ for c in plan.cells)
             raise ValueError(
