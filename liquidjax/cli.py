@@ -8,6 +8,7 @@ Strings become objects only here and in :func:`liquidjax.models.build_model`.
 liquidjax train                                   # CfC on CIFAR-10 rows (tfds)
 liquidjax train --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist
 liquidjax train --dataset irregular_sine --cell ltc --wiring ncp --units 16 --epochs 3
+liquidjax train --dataset ts --data-dir ~/UEA --name BasicMotions     # NAME_TRAIN.ts, NAME_TEST.ts
 liquidjax train --resume --out-dir runs/fashion_mnist-cfc      # continue a run
 liquidjax evaluate runs/fashion_mnist-cfc --split test
 ```
@@ -34,7 +35,9 @@ from .solvers import SOLVER_NAMES
 
 IMAGE_DATASETS: tuple[str, ...] = ("cifar10", "mnist", "fashion_mnist")
 SYNTHETIC_DATASETS: tuple[str, ...] = ("irregular_sine", "two_spirals")
-DATASETS: tuple[str, ...] = IMAGE_DATASETS + SYNTHETIC_DATASETS
+TS_DATASETS: tuple[str, ...] = ("ts",)
+DATASETS: tuple[str, ...] = IMAGE_DATASETS + SYNTHETIC_DATASETS + TS_DATASETS
+MISSING_MODES: tuple[str, ...] = ("features", "zero")
 SEQUENCE_MODES: tuple[str, ...] = ("rows", "pixels", "patches")
 SPLITS: tuple[str, ...] = ("test", "val", "train")
 # Synthetic tasks: examples generated per split (each split from its own seed).
@@ -123,7 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "fmnist": "fashion_mnist"}),
                    default="cifar10", help=f"one of: {', '.join(DATASETS)} (default cifar10)")
     g.add_argument("--data-dir", default=None,
-                   help="folder with the original files or a tfds data dir (default: tfds's)")
+                   help="folder with the original files or a tfds data dir (default: tfds's); "
+                        "--dataset ts: the folder holding NAME_TRAIN.ts and NAME_TEST.ts")
+    g.add_argument("--name", default=None,
+                   help="--dataset ts: the UEA/UCR problem name (reads NAME_TRAIN.ts and "
+                        "NAME_TEST.ts from --data-dir or --data-dir/NAME)")
+    g.add_argument("--missing", type=_choice(MISSING_MODES), default="features",
+                   help="--dataset ts: how missing values (NaN, '?') reach the model: features "
+                        "(last observation carried forward + observation mask + time since the "
+                        "last observation, GRU-D style; default) or zero")
     g.add_argument("--sequence", type=_choice(SEQUENCE_MODES), default="rows",
                    help="how images become sequences: rows, pixels or patches (default rows)")
     g.add_argument("--patch-size", type=pos, default=4, help="patch size for --sequence patches")
@@ -219,6 +230,8 @@ class _Data:
     num_classes: int
     image_shape: tuple[int, int, int] | None
     info: dict[str, Any]
+    task: str = "classification"
+    target_size: int = 1
 
 
 def _limit_image(ds, limit: int | None):
@@ -238,9 +251,50 @@ def _synthetic(name: str, split: str, seed: int, limit: int | None):
     return fn(n, seed=1000 * seed + offset)
 
 
+def _ts_task(data_dir, name, val_fraction, missing, limit):
+    from . import data as ld
+
+    task = ld.load_ts_task(data_dir, name, val_fraction=val_fraction, seed=_VAL_SEED,
+                           missing=missing)
+    if limit is not None:
+        task = dataclasses.replace(task, **{
+            k: getattr(task, k).take(np.arange(min(limit, len(getattr(task, k)))))
+            for k in ("train", "val", "test")})
+    return task
+
+
 def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
     from . import data as ld
 
+    if args.dataset == "ts":
+        if args.data_dir is None or args.name is None:
+            raise _UsageError("--dataset ts needs --data-dir FOLDER and --name NAME (the files "
+                              "FOLDER/NAME_TRAIN.ts and FOLDER/NAME_TEST.ts)")
+        task = _ts_task(args.data_dir, args.name, args.val_fraction, args.missing,
+                        args.limit_examples)
+        if len(task.train) < batch_size:
+            raise _UsageError(f"--batch-size {batch_size} is larger than the training part of "
+                              f"{args.name} ({len(task.train)} examples after the validation "
+                              "hold-out); pass a smaller --batch-size")
+        norm = task.normalizer
+        return _Data(
+            train=task.train_loader(batch_size, seed=args.seed),
+            val=task.eval_loader("val", eval_batch) if len(task.val) else None,
+            test_split=lambda: task.eval_loader("test", eval_batch),
+            input_size=task.input_size,
+            num_classes=task.train.num_classes,
+            image_shape=None,
+            info={"dataset": "ts", "name": args.name,
+                  "data_dir": str(Path(args.data_dir).resolve()),
+                  "val_fraction": args.val_fraction, "val_seed": _VAL_SEED,
+                  "missing": args.missing, "limit_examples": args.limit_examples,
+                  "task": task.task, "time_scale": task.time_scale,
+                  "mean": None if norm is None else norm.mean.tolist(),
+                  "std": None if norm is None else norm.std.tolist(),
+                  "source": task.train.source},
+            task=task.task,
+            target_size=task.train.target_size if task.task == "regression" else 1,
+        )
     if args.dataset in SYNTHETIC_DATASETS:
         train = _synthetic(args.dataset, "train", args.seed, args.limit_examples)
         val = _synthetic(args.dataset, "val", args.seed, args.limit_examples)
@@ -287,7 +341,8 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
 # Data settings that change the training trajectory, with the value a checkpoint written before
 # the setting existed implies.
 _DATA_TRAJECTORY = {"dataset": None, "sequence": None, "patch_size": None, "val_fraction": None,
-                    "limit_examples": None, "augment": False, "augment_padding": 4}
+                    "limit_examples": None, "augment": False, "augment_padding": 4,
+                    "name": None, "missing": None}
 
 
 def _check_resumable(ckpt: Path, mconfig, data_info: dict[str, Any]) -> dict[str, Any]:
@@ -348,13 +403,15 @@ def _train(args) -> int:
             f"{out_dir} already holds checkpoints (newest: {existing[-1].name}); pass --resume to "
             "continue that run, or choose another --out-dir (nothing was overwritten)"
         )
-    def model_config(input_size: int, num_classes: int, image_shape) -> ModelConfig:
+    def model_config(input_size: int, num_classes: int, image_shape,
+                     task: str = "classification", target_size: int = 1) -> ModelConfig:
         try:
-            if args.model == "conv" and args.dataset in SYNTHETIC_DATASETS:
+            if args.model == "conv" and args.dataset not in IMAGE_DATASETS:
                 raise ValueError(
                     f"--model conv needs an image dataset ({', '.join(IMAGE_DATASETS)})")
             return ModelConfig(
                 input_size=input_size, num_classes=num_classes, kind=args.model,
+                task=task, target_size=target_size,
                 cell=args.cell, units=args.units, wiring=args.wiring,
                 motor_neurons=args.motor_neurons, layers=args.layers, readout=args.readout,
                 dropout=args.dropout, mixed_memory=args.mixed_memory, solver=args.solver,
@@ -370,10 +427,11 @@ def _train(args) -> int:
     # Check the flags before spending time on the data; the data then fixes the sizes.
     model_config(1, 10, (256, 256, 1))
     data = _load_data(args, args.batch_size, eval_batch)
-    mconfig = model_config(data.input_size, data.num_classes, data.image_shape)
+    mconfig = model_config(data.input_size, data.num_classes, data.image_shape, data.task,
+                           data.target_size)
     model = build_model(mconfig, key=jax.random.key(args.seed))
     nparams = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)))
-    print(f"liquidjax: {args.dataset} ({data.info.get('source', 'synthetic')}), "
+    print(f"liquidjax: {args.dataset} ({data.info.get('source', 'synthetic')}), {data.task}, "
           f"{args.model}/{args.cell}/{args.wiring}, {args.units} units, {nparams} parameters, "
           f"{parallel.num_devices} device(s) [{jax.devices()[0].platform}], out dir {out_dir}",
           file=sys.stderr, flush=True)
@@ -397,18 +455,28 @@ def _train(args) -> int:
             drop_last=False)
         t0 = time.perf_counter()
         ev = lt.evaluate(result.model, loader, parallel=parallel)
-        summary = {"test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
-                   "test_examples": ev["count"], "eval_time_s": round(time.perf_counter() - t0, 2)}
+        summary = {f"test_{k}": v for k, v in ev.items() if k != "count"}
+        summary.update(test_examples=ev["count"], eval_time_s=round(time.perf_counter() - t0, 2))
         lt.RunLogger(out_dir, progress="none").record("test", **summary)
     if jax.process_index() == 0:
         last = result.history[-1] if result.history else {}
         lines = [f"done: {out_dir}"]
         if last:
-            lines.append(f"  last epoch {last['epoch']}: train acc {last['train_accuracy']:.4f}"
-                         + (f", val acc {last['val_accuracy']:.4f}" if "val_accuracy" in last
-                            else "") + f", {last['train_time_s']:.1f} s/epoch")
-        if summary:
+            if data.task == "classification":
+                lines.append(
+                    f"  last epoch {last['epoch']}: train acc {last['train_accuracy']:.4f}"
+                    + (f", val acc {last['val_accuracy']:.4f}" if "val_accuracy" in last
+                       else "") + f", {last['train_time_s']:.1f} s/epoch")
+            else:
+                lines.append(
+                    f"  last epoch {last['epoch']}: train loss {last['train_loss']:.4f}"
+                    + (f", val rmse {last['val_rmse']:.4f}" if "val_rmse" in last else "")
+                    + f", {last['train_time_s']:.1f} s/epoch")
+        if summary and data.task == "classification":
             lines.append(f"  test accuracy {summary['test_accuracy']:.4f} "
+                         f"(loss {summary['test_loss']:.4f}, {summary['test_examples']} examples)")
+        elif summary:
+            lines.append(f"  test rmse {summary['test_rmse']:.4f}, mae {summary['test_mae']:.4f} "
                          f"(loss {summary['test_loss']:.4f}, {summary['test_examples']} examples)")
         lines.append(f"  checkpoint {result.checkpoint}")
         if result.plot is not None:
@@ -448,7 +516,14 @@ def _evaluate(args) -> int:
         raise _UsageError(str(e)) from None
     model, _ = lt.restore_model(path, build_model(mconfig, key=jax.random.key(0)))
 
-    if name in SYNTHETIC_DATASETS:
+    if name == "ts":
+        data_dir = args.data_dir if args.data_dir is not None else info.get("data_dir")
+        task = _ts_task(data_dir, info["name"], float(info.get("val_fraction", 0.1)),
+                        info.get("missing", "features"), args.limit_examples)
+        if len(getattr(task, args.split)) == 0:
+            raise _CliError(f"the {args.split} split of {info['name']} is empty")
+        loader = task.eval_loader(args.split, args.batch_size)
+    elif name in SYNTHETIC_DATASETS:
         split = _synthetic(name, args.split, int(info.get("synthetic_seed", 0)), args.limit_examples)
         loader = ld.Loader(split, args.batch_size, shuffle=False, drop_last=False)
     else:
@@ -470,7 +545,9 @@ def _evaluate(args) -> int:
     t0 = time.perf_counter()
     ev = lt.evaluate(model, loader, parallel=parallel)
     dt = time.perf_counter() - t0
-    print(f"{path}: {name} {args.split}: accuracy {ev['accuracy']:.4f}, loss {ev['loss']:.4f} "
+    shown = (f"accuracy {ev['accuracy']:.4f}" if mconfig.task == "classification"
+             else f"rmse {ev['rmse']:.4f}, mae {ev['mae']:.4f}")
+    print(f"{path}: {name} {args.split}: {shown}, loss {ev['loss']:.4f} "
           f"({ev['count']} examples, step {header.get('step')}, {dt:.1f} s)", flush=True)
     return 0
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import scipy.stats
 
 import liquidjax.data as D
 import liquidjax.train as T
+from liquidjax.models import ModelConfig, build_model
 
 # ------------------------------------------------------------------------------ .ts files
 
@@ -400,3 +403,145 @@ def test_regression_losses_with_per_step_masks():
     assert bool(jnp.isnan(T.mse(pred, target, np.zeros((3, 6), bool))))
     with pytest.raises(ValueError, match="leading axes"):
         T.mse(pred, target, mask[:, :2])
+
+
+# ------------------------------------------------------------------------------ trainer, models
+
+
+class _Linear(eqx.Module):
+    """A stand-in model with no recurrence: cheap to compile, outputs known in closed form."""
+
+    w: jax.Array
+    per_step: bool = eqx.field(static=True, default=False)
+
+    def __call__(self, x, timespans=None, mask=None, *, key=None):
+        ys = x @ self.w
+        return ys if self.per_step else ys[0]
+
+
+def test_target_terms_per_step_labels_and_gaussian_regression():
+    rng = np.random.default_rng(9)
+    logits = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    y = rng.integers(0, 4, (3, 5)).astype(np.int32)
+    y_mask = rng.random((3, 5)) < 0.6
+    weight = np.array([1.0, 1.0, 0.0], np.float32)  # an evaluation padding row
+    batch = {"y": jnp.asarray(y), "y_mask": jnp.asarray(y_mask), "weight": jnp.asarray(weight)}
+    terms, w, hits = T.target_terms(jnp.asarray(logits), batch)
+    ce = -(logits - scipy.special.logsumexp(logits, axis=-1, keepdims=True))
+    ce = np.take_along_axis(ce, y[..., None], -1)[..., 0]
+    ref_w = y_mask * weight[:, None]
+    np.testing.assert_allclose(w, ref_w)
+    np.testing.assert_allclose(np.sum(w * terms), np.sum(ref_w * ce), rtol=1e-5)
+    np.testing.assert_allclose(np.sum(w * hits), np.sum(ref_w * (logits.argmax(-1) == y)))
+
+    out = rng.normal(size=(3, 5, 4)).astype(np.float32)  # mean and raw variance of D = 2
+    target = rng.normal(size=(3, 5, 2)).astype(np.float32)
+    terms, w, _ = T.target_terms(jnp.asarray(out), {"y": jnp.asarray(target),
+                                                   "y_mask": jnp.asarray(y_mask)})
+    var = np.log1p(np.exp(out[..., 2:])) + 1e-6
+    nll = -scipy.stats.norm.logpdf(target, out[..., :2], np.sqrt(var)).mean(-1)
+    np.testing.assert_allclose(np.where(y_mask, terms, 0), np.where(y_mask, nll, 0), rtol=1e-4)
+    with pytest.raises(ValueError, match="do not fit model outputs"):
+        T.target_terms(jnp.zeros((3, 5, 3)), {"y": jnp.asarray(target)})
+    with pytest.raises(ValueError, match="do not fit model outputs"):
+        T.target_terms(jnp.zeros((3, 4)), {"y": jnp.asarray(y)})
+
+
+def test_evaluate_reports_f1_auc_and_regression_errors_over_a_padded_batch():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(11, 3, 4)).astype(np.float32)
+    y = rng.integers(0, 2, 11).astype(np.int32)
+    model = _Linear(jnp.asarray(rng.normal(size=(4, 2)), jnp.float32))
+    ev = T.evaluate(model, T.ArrayData(x, y), batch_size=4)  # 3 batches, the last padded
+    logits = x[:, 0] @ np.asarray(model.w)
+    pred = logits.argmax(-1)
+    assert ev["count"] == 11
+    np.testing.assert_allclose(ev["accuracy"], np.mean(pred == y), rtol=1e-6)
+    s = logits[:, 1] - logits[:, 0]
+    auc = np.mean((s[y == 1][:, None] > s[y == 0][None]) + 0.5 * (s[y == 1][:, None]
+                                                                  == s[y == 0][None]))
+    np.testing.assert_allclose(ev["auc"], auc, rtol=1e-5)
+    f1 = [2 * np.sum((pred == c) & (y == c)) / (np.sum(pred == c) + np.sum(y == c))
+          for c in (0, 1)]
+    np.testing.assert_allclose(ev["macro_f1"], np.mean(f1), rtol=1e-5)
+
+    per = _Linear(model.w, per_step=True)
+    target = rng.normal(size=(11, 3, 2)).astype(np.float32)
+    y_mask = rng.random((11, 3)) < 0.7
+    ev = T.evaluate(per, T.ArrayData(x, target, y_mask=y_mask), batch_size=4)
+    err = (x @ np.asarray(model.w) - target)[y_mask]
+    assert ev["count"] == y_mask.sum() and np.isnan(ev["accuracy"])
+    np.testing.assert_allclose(ev["mse"], np.mean(err**2), rtol=1e-5)
+    np.testing.assert_allclose(ev["mae"], np.mean(np.abs(err)), rtol=1e-5)
+    np.testing.assert_allclose(ev["loss"], ev["mse"], rtol=1e-6)
+
+
+def test_per_step_regression_model_trains_on_missing_data():
+    train = D.irregular_oscillators(48, seed=0, channels=2, min_length=6, max_length=10)
+    test = D.irregular_oscillators(16, seed=1, channels=2, min_length=6, max_length=10)
+    task = D.make_time_series_task(train, test, val_fraction=0.0)
+    cfg = ModelConfig(input_size=task.input_size, num_classes=0, task="regression",
+                      per_step=True, target_size=2, units=8, backbone_units=8)
+    model = build_model(cfg, key=jax.random.key(0))
+    batch = task.arrays("test")
+    ys = jax.vmap(model)(batch["x"], batch["timespans"], batch["mask"])
+    assert ys.shape == (16, 10, 2)
+    assert float(jnp.abs(jnp.where(batch["mask"][..., None], 0, ys)).max()) == 0
+    before = T.evaluate(model, task.eval_loader("test", 8))["mse"]
+    result = T.fit(model, task.train_loader(8), T.TrainConfig(epochs=4, batch_size=8,
+                                                              learning_rate=1e-2),
+                   progress="none")
+    after = T.evaluate(result.model, task.eval_loader("test", 8))["mse"]
+    assert after < 0.8 * before
+    assert math.isnan(result.history[-1]["train_accuracy"])
+
+
+def test_model_config_tasks():
+    cfg = ModelConfig(input_size=3, num_classes=0, task="regression", target_size=2,
+                      predict_variance=True, units=4, backbone_units=4)
+    assert cfg.output_size == 4
+    model = build_model(cfg, key=jax.random.key(0))
+    assert model(jnp.ones((5, 3))).shape == (4,)
+    with pytest.raises(ValueError, match="num_classes must be at least 2"):
+        ModelConfig(input_size=3, num_classes=1)
+    with pytest.raises(ValueError, match="predict_variance applies"):
+        ModelConfig(input_size=3, num_classes=2, predict_variance=True)
+    with pytest.raises(ValueError, match="unknown task"):
+        ModelConfig(input_size=3, num_classes=2, task="ranking")
+    with pytest.raises(ValueError, match="per_step outputs need kind='sequence'"):
+        ModelConfig(input_size=3, num_classes=2, per_step=True, kind="conv",
+                    image_shape=(8, 8, 1))
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
+    from liquidjax.cli import main
+
+    rng = np.random.default_rng(11)
+    lines = ["@problemName Wave", "@timeStamps false", "@missing true", "@univariate true",
+             "@equalLength false", "@classLabel true lo hi", "@data"]
+    for split, n in (("TRAIN", 24), ("TEST", 8)):
+        rows = []
+        for i in range(n):
+            k = i % 2
+            length = rng.integers(5, 9)
+            v = np.sin(np.arange(length) * (0.5 + k)) + 0.1 * rng.normal(size=length)
+            vals = ["?" if rng.random() < 0.1 else f"{a:.3f}" for a in v]
+            rows.append(",".join(vals) + ":" + ("lo", "hi")[k])
+        (tmp_path / f"Wave_{split}.ts").write_text("\n".join(lines + rows) + "\n")
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Wave",
+            "--epochs", "1", "--batch-size", "8", "--units", "4", "--backbone-units", "4",
+            "--out-dir", str(out), "--progress", "none", "--cpu-devices", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "(loss" in printed
+    assert main(["evaluate", str(out), "--split", "test", "--batch-size", "8"]) == 0
+    assert "Wave" not in capsys.readouterr().err
+    assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path)]) == 2
+    assert "--name NAME" in capsys.readouterr().err
+    assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Nope",
+                 "--out-dir", str(tmp_path / "r2"), "--cpu-devices", "1"]) == 1
+    assert "Nope_TRAIN.ts" in capsys.readouterr().err

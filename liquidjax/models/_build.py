@@ -68,12 +68,13 @@ def _make_body(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> Se
     for i in range(config.layers):
         cell = _make_cell(config, size, key=keys[i])
         # The last layer of a "last" readout need not emit (and store) every step's output.
-        sequences = i < config.layers - 1 or config.readout == "mean"
+        sequences = i < config.layers - 1 or config.readout == "mean" or config.per_step
         layers.append(LiquidRNN(cell, return_sequences=sequences,
                                 interpolation=config.interpolation))
         size = cell.output_size
-    head = eqx.nn.Linear(size, config.num_classes, key=keys[-1])
-    return SequenceClassifier(layers, head, readout=config.readout, dropout=config.dropout)
+    head = eqx.nn.Linear(size, config.output_size, key=keys[-1])
+    return SequenceClassifier(layers, head, readout=config.readout, dropout=config.dropout,
+                              per_step=config.per_step)
 
 
 def build_model(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier:

@@ -16,9 +16,12 @@ READOUTS: tuple[str, ...] = ("last", "mean")
 
 
 class AbstractClassifier(eqx.Module):
-    """A classifier of one example: ``model(x, timespans, mask, *, key) -> logits``.
+    """A model of one example: ``model(x, timespans, mask, *, key) -> outputs``.
 
-    ``key`` enables dropout (training); ``None`` means inference.
+    The outputs are class logits or real predictions, ``(num_classes,)`` for the whole example
+    or ``(L, num_classes)`` per step (``num_classes`` is the output width; for regression the
+    target dimension, or twice it for a mean and a variance). ``key`` enables dropout
+    (training); ``None`` means inference.
     """
 
     num_classes: eqx.AbstractVar[int]
@@ -68,14 +71,22 @@ class SequenceClassifier(AbstractClassifier):
     with ``pool`` the output at the last (valid) step (``readout="last"``) or the mean over the
     valid steps (``readout="mean"``). Every layer sees the same timespans and mask.
 
+    With ``per_step=True`` (Keras ``return_sequences``) the head reads every step instead:
+    ``outputs_t = W h^{(n)}_t + b``, shape ``(L, num_classes)`` (zero on masked steps), for
+    per-step labels or real targets. The head is linear, so the same model serves
+    classification (logits) and regression (predictions; see
+    :func:`liquidjax.train.target_terms`).
+
     **Arguments:**
     - `layers`: the liquid layers, in order (each ``input_size`` equals the previous
       ``output_size``).
     - `head`: ``eqx.nn.Linear`` from the last layer's output size to the classes.
     - `readout`: ``"last"`` or ``"mean"``.
     - `dropout`: dropout rate on the pooled features (training only).
+    - `per_step`: one output per step (the last layer must return sequences).
 
-    **Returns** (of ``__call__``): logits of shape ``(num_classes,)``.
+    **Returns** (of ``__call__``): outputs of shape ``(num_classes,)``, or ``(L, num_classes)``
+    with `per_step`.
 
     **Example:**
     ```python
@@ -90,6 +101,7 @@ class SequenceClassifier(AbstractClassifier):
     dropout: float = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
+    per_step: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -98,11 +110,13 @@ class SequenceClassifier(AbstractClassifier):
         *,
         readout: str = "last",
         dropout: float = 0.0,
+        per_step: bool = False,
     ):
         self.layers = tuple(layers)
         self.head = head
         self.readout = readout
         self.dropout = float(dropout)
+        self.per_step = bool(per_step)
         self.input_size = self.layers[0].cell.input_size if self.layers else 0
         self.num_classes = int(head.out_features)  # type: ignore[arg-type]
 
@@ -120,6 +134,8 @@ class SequenceClassifier(AbstractClassifier):
                 raise ValueError(f"layer {i} must return sequences to feed layer {i + 1}")
         if self.readout == "mean" and not self.layers[-1].return_sequences:
             raise ValueError("readout='mean' needs a last layer with return_sequences=True")
+        if self.per_step and not self.layers[-1].return_sequences:
+            raise ValueError("per_step=True needs a last layer with return_sequences=True")
         if self.head.in_features != self.layers[-1].output_size:
             raise ValueError(
                 f"head expects {self.head.in_features} features but the last layer outputs "
@@ -135,8 +151,8 @@ class SequenceClassifier(AbstractClassifier):
         mask: Bool[Array, " time"] | None = None,
         *,
         key: PRNGKeyArray | None = None,
-    ) -> Float[Array, " classes"]:
-        """Class logits of one sequence ``x`` of shape ``(L, input_size)``.
+    ) -> Float[Array, " classes"] | Float[Array, "time classes"]:
+        """Outputs (logits or predictions) of one sequence ``x`` of shape ``(L, input_size)``.
 
         **Arguments:** `timespans` ``(L,)`` elapsed times (default 1.0), `mask` boolean ``(L,)``
         (``True`` on valid steps), `key` for dropout (``None``: inference).
@@ -145,6 +161,11 @@ class SequenceClassifier(AbstractClassifier):
             jax.random.split(key, len(self.layers) + 1)
         )
         h = x
+        if self.per_step:
+            for layer, k in zip(self.layers, keys):
+                h, _ = layer(h, timespans, mask, key=k)
+            ys = jax.vmap(self.head)(_dropout(h, self.dropout, keys[-1]))
+            return ys if mask is None else jnp.where(mask[:, None], ys, 0)
         for layer, k in zip(self.layers[:-1], keys):
             h, _ = layer(h, timespans, mask, key=k)
         feats = _pool(self.layers[-1], h, timespans, mask, self.readout, keys[-2])

@@ -16,6 +16,7 @@ CELL_KINDS: tuple[str, ...] = ("cfc", "ltc")
 WIRINGS: tuple[str, ...] = ("fc", "ncp", "autoncp", "random")
 CFC_MODES: tuple[str, ...] = ("default", "no_gate", "pure")
 INTERPOLATIONS: tuple[str, ...] = ("hold", "linear", "cubic")
+TASKS: tuple[str, ...] = ("classification", "regression")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,7 @@ class ModelConfig:
     **Arguments:**
     - `input_size`: features per step of the input sequence (for ``kind="conv"``: unused by the
       stem but kept for the record).
-    - `num_classes`: number of classes.
+    - `num_classes`: number of classes (classification; ignored for regression).
     - `kind`: ``"sequence"`` (liquid layers on the input sequence) or ``"conv"`` (conv stem).
     - `cell`: ``"cfc"`` or ``"ltc"``.
     - `units`: neurons per liquid layer.
@@ -55,6 +56,13 @@ class ModelConfig:
     - `conv_stem`: ``"strided"`` or ``"pooled"`` (see :class:`ConvLiquidClassifier`).
     - `conv_dropout`: dropout in the stem (after each pool, or on the feature map).
     - `conv_sequence`: ``"rows"`` or ``"columns"`` of the feature map.
+    - `task`: ``"classification"`` (logits) or ``"regression"`` (real predictions).
+    - `per_step`: one output per step (Keras ``return_sequences``) instead of one per
+      sequence (sequence models only).
+    - `target_size`: dimension of a regression target.
+    - `predict_variance`: regression only: the head also predicts a variance per target
+      (``2 · target_size`` outputs, trained by the Gaussian NLL; see
+      :func:`liquidjax.train.split_gaussian`).
 
     **Example:**
     ```python
@@ -90,8 +98,13 @@ class ModelConfig:
     conv_sequence: str = "rows"
     conv_stem: str = "strided"
     conv_dropout: float = 0.0
+    task: str = "classification"
+    per_step: bool = False
+    target_size: int = 1
+    predict_variance: bool = False
 
     def __post_init__(self):
+        check_choice("task", self.task, TASKS)
         check_choice("model kind", self.kind, MODEL_KINDS)
         check_choice("cell", self.cell, CELL_KINDS)
         check_choice("wiring", self.wiring, WIRINGS)
@@ -101,10 +114,16 @@ class ModelConfig:
         check_choice("activation", self.activation, tuple(ACTIVATIONS))
         check_choice("conv sequence", self.conv_sequence, CONV_SEQUENCES)
         check_choice("conv stem", self.conv_stem, CONV_STEMS)
-        for name in ("input_size", "num_classes", "units", "layers", "ode_unfolds"):
+        for name in ("input_size", "units", "layers", "ode_unfolds", "target_size"):
             check_positive_int(name, getattr(self, name))
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.task == "classification":
+            check_positive_int("num_classes", self.num_classes)
+            if self.num_classes < 2:
+                raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+            if self.predict_variance:
+                raise ValueError("predict_variance applies to task='regression' only")
+        if self.per_step and self.kind != "sequence":
+            raise ValueError("per_step outputs need kind='sequence'")
         if self.solver is not None:
             check_choice("solver", self.solver, SOLVER_NAMES)
             if self.cell != "ltc":
@@ -163,11 +182,19 @@ class ModelConfig:
                 )
 
     @property
+    def output_size(self) -> int:
+        """Width of the model's output: classes, or target dimensions (twice with a variance)."""
+        if self.task == "classification":
+            return self.num_classes
+        return self.target_size * (2 if self.predict_variance else 1)
+
+    @property
     def wired_motor_neurons(self) -> int:
         """Outputs of a wired layer."""
         if self.motor_neurons is not None:
             return self.motor_neurons
-        return self.num_classes if self.num_classes <= self.units - 3 else max(self.units // 3, 1)
+        out = self.output_size
+        return out if out <= self.units - 3 else max(self.units // 3, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""

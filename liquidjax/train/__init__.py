@@ -33,10 +33,24 @@ from ._logging import (
     plot_curves as plot_curves,
     read_metrics as read_metrics,
 )
+from ._metrics import (
+    accuracy as accuracy,
+    binary_auc as binary_auc,
+    confusion_matrix as confusion_matrix,
+    cross_entropy as cross_entropy,
+    f1_from_confusion as f1_from_confusion,
+    gaussian_nll as gaussian_nll,
+    macro_f1 as macro_f1,
+    mae as mae,
+    mse as mse,
+    split_gaussian as split_gaussian,
+)
 from ._sharding import DataParallel as DataParallel
 from ._step import (
     TrainState as TrainState,
     eval_step as eval_step,
+    eval_sums as eval_sums,
     model_uses_dropout as model_uses_dropout,
+    target_terms as target_terms,
     train_step as train_step,
 )

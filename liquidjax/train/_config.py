@@ -29,6 +29,8 @@ class TrainConfig:
       zero).
     - `clip_norm`: global-norm gradient clipping threshold (``None``: no clipping).
     - `label_smoothing`: in ``[0, 1)``.
+    - `regression_loss`: ``"mse"`` or ``"mae"`` for real targets (a model that predicts a mean
+      and a variance is trained by the Gaussian NLL instead).
     - `seed`: seeds the training RNG (dropout) and the data order.
     - `log_every`: read the on-device metrics (one host sync) every this many steps.
     - `checkpoint_every`: also checkpoint every this many steps (``None``: at the end of each
@@ -52,6 +54,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     clip_norm: float | None = 1.0
     label_smoothing: float = 0.0
+    regression_loss: str = "mse"
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int | None = None
@@ -78,6 +81,9 @@ class TrainConfig:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.regression_loss not in ("mse", "mae"):
+            raise ValueError(f"regression_loss must be 'mse' or 'mae', got "
+                             f"{self.regression_loss!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
 

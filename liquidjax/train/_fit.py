@@ -27,19 +27,22 @@ from ._logging import RunDirError, RunLogger, check_run_dir, plot_curves
 from ._sharding import DataParallel
 from ._step import TrainState, _forward, eval_step, model_uses_dropout, train_step
 
-_OPTIONAL = ("timespans", "mask")
+_OPTIONAL = ("timespans", "mask", "y_mask")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArrayData:
-    """A labelled split held in host memory: what :func:`fit` and :func:`evaluate` read.
+    """A split held in host memory: what :func:`fit` and :func:`evaluate` read.
 
     **Arguments:**
     - `x`: inputs, shape ``(n, ...)`` (e.g. ``(n, L, C)`` sequences or ``(n, H, W, C)`` images),
       in the dtype the model takes.
-    - `y`: integer labels ``(n,)``.
+    - `y`: integer labels ``(n,)`` (per sequence) or ``(n, L)`` (per step), or real targets
+      ``(n,)``, ``(n, D)`` (per sequence) or ``(n, L, D)`` (per step).
     - `timespans`: optional ``(n, L)`` elapsed times per step.
     - `mask`: optional boolean ``(n, L)``, ``True`` on valid steps.
+    - `y_mask`: optional boolean ``(n, L)`` for per-step targets: the steps that carry one
+      (default: `mask`).
 
     **Example:**
     ```python
@@ -51,18 +54,18 @@ class ArrayData:
     y: np.ndarray
     timespans: np.ndarray | None = None
     mask: np.ndarray | None = None
+    y_mask: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.x)
         y = np.asarray(self.y)
-        if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"y must be integer labels of shape ({n},), got {y.dtype} {y.shape}")
-        big = np.abs(y.astype(np.int64, copy=False)) > np.iinfo(np.int32).max
-        if big.any():  # checked before the int32 cast, under which they would wrap around
-            i = int(np.flatnonzero(big)[0])
-            raise ValueError(f"y: label {int(y[i])} at index {i} is not a class index (labels "
-                             "must be 0..num_classes-1)")
-        object.__setattr__(self, "y", y.astype(np.int32, copy=False))
+        if np.issubdtype(y.dtype, np.integer):
+            big = np.abs(y.astype(np.int64, copy=False)) > np.iinfo(np.int32).max
+            if big.any():  # checked before the int32 cast, under which they would wrap around
+                i = int(np.flatnonzero(big.reshape(-1))[0])
+                raise ValueError(f"y: label {int(y.reshape(-1)[i])} at index {i} is not a "
+                                 "class index (labels must be 0..num_classes-1)")
+        object.__setattr__(self, "y", _targets(y, n))
         for name in _OPTIONAL:
             v = getattr(self, name)
             if v is not None and np.shape(v)[:1] != (n,):
@@ -89,10 +92,26 @@ class ArrayData:
 DataLike = Union[Loader, ArrayData]
 
 
+def _targets(y: Any, n: int | None = None) -> np.ndarray:
+    """Labels as int32, real targets as float32; anything else is refused."""
+    y = np.asarray(y)
+    if n is not None and y.shape[:1] != (n,):
+        raise ValueError(f"y must have {n} rows like x, got shape {y.shape}")
+    if np.issubdtype(y.dtype, np.integer) and y.ndim in (1, 2):
+        return y.astype(np.int32, copy=False)
+    if np.issubdtype(y.dtype, np.floating) and y.ndim in (1, 2, 3):
+        return y.astype(np.float32, copy=False)
+    raise ValueError(
+        f"y must be integer labels (batch,) or (batch, time), or real targets (batch,), "
+        f"(batch, D) or (batch, time, D); got {y.dtype} {y.shape}"
+    )
+
+
 def batch_dict(data: Any) -> dict[str, np.ndarray]:
-    """The ``{"x", "y", "timespans"?, "mask"?}`` dict of a loader batch's data pytree: a dict, an
+    """The ``{"x", "y", "timespans"?, "mask"?, "y_mask"?}`` dict of a loader batch's data pytree: a dict, an
     ``(x, y)`` tuple (image tasks), or a named tuple with ``x``, ``y`` and optionally
-    ``timespans``/``mask`` (:class:`liquidjax.data.SequenceData`)."""
+    ``timespans``/``mask`` (:class:`liquidjax.data.SequenceData`). Labels become int32, real
+    targets float32."""
     if isinstance(data, dict):
         d = dict(data)
     elif hasattr(data, "_fields"):
@@ -106,13 +125,7 @@ def batch_dict(data: Any) -> dict[str, np.ndarray]:
         )
     if "x" not in d or "y" not in d:
         raise ValueError(f"a batch needs 'x' and 'y', got fields {sorted(d)}")
-    y = np.asarray(d["y"])
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"the classifier trainer needs integer class labels of shape (batch,), got "
-            f"{y.dtype} {y.shape} (regression targets are not supported here)"
-        )
-    out = {"x": np.asarray(d["x"]), "y": y.astype(np.int32, copy=False)}
+    out = {"x": np.asarray(d["x"]), "y": _targets(d["y"])}
     for name in _OPTIONAL:
         if d.get(name) is not None:
             out[name] = np.asarray(d[name])
@@ -269,14 +282,14 @@ class FitResult:
     plot: Path | None
 
 
-def _read(state: TrainState) -> dict[str, Any]:
+def _read(state: TrainState, labels: bool = True) -> dict[str, Any]:
     loss_sum, correct, count, bad, step = jax.device_get(
         (state.loss_sum, state.correct, state.count, state.bad_step, state.step)
     )
     count = int(count)
     return {
         "loss": float(loss_sum) / count if count else float("nan"),
-        "accuracy": int(correct) / count if count else float("nan"),
+        "accuracy": int(correct) / count if count and labels else float("nan"),
         "count": count,
         "bad_step": int(bad),
         "step": int(step),
@@ -289,27 +302,37 @@ def evaluate(
     *,
     batch_size: int = 256,
     parallel: DataParallel | None = None,
+    regression_loss: str = "mse",
 ) -> dict[str, float]:
-    """Mean loss and accuracy of `model` on `data` (inference mode: no dropout).
+    """Loss and metrics of `model` on `data` (inference mode: no dropout).
 
     The last partial batch is padded with zero-weight rows, so every batch has one shape (one
-    compile). Sums stay on device; the host reads them once.
+    compile). Sums stay on device; the host reads them once. Targets count as in training
+    (:func:`~liquidjax.train.target_terms`): per sequence, or per step where a step mask allows.
 
     **Arguments:**
-    - `model`: a classifier ``model(x, timespans, mask, *, key) -> logits``.
+    - `model`: ``model(x, timespans, mask, *, key) -> outputs`` (logits, or real predictions;
+      per sequence or per step).
     - `data`: an :class:`ArrayData`, or an evaluation :class:`liquidjax.data.Loader`
       (unshuffled, padded last batch; its batch size wins).
     - `batch_size`: evaluation batch size for an :class:`ArrayData` (divisible by the device
       count).
     - `parallel`: the :class:`DataParallel` to shard over (default: all devices).
+    - `regression_loss`: ``"mse"`` or ``"mae"``: the `loss` reported for real targets.
 
-    **Returns:** ``{"loss", "accuracy", "count"}``.
+    **Returns:** ``{"loss", "accuracy", "count"}`` and, for labels, ``"macro_f1"`` and (two
+    classes) ``"auc"`` (of ``logit_1 − logit_0``); for real targets ``"mse"``, ``"mae"``,
+    ``"rmse"`` (of the predicted mean) with ``accuracy`` NaN. ``count`` is the number of
+    counted targets (examples, or steps).
 
     **Example:**
     ```python
     evaluate(model, test_data, batch_size=512)["accuracy"]
     ```
     """
+    from ._metrics import binary_auc, f1_from_confusion
+    from ._step import eval_sums
+
     dp = DataParallel.create() if parallel is None else parallel
     if isinstance(data, Loader):
         batch_size = data.batch_size
@@ -319,14 +342,48 @@ def evaluate(
         raise ValueError("cannot evaluate on an empty split")
     _check_data_labels(model, loader, {"evaluation data": data})
     model = dp.replicate(model)
-    sums = jax.device_put(jnp.zeros((3,), jnp.float32), dp.replicated)
     rows = dp.local_rows(batch_size)
+    sums = None
+    labels = binary = False
+    scores: list[Any] = []
     for b in loader.epoch(0):
         batch = batch_dict(b.data)
         batch["weight"] = b.mask.astype(np.float32)
-        sums = eval_step(model, dp.shard_batch(_rows(batch, rows), batch_size), sums)
-    loss_sum, correct, count = (float(v) for v in jax.device_get(sums))
-    return {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
+        if sums is None:
+            labels = np.issubdtype(batch["y"].dtype, np.integer)
+            shape = jax.eval_shape(lambda m, bt: _forward(m, bt, None), model, batch).shape
+            binary = labels and shape[-1] == 2
+            sums = jax.device_put(eval_sums(shape[-1] if labels else None), dp.replicated)
+        sharded = dp.shard_batch(_rows(batch, rows), batch_size)
+        sums, outputs = eval_step(model, sharded, sums, regression_loss)
+        if binary:
+            scores.append((outputs, sharded))
+    host = jax.device_get(sums)
+    count = float(host["count"])
+    out: dict[str, Any] = {"loss": float(host["loss"]) / count, "count": round(count)}
+    if labels:
+        out["accuracy"] = float(host["correct"]) / count
+        out["macro_f1"] = float(f1_from_confusion(jnp.asarray(host["confusion"])))
+        if binary:
+            out["auc"] = _binary_auc(scores, regression_loss, binary_auc)
+    else:
+        out["accuracy"] = float("nan")
+        out["mse"] = float(host["sq_err"]) / count
+        out["mae"] = float(host["abs_err"]) / count
+        out["rmse"] = out["mse"] ** 0.5
+    return out
+
+
+def _binary_auc(scores: list[Any], regression_loss: str, binary_auc) -> float:
+    from ._step import target_terms
+
+    s, y, w = [], [], []
+    for outputs, batch in scores:
+        _, weight, _ = target_terms(outputs, batch, regression_loss=regression_loss)
+        s.append((outputs[..., 1] - outputs[..., 0]).reshape(-1))
+        y.append(batch["y"].reshape(-1))
+        w.append(weight.reshape(-1))
+    return float(binary_auc(jnp.concatenate(s), jnp.concatenate(y), jnp.concatenate(w)))
 
 
 def _resolve_resume(resume: Any, ckpt_dir: Path | None) -> Path | None:
@@ -402,6 +459,8 @@ def fit(
         raise ValueError(f"batch_size={B} is larger than the training set ({n} examples)")
     loader = _as_loader(train_data, B, config.seed, train=True)
     _check_data_labels(model, loader, {"training data": train_data, "validation data": val_data})
+    # Labels or real targets (read from the first batch): only the metrics shown depend on it.
+    labels = True
     steps_per_epoch = loader.num_batches
     total_steps = config.epochs * steps_per_epoch
     schedule = None
@@ -488,9 +547,13 @@ def fit(
             b = start_b
             for item in loader.epoch(epoch, start_step=start_b):
                 b = item.step
-                batch = dp.shard_batch(_rows(batch_dict(item.data), rows), B)
+                host_batch = batch_dict(item.data)
+                labels = bool(np.issubdtype(host_batch["y"].dtype, np.integer))
+                batch = dp.shard_batch(_rows(host_batch, rows), B)
                 state = train_step(state, optimizer, batch, use_key=use_key,
-                                   label_smoothing=config.label_smoothing, replicated=dp.replicated)
+                                   label_smoothing=config.label_smoothing,
+                                   regression_loss=config.regression_loss,
+                                   replicated=dp.replicated)
                 step += 1
                 logger.advance()
                 if compile_s is None:
@@ -505,10 +568,11 @@ def fit(
                 hit_max = config.max_steps is not None and step >= config.max_steps
                 want_ckpt = config.checkpoint_every is not None and step % config.checkpoint_every == 0
                 if step % config.log_every == 0 or at_end or hit_max or want_ckpt:
-                    read = _read(state)
+                    read = _read(state, labels)
                     check(read, epoch)
                     elapsed = time.perf_counter() - t_epoch
-                    shown = {"loss": read["loss"], "acc": read["accuracy"]}
+                    shown = {"loss": read["loss"],
+                             **({"acc": read["accuracy"]} if labels else {})}
                     if steps_timed and elapsed > 0:
                         shown["ex/s"] = round(steps_timed * B / elapsed, 1)
                     if schedule is not None:
@@ -522,7 +586,7 @@ def fit(
                 if hit_max:
                     stop = True
                     break
-            read = _read(state)
+            read = _read(state, labels)
             check(read, epoch)
             train_time = time.perf_counter() - t_epoch
             logger.end_epoch()
@@ -535,18 +599,22 @@ def fit(
             }
             if val_data is not None:
                 t0 = time.perf_counter()
-                ev = evaluate(state.model, val_data, batch_size=eval_bs, parallel=dp)
+                ev = evaluate(state.model, val_data, batch_size=eval_bs, parallel=dp,
+                              regression_loss=config.regression_loss)
                 rec.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"],
                            eval_time_s=round(time.perf_counter() - t0, 3))
+                rec.update({f"val_{k}": ev[k] for k in ("macro_f1", "auc", "mse", "mae", "rmse")
+                            if k in ev})
             path = save(epoch + 1, 0)
             rec["checkpoint"] = None if path is None else str(path)
             history.append(rec)
             logger.record("epoch", **rec)
             logger.message(
-                f"epoch {epoch + 1}/{config.epochs}: train loss {rec['train_loss']:.4f} "
-                f"acc {rec['train_accuracy']:.4f}"
-                + (f", val loss {rec['val_loss']:.4f} acc {rec['val_accuracy']:.4f}"
-                   if "val_loss" in rec else "")
+                f"epoch {epoch + 1}/{config.epochs}: train loss {rec['train_loss']:.4f}"
+                + (f" acc {rec['train_accuracy']:.4f}" if labels else "")
+                + (f", val loss {rec['val_loss']:.4f}" if "val_loss" in rec else "")
+                + (f" acc {rec['val_accuracy']:.4f}" if "val_loss" in rec and labels else "")
+                + (f" rmse {rec['val_rmse']:.4f}" if "val_rmse" in rec else "")
                 + f", {train_time:.1f} s"
                 + (f" ({rec['examples_per_s']:.0f} examples/s)" if rec["examples_per_s"] else "")
             )

@@ -154,6 +154,16 @@ def mae(pred, target, mask=None) -> Float[Array, ""]:
     return _mean(jnp.where(w > 0, jnp.abs(pred - target), 0.0), w)
 
 
+def split_gaussian(outputs: Float[Array, "*b two_d"]) -> tuple[Array, Array]:
+    """A model output ``[μ | v]`` of ``2D`` features as ``(mean μ, variance softplus(v) + 1e-6)``
+    (the positive variance of a regression head that predicts its own uncertainty)."""
+    outputs = jnp.asarray(outputs)
+    d = outputs.shape[-1]
+    if d % 2:
+        raise ValueError(f"a mean-and-variance output needs an even feature count, got {d}")
+    return outputs[..., : d // 2], jax.nn.softplus(outputs[..., d // 2 :]) + 1e-6
+
+
 def gaussian_nll_terms(mean, var, target) -> Array:
     r"""``½ (log 2π σ² + (y − μ)² / σ²)`` per entry."""
     mean, target = _real(mean, target)

@@ -80,12 +80,85 @@ def _losses(logits: Array, labels: Array, label_smoothing: float) -> Array:
     return optax.softmax_cross_entropy(logits, onehot)
 
 
-def _loss_fn(params, static, batch, key, label_smoothing):
+REGRESSION_LOSSES: tuple[str, ...] = ("mse", "mae")
+
+
+def target_terms(
+    outputs: Array,
+    batch: dict[str, Array],
+    *,
+    label_smoothing: float = 0.0,
+    regression_loss: str = "mse",
+) -> tuple[Array, Array, Array]:
+    """Per-target loss terms, their weights, and per-target hits (classification).
+
+    The kind of target is read from the batch and the model's output shape:
+
+    * integer ``y`` ``(B,)`` with outputs ``(B, K)``: one label per sequence; integer ``y``
+      ``(B, L)`` with outputs ``(B, L, K)``: one label per step — softmax cross-entropy;
+    * real ``y`` ``(B,)``/``(B, D)`` with outputs ``(B, D)``, or ``(B, L, D)`` with outputs
+      ``(B, L, D)``: squared (``"mse"``) or absolute (``"mae"``) error averaged over ``D``;
+      outputs with ``2D`` features instead are a mean and a variance
+      (:func:`~liquidjax.train.split_gaussian`), trained by the Gaussian negative
+      log-likelihood.
+
+    Weights are ``batch["weight"]`` (0 on padding rows of an evaluation batch) times, for
+    per-step targets, ``batch["y_mask"]`` (or ``batch["mask"]``).
+
+    **Returns:** ``(terms, weights, hits)`` of shape ``(B,)`` or ``(B, L)``; ``hits`` is 0 for
+    regression.
+    """
+    from ._metrics import gaussian_nll_terms, split_gaussian
+
+    y = batch["y"]
+    per_step = outputs.ndim == 3
+    lead = outputs.shape[:-1]
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        if y.shape != lead:
+            raise ValueError(
+                f"integer labels of shape {y.shape} do not fit model outputs {outputs.shape}: "
+                "expected labels (batch,) for per-sequence logits (batch, classes), or "
+                "(batch, time) for per-step logits (batch, time, classes)"
+            )
+        terms = _losses(outputs, y, label_smoothing)
+        hits = (jnp.argmax(outputs, -1) == y).astype(jnp.float32)
+    else:
+        target = y[..., None] if y.shape == lead else y
+        d = outputs.shape[-1]
+        if target.shape[:-1] != lead or d not in (target.shape[-1], 2 * target.shape[-1]):
+            raise ValueError(
+                f"real targets of shape {y.shape} do not fit model outputs {outputs.shape}: "
+                "expected outputs with the targets' dimension D (or 2D for a mean and a "
+                "variance), per sequence (batch, D) or per step (batch, time, D)"
+            )
+        out = outputs.astype(jnp.float32)
+        target = target.astype(jnp.float32)
+        if d == target.shape[-1]:
+            err = out - target
+            terms = jnp.mean(err * err if regression_loss == "mse" else jnp.abs(err), axis=-1)
+        else:
+            mean, var = split_gaussian(out)
+            terms = jnp.mean(gaussian_nll_terms(mean, var, target), axis=-1)
+        hits = jnp.zeros(lead, jnp.float32)
+    w = batch["weight"].astype(jnp.float32) if "weight" in batch else jnp.ones(lead[:1])
+    if per_step:
+        step_mask = batch.get("y_mask", batch.get("mask"))
+        w = w[:, None] * (1.0 if step_mask is None else step_mask.astype(jnp.float32))
+        w = jnp.broadcast_to(w, lead)
+    # A target that does not count may hold anything (NaN included): keep it out of the sums
+    # and of the gradient.
+    terms = jnp.where(w > 0, terms, 0.0)
+    return terms, w, hits
+
+
+def _loss_fn(params, static, batch, key, label_smoothing, regression_loss):
     model = eqx.combine(params, static)
-    logits = _forward(model, batch, key)
-    losses = _losses(logits, batch["y"], label_smoothing)
-    correct = jnp.sum(jnp.argmax(logits, -1) == batch["y"])
-    return jnp.mean(losses), (jnp.sum(losses), correct)
+    outputs = _forward(model, batch, key)
+    terms, w, hits = target_terms(outputs, batch, label_smoothing=label_smoothing,
+                                  regression_loss=regression_loss)
+    count = jnp.sum(w)
+    loss_sum = jnp.sum(w * terms)
+    return loss_sum / jnp.maximum(count, 1.0), (loss_sum, jnp.sum(w * hits), count)
 
 
 def _select(pred, new, old):
@@ -102,11 +175,13 @@ def train_step(
     *,
     use_key: bool = False,
     label_smoothing: float = 0.0,
+    regression_loss: str = "mse",
     replicated: jax.sharding.Sharding | None = None,
 ) -> TrainState:
     """One optimisation step: loss, gradients, optax update, non-negativity projection.
 
-    The mean cross-entropy over the batch is differentiated with respect to the model's inexact
+    The mean loss over the batch's counted targets (:func:`target_terms`: cross-entropy for
+    labels, MSE/MAE or Gaussian NLL for real targets, per sequence or per step) is differentiated with respect to the model's inexact
     arrays; ``optimizer.update`` + ``optax.apply_updates`` give the new parameters, then LTC
     parameters with explicit constraints are clipped at zero
     (:func:`liquidjax.cells.project_nonnegative`; a no-op for every other model). A non-finite
@@ -116,9 +191,12 @@ def train_step(
     **Arguments:**
     - `state`: the :class:`TrainState`.
     - `optimizer`: any ``optax.GradientTransformation`` (static: hashed by identity).
-    - `batch`: ``{"x": (B, ...), "y": (B,), optional "timespans": (B, L), "mask": (B, L)}``.
+    - `batch`: ``{"x": (B, ...), "y": (B,) / (B, D) / (B, L) / (B, L, D), optional
+      "timespans": (B, L), "mask": (B, L), "y_mask": (B, L)}``.
     - `use_key`: pass a per-example PRNG key to the model (dropout).
     - `label_smoothing`: optional label smoothing.
+    - `regression_loss`: ``"mse"`` or ``"mae"`` for real targets (a model that predicts a
+      variance is always trained by the Gaussian NLL).
     - `replicated`: sharding the new parameters are constrained to (data parallelism).
 
     **Returns:** the new :class:`TrainState`.
@@ -133,8 +211,8 @@ def train_step(
     key = None
     if use_key:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    (loss, (loss_sum, correct)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
-        params, static, batch, key, label_smoothing
+    (loss, (loss_sum, correct, count)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
+        params, static, batch, key, label_smoothing, regression_loss
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -148,28 +226,63 @@ def train_step(
     if replicated is not None:
         model = eqx.filter_shard(model, replicated)
         opt_state = eqx.filter_shard(opt_state, replicated)
-    n = jnp.asarray(batch["y"].shape[0], jnp.int32)
+    n = jnp.round(count).astype(jnp.int32)
     return TrainState(
         model=model,
         opt_state=opt_state,
         step=step1,
         key=state.key,
         loss_sum=jnp.where(ok, state.loss_sum + loss_sum, state.loss_sum),
-        correct=jnp.where(ok, state.correct + correct.astype(jnp.int32), state.correct),
+        correct=jnp.where(ok, state.correct + jnp.round(correct).astype(jnp.int32),
+                          state.correct),
         count=jnp.where(ok, state.count + n, state.count),
         bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, step1),
     )
 
 
 @eqx.filter_jit
-def eval_step(model, batch: dict[str, Array], sums: Array) -> Array:
-    """Add one batch's ``[loss_sum, correct, count]`` (weighted by ``batch["weight"]``, 0 on
-    padding rows) to `sums` (float32, on device)."""
-    logits = _forward(model, batch, None)
-    w = batch["weight"].astype(jnp.float32)
-    losses = _losses(logits, batch["y"], 0.0)
-    correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
-    return sums + jnp.stack([jnp.sum(w * losses), jnp.sum(w * correct), jnp.sum(w)])
+def eval_step(model, batch: dict[str, Array], sums: dict[str, Array],
+              regression_loss: str = "mse") -> tuple[dict[str, Array], Array]:
+    """Add one batch's sums to `sums` (float32, on device), weighted by ``batch["weight"]`` (0 on
+    padding rows): ``loss``, ``correct``, ``count`` and, for real targets, ``sq_err`` and
+    ``abs_err`` of the predicted mean; for labels the ``confusion`` matrix. Start from
+    :func:`eval_sums`. Returns ``(sums, outputs)``."""
+    from ._metrics import split_gaussian
+
+    outputs = _forward(model, batch, None)
+    terms, w, hits = target_terms(outputs, batch, regression_loss=regression_loss)
+    new = dict(sums)
+    new["loss"] = sums["loss"] + jnp.sum(w * terms)
+    new["correct"] = sums["correct"] + jnp.sum(w * hits)
+    new["count"] = sums["count"] + jnp.sum(w)
+    y = batch["y"]
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        from ._metrics import confusion_matrix
+
+        new["confusion"] = sums["confusion"] + confusion_matrix(
+            jnp.argmax(outputs, -1), y, outputs.shape[-1], w)
+    else:
+        lead = outputs.shape[:-1]
+        target = (y[..., None] if y.shape == lead else y).astype(jnp.float32)
+        mean = outputs.astype(jnp.float32)
+        if mean.shape[-1] != target.shape[-1]:
+            mean = split_gaussian(mean)[0]
+        err = jnp.where(w[..., None] > 0, mean - target, 0.0)
+        new["sq_err"] = sums["sq_err"] + jnp.sum(w * jnp.mean(err * err, -1))
+        new["abs_err"] = sums["abs_err"] + jnp.sum(w * jnp.mean(jnp.abs(err), -1))
+    return new, outputs
+
+
+def eval_sums(num_classes: int | None) -> dict[str, Array]:
+    """Zero sums for :func:`eval_step`: with a confusion matrix of `num_classes` (labels) or
+    the error sums (real targets, ``None``)."""
+    z = jnp.zeros((), jnp.float32)
+    sums = {"loss": z, "correct": z, "count": z}
+    if num_classes is None:
+        sums.update(sq_err=z, abs_err=z)
+    else:
+        sums["confusion"] = jnp.zeros((num_classes, num_classes), jnp.float32)
+    return sums
 
 
 def model_uses_dropout(model: Any) -> bool:
