@@ -17,6 +17,11 @@ from . import (
 from ._platform import use_cpu_cores as use_cpu_cores
 from ._static import StaticArray as StaticArray, replace_fields as replace_fields
 from .cells import (
+    CTRNN as CTRNN,
+    GRUD as GRUD,
+    GRUODE as GRUODE,
+    ODERNN as ODERNN,
+    NeuralCDE as NeuralCDE,
     CfC as CfC,
     LSTMCell as LSTMCell,
     LTC as LTC,

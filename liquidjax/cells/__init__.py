@@ -4,6 +4,13 @@ from ._base import (
     AbstractODECell as AbstractODECell,
     AbstractWiredCell as AbstractWiredCell,
 )
+from ._baselines import (
+    CTRNN as CTRNN,
+    GRUD as GRUD,
+    GRUODE as GRUODE,
+    ODERNN as ODERNN,
+    NeuralCDE as NeuralCDE,
+)
 from ._cfc import CfC as CfC
 from ._lstm import LSTMCell as LSTMCell, MixedMemory as MixedMemory
 from ._ltc import (

@@ -1,0 +1,173 @@
+"""Baseline continuous-time cells (CT-RNN, GRU-ODE, ODE-RNN, GRU-D, Neural CDE), each held to an
+independent reference: a closed form, scipy's solve_ivp on a NumPy right-hand side written here,
+the paper's update equations in NumPy, or diffrax's own ControlTerm."""
+
+from __future__ import annotations
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from liquidjax.cells import CTRNN, GRUD, GRUODE, ODERNN, NeuralCDE
+from liquidjax.layers import LiquidRNN
+from liquidjax.solvers import FusedSemiImplicit, Integrator
+
+TIGHT = Integrator(diffrax.Tsit5(), diffrax.PIDController(rtol=1e-7, atol=1e-8), max_steps=20000)
+
+
+def _np(a):
+    return np.asarray(a, np.float64)
+
+
+def _sig(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _gates_np(gates, x, h):
+    """GRU gates as defined in the papers (update z, reset r, candidate g), in NumPy."""
+    n = h.shape[0]
+    wx, wh, b = _np(gates.w_x), _np(gates.w_h), _np(gates.bias)
+    z = _sig(wx[:n] @ x + wh[:n] @ h + b[:n])
+    r = _sig(wx[n : 2 * n] @ x + wh[n : 2 * n] @ h + b[n : 2 * n])
+    g = np.tanh(wx[2 * n :] @ x + wh[2 * n :] @ (r * h) + b[2 * n :])
+    return z, r, g
+
+
+def test_ctrnn_matches_the_closed_form_without_recurrence():
+    cell = CTRNN(3, 4, integrator=TIGHT, key=jax.random.key(0))
+    cell = eqx.tree_at(lambda c: (c.weight_rec, c.tau_raw), cell,
+                       (jnp.zeros((4, 4)), jnp.array([-1.0, 0.0, 0.5, 2.0])))
+    x = jnp.array([0.3, -1.2, 0.7])
+    h0 = jnp.array([0.5, -0.2, 0.0, 1.0])
+    # dh/dt = -h/τ + a with a constant: h(t) = aτ + (h0 − aτ) e^{−t/τ}
+    tau = np.log1p(np.exp(_np(cell.tau_raw)))
+    a = np.tanh(_np(cell.weight_in) @ _np(x) + _np(cell.bias))
+    for dt in (0.1, 1.0, 3.0):
+        want = a * tau + (_np(h0) - a * tau) * np.exp(-dt / tau)
+        np.testing.assert_allclose(cell.advance(h0, x, 0.0, dt), want, rtol=2e-5, atol=2e-6)
+
+
+def test_gru_ode_against_scipy_and_the_fused_solver():
+    cell = GRUODE(3, 5, integrator=TIGHT, key=jax.random.key(1))
+    x = np.array([0.4, -0.3, 1.1])
+    h0 = np.linspace(-0.5, 0.5, 5)
+
+    def rhs(t, h):
+        z, _, g = _gates_np(cell.gates, x, h)
+        return (1 - z) * (g - h)
+
+    np.testing.assert_allclose(cell.vector_field(0.0, jnp.asarray(h0, jnp.float32),
+                                                 jnp.asarray(x, jnp.float32)),
+                               rhs(0.0, h0), rtol=1e-5, atol=1e-6)
+    ref = solve_ivp(rhs, (0.0, 2.0), h0, method="DOP853", rtol=1e-11, atol=1e-12).y[:, -1]
+    got = cell.advance(jnp.asarray(h0, jnp.float32), jnp.asarray(x, jnp.float32), 0.0, 2.0)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # Conductance form: the fused semi-implicit solver converges to the same solution (order 1).
+    errs = []
+    for unfolds in (20, 40):
+        fused = cell.with_solver(FusedSemiImplicit(), ode_unfolds=unfolds,
+                                 stepsize_controller=diffrax.ConstantStepSize())
+        errs.append(np.abs(_np(fused.advance(jnp.asarray(h0, jnp.float32),
+                                             jnp.asarray(x, jnp.float32), 0.0, 2.0)) - ref).max())
+    assert errs[1] < 0.7 * errs[0] and errs[1] < 5e-3
+
+
+def _gru_np(gru, x, h):
+    """``eqx.nn.GRUCell``'s documented update, in NumPy."""
+    n = h.shape[0]
+    gi = _np(gru.weight_ih) @ x + _np(gru.bias)
+    gh = _np(gru.weight_hh) @ h
+    r = _sig(gi[:n] + gh[:n])
+    z = _sig(gi[n : 2 * n] + gh[n : 2 * n])
+    g = np.tanh(gi[2 * n :] + r * (gh[2 * n :] + _np(gru.bias_n)))
+    return g + z * (h - g)
+
+
+def test_ode_rnn_is_an_ode_solve_then_a_gru_jump():
+    cell = ODERNN(2, 4, width=6, integrator=TIGHT, key=jax.random.key(2))
+    mlp = cell.flow.mlp
+
+    def rhs(t, h):
+        w0, b0 = _np(mlp.layers[0].weight), _np(mlp.layers[0].bias)
+        w1, b1 = _np(mlp.layers[1].weight), _np(mlp.layers[1].bias)
+        return w1 @ np.tanh(w0 @ h + b0) + b1
+
+    xs = np.array([[0.5, -1.0], [0.2, 0.3], [-0.7, 0.9]])
+    dts = np.array([0.4, 1.3, 0.2])
+    h = np.zeros(4)
+    for x, dt in zip(xs, dts):
+        h = solve_ivp(rhs, (0.0, dt), h, method="DOP853", rtol=1e-11, atol=1e-12).y[:, -1]
+        h = _gru_np(cell.gru, x, h)
+    ys, h_final = LiquidRNN(cell)(jnp.asarray(xs, jnp.float32), jnp.asarray(dts, jnp.float32))
+    np.testing.assert_allclose(h_final, h, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ys[-1], h, rtol=1e-5, atol=1e-5)
+
+
+def test_grud_follows_its_update_equations():
+    import liquidjax.data as D
+
+    x = np.array([[[0.5, np.nan], [np.nan, np.nan], [1.5, -0.2], [np.nan, 0.3]]])
+    dts = np.array([[1.0, 0.5, 2.0, 0.7]])
+    feats = D.missing_value_features(x, dts)[0]
+    cell = GRUD(6, 3, key=jax.random.key(3))
+    cell = eqx.tree_at(lambda c: (c.decay_x_b, c.decay_h_b), cell,
+                       (jnp.array([0.1, -0.2]), jnp.array([0.3, -0.1, 0.05])))
+    h = np.zeros(3)
+    for f in feats:
+        xt, m, d = f[:2], f[2:4], f[4:]
+        gx = np.exp(-np.maximum(0, _np(cell.decay_x_w) * d + _np(cell.decay_x_b)))
+        gh = np.exp(-np.maximum(0, _np(cell.decay_h_w) @ d + _np(cell.decay_h_b)))
+        xh = m * xt + (1 - m) * (gx * xt + (1 - gx) * 0.0)
+        hh = gh * h
+        z, _, g = _gates_np(cell.gates, np.concatenate([xh, m]), hh)
+        h = (1 - z) * hh + z * g
+    _, got = LiquidRNN(cell)(jnp.asarray(feats), jnp.asarray(dts[0], jnp.float32))
+    np.testing.assert_allclose(got, h, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="3 × channels"):
+        GRUD(4, 3, key=jax.random.key(0))
+
+
+def test_neural_cde_matches_diffrax_control_term_on_the_linear_path():
+    cell = NeuralCDE(2, 3, width=5, integrator=TIGHT, key=jax.random.key(4))
+    xs = jnp.array([[0.2, -0.4], [0.9, 0.1], [0.3, 0.8], [-0.5, 0.2]])
+    dts = jnp.array([0.5, 0.7, 0.3, 1.1])
+    _, (z, _, _) = LiquidRNN(cell)(xs, dts)
+    # Reference: z(T_1) = ζ(x_1), then ∫ f(z) dX over the linear interpolation of (t, x).
+    ts = jnp.cumsum(dts)
+    path = diffrax.LinearInterpolation(ts, jnp.concatenate([ts[:, None], xs], axis=1))
+    term = diffrax.ControlTerm(lambda t, z, args: cell.field.matrix(z), path).to_ode()
+    sol = diffrax.diffeqsolve(term, diffrax.Dopri8(), ts[0], ts[-1], 0.01, cell.initial(xs[0]),
+                              stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-9,
+                                                                        jump_ts=ts))
+    np.testing.assert_allclose(z, sol.ys[-1], rtol=2e-5, atol=2e-5)
+    # A padded (masked) tail changes nothing.
+    mask = jnp.array([True, True, True, True, False, False])
+    xp = jnp.concatenate([xs, jnp.full((2, 2), 9.0)])
+    _, (zp, _, _) = LiquidRNN(cell)(xp, jnp.concatenate([dts, jnp.ones(2)]), mask)
+    np.testing.assert_allclose(zp, z, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [
+    lambda k: CTRNN(3, 4, key=k), lambda k: GRUODE(3, 4, key=k), lambda k: ODERNN(3, 4, key=k),
+    lambda k: GRUD(3, 4, key=k), lambda k: NeuralCDE(3, 4, key=k),
+])
+def test_cells_run_batched_with_gradients(make):
+    cell = make(jax.random.key(5))
+    rnn = LiquidRNN(cell)
+    xs = jax.random.normal(jax.random.key(6), (2, 5, 3))
+    dts = jax.random.uniform(jax.random.key(7), (2, 5), minval=0.1, maxval=1.0)
+
+    def loss(r):
+        ys, _ = jax.vmap(r)(xs, dts)
+        return jnp.sum(ys**2)
+
+    g = eqx.filter_grad(loss)(rnn)
+    leaves = [a for a in jax.tree_util.tree_leaves(g) if eqx.is_inexact_array(a)]
+    assert all(np.isfinite(a).all() for a in leaves)
+    assert any(np.abs(a).max() > 0 for a in leaves)
+
