@@ -12,7 +12,7 @@ KERNEL = "liquidjax-test-python"
 
 
 def test_notebooks_are_stored_clean():
-    assert len(NOTEBOOKS) == 5, [p.name for p in NOTEBOOKS]
+    assert len(NOTEBOOKS) == 6, [p.name for p in NOTEBOOKS]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
