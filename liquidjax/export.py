@@ -135,7 +135,9 @@ def _plan(model: Any) -> _StepPlan:
                 h = _layer_readout(layer, s)
             s = _cell_step(last.cell)(states[-1], h, dt)
             new_states.append(s)
-            if clf.readout == "last":
+            if clf.per_step:  # a prediction per step: the head reads each step's output
+                feats, new_acc = _layer_readout(last, s), acc
+            elif clf.readout == "last":
                 feats, new_acc = feats_of(last, s), acc
             else:  # "mean": running mean of the last layer's outputs
                 total, count = acc
@@ -146,7 +148,7 @@ def _plan(model: Any) -> _StepPlan:
 
         states0 = tuple(layer.cell.init_state() for layer in layers)
         dtype0 = jax.tree_util.tree_leaves(states0)[0].dtype
-        if clf.readout == "mean":
+        if clf.readout == "mean" and not clf.per_step:
             acc0 = (jnp.zeros((last.output_size,), dtype0), jnp.zeros((), dtype0))
         else:
             acc0 = ()
@@ -310,7 +312,8 @@ def stepper(model: Any, *, batch_shape: Sequence[int] = ()) -> Stepper:
     - `model`: a cell (``LTC`` with any solver, ``CfC``, ``WiredCfC``, ``MixedMemory``), a
       :class:`~liquidjax.LiquidRNN` with ``interpolation="hold"`` (its `proj` applied), or a
       :class:`~liquidjax.models.SequenceClassifier` (the output of each step is the logits of
-      the sequence seen so far: for ``readout="mean"`` the state carries the running mean).
+      the sequence seen so far: for ``readout="mean"`` the state carries the running mean;
+      with ``per_step=True`` the prediction for the current step).
       Inference only: no dropout.
     - `batch_shape`: leading batch dimensions of every argument (default: one example).
 

@@ -104,7 +104,8 @@ def test_stepper_batch_proj_and_continuing_state():
 @pytest.mark.parametrize("cfg", [
     dict(cell="ltc", layers=2, readout="last", ode_unfolds=2),
     dict(cell="cfc", wiring="ncp", units=10, mixed_memory=True, readout="mean"),
-], ids=["ltc-2layers-last", "wired-mixed-mean"])
+    dict(cell="cfc", layers=2, readout="mean", per_step=True),
+], ids=["ltc-2layers-last", "wired-mixed-mean", "cfc-per-step"])
 def test_stepper_classifier_logits_at_every_step(cfg):
     cfg = {"units": N, **cfg}
     model = build_model(ModelConfig(input_size=I, num_classes=4, backbone_units=5, **cfg),
@@ -113,6 +114,9 @@ def test_stepper_classifier_logits_at_every_step(cfg):
     step = export.stepper(model)
     xs, dts = _data()
     logits, _ = _stream(step, xs, dts)
+    if model.per_step:  # one prediction per observation: the model's whole output sequence
+        np.testing.assert_allclose(logits, _call(model, xs, dts), rtol=0, atol=1e-6)
+        return
     for k in (1, T):  # the logits after k observations are the model's on the first k
         ref = _call(model, xs[:k], dts[:k])
         np.testing.assert_allclose(logits[k - 1], ref, rtol=0, atol=1e-6)
