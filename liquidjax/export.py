@@ -456,7 +456,8 @@ class _NotExportable(Exception):
 _CALL_PARAMS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
                 "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
                 "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
-                "remat": "jaxpr", "checkpoint": "jaxpr", "custom_lin": None}
+                "remat": "jaxpr", "checkpoint": "jaxpr", "custom_vmap_call": "call_jaxpr",
+                "custom_lin": None}
 
 _NO_ONNX = {
     "while": "a data-dependent while loop (diffrax's diffeqsolve steps until t1: adaptive or "
