@@ -261,7 +261,15 @@ class Stepper:
 
         **Returns:** ``(output, new_state)``.
         """
-        return self._compiled(state, x, dt)
+        try:
+            return self._compiled(state, x, dt)
+        except TypeError as e:  # the executable's own check of the argument types
+            bs = self.batch_shape
+            raise ValueError(
+                f"{self!r} takes state {bs + (self.state_size,)}, x {bs + (self.input_size,)} "
+                f"and dt {bs} ({self.dtype}); got state {np.shape(state)}, x {np.shape(x)}, "
+                f"dt {np.shape(dt)}"
+            ) from e
 
     def initial_state(self) -> Float[Array, "*batch state"]:
         """The model's initial (zero) state, flat, of shape ``batch_shape + (state_size,)``."""
@@ -429,9 +437,15 @@ def to_stablehlo(
             exported = jax.export.export(jax.jit(_folded(fn, specs)), **kw)(*specs)
         except Exception as e:  # re-raised with the model named
             cells = ", ".join(type(c).__name__ for c in plan.cells)
+            hint = ""
+            if "callback" in str(e):
+                hint = (". The step checks values at run time with host callbacks (eqx.error_if, "
+                        "e.g. inside diffrax's diffeqsolve), which jax.export cannot serialise: "
+                        "set the environment variable EQX_ON_ERROR=nan before importing "
+                        "liquidjax to export it with NaN outputs on failure instead")
             raise ValueError(
                 f"cannot export the {name} of {plan.model_name} ({cells}) to StableHLO: "
-                f"{type(e).__name__}: {e}"
+                f"{type(e).__name__}: {e}{hint}"
             ) from e
         fname = f"{name}.jaxexport"
         (out / fname).write_bytes(exported.serialize())

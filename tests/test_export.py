@@ -131,6 +131,9 @@ def test_stepper_accepts_numpy_and_python_scalars():
     np.testing.assert_array_equal(s1, s2)
     with pytest.raises(ValueError, match=r"flat state of shape \(6,\)"):
         step.unflatten_state(jnp.zeros(3))
+    with pytest.raises(ValueError,
+                       match=r"takes state \(6,\), x \(3,\).*got state \(6,\), x \(4,\)"):
+        step(step.initial_state(), np.ones(4, np.float32), 1.0)
 
 
 def test_stepper_rejects_what_it_cannot_stream():
@@ -143,6 +146,13 @@ def test_stepper_rejects_what_it_cannot_stream():
 
 
 # ------------------------------------------------------------------------------- StableHLO
+def test_stablehlo_names_the_host_callbacks_of_diffrax_solvers(tmp_path):
+    if os.environ.get("EQX_ON_ERROR") in ("nan", "off"):
+        pytest.skip("EQX_ON_ERROR is set: diffrax's checks are not host callbacks here")
+    with pytest.raises(ValueError, match=r"LiquidRNN \(LTC\) to StableHLO.*EQX_ON_ERROR=nan"):
+        export.to_stablehlo(LiquidRNN(CELLS["ltc-euler"]), tmp_path)
+
+
 _STABLEHLO_CHILD = textwrap.dedent("""
     import json, sys
     from pathlib import Path
