@@ -19,8 +19,9 @@ with ``state`` the model's state pytree flattened into one vector (``Stepper.unf
 gives it back), ``dt`` the elapsed time since the previous observation (ncps "timespans"), and
 ``output`` what the model outputs after the step: the cell's output, the ``LiquidRNN``'s output
 (``proj`` applied), or a ``SequenceClassifier``'s logits for the sequence seen so far. The
-whole-sequence function ``sequence(state, xs (T, input_size), dts (T,)) -> (outputs (T, output_size),
-new_state)`` is the step scanned over ``T`` observations.
+whole-sequence function
+``sequence(state, xs (T, input_size), dts (T,)) -> (outputs (T, output_size), new_state)`` is the
+step scanned over ``T`` observations.
 """
 
 from __future__ import annotations
