@@ -43,8 +43,11 @@ class LiquidRNN(eqx.Module):
       never projected).
     - `return_sequences`: return every step's output (default) or only the last one.
     - `interpolation`: ``"hold"``, ``"linear"`` or ``"cubic"``.
-    - `check_inputs`: check at run time that inputs are finite and valid timespans positive
-      (``eqx.error_if``; cheap, on by default).
+    - `check_inputs`: check at run time that the inputs and the initial state are finite and
+      valid timespans positive (``eqx.error_if``; cheap, on by default).
+    - `check_solution`: check at run time that the state stays finite — an explicit solver
+      (``diffrax.Euler()``) diverging on a stiff cell is reported with what to do, instead of
+      returning NaN/inf outputs (``eqx.error_if``; on by default).
     - `remat`: held inputs only — keep just the state per step for the backward pass and
       recompute each step's internals (``jax.checkpoint``): training memory then grows by one
       state per step, for about one extra forward pass of compute.
@@ -68,6 +71,7 @@ class LiquidRNN(eqx.Module):
     return_sequences: bool = eqx.field(default=True, static=True)
     interpolation: str = eqx.field(default="hold", static=True)
     check_inputs: bool = eqx.field(default=True, static=True)
+    check_solution: bool = eqx.field(default=True, static=True)
     remat: bool = eqx.field(default=False, static=True)
     readout_states: bool = eqx.field(default=False, static=True)
 
@@ -106,6 +110,11 @@ class LiquidRNN(eqx.Module):
         n = x.shape[0]
         if n == 0:
             raise ValueError("x has no time steps (shape (0, ...)); expected at least one")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(
+                f"x must be a floating-point array (e.g. float32), got dtype {x.dtype}; convert "
+                "it first, e.g. x.astype(jnp.float32)"
+            )
         if timespans is None:
             timespans = jnp.ones((n,), x.dtype)
         else:
@@ -137,8 +146,16 @@ class LiquidRNN(eqx.Module):
                 raise ValueError(
                     f"expected an initial state like {_describe(expected)}, got {_describe(got)}"
                 )
+            for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+                if a.dtype != b.dtype:
+                    raise ValueError(
+                        f"expected an initial state of dtype {b.dtype} (the cell's), got "
+                        f"{a.dtype}; convert it first, e.g. state.astype(jnp.{b.dtype})"
+                    )
         if self.check_inputs:
             x = eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), "x contains NaN or inf")
+            state = eqx.error_if(state, ~_all_finite(state),
+                                 "the initial state contains NaN or inf")
             valid = timespans > 0
             bad = ~valid if mask is None else mask & ~valid
             timespans = eqx.error_if(
@@ -172,10 +189,28 @@ class LiquidRNN(eqx.Module):
 
         **Returns:** ``(outputs, final_state)``.
         """
+        if not _is_traced((self, x, timespans, mask, state, key)):
+            # An eager call runs compiled: a run-time error (max_steps reached, a failed check)
+            # then reaches the user with its own message (eqx.filter_jit), not as an XLA
+            # "INTERNAL: CpuCallback error".
+            return _call_compiled(self, x, timespans, mask, state, key)
+        return self._call(x, timespans, mask, state, key)
+
+    def _call(self, x, timespans, mask, state, key):
         x, timespans, mask, state = self._validate(x, timespans, mask, state)
         if self.interpolation == "hold":
-            return self._run_held(x, timespans, mask, state, key)
-        return self._run_continuous(x, timespans, mask, state)
+            out = self._run_held(x, timespans, mask, state, key)
+        else:
+            out = self._run_continuous(x, timespans, mask, state)
+        if self.check_solution:
+            out = eqx.error_if(
+                out, ~_all_finite(out[1]),
+                "the cell's state became NaN or inf: the integration diverged. An explicit solver "
+                "(e.g. diffrax.Euler()) on a stiff cell needs smaller steps (more ode_unfolds), or "
+                "use the fused semi-implicit solver, an adaptive one (PIDController) or an implicit "
+                "one (diffrax.Kvaerno5()). LiquidRNN(check_solution=False) returns the NaN instead",
+            )
+        return out
 
     def _run_held(self, x, timespans, mask, state, key):
         n = x.shape[0]
@@ -236,6 +271,21 @@ class LiquidRNN(eqx.Module):
         if mask is not None:
             ys = jnp.where(mask[:, None], ys, 0)
         return ys, h
+
+
+def _all_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)
+                              if jnp.issubdtype(jnp.result_type(a), jnp.inexact)] or
+                             [jnp.array(True)]))
+
+
+def _is_traced(tree) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(tree))
+
+
+@eqx.filter_jit
+def _call_compiled(rnn: LiquidRNN, x, timespans, mask, state, key):
+    return rnn._call(x, timespans, mask, state, key)
 
 
 def _is_adaptive(cell: AbstractCell) -> bool:

@@ -147,6 +147,37 @@ def test_data_errors_raise_under_jit():
     assert jnp.all(jnp.isfinite(y))
 
 
+def test_api_misuse_gives_our_messages():
+    """Issue 13: bad dtypes, a NaN initial state, max_steps reached outside jit, a diverging
+    explicit solver — each a clear error from liquidjax, the last one switchable off."""
+    with pytest.raises(ValueError, match="max_steps must be a positive int, got 0"):
+        LTC(3, 4, max_steps=0, key=KEY)
+    rnn = LiquidRNN(LTC(3, 4, key=KEY))
+    x = jnp.ones((5, 3))
+    with pytest.raises(ValueError, match="x must be a floating-point array .* got dtype bool"):
+        rnn(x > 0)
+    with pytest.raises(ValueError, match="initial state of dtype float32 .* got int32"):
+        rnn(x, state=jnp.zeros(4, jnp.int32))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="the initial state contains NaN or inf"):
+        rnn(x, state=jnp.zeros(4).at[1].set(jnp.nan))
+    # max_steps reached, called eagerly (outside jit): diffrax's own message, not "CpuCallback"
+    tiny = LiquidRNN(LTC(3, 4, solver=diffrax.Tsit5(), max_steps=2, key=KEY,
+                         stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-8)))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="maximum number of solver steps"):
+        tiny(x)
+    # Euler on a stiff cell (tiny capacitance) diverges; the fused step does not
+    cell = LTC(3, 4, key=KEY)
+    stiff = eqx.tree_at(lambda c: c.cm, cell, jnp.full_like(cell.cm, -8.0))  # softplus: 3e-4
+    assert jnp.all(jnp.isfinite(LiquidRNN(stiff)(x * 3)[0]))
+    euler, x = stiff.with_solver(diffrax.Euler(), ode_unfolds=1), jnp.ones((12, 3))
+    with pytest.raises(eqx.EquinoxRuntimeError, match="the integration diverged"):
+        LiquidRNN(euler)(x * 3)
+    with pytest.raises(eqx.EquinoxRuntimeError, match="the integration diverged"):
+        eqx.filter_jit(LiquidRNN(euler))(x * 3)
+    ys, _ = LiquidRNN(euler, check_solution=False)(x * 3)
+    assert not jnp.all(jnp.isfinite(ys))
+
+
 # ----------------------------------------------------------------------- continuous input paths
 def test_linear_path_with_constant_input_equals_held_input():
     cell = LTC(3, AutoNCP(8, 2), key=KEY)
