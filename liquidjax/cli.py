@@ -206,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--progress", type=_choice(("auto", "bar", "plain", "none")), default="auto",
                    help="progress display: auto (bar on a terminal), bar, plain, none")
 
+    g = t.add_argument_group("multi-host (one `liquidjax train` per host, same flags)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="address of process 0 (jax.distributed.initialize); every process "
+                        "passes the same one")
+    g.add_argument("--num-processes", type=pos, default=None, help="processes in the run")
+    g.add_argument("--process-id", type=_int_at_least(0), default=None,
+                   help="this process's index, 0 .. num-processes - 1 (0 writes the outputs)")
+
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a split",
                        usage="liquidjax evaluate CHECKPOINT [--split SPLIT] [options]",
                        description="Report the loss and accuracy of a checkpoint on a split.")
@@ -553,6 +561,24 @@ def _evaluate(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ main
+def _join_processes(coordinator: str, num_processes: int, process_id: int) -> str | None:
+    """``jax.distributed.initialize`` for a multi-host run; returns an error message or None."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives
+    try:
+        # A dead or missing process is reported within these timeouts instead of hanging.
+        jax.distributed.initialize(coordinator, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=120,
+                                   heartbeat_timeout_seconds=30)
+    except Exception as e:  # noqa: BLE001 - XLA raises several types; the message says it all
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return (f"process {process_id} could not join the {num_processes}-process run at "
+                f"{coordinator} ({first[:300]}); start every process with the same "
+                "--coordinator and --num-processes, and process 0 first")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``liquidjax`` console script (and ``python -m liquidjax``).
 
@@ -566,6 +592,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # Before any JAX backend exists: one CPU device per core, so data parallelism uses them all.
     use_cpu_cores(getattr(args, "cpu_devices", None))
+    if args.command == "train":
+        multi = (args.coordinator, args.num_processes, args.process_id)
+        if any(v is not None for v in multi):
+            if None in multi or not 0 <= args.process_id < args.num_processes:
+                parser._subparsers._group_actions[0].choices["train"].error(  # type: ignore
+                    "a multi-host run needs --coordinator HOST:PORT, --num-processes N and "
+                    "--process-id I (0 <= I < N), the same coordinator on every host")
+            err = _join_processes(*multi)
+            if err is not None:
+                print(f"liquidjax train: error: {err}", file=sys.stderr)
+                return 1
     from .data import DatasetFormatError, DatasetUnavailableError
     from .train import CheckpointError, NonFiniteLossError, PeerFailureError, RunDirError
 

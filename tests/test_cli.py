@@ -79,6 +79,10 @@ def _run_main(argv, capsys):
     (["train", "--dataset", "two_spirals", "--model", "conv"], "needs an image dataset"),
     (["evaluate", "x.ljx", "--split", "dev"], "expected one of: test, val, train"),
     (["fit"], "invalid choice: 'fit'"),
+    (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2"],
+     "a multi-host run needs --coordinator HOST:PORT, --num-processes N and --process-id I"),
+    (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+     "(0 <= I < N)"),
 ])
 def test_usage_errors_exit_2(argv, expected, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
