@@ -119,8 +119,7 @@ def bench_jax(kind, batch, warmup, repeats):
 def bench_ncps(kind, batch, warmup, repeats):
     import numpy as np
     import torch
-    from ncps.torch import CfC as TCfC
-    from ncps.torch import LTC as TLTC
+    from ncps.torch import LTC as TLTC, CfC as TCfC
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

@@ -113,10 +113,12 @@ def main() -> int:
         return 1
     print(f"\nLTC-64 row-wise, batch {args.batch}, 32 steps x 96 inputs, 6 unfolds; "
           f"loss {base['loss']:.6f} in every variant; median of {args.repeats}")
-    print("| variant | devices | train ms (cpu ms) | forward ms (cpu ms) | train speed-up | compile s |")
+    print("| variant | devices | train ms (cpu ms) | forward ms (cpu ms) | train speed-up "
+          "| compile s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['variant']} | {r['devices']} | {r['train_ms']:.0f} ({r['train_cpu_ms']:.0f}) | "
+        print(f"| {r['variant']} | {r['devices']} | {r['train_ms']:.0f} "
+              f"({r['train_cpu_ms']:.0f}) | "
               f"{r['forward_ms']:.0f} ({r['forward_cpu_ms']:.0f}) | "
               f"{base['train_ms'] / r['train_ms']:.2f}x | {r['compile_train_s']:.1f} |")
     return 0

@@ -149,7 +149,6 @@ def run_row(cell, xs, label, family, solver_cls, unfolds, ctrl_fn, ref, warmup, 
     import jax.numpy as jnp
     import numpy as np
 
-    from liquidjax.layers import LiquidRNN
     from liquidjax.solvers import count_vf_evals
 
     c = configure(cell, solver_cls(), unfolds, None if ctrl_fn is None else ctrl_fn())

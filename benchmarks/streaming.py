@@ -40,8 +40,7 @@ INPUTS, UNITS, SEQ = 8, 32, 50
 def build(kind: str, seed: int):
     """The ncps model and its liquidjax twin (same weights)."""
     import torch
-    from ncps.torch import CfC as TCfC
-    from ncps.torch import LTC as TLTC
+    from ncps.torch import LTC as TLTC, CfC as TCfC
 
     from liquidjax import from_ncps
 

@@ -23,8 +23,8 @@ the full run also rewrites the ``vs_ncps`` section of ``BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
-import os
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,9 +47,11 @@ class Config:
 
 CONFIGS: dict[str, Config] = {
     "rowwise_ltc": Config("ltc", 128, 32, 96, 64,
-                          description="row-wise image: B128 × 32 steps × 96 in, LTC-64 FC, 6 unfolds"),
+                          description="row-wise image: B128 × 32 steps × 96 in, LTC-64 FC, "
+                                      "6 unfolds"),
     "rowwise_cfc": Config("cfc", 128, 32, 96, 64,
-                          description="row-wise image: B128 × 32 steps × 96 in, CfC-64, backbone 128"),
+                          description="row-wise image: B128 × 32 steps × 96 in, CfC-64, "
+                                      "backbone 128"),
     "long_ltc": Config("ltc", 32, 256, 3, 32,
                        description="long sequence: B32 × 256 steps × 3 in, LTC-32 FC, 6 unfolds"),
     "long_cfc": Config("cfc", 32, 256, 3, 32,
@@ -86,8 +88,7 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------- torch
 def build_torch(cfg: Config, seed: int):
     import torch
-    from ncps.torch import CfC as TCfC
-    from ncps.torch import LTC as TLTC
+    from ncps.torch import LTC as TLTC, CfC as TCfC
 
     torch.manual_seed(seed)
 
@@ -349,7 +350,8 @@ def main(argv=None):
     info = _common.machine_info()
     print(f"machine: {_common.machine_line(info)}")
     print(f"threads: {threads} (torch.set_num_threads and the CPU affinity XLA sizes its pool "
-          f"from); jax devices {len(jax.devices())} (batch sharded); warm-up {warmup}, repeats liquidjax {repeats}"
+          f"from); jax devices {len(jax.devices())} (batch sharded); warm-up {warmup}, "
+          f"repeats liquidjax {repeats}"
           f"{f', ncps {ncps_repeats}' if use_ncps else ''} (median)", flush=True)
 
     results = []
@@ -372,7 +374,8 @@ def main(argv=None):
 
     tab = table(results)
     print("\n" + tab)
-    payload = {"machine": info, "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M"), "quick": args.quick, "warmup": warmup,
+    payload = {"machine": info, "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "quick": args.quick, "warmup": warmup,
                "repeats": repeats, "ncps_repeats": ncps_repeats if use_ncps else None,
                "command": _common.command_line(), "results": results}
     out = args.out or _common.RESULTS / f"vs_ncps{'_quick' if args.quick else ''}.json"

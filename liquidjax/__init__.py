@@ -16,20 +16,21 @@ from . import (
 )
 from ._platform import use_cpu_cores as use_cpu_cores
 from ._static import StaticArray as StaticArray, replace_fields as replace_fields
+from ._version import __version__ as __version__
 from .cells import (
     CTRNN as CTRNN,
     GRUD as GRUD,
     GRUODE as GRUODE,
+    LTC as LTC,
     ODERNN as ODERNN,
-    NeuralCDE as NeuralCDE,
+    AbstractCell as AbstractCell,
+    AbstractConductanceCell as AbstractConductanceCell,
+    AbstractODECell as AbstractODECell,
+    AbstractWiredCell as AbstractWiredCell,
     CfC as CfC,
     LSTMCell as LSTMCell,
-    LTC as LTC,
-    AbstractCell as AbstractCell,
-    AbstractODECell as AbstractODECell,
-    AbstractConductanceCell as AbstractConductanceCell,
-    AbstractWiredCell as AbstractWiredCell,
     MixedMemory as MixedMemory,
+    NeuralCDE as NeuralCDE,
     WiredCfC as WiredCfC,
     nonnegative_projection as nonnegative_projection,
     project_nonnegative as project_nonnegative,
@@ -51,4 +52,3 @@ from .wirings import (
     Wiring as Wiring,
 )
 
-__version__ = "0.1.0"

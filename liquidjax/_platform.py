@@ -23,7 +23,8 @@ def use_cpu_cores(n: int | None = None) -> int:
     **Returns:** the number of CPU devices JAX will expose (or already exposes).
     """
     if n is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        n = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
     if n < 1:
         raise ValueError(f"n must be a positive number of devices, got {n}")
     flags = os.environ.get("XLA_FLAGS", "")

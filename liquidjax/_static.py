@@ -44,7 +44,8 @@ class StaticArray:
         )
 
     def __repr__(self) -> str:
-        return f"StaticArray({self._array.dtype}{list(self._array.shape)}, nnz={int(np.count_nonzero(self._array))})"
+        nnz = int(np.count_nonzero(self._array))
+        return f"StaticArray({self._array.dtype}{list(self._array.shape)}, nnz={nnz})"
 
 
 def replace_fields(module, **changes):

@@ -30,15 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from .models import CELL_KINDS, CONV_STEMS, MODEL_KINDS, READOUTS, WIRINGS, ModelConfig
-from .solvers import SOLVER_NAMES
+from ._checks import choice_arg, float_arg, int_arg
+from ._config_args import add_config_arguments, config_values, from_data_fields
+from .data._dataset import KNOWN_DATASETS
+from .data._sequences import SEQUENCE_MODES
+from .data._timeseries import MISSING_MODES
+from .models import ModelConfig
 
-IMAGE_DATASETS: tuple[str, ...] = ("cifar10", "mnist", "fashion_mnist")
+IMAGE_DATASETS: tuple[str, ...] = tuple(KNOWN_DATASETS)
 SYNTHETIC_DATASETS: tuple[str, ...] = ("irregular_sine", "two_spirals")
 TS_DATASETS: tuple[str, ...] = ("ts",)
 DATASETS: tuple[str, ...] = IMAGE_DATASETS + SYNTHETIC_DATASETS + TS_DATASETS
-MISSING_MODES: tuple[str, ...] = ("features", "zero")
-SEQUENCE_MODES: tuple[str, ...] = ("rows", "pixels", "patches")
 SPLITS: tuple[str, ...] = ("test", "val", "train")
 # Synthetic tasks: examples generated per split (each split from its own seed).
 SYNTHETIC_SIZES = {"train": 2048, "val": 512, "test": 512}
@@ -54,60 +56,6 @@ class _UsageError(Exception):
     """A bad combination of flags (exit code 2)."""
 
 
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
-
-    return parse
-
-
-def _float_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = True):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok or not np.isfinite(v):
-            lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-            raise argparse.ArgumentTypeError(f"expected a number in {lb}{lo}, {hi}{rb}, got {v}")
-        return v
-
-    return parse
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, e.g. 32,64,64; got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _choice(valid: tuple[str, ...], aliases: dict[str, str] | None = None):
-    """A case-insensitive choice whose error lists the valid names."""
-
-    def parse(text: str) -> str:
-        v = text.strip().lower().replace("-", "_")
-        v = (aliases or {}).get(v, v)
-        if v not in valid:
-            raise argparse.ArgumentTypeError(
-                f"unknown value {text!r}; expected one of: {', '.join(valid)}"
-            )
-        return v
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``liquidjax`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -116,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="{train,evaluate}")
     sub.required = True
-    pos = _int_at_least(1)
+    pos = int_arg(1)
 
     t = sub.add_parser("train", help="train a model", usage="liquidjax train [options]",
                        description=(
         "Train a liquid model. With no flags: a CfC on CIFAR-10 read row by row (tfds)."))
     g = t.add_argument_group("data")
-    g.add_argument("--dataset", type=_choice(DATASETS, {"fashion": "fashion_mnist",
+    g.add_argument("--dataset", type=choice_arg(DATASETS, {"fashion": "fashion_mnist",
                                                         "fmnist": "fashion_mnist"}),
                    default="cifar10", help=f"one of: {', '.join(DATASETS)} (default cifar10)")
     g.add_argument("--data-dir", default=None,
@@ -131,64 +79,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--name", default=None,
                    help="--dataset ts: the UEA/UCR problem name (reads NAME_TRAIN.ts and "
                         "NAME_TEST.ts from --data-dir or --data-dir/NAME)")
-    g.add_argument("--missing", type=_choice(MISSING_MODES), default="features",
+    g.add_argument("--missing", type=choice_arg(MISSING_MODES), default="features",
                    help="--dataset ts: how missing values (NaN, '?') reach the model: features "
                         "(last observation carried forward + observation mask + time since the "
                         "last observation, GRU-D style; default) or zero")
-    g.add_argument("--sequence", type=_choice(SEQUENCE_MODES), default="rows",
+    g.add_argument("--sequence", type=choice_arg(SEQUENCE_MODES), default="rows",
                    help="how images become sequences: rows, pixels or patches (default rows)")
     g.add_argument("--patch-size", type=pos, default=4, help="patch size for --sequence patches")
-    g.add_argument("--val-fraction", type=_float_in(0.0, 1.0), default=0.1,
+    g.add_argument("--val-fraction", type=float_arg(0.0, 1.0, max_open=True), default=0.1,
                    help="share of the training split held out for validation (default 0.1)")
     g.add_argument("--augment", action="store_true",
                    help="random crop (after zero padding) + horizontal flip of training images")
-    g.add_argument("--augment-padding", type=_int_at_least(0), default=4,
+    g.add_argument("--augment-padding", type=int_arg(0), default=4,
                    help="--augment: crop padding in pixels (default 4; 0 = flips only)")
     g.add_argument("--limit-examples", type=pos, default=None,
                    help="use only the first N examples of each split (quick runs)")
     g.add_argument("--no-download", action="store_true",
                    help="never try to download; fail at once if the data is not local")
 
-    g = t.add_argument_group("model")
-    g.add_argument("--model", type=_choice(MODEL_KINDS), default="sequence",
-                   help="sequence (liquid layers on the sequence) or conv (conv stem + liquid)")
-    g.add_argument("--cell", type=_choice(CELL_KINDS), default="cfc", help="cfc or ltc")
-    g.add_argument("--wiring", type=_choice(WIRINGS), default="fc",
-                   help="fc, ncp/autoncp or random")
-    g.add_argument("--solver", type=_choice(SOLVER_NAMES), default=None,
-                   help=f"LTC solver: {', '.join(SOLVER_NAMES)} (default fused)")
-    g.add_argument("--units", type=pos, default=64, help="neurons per liquid layer (default 64)")
-    g.add_argument("--layers", type=pos, default=1, help="stacked liquid layers (default 1)")
-    g.add_argument("--motor-neurons", type=pos, default=None,
-                   help="outputs of a wired layer (default: the number of classes if it fits)")
-    g.add_argument("--ode-unfolds", type=pos, default=6, help="LTC steps per observation")
-    g.add_argument("--backbone-units", type=pos, default=128, help="CfC backbone width")
-    g.add_argument("--backbone-layers", type=_int_at_least(0), default=1,
-                   help="CfC backbone depth")
-    g.add_argument("--mixed-memory", action="store_true", help="add an LSTM memory")
-    g.add_argument("--conv-channels", type=_int_list, default=(32, 64, 64),
-                   help="output channels of the conv stem's blocks (strided) or stages (pooled), "
-                        "e.g. 32,64,64 (--model conv)")
-    g.add_argument("--conv-stem", type=_choice(CONV_STEMS), default="strided",
-                   help="strided (3x3 conv blocks, stride 2 after the first) or pooled (two 3x3 "
-                        "convs + 2x2 max pool per stage)")
-    g.add_argument("--conv-dropout", type=_float_in(0.0, 1.0), default=0.0,
-                   help="dropout in the conv stem (after each pool)")
-    g.add_argument("--readout", type=_choice(READOUTS), default="last",
-                   help="last (output at the last step) or mean (mean over steps)")
-    g.add_argument("--dropout", type=_float_in(0.0, 1.0), default=0.0,
-                   help="dropout before the readout")
+    g = t.add_argument_group(
+        "model", "every field of liquidjax.models.ModelConfig (the data fixes input-size, "
+        "num-classes, image-shape, task and target-size; given, they must agree with it)")
+    add_config_arguments(g, ModelConfig)
 
     g = t.add_argument_group("training")
     g.add_argument("--epochs", type=pos, default=10)
     g.add_argument("--batch-size", type=pos, default=128)
-    g.add_argument("--lr", type=_float_in(0.0, float("inf"), lo_open=True), default=2e-3,
+    g.add_argument("--lr", type=float_arg(0.0, min_open=True), default=2e-3,
                    help="peak learning rate (AdamW, warm-up + cosine; default 2e-3)")
-    g.add_argument("--weight-decay", type=_float_in(0.0, float("inf")), default=1e-4)
-    g.add_argument("--clip-norm", type=_float_in(0.0, float("inf"), lo_open=True), default=1.0)
-    g.add_argument("--label-smoothing", type=_float_in(0.0, 1.0), default=0.0)
-    g.add_argument("--seed", type=_int_at_least(0), default=0)
-    g.add_argument("--cpu-devices", type=_int_at_least(1), default=None,
+    g.add_argument("--weight-decay", type=float_arg(0.0), default=1e-4)
+    g.add_argument("--clip-norm", type=float_arg(0.0, min_open=True), default=1.0)
+    g.add_argument("--label-smoothing", type=float_arg(0.0, 1.0, max_open=True), default=0.0)
+    g.add_argument("--seed", type=int_arg(0), default=0)
+    g.add_argument("--cpu-devices", type=int_arg(1), default=None,
                    help="CPU only: XLA host devices to shard the batch over (default: one per "
                         "core; XLA:CPU runs each kernel on one thread)")
     g.add_argument("--max-steps", type=pos, default=None,
@@ -203,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directory (default runs/<dataset>-<model>-<cell>-<wiring>)")
     g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from the newest checkpoint in --out-dir, or from CHECKPOINT")
-    g.add_argument("--progress", type=_choice(("auto", "bar", "plain", "none")), default="auto",
+    g.add_argument("--progress", type=choice_arg(("auto", "bar", "plain", "none")),
+                   default="auto",
                    help="progress display: auto (bar on a terminal), bar, plain, none")
 
     g = t.add_argument_group("multi-host (one `liquidjax train` per host, same flags)")
@@ -211,20 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address of process 0 (jax.distributed.initialize); every process "
                         "passes the same one")
     g.add_argument("--num-processes", type=pos, default=None, help="processes in the run")
-    g.add_argument("--process-id", type=_int_at_least(0), default=None,
+    g.add_argument("--process-id", type=int_arg(0), default=None,
                    help="this process's index, 0 .. num-processes - 1 (0 writes the outputs)")
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a split",
                        usage="liquidjax evaluate CHECKPOINT [--split SPLIT] [options]",
                        description="Report the loss and accuracy of a checkpoint on a split.")
     e.add_argument("checkpoint", help="a checkpoint file, or a run directory (newest checkpoint)")
-    e.add_argument("--split", type=_choice(SPLITS), default="test",
+    e.add_argument("--split", type=choice_arg(SPLITS), default="test",
                    help="test, val or train (default test)")
     e.add_argument("--data-dir", default=None, help="where the data is (default: as trained)")
     e.add_argument("--batch-size", type=pos, default=256)
     e.add_argument("--limit-examples", type=pos, default=None,
                    help="evaluate only the first N examples of the split")
     e.add_argument("--no-download", action="store_true")
+    e.set_defaults(cpu_devices=None)
     return parser
 
 
@@ -317,7 +242,7 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
             info={"dataset": args.dataset, "synthetic_seed": args.seed,
                   "limit_examples": args.limit_examples},
         )
-    if args.model == "conv" and args.sequence == "patches":
+    if args.kind == "conv" and args.sequence == "patches":
         raise _UsageError("--model conv reads whole images: use --sequence rows or pixels")
     task = ld.load_image_task(
         args.dataset, data_dir=args.data_dir, download=not args.no_download, mode=args.sequence,
@@ -386,9 +311,8 @@ def _train(args) -> int:
     import equinox as eqx
     import jax
 
-    from . import data as ld
-    from . import train as lt
-    from .models import build_model
+    from . import data as ld, train as lt
+    from .models import build_model, constraint_transforms
 
     try:
         tconfig = lt.TrainConfig(
@@ -403,7 +327,7 @@ def _train(args) -> int:
         raise _UsageError(str(e)) from None
     eval_batch = args.batch_size
 
-    out_dir = Path(args.out_dir or f"runs/{args.dataset}-{args.model}-{args.cell}-{args.wiring}")
+    out_dir = Path(args.out_dir or f"runs/{args.dataset}-{args.kind}-{args.cell}-{args.wiring}")
     lt.check_run_dir(out_dir)  # a bad out dir fails now, not after an epoch of training
     existing = lt.list_checkpoints(out_dir / "checkpoints")
     if existing and args.resume is None:
@@ -411,36 +335,45 @@ def _train(args) -> int:
             f"{out_dir} already holds checkpoints (newest: {existing[-1].name}); pass --resume to "
             "continue that run, or choose another --out-dir (nothing was overwritten)"
         )
-    def model_config(input_size: int, num_classes: int, image_shape,
-                     task: str = "classification", target_size: int = 1) -> ModelConfig:
+
+    def model_config(data: _Data | None) -> ModelConfig:
+        values = config_values(args, ModelConfig)
         try:
-            if args.model == "conv" and args.dataset not in IMAGE_DATASETS:
+            if args.kind == "conv" and args.dataset not in IMAGE_DATASETS:
                 raise ValueError(
                     f"--model conv needs an image dataset ({', '.join(IMAGE_DATASETS)})")
-            return ModelConfig(
-                input_size=input_size, num_classes=num_classes, kind=args.model,
-                task=task, target_size=target_size,
-                cell=args.cell, units=args.units, wiring=args.wiring,
-                motor_neurons=args.motor_neurons, layers=args.layers, readout=args.readout,
-                dropout=args.dropout, mixed_memory=args.mixed_memory, solver=args.solver,
-                ode_unfolds=args.ode_unfolds, backbone_units=args.backbone_units,
-                backbone_layers=args.backbone_layers,
-                image_shape=image_shape if args.model == "conv" else None,
-                conv_channels=args.conv_channels, conv_stem=args.conv_stem,
-                conv_dropout=args.conv_dropout,
-            )
+            # The data fixes these; given on the command line, they must agree with it. Before
+            # the data is read, placeholders let every other field be checked.
+            if data is None:
+                found = {"input_size": 1, "num_classes": 10, "image_shape": (256, 256, 1),
+                         "task": "classification", "target_size": 1}
+                values.update({k: v for k, v in found.items() if values[k] is None})
+            else:
+                found = {"input_size": data.input_size, "num_classes": data.num_classes,
+                         "image_shape": data.image_shape if args.kind == "conv" else None,
+                         "task": data.task, "target_size": data.target_size}
+                assert set(found) == set(from_data_fields(ModelConfig))
+                for name, actual in found.items():
+                    given = values[name]
+                    if actual is None:
+                        continue
+                    if given is not None and given != actual:
+                        raise ValueError(f"--{name.replace('_', '-')} {given} does not match "
+                                         f"the data ({actual})")
+                    values[name] = actual
+            return ModelConfig(**values)
         except ValueError as e:
             raise _UsageError(str(e)) from None
 
     # Check the flags before spending time on the data; the data then fixes the sizes.
-    model_config(1, 10, (256, 256, 1))
+    model_config(None)
     data = _load_data(args, args.batch_size, eval_batch)
-    mconfig = model_config(data.input_size, data.num_classes, data.image_shape, data.task,
-                           data.target_size)
+    mconfig = model_config(data)
     model = build_model(mconfig, key=jax.random.key(args.seed))
-    nparams = sum(x.size for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)))
+    nparams = sum(x.size for x in jax.tree_util.tree_leaves(
+        eqx.filter(model, eqx.is_inexact_array)))
     print(f"liquidjax: {args.dataset} ({data.info.get('source', 'synthetic')}), {data.task}, "
-          f"{args.model}/{args.cell}/{args.wiring}, {args.units} units, {nparams} parameters, "
+          f"{args.kind}/{args.cell}/{args.wiring}, {args.units} units, {nparams} parameters, "
           f"{parallel.num_devices} device(s) [{jax.devices()[0].platform}], out dir {out_dir}",
           file=sys.stderr, flush=True)
     resume: Any = None if args.resume is None else (
@@ -454,6 +387,7 @@ def _train(args) -> int:
         model, data.train, tconfig, val_data=data.val, out_dir=out_dir, resume=resume,
         model_config=saved_config, extra_header={"data_config": data.info},
         progress=args.progress, parallel=parallel,
+        extra_transforms=constraint_transforms(model),
     )
     summary: dict[str, Any] = {}
     if data.test_split is not None or args.dataset in SYNTHETIC_DATASETS:
@@ -467,6 +401,9 @@ def _train(args) -> int:
         summary.update(test_examples=ev["count"], eval_time_s=round(time.perf_counter() - t0, 2))
         lt.RunLogger(out_dir, progress="none").record("test", **summary)
     if jax.process_index() == 0:
+        from .plot import save_training_curves
+
+        curves = save_training_curves(result.metrics, out_dir / "curves.png")
         last = result.history[-1] if result.history else {}
         lines = [f"done: {out_dir}"]
         if last:
@@ -487,8 +424,8 @@ def _train(args) -> int:
             lines.append(f"  test rmse {summary['test_rmse']:.4f}, mae {summary['test_mae']:.4f} "
                          f"(loss {summary['test_loss']:.4f}, {summary['test_examples']} examples)")
         lines.append(f"  checkpoint {result.checkpoint}")
-        if result.plot is not None:
-            lines.append(f"  curves {result.plot}")
+        if curves is not None:
+            lines.append(f"  curves {curves}")
         lines.append(f"  metrics {out_dir / 'metrics.jsonl'}")
         print("\n".join(lines), flush=True)
     return 0
@@ -498,8 +435,7 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     import jax
 
-    from . import data as ld
-    from . import train as lt
+    from . import data as ld, train as lt
     from .models import build_model
 
     path = Path(args.checkpoint)
@@ -532,7 +468,8 @@ def _evaluate(args) -> int:
             raise _CliError(f"the {args.split} split of {info['name']} is empty")
         loader = task.eval_loader(args.split, args.batch_size)
     elif name in SYNTHETIC_DATASETS:
-        split = _synthetic(name, args.split, int(info.get("synthetic_seed", 0)), args.limit_examples)
+        split = _synthetic(name, args.split, int(info.get("synthetic_seed", 0)),
+                           args.limit_examples)
         loader = ld.Loader(split, args.batch_size, shuffle=False, drop_last=False)
     else:
         data_dir = args.data_dir if args.data_dir is not None else info.get("data_dir")
@@ -591,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     from ._platform import use_cpu_cores
 
     # Before any JAX backend exists: one CPU device per core, so data parallelism uses them all.
-    use_cpu_cores(getattr(args, "cpu_devices", None))
+    use_cpu_cores(args.cpu_devices)
     if args.command == "train":
         multi = (args.coordinator, args.num_processes, args.process_id)
         if any(v is not None for v in multi):

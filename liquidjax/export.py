@@ -361,7 +361,7 @@ def _signature(plan, batch_shape, length=None) -> dict[str, Any]:
 def _manifest(plan: _StepPlan, fmt: str, batch_shape, functions: dict) -> dict[str, Any]:
     from importlib import metadata
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "format": fmt,

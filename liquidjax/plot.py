@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -107,11 +108,11 @@ def wiring(w: Any, input_dim: int | None = None, *, ax: Axes | None = None,
 
 # ------------------------------------------------------------------------------- training curves
 def _records(metrics: Any) -> list[dict[str, Any]]:
-    from .train import read_metrics
+    from .train import FitResult, read_metrics
 
     if isinstance(metrics, (str, os.PathLike)):
         return read_metrics(metrics)
-    if hasattr(metrics, "history"):  # a FitResult
+    if isinstance(metrics, FitResult):
         return [dict(r, event="epoch") for r in metrics.history]
     return [r if "event" in r else dict(r, event="epoch") for r in metrics]
 
@@ -172,6 +173,29 @@ def training_curves(metrics: Any, *, figsize: tuple[float, float] = (10.0, 4.0))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+def save_training_curves(metrics_path: str | os.PathLike,
+                         out_path: str | os.PathLike) -> Path | None:
+    """Write :func:`training_curves` of a ``metrics.jsonl`` file to a PNG (what ``liquidjax
+    train`` leaves as ``curves.png`` in its run directory).
+
+    **Returns:** the PNG path, or ``None`` if no epoch has finished yet (nothing to plot).
+
+    **Example:**
+    ```python
+    result = fit(model, train, TrainConfig(epochs=3), out_dir="runs/demo")
+    plot.save_training_curves(result.metrics, "runs/demo/curves.png")
+    ```
+    """
+    from .train import read_metrics
+
+    if not any(rec.get("event") == "epoch" for rec in read_metrics(metrics_path)):
+        return None
+    out = Path(out_path)
+    # Built without pyplot (no backend switch inside notebooks).
+    training_curves(metrics_path).savefig(out, dpi=100)
+    return out
 
 
 # ------------------------------------------------------------------------------ solver trade-offs

@@ -279,7 +279,8 @@ def run_cli_cases(tmp_path, cases, *, env=None, timeout=300):
     for (argv, code, message), r in zip(cases, results):
         text = r["out"] + r["err"]
         assert "Traceback" not in text, (argv, text)
-        lines = [ln for ln in r["err"].splitlines() if ln.startswith(f"liquidjax {argv[0]}: error: ")]
+        lines = [ln for ln in r["err"].splitlines()
+                 if ln.startswith(f"liquidjax {argv[0]}: error: ")]
         assert r["code"] == code and len(lines) == 1, (argv, r)
         assert message in r["err"], (argv, message, r["err"])
     return results
@@ -301,3 +302,93 @@ def test_run_time_failures_are_one_line(idx_dir, tmp_path):
         ([*fm, "--data-dir", str(idx_dir), "--out-dir", str(bad_ckpt_dir)], 1,
          f"run directory: {bad_ckpt_dir / 'checkpoints'} is a file, not a folder"),
     ])
+
+
+def test_help_lists_every_model_config_field(capsys):
+    import dataclasses
+
+    from liquidjax.models import ModelConfig
+
+    code, out, _ = _run_main(["train", "--help"], capsys)
+    assert code == 0
+    for f in dataclasses.fields(ModelConfig):
+        flag = "--" + f.name.replace("_", "-") if f.name != "kind" else "--model"
+        assert flag in out, f"{f.name}: {flag} missing from `liquidjax train --help`"
+
+
+def _model_config_from(argv):
+    from liquidjax._config_args import config_values
+    from liquidjax.cli import build_parser
+    from liquidjax.models import ModelConfig
+
+    args = build_parser().parse_args(["train", *argv])
+    values = config_values(args, ModelConfig)
+    values.update(input_size=values["input_size"] or 2, num_classes=values["num_classes"] or 3,
+                  task=values["task"] or "classification", target_size=values["target_size"] or 1)
+    return ModelConfig(**values)
+
+
+def test_every_field_is_settable_from_the_command_line():
+    cfg = _model_config_from([
+        "--kind", "sequence", "--image-shape", "8,8,1", "--input-size", "8", "--num-classes", "5",
+        "--task", "regression", "--per-step", "--target-size", "2", "--predict-variance",
+        "--cell", "ltc", "--units", "9", "--wiring", "random", "--motor-neurons", "3",
+        "--sparsity", "0.3", "--wiring-seed", "7", "--layers", "2", "--readout", "mean",
+        "--dropout", "0.1", "--mixed-memory", "--solver", "TSIT5", "--ode-unfolds", "3",
+        "--adaptive-tol", "1e-4", "--no-implicit-param-constraints", "--interpolation", "cubic",
+        "--cfc-mode", "no-gate", "--activation", "silu", "--backbone-units", "5",
+        "--backbone-layers", "0", "--backbone-dropout", "0.2", "--conv-channels", "4,6",
+        "--conv-sequence", "columns", "--conv-stem", "pooled", "--conv-dropout", "0.3",
+    ])
+    want = dict(kind="sequence", task="regression", per_step=True, target_size=2,
+                predict_variance=True, image_shape=(8, 8, 1), input_size=8, num_classes=5,
+                cell="ltc",
+                units=9, wiring="random", motor_neurons=3, sparsity=0.3, wiring_seed=7, layers=2,
+                readout="mean", dropout=0.1, mixed_memory=True, solver="tsit5", ode_unfolds=3,
+                adaptive_tol=1e-4, implicit_param_constraints=False, interpolation="cubic",
+                cfc_mode="no_gate", activation="silu", backbone_units=5, backbone_layers=0,
+                backbone_dropout=0.2, conv_channels=(4, 6), conv_sequence="columns",
+                conv_stem="pooled", conv_dropout=0.3)
+    import dataclasses
+
+    assert set(want) == {f.name for f in dataclasses.fields(cfg)}  # the test covers them all
+    assert cfg.to_dict() == want
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--adaptive-tol", "0"], "expected a number in (0.0, inf), got 0.0"),
+    (["--sparsity", "1"], "expected a number in [0.0, 1.0), got 1.0"),
+    (["--activation", "swish"], "expected one of: lecun_tanh, silu"),
+    (["--interpolation", "spline"], "expected one of: hold, linear, cubic"),
+    (["--image-shape", "8,8"], "expected 3 comma-separated integers"),
+])
+def test_model_flag_errors(argv, expected, capsys):
+    code, _, err = _run_main(["train", *argv], capsys)
+    assert code == 2 and expected in err
+
+
+def test_adaptive_tol_from_the_command_line_runs_adaptively():
+    # `--solver tsit5 --adaptive-tol` must reach the solver: the tolerance changes the answer,
+    # and tightening it converges (a constant-step solve would ignore it).
+    import equinox as eqx
+    import jax
+
+    from liquidjax.models import build_model
+
+    xs = 3.0 * jax.random.normal(jax.random.key(1), (5, 2))
+    out = {}
+    for tol in ("1e-1", "1e-6", "1e-7"):
+        cfg = _model_config_from(["--cell", "ltc", "--units", "6", "--solver", "tsit5",
+                                  "--ode-unfolds", "1", "--adaptive-tol", tol])
+        model = build_model(cfg, key=jax.random.key(0))
+        out[tol] = np.asarray(eqx.filter_jit(model)(xs))
+    coarse = np.max(np.abs(out["1e-1"] - out["1e-7"]))
+    fine = np.max(np.abs(out["1e-6"] - out["1e-7"]))
+    assert coarse > 1e-4 and fine < coarse / 10, (coarse, fine)
+
+
+@pytest.mark.slow
+def test_given_sizes_must_match_the_data(tmp_path, capsys):
+    code, _, err = _run_main(["train", "--dataset", "two_spirals", "--input-size", "5",
+                              "--out-dir", str(tmp_path / "x"), *SMALL], capsys)
+    assert code == 2 and "--input-size 5 does not match the data (2)" in err

@@ -268,7 +268,8 @@ def test_cifar_bin_truncated_mid_record(tmp_path):
     f.write_bytes(f.read_bytes()[:-10])
     with pytest.raises(
         D.DatasetFormatError,
-        match=r"data_batch_3.bin: size 12282 bytes is not a positive multiple of the 3073-byte record",
+        match=r"data_batch_3.bin: size 12282 bytes is not a positive multiple of the "
+              r"3073-byte record",
     ):
         D.load_dataset("cifar10", "train", tmp_path)
 
@@ -279,7 +280,8 @@ def test_cifar_bin_truncated_on_record_boundary(tmp_path):
     f.write_bytes(f.read_bytes()[: 3 * 3073])
     with pytest.raises(
         D.DatasetFormatError,
-        match=r"test_batch.bin: CIFAR-10 batch files must all hold the same number of records .* test_batch.bin: 3",
+        match=r"test_batch.bin: CIFAR-10 batch files must all hold the same number of records "
+              r".* test_batch.bin: 3",
     ):
         D.load_dataset("cifar10", "train", tmp_path)  # caught even when reading the other split
 
@@ -389,7 +391,8 @@ class NoTF(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError("No module named 'tensorflow' (blocked)", name=name)
 sys.meta_path.insert(0, NoTF())
 _find_spec = importlib.util.find_spec
-importlib.util.find_spec = lambda name, package=None: None if _is_tf(name) else _find_spec(name, package)
+importlib.util.find_spec = lambda name, package=None: (
+    None if _is_tf(name) else _find_spec(name, package))
 import numpy as np, liquidjax.data as D
 ds = D.load_dataset("cifar10", sys.argv[2], sys.argv[1], download=False)
 np.savez(sys.argv[3], images=ds.images, labels=ds.labels)
@@ -582,19 +585,23 @@ def test_augmentation_padding():
         D.augment_crop_flip(images, np.random.default_rng(0), padding=-1)
 
 
-def test_batch_assembly_speed_cifar_shaped():
+def test_batch_assembly_cifar_shaped():
+    # Speed is measured in benchmarks/batch_assembly.py (a timing assertion here would be flaky
+    # on a loaded machine); here: a CIFAR-shaped batch is the normalised images, row by row,
+    # computed independently per example in float64.
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, 50000)
-    seq = D.ImageSequencer.fit(images[:5000])
-    loader = D.Loader((images, labels), 128, seed=0, transform=D.ImageTransform(seq, augment=True))
-    loader.batch(0, 0)
-    start = time.perf_counter()
-    for step in range(20):
-        x, y = loader.batch(0, step).data
-    per_batch = (time.perf_counter() - start) / 20
-    assert x.shape == (128, 32, 96) and y.dtype == np.int32
-    assert per_batch < 0.05, f"{per_batch * 1e3:.1f} ms per batch"
+    images = rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 300)
+    seq = D.ImageSequencer.fit(images[:200])
+    loader = D.Loader((images, labels), 128, seed=0, transform=D.ImageTransform(seq))
+    x, y = loader.batch(0, 1).data
+    assert x.shape == (128, 32, 96) and x.dtype == np.float32 and y.dtype == np.int32
+    mean = images[:200].reshape(-1, 3).astype(np.float64).mean(0) / 255
+    std = (images[:200].reshape(-1, 3).astype(np.float64) / 255).std(0)
+    for row, idx in enumerate(loader.order(0)[128:133]):
+        want = ((images[idx] / 255.0 - mean) / std).reshape(32, 96)
+        np.testing.assert_allclose(x[row], want, rtol=1e-5, atol=1e-5)
+        assert y[row] == labels[idx]
 
 
 # ------------------------------------------------------------------------------- synthetic

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from liquidjax import inspect as li
-from liquidjax import plot
+from liquidjax import inspect as li, plot
 from liquidjax.cells import LTC, CfC, MixedMemory
 from liquidjax.layers import LiquidRNN
 from liquidjax.wirings import AutoNCP

@@ -203,7 +203,8 @@ def test_continuous_path_matches_scipy(interpolation):
             path = lambda t: np.array([np.interp(t, knots, vals[:, i]) for i in range(2)])  # noqa: E731
         else:
             ref = diffrax.CubicInterpolation(
-                jnp.asarray(knots), diffrax.backward_hermite_coefficients(jnp.asarray(knots), jnp.asarray(vals)))
+                jnp.asarray(knots),
+                diffrax.backward_hermite_coefficients(jnp.asarray(knots), jnp.asarray(vals)))
             path = lambda t: np.asarray(ref.evaluate(t))  # noqa: E731
         f = jax.jit(lambda y, xx: cell.vector_field(0.0, y, xx))
         sol = solve_ivp(lambda t, y: np.asarray(f(jnp.asarray(y), jnp.asarray(path(t)))),
@@ -241,7 +242,8 @@ def test_continuous_backsolve_adjoint_with_constant_steps():
     l1, l2 = jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)
     for a, b in zip(l1, l2):
         np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-3)
-    flat1, flat2 = jnp.concatenate([a.ravel() for a in l1]), jnp.concatenate([b.ravel() for b in l2])
+    flat1 = jnp.concatenate([a.ravel() for a in l1])
+    flat2 = jnp.concatenate([b.ravel() for b in l2])
     cos = jnp.dot(flat1, flat2) / (jnp.linalg.norm(flat1) * jnp.linalg.norm(flat2))
     assert cos > 0.99
 

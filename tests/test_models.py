@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liquidjax.models import _conv_stem
 from liquidjax.cells._cfc import CfC
 from liquidjax.cells._lstm import MixedMemory
 from liquidjax.cells._ltc import LTC
@@ -21,6 +20,7 @@ from liquidjax.models import (
     ConvLiquidClassifier,
     ModelConfig,
     SequenceClassifier,
+    _conv_stem,
     build_model,
     feature_map_shape,
 )
@@ -215,16 +215,16 @@ def test_config_roundtrip_json():
     (dict(interpolation="cubic"), "needs an ODE cell"),
     (dict(cell="ltc", solver="euler", adaptive_tol=1e-3), "adaptive solver"),
     (dict(readout="max"), "expected one of: last, mean"),
-    (dict(units=0), "units must be a positive integer"),
-    (dict(num_classes=1), "num_classes must be at least 2"),
+    (dict(units=0), "units must be an integer >= 1, got 0"),
+    (dict(num_classes=1), "num_classes must be at least 2, got 1"),
     (dict(wiring="ncp", units=6, motor_neurons=4), r"motor_neurons in \[1, 3\]"),
     (dict(kind="conv"), "image_shape"),
-    (dict(dropout=1.0), "dropout must lie in"),
+    (dict(dropout=1.0), "dropout must be a number in \\[0.0, 1.0\\), got 1.0"),
     (dict(kind="conv", image_shape=(8, 8, 1), conv_stem="resnet"),
      "unknown conv stem 'resnet'; expected one of: strided, pooled"),
     (dict(kind="conv", image_shape=(8, 8, 1), conv_channels=(4, 4, 4, 4), conv_stem="pooled"),
      r"shrinks an image of shape \(8, 8, 1\) to nothing"),
-    (dict(conv_dropout=-0.1), "conv_dropout must lie in"),
+    (dict(conv_dropout=-0.1), "conv_dropout must be a number in"),
 ])
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):

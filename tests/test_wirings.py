@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from liquidjax.wirings import AutoNCP, NCP, FullyConnected, Random, Wiring, draw
+from liquidjax.wirings import NCP, AutoNCP, FullyConnected, Random, Wiring, draw
 
 matplotlib.use("Agg")
 
@@ -64,46 +64,39 @@ def test_autoncp_matches_recorded_ncps():
         "motor", "motor", "command", "command", "inter", "inter"]
 
 
-# --- live ncps, when installed (ncps.wirings imports only NumPy) ---------------------------------
+# --- ncps's wirings over many arguments (recorded by refs/ncps/record_wirings.py) -------------
 
-LIVE_CASES = [
-    ("FullyConnected", (1,), {}, 1),
-    ("FullyConnected", (7,), {"output_dim": 3, "erev_init_seed": 5}, 4),
-    ("FullyConnected", (6,), {"self_connections": False, "erev_init_seed": 0}, 3),
-    ("Random", (9,), {}, 2),
-    ("Random", (9,), {"sparsity_level": 0.5, "random_seed": 3}, 4),
-    ("Random", (12,), {"output_dim": 2, "sparsity_level": 0.9, "random_seed": 77}, 5),
-    ("Random", (1,), {"sparsity_level": 0.6}, 1),
-    ("NCP", (12, 8, 4, 4, 4, 4, 6), {"seed": 1}, 10),
-    ("NCP", (5, 3, 2, 0, 0, 0, 0), {"seed": 7}, 6),
-    ("NCP", (3, 5, 2, 3, 5, 10, 5), {}, 2),
-    ("AutoNCP", (16, 4), {}, 5),
-    ("AutoNCP", (10, 1), {"sparsity_level": 0.1, "seed": 3}, 2),
-    ("AutoNCP", (30, 8), {"sparsity_level": 0.9, "seed": 5}, 20),
-    ("AutoNCP", (4, 1), {"sparsity_level": 1.0, "seed": 0}, 1),
-    ("AutoNCP", (24, 6), {"sparsity_level": 0.3, "seed": 123}, 33),
-]
+with np.load(REFS / "wirings.npz") as _z:
+    WIRING_REFS = {k: _z[k] for k in _z.files}
+WIRING_CASES = json.loads(str(WIRING_REFS["meta_json"]))["cases"]
 
 
-@pytest.mark.parametrize("name, args, kwargs, input_dim", LIVE_CASES)
-def test_matches_live_ncps(name, args, kwargs, input_dim):
-    ncps_wirings = pytest.importorskip("ncps.wirings")
-    theirs = getattr(ncps_wirings, name)(*args, **kwargs)
-    ours = globals()[name](*args, **kwargs)
+@pytest.mark.parametrize("k", range(len(WIRING_CASES)),
+                         ids=[f"{c['class']}-{k}" for k, c in enumerate(WIRING_CASES)])
+def test_matches_recorded_ncps_wirings(k):
+    case = WIRING_CASES[k]
+    name, input_dim = case["class"], case["input_dim"]
+    ours = globals()[name](*case["args"], **case["kwargs"])
     if name in ("FullyConnected", "Random"):  # drawn at construction in ncps too
-        np.testing.assert_array_equal(ours.adjacency_matrix, theirs.adjacency_matrix)
-    theirs.build(input_dim)
+        np.testing.assert_array_equal(ours.adjacency_matrix, WIRING_REFS[f"{k}.adjacency"])
     built = ours.build(input_dim)
-    _assert_same(built, theirs.adjacency_matrix, theirs.sensory_adjacency_matrix)
-    assert built.output_dim == theirs.output_dim
-    assert built.num_layers == theirs.num_layers
-    for layer in range(built.num_layers):
-        assert built.get_neurons_of_layer(layer).tolist() == list(
-            theirs.get_neurons_of_layer(layer))
-    assert [built.get_type_of_neuron(i) for i in range(built.units)] == [
-        theirs.get_type_of_neuron(i) for i in range(theirs.units)]
-    assert built.synapse_count == theirs.synapse_count
-    assert built.sensory_synapse_count == theirs.sensory_synapse_count
+    _assert_same(built, WIRING_REFS[f"{k}.built_adjacency"], WIRING_REFS[f"{k}.sensory_adjacency"])
+    assert built.output_dim == case["output_dim"]
+    assert built.num_layers == case["num_layers"]
+    assert [built.get_neurons_of_layer(j).tolist() for j in range(built.num_layers)] == \
+        case["layers"]
+    assert [built.get_type_of_neuron(i) for i in range(built.units)] == case["types"]
+    assert built.synapse_count == case["synapse_count"]
+    assert built.sensory_synapse_count == case["sensory_synapse_count"]
+
+
+def test_recorded_wirings_are_not_vacuous():
+    assert len(WIRING_CASES) == 15
+    assert {c["class"] for c in WIRING_CASES} == {"FullyConnected", "Random", "NCP", "AutoNCP"}
+    signs = set()
+    for k in range(len(WIRING_CASES)):
+        signs |= set(np.unique(WIRING_REFS[f"{k}.built_adjacency"]).tolist())
+    assert signs == {-1, 0, 1}
 
 
 # --- a NumPy-only replay of ncps's scalar draw loops (checks our vectorised draws) --------------

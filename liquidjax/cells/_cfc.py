@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import equinox as eqx
 import jax
@@ -22,7 +22,7 @@ from .._static import StaticArray
 from ._base import AbstractCell
 
 Mode = Literal["default", "no_gate", "pure"]
-_MODES: tuple[str, ...] = ("default", "no_gate", "pure")
+_MODES: tuple[str, ...] = get_args(Mode)
 
 
 def lecun_tanh(x: Array) -> Array:

@@ -44,9 +44,9 @@ class WiredCfC(AbstractWiredCell):
     $$ h_0' = \mathrm{CfC}_0(h_0; x, Δt),\qquad h_l' = \mathrm{CfC}_l(h_l; h_{l-1}', Δt) $$
 
     where the ``ff1``/``ff2`` weights of block ``l`` are masked by the wiring's synapses into
-    layer ``l`` (``time_a``/``time_b`` and the biases are dense). The masks are static boolean constants:
-    they are never trained, and masked weights get exactly zero gradient. The output is the
-    last layer's new state (the motor neurons for NCP/AutoNCP).
+    layer ``l`` (``time_a``/``time_b`` and the biases are dense). The masks are static boolean
+    constants: they are never trained, and masked weights get exactly zero gradient. The output is
+    the last layer's new state (the motor neurons for NCP/AutoNCP).
 
     **Arguments:**
 

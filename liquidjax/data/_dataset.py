@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from .._checks import check_real
+
 
 @dataclasses.dataclass(frozen=True)
 class _DatasetSpec:
@@ -121,8 +123,7 @@ def split_validation(
     Example:
         >>> train, val = split_validation(full_train, 0.1, seed=0)  # doctest: +SKIP
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    check_real("validation fraction", fraction, minimum=0.0, maximum=1.0, max_open=True)
     n = len(dataset)
     n_val = round(fraction * n)
     held = np.zeros(n, bool)

@@ -36,9 +36,9 @@ def _format_unavailable(name: str, split: str, looked: list[str], reason: str) -
     lines += [
         "Options:",
         (
-            f"  1. connect to the internet once: tfds downloads and prepares {name!r} into its data "
-            "dir (preparation needs TensorFlow: pip install 'liquidjax[prepare]'); later runs are "
-            "offline;"
+            f"  1. connect to the internet once: tfds downloads and prepares {name!r} into its "
+            "data dir (preparation needs TensorFlow: pip install 'liquidjax[prepare]'); later runs "
+            "are offline;"
         ),
         (
             f"  2. --data-dir (data_dir=) pointing at a tfds data dir where {name!r} is already "

@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from .._checks import check_choice, literal_choices
 from ._batching import Loader
 from ._dataset import KNOWN_DATASETS, ImageDataset, split_validation
 from ._errors import DatasetUnavailableError
@@ -71,10 +72,8 @@ def load_dataset(
         >>> test.images.shape, test.source
         ((10000, 28, 28, 1), 'idx:/usr/share/datasets/fashion-mnist')
     """
-    if name not in KNOWN_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(KNOWN_DATASETS)}")
-    if source not in ("auto", "local", "tfds"):
-        raise ValueError(f"source must be 'auto', 'local' or 'tfds', got {source!r}")
+    check_choice("dataset", name, tuple(KNOWN_DATASETS))
+    check_choice("source", source, literal_choices(Source))
     spec = KNOWN_DATASETS[name]
     looked: list[str] = []
     layout = "IDX files" if spec.layout == "idx" else "CIFAR-10 python/binary folder or archive"

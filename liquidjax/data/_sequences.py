@@ -7,7 +7,10 @@ from typing import Literal
 
 import numpy as np
 
+from .._checks import check_choice, check_int, literal_choices
+
 SequenceMode = Literal["rows", "pixels", "patches"]
+SEQUENCE_MODES: tuple[str, ...] = literal_choices(SequenceMode)
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,10 +80,8 @@ class ImageSequencer:
             raise ValueError(f"mean {mean.shape} and std {std.shape} must have the same shape (C,)")
         if np.any(std <= 0):
             raise ValueError(f"std must be positive, got {std}")
-        if self.mode not in ("rows", "pixels", "patches"):
-            raise ValueError(f"mode must be 'rows', 'pixels' or 'patches', got {self.mode!r}")
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        check_choice("mode", self.mode, SEQUENCE_MODES)
+        check_int("patch_size", self.patch_size, minimum=1)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 
@@ -139,8 +140,7 @@ def augment_crop_flip(
     Example:
         >>> aug = augment_crop_flip(batch, np.random.default_rng((0, 3, 17)))  # doctest: +SKIP
     """
-    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-        raise ValueError(f"padding must be a non-negative integer, got {padding!r}")
+    check_int("padding", padding, minimum=0, expected="a non-negative integer")
     n, h, w, _ = images.shape
     padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     dy = rng.integers(0, 2 * padding + 1, n)

@@ -15,12 +15,12 @@ A ``.ts`` file (the format of timeseriesclassification.com, sktime and aeon) is 
     @data
     0.1,0.2,...:0.3,0.1,...:...:Standing
 
-Channels are separated by ``:``, values by ``,``; ``?`` (or ``NaN``) is a missing value; the
-last field is the class label (``@classLabel true ...``) or the real target
-(``@targetLabel true``, regression). With ``@timeStamps true`` each value is written
-``(time,value)`` (a number, or an ISO date/time read in seconds); the union of every channel's times becomes the example's time axis, NaN where
-a channel has no value at a time, and the first observation's timespan is the example's
-median gap. Unequal lengths are padded with NaN after each example's end.
+Channels are separated by ``:``, values by ``,``; ``?`` (or ``NaN``) is a missing value; the last
+field is the class label (``@classLabel true ...``) or the real target (``@targetLabel true``,
+regression). With ``@timeStamps true`` each value is written ``(time,value)`` (a number, or an ISO
+date/time read in seconds); the union of every channel's times becomes the example's time axis, NaN
+where a channel has no value at a time, and the first observation's timespan is the example's median
+gap. Unequal lengths are padded with NaN after each example's end.
 """
 
 from __future__ import annotations

@@ -94,8 +94,8 @@ def from_ncps(
     - `ncps_kwargs`: the other ncps constructor arguments (``mixed_memory``, ``proj_size``,
       ``return_sequences``, ``mode``, ``activation``, ``backbone_units``, ``backbone_layers``,
       ``backbone_dropout``, ``ode_unfolds``, ``epsilon``, ``implicit_param_constraints``,
-      ``input_mapping``, ``output_mapping``). ``batch_first`` is accepted and ignored: the model acts
-      on one unbatched ``(L, input_size)`` sequence (``jax.vmap`` for batches).
+      ``input_mapping``, ``output_mapping``). ``batch_first`` is accepted and ignored: the model
+      acts on one unbatched ``(L, input_size)`` sequence (``jax.vmap`` for batches).
 
     **Returns:** a :class:`~liquidjax.LiquidRNN` ``m`` with ``m(x, timespans=None)`` →
     ``(outputs, final_state)`` (``final_state`` is ``(h, c)`` with mixed memory).

@@ -12,46 +12,23 @@
 from ._build import build_model as build_model
 from ._classifier import (
     READOUTS as READOUTS,
-)
-from ._classifier import (
     AbstractClassifier as AbstractClassifier,
-)
-from ._classifier import (
     SequenceClassifier as SequenceClassifier,
 )
 from ._config import (
     CELL_KINDS as CELL_KINDS,
-)
-from ._config import (
     CFC_MODES as CFC_MODES,
-)
-from ._config import (
     INTERPOLATIONS as INTERPOLATIONS,
-)
-from ._config import (
     MODEL_KINDS as MODEL_KINDS,
-)
-from ._config import (
     TASKS as TASKS,
-)
-from ._config import (
     WIRINGS as WIRINGS,
-)
-from ._config import (
     ModelConfig as ModelConfig,
 )
+from ._constraints import constraint_transforms as constraint_transforms
 from ._conv_stem import (
     CONV_SEQUENCES as CONV_SEQUENCES,
-)
-from ._conv_stem import (
     CONV_STEMS as CONV_STEMS,
-)
-from ._conv_stem import (
     ConvLiquidClassifier as ConvLiquidClassifier,
-)
-from ._conv_stem import (
     conv_stem_blocks as conv_stem_blocks,
-)
-from ._conv_stem import (
     feature_map_shape as feature_map_shape,
 )

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import abc
+from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from .._checks import check_choice
+from .._checks import check_choice, literal_choices
 from ..layers import LiquidRNN
 
-READOUTS: tuple[str, ...] = ("last", "mean")
+Readout = Literal["last", "mean"]
+READOUTS: tuple[str, ...] = literal_choices(Readout)
 
 
 class AbstractClassifier(eqx.Module):
@@ -65,7 +67,8 @@ def _pool(rnn: LiquidRNN, x, timespans, mask, readout: str, key) -> Array:
 class SequenceClassifier(AbstractClassifier):
     r"""Liquid layers over a ``(L, C)`` sequence, then a linear readout to class logits.
 
-    $$h^{(1)}_{1:L} = \mathrm{RNN}_1(x_{1:L}),\ \dots,\ h^{(n)}_{1:L} = \mathrm{RNN}_n(h^{(n-1)}_{1:L}),
+    $$h^{(1)}_{1:L} = \mathrm{RNN}_1(x_{1:L}),\ \dots,\
+      h^{(n)}_{1:L} = \mathrm{RNN}_n(h^{(n-1)}_{1:L}),
       \qquad \mathrm{logits} = W\,\mathrm{pool}(h^{(n)}) + b$$
 
     with ``pool`` the output at the last (valid) step (``readout="last"``) or the mean over the

@@ -1,27 +1,39 @@
-"""`ModelConfig`: what to build, as plain data."""
+"""`ModelConfig`: what to build, as plain data; its fields declare their own checks."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
-from .._checks import check_choice, check_positive_int
-from ..cells._cfc import ACTIVATIONS
+from .._checks import check_fields, config_field, literal_choices
+from ..cells._cfc import ACTIVATIONS, Mode as CfCMode
+from ..layers import Interpolation
 from ..solvers import SOLVER_NAMES, is_adaptive, solver_from_name
-from ._classifier import READOUTS
-from ._conv_stem import CONV_SEQUENCES, CONV_STEMS, feature_map_shape
+from ._classifier import Readout
+from ._conv_stem import ConvSequence, ConvStem, feature_map_shape
 
-MODEL_KINDS: tuple[str, ...] = ("sequence", "conv")
-CELL_KINDS: tuple[str, ...] = ("cfc", "ltc")
-WIRINGS: tuple[str, ...] = ("fc", "ncp", "autoncp", "random")
-CFC_MODES: tuple[str, ...] = ("default", "no_gate", "pure")
-INTERPOLATIONS: tuple[str, ...] = ("hold", "linear", "cubic")
-TASKS: tuple[str, ...] = ("classification", "regression")
+ModelKind = Literal["sequence", "conv"]
+CellKind = Literal["cfc", "ltc"]
+WiringKind = Literal["fc", "ncp", "autoncp", "random"]
+Task = Literal["classification", "regression"]
+
+MODEL_KINDS: tuple[str, ...] = literal_choices(ModelKind)
+CELL_KINDS: tuple[str, ...] = literal_choices(CellKind)
+WIRINGS: tuple[str, ...] = literal_choices(WiringKind)
+CFC_MODES: tuple[str, ...] = literal_choices(CfCMode)
+INTERPOLATIONS: tuple[str, ...] = literal_choices(Interpolation)
+TASKS: tuple[str, ...] = literal_choices(Task)
+
+_RATE = dict(minimum=0.0, maximum=1.0, max_open=True)
+_POSITIVE = dict(minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """What to build; every field is plain data (JSON-serialisable, stored in checkpoints).
+
+    Each field declares its type (a ``Literal`` for a choice) and bounds; the same declaration
+    validates the config and defines its command-line flag (``liquidjax train --help``).
 
     **Arguments:**
     - `input_size`: features per step of the input sequence (for ``kind="conv"``: unused by the
@@ -34,11 +46,11 @@ class ModelConfig:
       `motor_neurons` outputs and `sparsity`), ``"random"`` (random sparse, `sparsity`).
     - `motor_neurons`: outputs of a wired layer (default: `num_classes` if it fits, else
       ``units // 3``).
-    - `sparsity`: sparsity level of ``ncp``/``random`` wirings.
+    - `sparsity`: sparsity level of ``ncp``/``random`` wirings (at least 0.1 for ``ncp``).
     - `wiring_seed`: seed of the wiring's draws.
     - `layers`: number of stacked liquid layers.
-    - `readout`: ``"last"`` or ``"mean"``.
-    - `dropout`: dropout on the pooled features.
+    - `readout`: ``"last"`` (output at the last valid step) or ``"mean"`` (mean over steps).
+    - `dropout`: dropout on the pooled features (training only).
     - `mixed_memory`: put an LSTM memory in front of each liquid cell.
     - `solver`: LTC solver name (one of :data:`liquidjax.solvers.SOLVER_NAMES`; default
       ``"fused"``); not allowed for CfC.
@@ -46,16 +58,20 @@ class ModelConfig:
     - `adaptive_tol`: if set, an adaptive solver (``tsit5``, ``dopri5``, ``kvaerno*``...) runs
       with ``PIDController(rtol=atol=adaptive_tol)``.
     - `implicit_param_constraints`: LTC positivity by softplus (``True``) or by projection after
-      each optimiser step (``False``).
-    - `interpolation`: ``"hold"``, ``"linear"`` or ``"cubic"`` (LTC only for the latter two).
-    - `cfc_mode`, `activation`, `backbone_units`, `backbone_layers`, `backbone_dropout`: CfC
-      options (the backbone only for unwired CfC).
+      each optimiser step (``False``; train with :func:`constraint_transforms` in the chain).
+    - `interpolation`: ``"hold"``, ``"linear"`` or ``"cubic"`` input path between observations
+      (LTC only for the latter two).
+    - `cfc_mode`: CfC mode, ``"default"``, ``"no_gate"`` or ``"pure"``.
+    - `activation`: CfC backbone activation (unwired CfC).
+    - `backbone_units`: CfC backbone width (unwired CfC).
+    - `backbone_layers`: CfC backbone depth (unwired CfC; 0 for none).
+    - `backbone_dropout`: dropout in the CfC backbone (unwired CfC; training only).
     - `image_shape`: ``(H, W, C)``, required for ``kind="conv"``.
     - `conv_channels`: output channels of the stem's conv blocks (``"strided"``) or stages
       (``"pooled"``).
-    - `conv_stem`: ``"strided"`` or ``"pooled"`` (see :class:`ConvLiquidClassifier`).
-    - `conv_dropout`: dropout in the stem (after each pool, or on the feature map).
     - `conv_sequence`: ``"rows"`` or ``"columns"`` of the feature map.
+    - `conv_stem`: ``"strided"`` or ``"pooled"`` (see :class:`ConvLiquidClassifier`).
+    - `conv_dropout`: dropout in the stem (after each pool, or on the feature map; training only).
     - `task`: ``"classification"`` (logits) or ``"regression"`` (real predictions).
     - `per_step`: one output per step (Keras ``return_sequences``) instead of one per
       sequence (sequence models only).
@@ -70,86 +86,63 @@ class ModelConfig:
     ```
     """
 
-    input_size: int
-    num_classes: int
-    kind: str = "sequence"
-    cell: str = "cfc"
-    units: int = 64
-    wiring: str = "fc"
-    motor_neurons: int | None = None
-    sparsity: float = 0.5
-    wiring_seed: int = 22222
-    layers: int = 1
-    readout: str = "last"
-    dropout: float = 0.0
+    input_size: int = config_field(minimum=1, from_data=True)
+    num_classes: int = config_field(minimum=0, from_data=True)
+    kind: ModelKind = config_field("sequence", flags=("--model", "--kind"))
+    cell: CellKind = "cfc"
+    units: int = config_field(64, **_POSITIVE)
+    wiring: WiringKind = "fc"
+    motor_neurons: int | None = config_field(None, **_POSITIVE)
+    sparsity: float = config_field(0.5, **_RATE)
+    wiring_seed: int = config_field(22222, minimum=0, maximum=2**32 - 1)
+    layers: int = config_field(1, **_POSITIVE)
+    readout: Readout = "last"
+    dropout: float = config_field(0.0, **_RATE)
     mixed_memory: bool = False
-    solver: str | None = None
-    ode_unfolds: int = 6
-    adaptive_tol: float | None = None
+    solver: str | None = config_field(None, choices=SOLVER_NAMES, cli_default="fused")
+    ode_unfolds: int = config_field(6, **_POSITIVE)
+    adaptive_tol: float | None = config_field(None, minimum=0.0, min_open=True)
     implicit_param_constraints: bool = True
-    interpolation: str = "hold"
-    cfc_mode: str = "default"
-    activation: str = "lecun_tanh"
-    backbone_units: int = 128
-    backbone_layers: int = 1
-    backbone_dropout: float = 0.0
-    image_shape: tuple[int, int, int] | None = None
-    conv_channels: tuple[int, ...] = (32, 64, 64)
-    conv_sequence: str = "rows"
-    conv_stem: str = "strided"
-    conv_dropout: float = 0.0
-    task: str = "classification"
+    interpolation: Interpolation = "hold"
+    cfc_mode: CfCMode = "default"
+    activation: str = config_field("lecun_tanh", choices=tuple(ACTIVATIONS))
+    backbone_units: int = config_field(128, **_POSITIVE)
+    backbone_layers: int = config_field(1, minimum=0)
+    backbone_dropout: float = config_field(0.0, **_RATE)
+    image_shape: tuple[int, int, int] | None = config_field(None, minimum=1, from_data=True)
+    conv_channels: tuple[int, ...] = config_field((32, 64, 64), **_POSITIVE)
+    conv_sequence: ConvSequence = "rows"
+    conv_stem: ConvStem = "strided"
+    conv_dropout: float = config_field(0.0, **_RATE)
+    task: Task = config_field("classification", from_data=True)
     per_step: bool = False
-    target_size: int = 1
+    target_size: int = config_field(1, minimum=1, from_data=True)
     predict_variance: bool = False
 
     def __post_init__(self):
-        check_choice("task", self.task, TASKS)
-        check_choice("model kind", self.kind, MODEL_KINDS)
-        check_choice("cell", self.cell, CELL_KINDS)
-        check_choice("wiring", self.wiring, WIRINGS)
-        check_choice("readout", self.readout, READOUTS)
-        check_choice("interpolation", self.interpolation, INTERPOLATIONS)
-        check_choice("CfC mode", self.cfc_mode, CFC_MODES)
-        check_choice("activation", self.activation, tuple(ACTIVATIONS))
-        check_choice("conv sequence", self.conv_sequence, CONV_SEQUENCES)
-        check_choice("conv stem", self.conv_stem, CONV_STEMS)
-        for name in ("input_size", "units", "layers", "ode_unfolds", "target_size"):
-            check_positive_int(name, getattr(self, name))
+        check_fields(self)
         if self.task == "classification":
-            check_positive_int("num_classes", self.num_classes)
             if self.num_classes < 2:
                 raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
             if self.predict_variance:
                 raise ValueError("predict_variance applies to task='regression' only")
         if self.per_step and self.kind != "sequence":
             raise ValueError("per_step outputs need kind='sequence'")
-        if self.solver is not None:
-            check_choice("solver", self.solver, SOLVER_NAMES)
-            if self.cell != "ltc":
-                raise ValueError(
-                    f"solver={self.solver!r} applies only to ODE cells (cell='ltc'); "
-                    f"a {self.cell} cell advances in closed form"
-                )
+        if self.solver is not None and self.cell != "ltc":
+            raise ValueError(
+                f"solver={self.solver!r} applies only to ODE cells (cell='ltc'); "
+                f"a {self.cell} cell advances in closed form"
+            )
         if self.interpolation != "hold" and self.cell != "ltc":
             raise ValueError(
                 f"interpolation={self.interpolation!r} needs an ODE cell (cell='ltc')"
             )
-        if self.adaptive_tol is not None:
-            if self.cell != "ltc" or not is_adaptive(solver_from_name(self.solver or "fused")):
-                raise ValueError(
-                    "adaptive_tol needs cell='ltc' and an adaptive solver (e.g. tsit5, dopri5, "
-                    f"kvaerno5), got cell={self.cell!r}, solver={self.solver!r}"
-                )
-            if not self.adaptive_tol > 0:
-                raise ValueError(f"adaptive_tol must be positive, got {self.adaptive_tol}")
-        for name in ("dropout", "backbone_dropout", "conv_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-        if self.backbone_layers < 0 or self.backbone_units < 1:
+        if self.adaptive_tol is not None and (
+            self.cell != "ltc" or not is_adaptive(solver_from_name(self.solver or "fused"))
+        ):
             raise ValueError(
-                f"backbone_layers must be >= 0 and backbone_units >= 1, got "
-                f"{self.backbone_layers}, {self.backbone_units}"
+                "adaptive_tol needs cell='ltc' and an adaptive solver (e.g. tsit5, dopri5, "
+                f"kvaerno5), got cell={self.cell!r}, solver={self.solver!r}"
             )
         if self.wiring != "fc":
             motor = self.wired_motor_neurons
@@ -161,19 +154,8 @@ class ModelConfig:
             if self.wiring == "random" and not 1 <= motor <= self.units:
                 raise ValueError(f"motor_neurons must be in [1, {self.units}], got {motor}")
         if self.kind == "conv":
-            if self.image_shape is None or len(self.image_shape) != 3 or any(
-                not isinstance(s, int) or s < 1 for s in self.image_shape
-            ):
-                raise ValueError(
-                    f"kind='conv' needs image_shape=(H, W, C) of positive ints, got "
-                    f"{self.image_shape!r}"
-                )
-            if not self.conv_channels or any(
-                not isinstance(c, int) or c < 1 for c in self.conv_channels
-            ):
-                raise ValueError(
-                    f"conv_channels must be positive ints, got {self.conv_channels!r}"
-                )
+            if self.image_shape is None:
+                raise ValueError("kind='conv' needs image_shape=(H, W, C) of positive ints")
             _, h, w = feature_map_shape(self.image_shape, self.conv_channels, self.conv_stem)
             if h < 1 or w < 1:
                 raise ValueError(
@@ -207,8 +189,4 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
-        d = dict(d)
-        for name in ("image_shape", "conv_channels"):
-            if d.get(name) is not None:
-                d[name] = tuple(d[name])
-        return cls(**d)
+        return cls(**d)  # lists (from JSON) become tuples in check_fields

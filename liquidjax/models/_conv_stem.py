@@ -4,17 +4,20 @@ layers, with its channels-last convolution and fused GroupNorm + ReLU kernel."""
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from .._checks import check_choice
+from .._checks import check_choice, literal_choices
 from ._classifier import AbstractClassifier, SequenceClassifier, _dropout
 
-CONV_SEQUENCES: tuple[str, ...] = ("rows", "columns")
-CONV_STEMS: tuple[str, ...] = ("strided", "pooled")
+ConvSequence = Literal["rows", "columns"]
+ConvStem = Literal["strided", "pooled"]
+CONV_SEQUENCES: tuple[str, ...] = literal_choices(ConvSequence)
+CONV_STEMS: tuple[str, ...] = literal_choices(ConvStem)
 
 
 class ConvLiquidClassifier(AbstractClassifier):

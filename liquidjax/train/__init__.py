@@ -1,5 +1,9 @@
-"""Training: optax optimisers, the jitted train step, ``fit``/``evaluate``, checkpoints, logs and
-data-parallel sharding."""
+"""Training: optax optimisers, the jitted train step, ``fit``/``evaluate``, checkpoints, metrics
+logs and data-parallel sharding.
+
+This package knows no cell and draws nothing: parameter constraints come in as optax
+transformations (``fit(..., extra_transforms=...)``), figures are made from the metrics file by
+:mod:`liquidjax.plot`."""
 
 from ._checkpoint import (
     CheckpointError as CheckpointError,
@@ -30,7 +34,6 @@ from ._logging import (
     RunDirError as RunDirError,
     RunLogger as RunLogger,
     check_run_dir as check_run_dir,
-    plot_curves as plot_curves,
     read_metrics as read_metrics,
 )
 from ._metrics import (
@@ -50,7 +53,6 @@ from ._step import (
     TrainState as TrainState,
     eval_step as eval_step,
     eval_sums as eval_sums,
-    model_uses_dropout as model_uses_dropout,
     target_terms as target_terms,
     train_step as train_step,
 )

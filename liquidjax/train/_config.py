@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import optax
+
+from .._checks import check_fields, config_field
 
 # Fields that change the sequence of parameter updates: a resumed run must agree on them, or it
 # would silently continue a different run.
@@ -14,6 +16,11 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
     "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction", "clip_norm",
     "seed", "label_smoothing",
 )
+
+
+RegressionLoss = Literal["mse", "mae"]
+_POSITIVE = dict(minimum=1)
+_FRACTION = dict(minimum=0.0, maximum=1.0, max_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,45 +54,23 @@ class TrainConfig:
     ```
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
-    clip_norm: float | None = 1.0
-    label_smoothing: float = 0.0
-    regression_loss: str = "mse"
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int | None = None
-    keep_checkpoints: int = 3
-    max_steps: int | None = None
-    eval_batch_size: int | None = None
+    epochs: int = config_field(10, **_POSITIVE)
+    batch_size: int = config_field(128, **_POSITIVE)
+    learning_rate: float = config_field(2e-3, minimum=0.0, min_open=True)
+    weight_decay: float = config_field(1e-4, minimum=0.0)
+    warmup_fraction: float = config_field(0.05, **_FRACTION)
+    clip_norm: float | None = config_field(1.0, minimum=0.0, min_open=True)
+    label_smoothing: float = config_field(0.0, **_FRACTION)
+    regression_loss: RegressionLoss = "mse"
+    seed: int = config_field(0, minimum=0)
+    log_every: int = config_field(50, **_POSITIVE)
+    checkpoint_every: int | None = config_field(None, **_POSITIVE)
+    keep_checkpoints: int = config_field(3, **_POSITIVE)
+    max_steps: int | None = config_field(None, **_POSITIVE)
+    eval_batch_size: int | None = config_field(None, **_POSITIVE)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "log_every", "keep_checkpoints"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("checkpoint_every", "max_steps", "eval_batch_size"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-        if not (self.learning_rate > 0 and self.learning_rate < float("inf")):
-            raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
-        if self.regression_loss not in ("mse", "mae"):
-            raise ValueError(f"regression_loss must be 'mse' or 'mae', got "
-                             f"{self.regression_loss!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -23,9 +25,9 @@ from ._checkpoint import (
     save_checkpoint,
 )
 from ._config import TRAJECTORY_FIELDS, TrainConfig, make_optimizer, make_schedule
-from ._logging import RunDirError, RunLogger, check_run_dir, plot_curves
+from ._logging import RunDirError, RunLogger, check_run_dir
 from ._sharding import DataParallel
-from ._step import TrainState, _forward, eval_step, model_uses_dropout, train_step
+from ._step import TrainState, _forward, eval_step, train_step
 
 _OPTIONAL = ("timespans", "mask", "y_mask")
 
@@ -108,10 +110,10 @@ def _targets(y: Any, n: int | None = None) -> np.ndarray:
 
 
 def batch_dict(data: Any) -> dict[str, np.ndarray]:
-    """The ``{"x", "y", "timespans"?, "mask"?, "y_mask"?}`` dict of a loader batch's data pytree: a dict, an
-    ``(x, y)`` tuple (image tasks), or a named tuple with ``x``, ``y`` and optionally
-    ``timespans``/``mask`` (:class:`liquidjax.data.SequenceData`). Labels become int32, real
-    targets float32."""
+    """The ``{"x", "y", "timespans"?, "mask"?, "y_mask"?}`` dict of a loader batch's data
+    pytree: a dict, an ``(x, y)`` tuple (image tasks), or a named tuple with ``x``, ``y`` and
+    optionally ``timespans``/``mask`` (:class:`liquidjax.data.SequenceData`). Labels become
+    int32, real targets float32."""
     if isinstance(data, dict):
         d = dict(data)
     elif hasattr(data, "_fields"):
@@ -271,7 +273,8 @@ class FitResult:
 
     **Attributes:** `model` (trained), `state` (the final :class:`TrainState`), `history` (one
     dict per finished epoch: losses, accuracies, time, throughput), `checkpoint` (the last one
-    written), `out_dir`, `plot` (the curves PNG, if written).
+    written), `out_dir`, `metrics` (the ``metrics.jsonl`` file, if written; draw it with
+    :func:`liquidjax.plot.training_curves`).
     """
 
     model: Any
@@ -279,7 +282,7 @@ class FitResult:
     history: list[dict[str, Any]]
     checkpoint: Path | None
     out_dir: Path | None
-    plot: Path | None
+    metrics: Path | None
 
 
 def _read(state: TrainState, labels: bool = True) -> dict[str, Any]:
@@ -386,6 +389,14 @@ def _binary_auc(scores: list[Any], regression_loss: str, binary_auc) -> float:
     return float(binary_auc(jnp.concatenate(s), jnp.concatenate(y), jnp.concatenate(w)))
 
 
+@functools.lru_cache(maxsize=64)
+def _chained(optimizer: optax.GradientTransformation,
+             extra: tuple[optax.GradientTransformation, ...]) -> optax.GradientTransformation:
+    # Cached like make_optimizer: the same pieces give the same object, so the jitted step (which
+    # hashes the optimiser by identity) is not recompiled when training restarts in-process.
+    return optimizer if not extra else optax.chain(optimizer, *extra)
+
+
 def _resolve_resume(resume: Any, ckpt_dir: Path | None) -> Path | None:
     if resume is None or resume is False:
         return None
@@ -409,12 +420,14 @@ def fit(
     extra_header: dict[str, Any] | None = None,
     progress: str = "auto",
     parallel: DataParallel | None = None,
+    extra_transforms: Sequence[optax.GradientTransformation] = (),
 ) -> FitResult:
     """Train `model` on `train_data`: shuffled batches, one jitted step each, checkpoints.
 
     Batches come from a :class:`liquidjax.data.Loader` (an :class:`ArrayData` is wrapped in
     one seeded with ``config.seed``): batch ``s`` of epoch ``e`` depends only on the loader's
-    seed, ``e`` and ``s``, so the data position is just ``(e, s)``; step ``k`` draws its dropout keys from ``fold_in(key(seed), k)``.
+    seed, ``e`` and ``s``, so the data position is just ``(e, s)``; step ``k`` draws its dropout
+    keys from ``fold_in(key(seed), k)``.
     Metrics stay on device and are read every ``log_every`` steps; a checkpoint (model,
     optimiser state, step, RNG, epoch/batch position, configs) is written at the end of every
     epoch and every ``checkpoint_every`` steps, so a run killed at any point and resumed from
@@ -428,8 +441,8 @@ def fit(
       evaluated after every epoch.
     - `config`: a :class:`TrainConfig`.
     - `optimizer`: any ``optax.GradientTransformation`` (default :func:`make_optimizer`).
-    - `out_dir`: run directory for ``checkpoints/``, ``metrics.jsonl`` and ``curves.png``
-      (``None``: nothing written).
+    - `out_dir`: run directory for ``checkpoints/`` and ``metrics.jsonl`` (``None``: nothing
+      written).
     - `resume`: ``True``/``"latest"`` (the newest checkpoint in ``out_dir/checkpoints``; starts
       afresh if there is none) or a checkpoint path.
     - `model_config`: JSON-ready description of the model, stored in checkpoints and checked on
@@ -437,6 +450,10 @@ def fit(
     - `extra_header`: more JSON metadata for the checkpoints (e.g. the dataset options).
     - `progress`: ``"auto"``, ``"bar"``, ``"plain"`` or ``"none"``.
     - `parallel`: a :class:`DataParallel` (default: every device).
+    - `extra_transforms`: optax transformations chained **after** the optimiser, e.g. parameter
+      constraints such as :func:`liquidjax.nonnegative_projection` (what a model needs is
+      :func:`liquidjax.models.constraint_transforms`; the command line passes it). The trainer
+      itself knows no model: every step calls the model with a PRNG key (training mode).
 
     **Returns:** a :class:`FitResult`.
 
@@ -446,7 +463,8 @@ def fit(
 
     **Example:**
     ```python
-    result = fit(model, train, TrainConfig(epochs=2), val_data=val, out_dir="runs/demo")
+    result = fit(model, train, TrainConfig(epochs=2), val_data=val, out_dir="runs/demo",
+                 extra_transforms=constraint_transforms(model))
     ```
     """
     dp = DataParallel.create() if parallel is None else parallel
@@ -467,6 +485,7 @@ def fit(
     if optimizer is None:
         optimizer = make_optimizer(config, total_steps)
         schedule = make_schedule(config, total_steps)
+    optimizer = _chained(optimizer, tuple(extra_transforms))
 
     run_dir = None if out_dir is None else check_run_dir(out_dir)  # before any work is done
     ckpt_dir = None if run_dir is None else run_dir / "checkpoints"
@@ -502,7 +521,6 @@ def fit(
     state = dp.replicate(state)
     step = int(jax.device_get(state.step))
 
-    use_key = model_uses_dropout(model)
     header_base = {
         "model_config": model_config,
         "train_config": config.to_dict(),
@@ -550,7 +568,7 @@ def fit(
                 host_batch = batch_dict(item.data)
                 labels = bool(np.issubdtype(host_batch["y"].dtype, np.integer))
                 batch = dp.shard_batch(_rows(host_batch, rows), B)
-                state = train_step(state, optimizer, batch, use_key=use_key,
+                state = train_step(state, optimizer, batch,
                                    label_smoothing=config.label_smoothing,
                                    regression_loss=config.regression_loss,
                                    replicated=dp.replicated)
@@ -566,7 +584,8 @@ def fit(
                     steps_timed += 1
                 at_end = b == steps_per_epoch - 1
                 hit_max = config.max_steps is not None and step >= config.max_steps
-                want_ckpt = config.checkpoint_every is not None and step % config.checkpoint_every == 0
+                want_ckpt = (config.checkpoint_every is not None
+                             and step % config.checkpoint_every == 0)
                 if step % config.log_every == 0 or at_end or hit_max or want_ckpt:
                     read = _read(state, labels)
                     check(read, epoch)
@@ -625,15 +644,9 @@ def fit(
             raise PeerFailureError(step, last_ckpt, e) from e
         raise
 
-    plot = None
-    if run_dir is not None and jax.process_index() == 0 and logger.path is not None \
-            and logger.path.exists():
-        plot = plot_curves(logger.path, run_dir / "curves.png")
-    logger.record("end", step=step, checkpoint=None if last_ckpt is None else str(last_ckpt),
-                  plot=None if plot is None else str(plot))
-    model_out = state.model
-    return FitResult(model=model_out, state=state, history=history, checkpoint=last_ckpt,
-                     out_dir=run_dir, plot=plot)
+    logger.record("end", step=step, checkpoint=None if last_ckpt is None else str(last_ckpt))
+    return FitResult(model=state.model, state=state, history=history, checkpoint=last_ckpt,
+                     out_dir=run_dir, metrics=logger.path)
 
 
 def restore_model(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:

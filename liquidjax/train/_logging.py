@@ -1,10 +1,9 @@
-"""Run logs: a progress bar (tqdm) on a terminal or plain lines otherwise, a JSONL metrics file,
-and a plot of the training curves."""
+"""Run logs: a progress bar (tqdm) on a terminal or plain lines otherwise, and a JSONL metrics
+file (figures of it: :func:`liquidjax.plot.training_curves`)."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -164,19 +163,4 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
                 out.append(json.loads(line))
             except ValueError:
                 continue
-    return out
-
-
-def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:
-    """Plot loss and accuracy per epoch (train and validation) from a ``metrics.jsonl`` file.
-
-    **Returns:** the PNG path, or ``None`` if there is no finished epoch to plot.
-    """
-    from ..plot import training_curves
-
-    if not any(rec.get("event") == "epoch" for rec in read_metrics(metrics_path)):
-        return None
-    # Built without pyplot (no backend switch inside notebooks); one implementation of the plot.
-    out = Path(out_path)
-    training_curves(metrics_path).savefig(out, dpi=100)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -11,7 +10,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PyTree, UInt32
 
-from ..cells._ltc import project_nonnegative
+from .._checks import literal_choices
+from ._config import RegressionLoss
 
 
 class TrainState(eqx.Module):
@@ -80,7 +80,7 @@ def _losses(logits: Array, labels: Array, label_smoothing: float) -> Array:
     return optax.softmax_cross_entropy(logits, onehot)
 
 
-REGRESSION_LOSSES: tuple[str, ...] = ("mse", "mae")
+REGRESSION_LOSSES: tuple[str, ...] = literal_choices(RegressionLoss)
 
 
 def target_terms(
@@ -173,18 +173,19 @@ def train_step(
     optimizer: optax.GradientTransformation,
     batch: dict[str, Array],
     *,
-    use_key: bool = False,
     label_smoothing: float = 0.0,
     regression_loss: str = "mse",
     replicated: jax.sharding.Sharding | None = None,
 ) -> TrainState:
-    """One optimisation step: loss, gradients, optax update, non-negativity projection.
+    """One optimisation step: loss, gradients, optax update.
 
     The mean loss over the batch's counted targets (:func:`target_terms`: cross-entropy for
-    labels, MSE/MAE or Gaussian NLL for real targets, per sequence or per step) is differentiated with respect to the model's inexact
-    arrays; ``optimizer.update`` + ``optax.apply_updates`` give the new parameters, then LTC
-    parameters with explicit constraints are clipped at zero
-    (:func:`liquidjax.cells.project_nonnegative`; a no-op for every other model). A non-finite
+    labels, MSE/MAE or Gaussian NLL for real targets, per sequence or per step) is
+    differentiated with respect to the model's inexact arrays; ``optimizer.update`` +
+    ``optax.apply_updates`` give the new parameters. The model is called with a per-example PRNG
+    key (training mode: dropout, if the model has any; a model treats ``key=None`` as
+    inference). Parameter constraints are the optimiser's business (e.g.
+    :func:`liquidjax.nonnegative_projection` last in the chain), not this step's. A non-finite
     loss or gradient norm leaves the state's parameters untouched and records the step in
     ``bad_step`` (no host sync here).
 
@@ -193,7 +194,6 @@ def train_step(
     - `optimizer`: any ``optax.GradientTransformation`` (static: hashed by identity).
     - `batch`: ``{"x": (B, ...), "y": (B,) / (B, D) / (B, L) / (B, L, D), optional
       "timespans": (B, L), "mask": (B, L), "y_mask": (B, L)}``.
-    - `use_key`: pass a per-example PRNG key to the model (dropout).
     - `label_smoothing`: optional label smoothing.
     - `regression_loss`: ``"mse"`` or ``"mae"`` for real targets (a model that predicts a
       variance is always trained by the Gaussian NLL).
@@ -208,15 +208,13 @@ def train_step(
     """
     params, static = eqx.partition(state.model, eqx.is_inexact_array)
     step1 = state.step + 1
-    key = None
-    if use_key:
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     (loss, (loss_sum, correct, count)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
         params, static, batch, key, label_smoothing, regression_loss
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    model = project_nonnegative(eqx.combine(new_params, static))
+    model = eqx.combine(new_params, static)
     # A non-finite update (e.g. from a custom optax transformation) is caught as well as a
     # non-finite loss or gradient; the norms are a cheap reduction next to the forward pass.
     ok = (jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
@@ -283,23 +281,3 @@ def eval_sums(num_classes: int | None) -> dict[str, Array]:
     else:
         sums["confusion"] = jnp.zeros((num_classes, num_classes), jnp.float32)
     return sums
-
-
-def model_uses_dropout(model: Any) -> bool:
-    """Whether any dropout in `model` has a positive rate (then training passes keys)."""
-
-    def walk(x) -> bool:
-        if isinstance(x, eqx.nn.Dropout):
-            return float(x.p) > 0
-        if isinstance(x, (tuple, list)):
-            return any(walk(y) for y in x)
-        if isinstance(x, dict):
-            return any(walk(y) for y in x.values())
-        if isinstance(x, eqx.Module):
-            rate = getattr(x, "dropout", None)
-            if isinstance(rate, float) and rate > 0:
-                return True
-            return any(walk(getattr(x, f.name, None)) for f in dataclasses.fields(x))
-        return False
-
-    return walk(model)

@@ -2,5 +2,5 @@
 
 from ._dense import FullyConnected as FullyConnected, Random as Random
 from ._draw import draw as draw
-from ._ncp import AutoNCP as AutoNCP, NCP as NCP
+from ._ncp import NCP as NCP, AutoNCP as AutoNCP
 from ._wiring import Wiring as Wiring

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ._wiring import NeuronType, Wiring, _check_float, _check_int, _check_seed
+from .._checks import check_int, check_real, check_seed
+from ._wiring import NeuronType, Wiring
 
 # ncps draws each polarity as `rng.choice([-1, 1, 1])`: excitatory with probability 2/3.
 _POLARITIES = np.array([-1, 1, 1], dtype=np.int64)
@@ -20,10 +21,10 @@ def _one_layer(units: int, output_dim: int) -> tuple[tuple[np.ndarray], tuple[Ne
 
 
 def _check_units_and_output(units: Any, output_dim: Any) -> tuple[int, int]:
-    units = _check_int("units", units, minimum=1)
+    units = check_int("units", units, minimum=1)
     if output_dim is None:
         output_dim = units
-    output_dim = _check_int("output_dim", output_dim, minimum=1, maximum=units,
+    output_dim = check_int("output_dim", output_dim, minimum=1, maximum=units,
                             expected=f"an integer in [1, units={units}]")
     return units, output_dim
 
@@ -38,8 +39,8 @@ class FullyConnected(Wiring):
     """Every neuron connects to every neuron (and every input to every neuron).
 
     Polarities are drawn as in ncps: `numpy.random.default_rng(erev_init_seed)`, one
-    `choice([-1, 1, 1])` per synapse, row by row (`[pre, post]`), then — at [`build`][liquidjax.wirings.Wiring.build] — the
-    sensory synapses from where the stream left off.
+    `choice([-1, 1, 1])` per synapse, row by row (`[pre, post]`), then — at
+    [`build`][liquidjax.wirings.Wiring.build] — the sensory synapses from where the stream left off.
 
     **Arguments:**
 
@@ -65,7 +66,7 @@ class FullyConnected(Wiring):
         units, output_dim = _check_units_and_output(units, output_dim)
         if not isinstance(self_connections, (bool, np.bool_)):
             raise ValueError(f"self_connections must be a bool, got {self_connections!r}")
-        object.__setattr__(self, "_erev_init_seed", _check_seed("erev_init_seed", erev_init_seed))
+        object.__setattr__(self, "_erev_init_seed", check_seed("erev_init_seed", erev_init_seed))
         object.__setattr__(self, "_self_connections", bool(self_connections))
         self._init_structure(units, output_dim, *_one_layer(units, output_dim))
 
@@ -96,7 +97,8 @@ class Random(Wiring):
 
     As in ncps: `numpy.random.default_rng(random_seed)` picks `round(N² (1 − sparsity_level))`
     distinct `(pre, post)` pairs, then one `choice([-1, 1, 1])` polarity for each; at
-    [`build`][liquidjax.wirings.Wiring.build] it picks `round(I·N (1 − sparsity_level))` distinct sensory pairs. (ncps draws
+    [`build`][liquidjax.wirings.Wiring.build] it picks `round(I·N (1 − sparsity_level))` distinct
+    sensory pairs. (ncps draws
     *two* polarities per sensory synapse and keeps the second; this is replayed, so the
     matrices are identical.)
 
@@ -122,11 +124,11 @@ class Random(Wiring):
     def __init__(self, units: int, output_dim: int | None = None, sparsity_level: float = 0.0,
                  random_seed: int = 1111):
         units, output_dim = _check_units_and_output(units, output_dim)
-        sparsity_level = _check_float("sparsity_level", sparsity_level)
+        sparsity_level = check_real("sparsity_level", sparsity_level)
         if not 0.0 <= sparsity_level < 1.0:
             raise ValueError(f"sparsity_level must be in [0, 1), got {sparsity_level}")
         object.__setattr__(self, "_sparsity_level", sparsity_level)
-        object.__setattr__(self, "_random_seed", _check_seed("random_seed", random_seed))
+        object.__setattr__(self, "_random_seed", check_seed("random_seed", random_seed))
         self._init_structure(units, output_dim, *_one_layer(units, output_dim))
 
     def get_config(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._wiring import NeuronType, Wiring, _check_float, _check_int, _check_seed
+from .._checks import check_int, check_real, check_seed
+from ._wiring import NeuronType, Wiring
 
 
 class NCP(Wiring):
@@ -16,14 +17,14 @@ class NCP(Wiring):
 
     Neuron ids are ordered motor `[0, M)`, command `[M, M+C)`, inter `[M+C, N)`; layer 0 is the
     inter, 1 the command and 2 the motor layer. As in ncps, *all* synapses are drawn at
-    [`build`][liquidjax.wirings.Wiring.build] with `numpy.random.RandomState(seed)`: sensory→inter, inter→command, recurrent
-    command, command→motor, in that order — so the internal adjacency depends on the input size,
-    and an unbuilt NCP has no adjacency matrix yet. Each sensory neuron gets exactly
-    `sensory_fanout` distinct inter targets (then inter neurons left without input get
-    `max(1, ⌊I·sensory_fanout/inter⌋)` sensory sources), likewise inter→command; each motor
-    neuron gets `motor_fanin` distinct command sources (and unused command neurons get motor
-    targets); `recurrent_command_synapses` (pre, post) pairs are drawn with replacement, so
-    repeats make the recurrent count smaller. Polarities are ±1 with equal probability.
+    [`build`][liquidjax.wirings.Wiring.build] with `numpy.random.RandomState(seed)`: sensory→inter,
+    inter→command, recurrent command, command→motor, in that order — so the internal adjacency
+    depends on the input size, and an unbuilt NCP has no adjacency matrix yet. Each sensory neuron
+    gets exactly `sensory_fanout` distinct inter targets (then inter neurons left without input get
+    `max(1, ⌊I·sensory_fanout/inter⌋)` sensory sources), likewise inter→command; each motor neuron
+    gets `motor_fanin` distinct command sources (and unused command neurons get motor targets);
+    `recurrent_command_synapses` (pre, post) pairs are drawn with replacement, so repeats make the
+    recurrent count smaller. Polarities are ±1 with equal probability.
 
     **Arguments:**
 
@@ -58,24 +59,24 @@ class NCP(Wiring):
                  sensory_fanout: int, inter_fanout: int, recurrent_command_synapses: int,
                  motor_fanin: int, seed: int = 22222):
         set_ = object.__setattr__
-        inter = _check_int("inter_neurons", inter_neurons, minimum=1)
-        command = _check_int("command_neurons", command_neurons, minimum=1)
-        motor = _check_int("motor_neurons", motor_neurons, minimum=1)
+        inter = check_int("inter_neurons", inter_neurons, minimum=1)
+        command = check_int("command_neurons", command_neurons, minimum=1)
+        motor = check_int("motor_neurons", motor_neurons, minimum=1)
         set_(self, "_inter", inter)
         set_(self, "_command", command)
         set_(self, "_motor", motor)
-        set_(self, "_sensory_fanout", _check_int(
+        set_(self, "_sensory_fanout", check_int(
             "sensory_fanout", sensory_fanout, minimum=0, maximum=inter,
             expected=f"an integer in [0, inter_neurons={inter}]"))
-        set_(self, "_inter_fanout", _check_int(
+        set_(self, "_inter_fanout", check_int(
             "inter_fanout", inter_fanout, minimum=0, maximum=command,
             expected=f"an integer in [0, command_neurons={command}]"))
-        set_(self, "_recurrent_command_synapses", _check_int(
+        set_(self, "_recurrent_command_synapses", check_int(
             "recurrent_command_synapses", recurrent_command_synapses, minimum=0))
-        set_(self, "_motor_fanin", _check_int(
+        set_(self, "_motor_fanin", check_int(
             "motor_fanin", motor_fanin, minimum=0, maximum=command,
             expected=f"an integer in [0, command_neurons={command}]"))
-        set_(self, "_seed", _check_seed("seed", seed))
+        set_(self, "_seed", check_seed("seed", seed))
 
         units = inter + command + motor
         layers = (np.arange(motor + command, units), np.arange(motor, motor + command),
@@ -182,13 +183,13 @@ class AutoNCP(NCP):
 
     def __init__(self, units: int, output_size: int, sparsity_level: float = 0.5,
                  seed: int = 22222):
-        units = _check_int("units", units, minimum=4,
+        units = check_int("units", units, minimum=4,
                            expected="an integer >= 4 (at least one motor, command and inter "
                                     "neuron, and output_size < units - 2)")
-        output_size = _check_int("output_size", output_size, minimum=1, maximum=units - 3,
+        output_size = check_int("output_size", output_size, minimum=1, maximum=units - 3,
                                  expected=f"an integer in [1, units - 3 = {units - 3}] "
                                           f"(less than units - 2, given units={units})")
-        sparsity_level = _check_float("sparsity_level", sparsity_level)
+        sparsity_level = check_real("sparsity_level", sparsity_level)
         if not 0.1 <= sparsity_level <= 1.0:
             raise ValueError(f"sparsity_level must be in [0.1, 1.0], got {sparsity_level}")
         object.__setattr__(self, "_auto_units", units)

@@ -3,48 +3,14 @@
 from __future__ import annotations
 
 import abc
-import numbers
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from jaxtyping import Int8
 
+from .._checks import check_int
+
 NeuronType = Literal["motor", "command", "inter"]
-
-
-def _check_int(name: str, value: Any, *, minimum: int | None = None,
-               maximum: int | None = None, expected: str | None = None) -> int:
-    """Returns `value` as a Python int or raises a ValueError naming it and the expected range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
-    value = int(value)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        if expected is None:
-            if maximum is None:
-                expected = f"an integer >= {minimum}"
-            elif minimum is None:
-                expected = f"an integer <= {maximum}"
-            else:
-                expected = f"an integer in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be {expected}, got {value}")
-    return value
-
-
-def _check_seed(name: str, value: Any) -> int:
-    # NumPy's RandomState takes seeds in [0, 2**32); default_rng also takes larger ones, but a
-    # single range keeps every wiring replayable (and rules out `None`, which is not).
-    return _check_int(name, value, minimum=0, maximum=2**32 - 1)
-
-
-def _check_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(
-            f"{name} must be a real number, got {value!r} of type {type(value).__name__}"
-        )
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -230,7 +196,7 @@ class Wiring(abc.ABC):
             wiring.sensory_adjacency_matrix.shape   # (5, 8)
             ```
         """
-        input_dim = _check_int("input_dim", input_dim, minimum=1)
+        input_dim = check_int("input_dim", input_dim, minimum=1)
         if self._input_dim is not None:
             if input_dim == self._input_dim:
                 return self
@@ -277,7 +243,7 @@ class Wiring(abc.ABC):
             AutoNCP(16, 4).get_neurons_of_layer(2)   # array([0, 1, 2, 3])
             ```
         """
-        layer_id = _check_int("layer_id", layer_id, minimum=0, maximum=self.num_layers - 1)
+        layer_id = check_int("layer_id", layer_id, minimum=0, maximum=self.num_layers - 1)
         return self._layers[layer_id].copy()
 
     def get_type_of_neuron(self, neuron_id: int) -> NeuronType:
@@ -290,7 +256,7 @@ class Wiring(abc.ABC):
 
         **Returns:** the neuron type as a string.
         """
-        neuron_id = _check_int("neuron_id", neuron_id, minimum=0, maximum=self._units - 1)
+        neuron_id = check_int("neuron_id", neuron_id, minimum=0, maximum=self._units - 1)
         return self._types[neuron_id]
 
     def erev_initializer(self, shape: tuple[int, ...] | None = None,
