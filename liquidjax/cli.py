@@ -196,6 +196,57 @@ def _ts_task(data_dir, name, val_fraction, missing, limit):
     return task
 
 
+def _check_batch_fits(batch_size: int, n: int, what: str) -> None:
+    if batch_size > n:
+        raise _UsageError(f"--batch-size {batch_size} is larger than {what} ({n} examples); "
+                          f"pass --batch-size {n} or less")
+
+
+# Sanity limits for sizes that would otherwise exhaust memory or run for hours before failing.
+MAX_LAYERS = 64
+MAX_ODE_UNFOLDS = 1000
+_MEMORY_SHARE = 0.5  # of the physical memory, for the parameters and optimiser state
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _max_cpu_devices() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(8, 4 * (cores or 1))
+
+
+def _check_sizes(args) -> None:
+    """Refuse sizes this machine cannot hold (or would take hours to start) before anything is
+    built: the limit and the value are named."""
+    if args.layers > MAX_LAYERS:
+        raise _UsageError(f"--layers {args.layers} is beyond the limit of {MAX_LAYERS} stacked "
+                          "liquid layers")
+    if args.cell == "ltc" and args.ode_unfolds > MAX_ODE_UNFOLDS:
+        raise _UsageError(
+            f"--ode-unfolds {args.ode_unfolds} is beyond the limit of {MAX_ODE_UNFOLDS} steps per "
+            "observation (each costs a full step; for accuracy use an adaptive solver)")
+    u, b = args.units, args.backbone_units
+    # Parameters per layer, dominated by the recurrent part: LTC ~5 U^2 (w, sigma, mu, erev,
+    # mask), CfC ~ (U + B) B + (layers - 1) B^2 + 4 B U; x4 for gradients and Adam's moments.
+    per_layer = 5 * u * u if args.cell == "ltc" else (
+        (u + b) * b + max(args.backbone_layers - 1, 0) * b * b + 4 * b * u)
+    need = 4 * 4 * per_layer * args.layers
+    mem = _physical_memory()
+    if mem is not None and need > _MEMORY_SHARE * mem:
+        gib = 2.0 ** 30
+        raise _UsageError(
+            f"--units {u} --layers {args.layers}"
+            + (f" --backbone-units {b}" if args.cell == "cfc" else "")
+            + f" needs about {need / gib:.1f} GiB for the parameters and optimiser state alone; "
+            f"this machine has {mem / gib:.1f} GiB (limit {_MEMORY_SHARE * mem / gib:.1f} GiB): "
+            "use fewer units or layers")
+
+
 def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
     from . import data as ld
 
@@ -232,6 +283,7 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
         train = _synthetic(args.dataset, "train", args.seed, args.limit_examples)
         val = _synthetic(args.dataset, "val", args.seed, args.limit_examples)
         num_classes = SYNTHETIC_CLASSES[args.dataset]
+        _check_batch_fits(batch_size, len(train.x), f"the {args.dataset} training split")
         return _Data(
             train=ld.Loader(train, batch_size, seed=args.seed, shuffle=True, drop_last=True),
             val=ld.Loader(val, eval_batch, shuffle=False, drop_last=False),
@@ -244,14 +296,28 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
         )
     if args.kind == "conv" and args.sequence == "patches":
         raise _UsageError("--model conv reads whole images: use --sequence rows or pixels")
-    task = ld.load_image_task(
-        args.dataset, data_dir=args.data_dir, download=not args.no_download, mode=args.sequence,
-        patch_size=args.patch_size, val_fraction=args.val_fraction, seed=_VAL_SEED,
-    )
+    try:
+        task = ld.load_image_task(
+            args.dataset, data_dir=args.data_dir, download=not args.no_download,
+            mode=args.sequence, patch_size=args.patch_size, val_fraction=args.val_fraction,
+            seed=_VAL_SEED,
+        )
+    except ld.DatasetFormatError:
+        raise
+    except ValueError as e:  # the data cannot be used as asked (e.g. constant images)
+        raise _CliError(f"{args.dataset}: {e}") from None
     task = dataclasses.replace(task, train=_limit_image(task.train, args.limit_examples),
                                val=_limit_image(task.val, args.limit_examples),
                                test=_limit_image(task.test, args.limit_examples))
     seq = task.sequencer
+    try:
+        seq.sequence_shape(task.train.image_shape)
+    except ValueError as e:
+        raise _UsageError(f"--sequence {args.sequence} --patch-size {args.patch_size}: {e}; "
+                          "choose a patch size that divides it") from None
+    _check_batch_fits(batch_size, len(task.train),
+                      f"the {args.dataset} training split after the validation hold-out"
+                      + (" and --limit-examples" if args.limit_examples else ""))
     val = task.eval_loader("val", eval_batch) if len(task.val) else None
     return _Data(
         train=task.train_loader(batch_size, seed=args.seed, augment=args.augment,
@@ -292,6 +358,9 @@ def _check_resumable(ckpt: Path, mconfig, data_info: dict[str, Any]) -> dict[str
     except (TypeError, ValueError):
         same_model = False
     saved_data = header.get("data_config") or {}
+    if not isinstance(saved, dict) or not isinstance(saved_data, dict):
+        raise lt.CheckpointError(ckpt, "model_config and data_config in its header must be "
+                                 "objects")
     compared = dict(_DATA_TRAJECTORY)
     if not (data_info.get("augment") or saved_data.get("augment")):
         del compared["augment_padding"]  # the crop padding matters only with --augment
@@ -366,6 +435,7 @@ def _train(args) -> int:
             raise _UsageError(str(e)) from None
 
     # Check the flags before spending time on the data; the data then fixes the sizes.
+    _check_sizes(args)
     model_config(None)
     data = _load_data(args, args.batch_size, eval_batch)
     mconfig = model_config(data)
@@ -450,9 +520,22 @@ def _evaluate(args) -> int:
     except (KeyError, TypeError, ValueError) as e:
         raise lt.CheckpointError(path, f"no usable model config in its header ({e})") from None
     info = header.get("data_config") or {}
+    if not isinstance(info, dict):
+        raise lt.CheckpointError(path, f"data_config in its header is {info!r}, not an object")
     name = info.get("dataset")
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise lt.CheckpointError(path, f"unknown dataset {name!r} in its header")
+    try:  # every header value used below, checked before any work
+        val_fraction = float(info.get("val_fraction", 0.1))
+        val_seed = int(info.get("val_seed", _VAL_SEED))
+        synthetic_seed = int(info.get("synthetic_seed", 0))
+        seq = None if name == "ts" or name in SYNTHETIC_DATASETS else ld.ImageSequencer(
+            np.asarray(info["mean"], np.float32), np.asarray(info["std"], np.float32),
+            info.get("sequence", "rows"), int(info.get("patch_size", 4)))
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction {val_fraction}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise lt.CheckpointError(path, f"unusable data settings in its header ({e})") from None
     parallel = lt.DataParallel.create()
     try:
         parallel.check_batch_size(args.batch_size)
@@ -462,25 +545,22 @@ def _evaluate(args) -> int:
 
     if name == "ts":
         data_dir = args.data_dir if args.data_dir is not None else info.get("data_dir")
-        task = _ts_task(data_dir, info["name"], float(info.get("val_fraction", 0.1)),
+        task = _ts_task(data_dir, info["name"], val_fraction,
                         info.get("missing", "features"), args.limit_examples)
         if len(getattr(task, args.split)) == 0:
             raise _CliError(f"the {args.split} split of {info['name']} is empty")
         loader = task.eval_loader(args.split, args.batch_size)
     elif name in SYNTHETIC_DATASETS:
-        split = _synthetic(name, args.split, int(info.get("synthetic_seed", 0)),
-                           args.limit_examples)
+        split = _synthetic(name, args.split, synthetic_seed, args.limit_examples)
         loader = ld.Loader(split, args.batch_size, shuffle=False, drop_last=False)
     else:
         data_dir = args.data_dir if args.data_dir is not None else info.get("data_dir")
-        seq = ld.ImageSequencer(np.asarray(info["mean"]), np.asarray(info["std"]),
-                                info.get("sequence", "rows"), int(info.get("patch_size", 4)))
+        assert seq is not None
         if args.split == "test":
             ds = ld.load_dataset(name, "test", data_dir, download=not args.no_download)
         else:
             full = ld.load_dataset(name, "train", data_dir, download=not args.no_download)
-            train, val = ld.split_validation(full, float(info.get("val_fraction", 0.1)),
-                                             seed=int(info.get("val_seed", _VAL_SEED)))
+            train, val = ld.split_validation(full, val_fraction, seed=val_seed)
             ds = val if args.split == "val" else train
         ds = _limit_image(ds, args.limit_examples)
         if len(ds) == 0:
@@ -528,7 +608,12 @@ def main(argv: list[str] | None = None) -> int:
     from ._platform import use_cpu_cores
 
     # Before any JAX backend exists: one CPU device per core, so data parallelism uses them all.
-    use_cpu_cores(args.cpu_devices)
+    cpu_devices = args.cpu_devices
+    if cpu_devices is not None and cpu_devices > _max_cpu_devices():
+        parser._subparsers._group_actions[0].choices[args.command].error(  # type: ignore
+            f"--cpu-devices {cpu_devices} is beyond the limit of {_max_cpu_devices()} for this "
+            "machine (4 per core; more devices than cores gives no speed)")
+    use_cpu_cores(cpu_devices)
     if args.command == "train":
         multi = (args.coordinator, args.num_processes, args.process_id)
         if any(v is not None for v in multi):
@@ -563,6 +648,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"liquidjax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if os.environ.get("LIQUIDJAX_TRACEBACK"):
+            raise
+        text = str(e).strip()
+        marker = "equinox.EquinoxRuntimeError: "
+        if marker in text:  # a run-time check inside the model (solver, inputs): its message
+            msg = " ".join(text.split(marker, 1)[1].split("\n\n")[0].split())
+            print(f"liquidjax {args.command}: error: {msg[:800]}", file=sys.stderr)
+            return 1
+        first = text.splitlines()[0] if text else ""
+        print(f"liquidjax {args.command}: error: {type(e).__name__}: {first[:500]} (unexpected; "
+              "set LIQUIDJAX_TRACEBACK=1 to see where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

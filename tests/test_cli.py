@@ -181,6 +181,38 @@ def test_train_evaluate_resume_end_to_end(idx_dir, tmp_path, capsys):
     assert code == 0 and "resumed from" in err
     assert list_checkpoints(out / "checkpoints")[-1] == ckpts[-1]
 
+    # a corrupt newest checkpoint under --resume names the older ones that verify
+    broken = tmp_path / "broken"
+    (broken / "checkpoints").mkdir(parents=True)
+    for ck in ckpts:
+        (broken / "checkpoints" / ck.name).write_bytes(ck.read_bytes())
+    newest = broken / "checkpoints" / ckpts[-1].name
+    raw = newest.read_bytes()
+    newest.write_bytes(raw[:100] + bytes([raw[100] ^ 4]) + raw[101:])
+    code, _, err = _run_main([*argv[:argv.index("--out-dir")], "--out-dir", str(broken), *SMALL,
+                              "--resume"], capsys)
+    assert code == 1 and "checksum mismatch" in err, err
+    assert f"the checkpoints beside it that verify are {ckpts[-2].name}" in err
+    # malformed headers (a valid checksum over wrong types) are refused, not a traceback
+    header_of = json.loads
+    from liquidjax.train._checkpoint import MAGIC
+    n = struct.unpack("<Q", raw[len(MAGIC):len(MAGIC) + 8])[0]
+    start = len(MAGIC) + 8 + 32
+    header = header_of(raw[start:start + n])
+    for i, (edit, msg) in enumerate((
+        (lambda h: h["data_config"].update(mean="x"), "unusable data settings in its header"),
+        (lambda h: h.update(data_config=[1]), "data_config in its header is [1]"),
+        (lambda h: h.update(model_config=7), "no usable model config"),
+    )):
+        h = json.loads(json.dumps(header))
+        edit(h)
+        head = json.dumps(h).encode()
+        bad = tmp_path / f"malformed{i}.ljx"
+        bad.write_bytes(MAGIC + struct.pack("<Q", len(head)) + hashlib.sha256(head).digest()
+                        + head + raw[start + n:])
+        code, _, err = _run_main(["evaluate", str(bad)], capsys)
+        assert code == 1 and msg in err, err
+
     # a corrupt checkpoint is reported with its name, exit 1
     bad = tmp_path / "bad.ljx"
     raw = ckpts[-1].read_bytes()
@@ -287,14 +319,37 @@ def run_cli_cases(tmp_path, cases, *, env=None, timeout=300):
 
 
 def test_run_time_failures_are_one_line(idx_dir, tmp_path):
-    """Issue 13: data dirs, unusable out dirs — exit 1 with a `liquidjax <cmd>: error:` line."""
+    """Issue 13: every class of mistake (data, sizes, out dirs) is one `liquidjax <cmd>: error:`
+    line, exit 1 (2 for a flag at fault), no traceback; one subprocess for all of them."""
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     fm = ["train", "--dataset", "fashion_mnist", "--no-download", *SMALL]
     bad_ckpt_dir = tmp_path / "ckfile"
     bad_ckpt_dir.mkdir()
     (bad_ckpt_dir / "checkpoints").write_text("")
+    test_only, constant = tmp_path / "test-only", tmp_path / "constant"
+    for d in (test_only, constant):
+        d.mkdir()
+        _write_idx(d / "t10k-images-idx3-ubyte", np.zeros((4, 8, 8), np.uint8))
+        _write_idx(d / "t10k-labels-idx1-ubyte", np.zeros(4, np.uint8))
+    _write_idx(constant / "train-images-idx3-ubyte", np.full((20, 8, 8), 7, np.uint8))
+    _write_idx(constant / "train-labels-idx1-ubyte", np.arange(20, dtype=np.uint8) % 4)
+    data = [*fm, "--data-dir", str(idx_dir)]
     run_cli_cases(tmp_path, [
+        ([*fm, "--data-dir", str(test_only), "--out-dir", "r"], 1,
+         f"{test_only} holds fashion_mnist files, but not its 'train' split"),
+        ([*fm, "--data-dir", str(constant), "--out-dir", "r"], 1,
+         "the training images are constant in channel(s) [0] (every pixel [7] of 255"),
+        ([*data, "--batch-size", "4096", "--out-dir", "r"], 2,
+         "--batch-size 4096 is larger than the fashion_mnist training split after the validation "
+         "hold-out (72 examples); pass --batch-size 72 or less"),
+        ([*data, "--sequence", "patches", "--patch-size", "3", "--out-dir", "r"], 2,
+         "--patch-size 3: patch_size 3 must divide the image size 8×8"),
+        ([*data, "--units", "1000000000", "--out-dir", "r"], 2, "GiB for the parameters"),
+        ([*data, "--layers", "100000", "--out-dir", "r"], 2, "beyond the limit of 64"),
+        ([*data, "--cell", "ltc", "--ode-unfolds", "100000000", "--out-dir", "r"], 2,
+         "--ode-unfolds 100000000 is beyond the limit of 1000"),
+        (["train", "--cpu-devices", "100000"], 2, "--cpu-devices 100000 is beyond the limit"),
         ([*fm, "--data-dir", str(tmp_path / "nonexistent" / "x"), "--out-dir", "r1"], 1,
          f"data dir given ({tmp_path / 'nonexistent' / 'x'}) does not exist"),
         ([*fm, "--data-dir", str(idx_dir), "--out-dir", str(a_file)], 1,

@@ -176,9 +176,12 @@ def test_explicit_data_dir_is_never_replaced(tmp_path, offline, monkeypatch):
             D.load_dataset("fashion_mnist", "test", given, download=download)
         assert str(given) in str(info.value) and str(system) not in str(info.value)
     missing = tmp_path / "nonexistent" / "x"
-    for where in (missing, given / "my-copy" / "t10k-labels-idx1-ubyte"):
-        with pytest.raises(D.DatasetUnavailableError, match=f"data dir given \\({where}\\)"):
-            D.load_image_task("fashion_mnist", data_dir=where)
+    with pytest.raises(D.DatasetUnavailableError, match=f"data dir given \\({missing}\\) does "
+                       "not exist"):
+        D.load_image_task("fashion_mnist", data_dir=missing)
+    with pytest.raises(D.DatasetUnavailableError, match=str(given / "my-copy")):
+        D.load_dataset("fashion_mnist", "test", given / "my-copy" / "t10k-labels-idx1-ubyte",
+                       download=False)
     with pytest.raises(D.DatasetUnavailableError, match="no local files"):
         D.load_dataset("fashion_mnist", "test", given, source="local")
     # without a data dir, the system copy is a fallback

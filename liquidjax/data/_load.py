@@ -49,7 +49,7 @@ def load_dataset(
 
     An explicit `data_dir` is never silently replaced by another copy: the data come from it
     (original files, or a tfds data dir, prepared or downloaded into), or the load fails naming
-    it. A `data_dir` that is not an existing folder fails at once.
+    it. A `data_dir` that does not exist fails at once.
 
     If none works, :class:`DatasetUnavailableError` lists the places searched and the options;
     offline, this takes at most `probe_timeout` seconds instead of minutes of tfds retries.
@@ -78,17 +78,22 @@ def load_dataset(
     looked: list[str] = []
     layout = "IDX files" if spec.layout == "idx" else "CIFAR-10 python/binary folder or archive"
 
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        # An explicit folder is used or the load fails naming it; never another copy instead.
-        what = "is not a folder" if Path(data_dir).expanduser().exists() else "does not exist"
+    if data_dir is not None and not Path(data_dir).expanduser().exists():
+        # An explicit data dir is used or the load fails naming it; never another copy instead.
         raise DatasetUnavailableError(
-            name, split, [f"{Path(data_dir)}: {what}"],
-            f"the data dir given ({data_dir}) {what}; fix the path, or create the folder to let "
-            "tfds download into it",
+            name, split, [f"{Path(data_dir)}: does not exist"],
+            f"the data dir given ({data_dir}) does not exist; fix the path, or create the folder "
+            "to let tfds download into it",
         )
     if source in ("auto", "local") and data_dir is not None:
         if (path := find_local(name, data_dir)) is not None:
-            return load_local(name, split, path)
+            try:
+                return load_local(name, split, path)
+            except FileNotFoundError as e:  # e.g. a folder with only the test split
+                raise DatasetUnavailableError(
+                    name, split, [f"{path}: {e}"],
+                    f"{path} holds {name} files, but not its {split!r} split",
+                ) from None
         looked.append(f"{Path(data_dir)} (and /{name}, /{name.replace('_', '-')}): no {layout}")
     if source == "local" and data_dir is None:
         raise ValueError("source='local' needs data_dir")

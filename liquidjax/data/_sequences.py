@@ -91,6 +91,12 @@ class ImageSequencer:
     ) -> ImageSequencer:
         """A sequencer whose statistics come from `train_images` (see :func:`channel_stats`)."""
         mean, std = channel_stats(train_images)
+        if np.any(std == 0):
+            raise ValueError(
+                f"the training images are constant in channel(s) {np.flatnonzero(std == 0).tolist()}"
+                f" (every pixel {np.round(mean * 255).astype(int).tolist()} of 255; standard "
+                "deviation 0): they cannot be normalised and carry nothing to learn; check the data"
+            )
         return cls(mean, std, mode, patch_size)
 
     def sequence_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int]:

@@ -66,6 +66,7 @@ class CheckpointError(ValueError):
 
     def __init__(self, path: str | os.PathLike, problem: str):
         self.path = str(path)
+        self.problem = problem
         super().__init__(f"checkpoint {self.path}: {problem}")
 
 
@@ -196,8 +197,36 @@ def save_checkpoint(
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON header of a checkpoint, verified against its checksum (the payload is not read).
     Raises :class:`CheckpointError`."""
-    header, _ = _read(path, with_payload=False)
+    header, _ = _read_or_point_elsewhere(path, with_payload=False)
     return header
+
+
+def verified_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """The checkpoints in `directory` whose whole file (header and payload) verifies, oldest
+    first."""
+    good = []
+    for p in list_checkpoints(directory):
+        try:
+            _read(p, with_payload=True)
+        except CheckpointError:
+            continue
+        good.append(p)
+    return good
+
+
+def _read_or_point_elsewhere(path, *, with_payload: bool) -> tuple[dict[str, Any], bytes]:
+    """`_read`; a corrupt file's error also names the checkpoints beside it that verify."""
+    try:
+        return _read(path, with_payload=with_payload)
+    except CheckpointError as e:
+        p = Path(path)
+        if not p.is_file():
+            raise
+        others = [q for q in verified_checkpoints(p.parent) if q != p]
+        hint = ("; the checkpoints beside it that verify are " + ", ".join(q.name for q in others)
+                + f" — continue from one of them (e.g. --resume {others[-1]})" if others
+                else "; no other checkpoint beside it verifies")
+        raise CheckpointError(p, e.problem + hint) from None
 
 
 def _check_header(p: Path, header: Any, version: int) -> dict[str, Any]:
@@ -272,6 +301,7 @@ def _read_open(p: Path, f, size: int, with_payload: bool) -> tuple[dict[str, Any
 
 def config_mismatches(saved: dict[str, Any], wanted: dict[str, Any], fields=None) -> list[str]:
     """``"name: checkpoint has A, requested B"`` for each differing field."""
+    saved = saved if isinstance(saved, dict) else {}  # a malformed header differs everywhere
     names = sorted(set(saved) | set(wanted)) if fields is None else list(fields)
     out = []
     for k in names:
@@ -310,7 +340,7 @@ def load_checkpoint(
     state, header = load_checkpoint(latest_checkpoint("runs/x/checkpoints"), fresh_state)
     ```
     """
-    header, payload = _read(path, with_payload=True)
+    header, payload = _read_or_point_elsewhere(path, with_payload=True)
     if model_config is not None:
         diff = config_mismatches(header.get("model_config") or {}, model_config)
         if diff:

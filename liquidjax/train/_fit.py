@@ -501,6 +501,11 @@ def fit(
         diff = config_mismatches(header.get("train_config") or {}, config.to_dict(),
                                  TRAJECTORY_FIELDS)
         data_state = header.get("data") or {}
+        if not (isinstance(data_state, dict) and all(
+                isinstance(data_state.get(k), int) and not isinstance(data_state.get(k), bool)
+                and data_state[k] >= 0 for k in ("epoch", "batch"))):
+            raise CheckpointError(ckpt, f"no usable data position in its header (data: "
+                                  f"{str(data_state)[:200]})")
         if data_state.get("seed") != loader.seed:
             diff.append(f"data seed: checkpoint has {data_state.get('seed')!r}, "
                         f"requested {loader.seed}")
