@@ -246,7 +246,7 @@ def test_onnx_batched_classifier(tmp_path):
     model = build_model(ModelConfig(input_size=I, num_classes=4, units=10, cell="ltc",
                                     wiring="ncp", readout="mean", ode_unfolds=3), key=KEY)
     model = _randomise(model, jax.random.key(8))
-    export.to_onnx(model, tmp_path, batch_shape=(2,))
+    export.to_onnx(model, tmp_path, batch_shape=(2,), seq_len=T)
     step = export.stepper(model, batch_shape=(2,))
     xs, dts = (np.asarray(a) for a in _data((2,)))
     sess = ort.InferenceSession(str(tmp_path / "step.onnx"))
@@ -255,6 +255,12 @@ def test_onnx_batched_classifier(tmp_path):
         logits, state = sess.run(None, {"state": state, "x": xs[:, k], "dt": dts[:, k]})
     ref = jax.vmap(lambda x, t: _call(model, x, t))(jnp.asarray(xs), jnp.asarray(dts))
     np.testing.assert_allclose(logits, ref, rtol=0, atol=1e-5)
+    seq = ort.InferenceSession(str(tmp_path / "sequence.onnx"))
+    all_logits, final = seq.run(None, {"state": np.asarray(step.initial_state()), "xs": xs,
+                                       "dts": dts})
+    assert all_logits.shape == (2, T, 4)
+    np.testing.assert_allclose(all_logits[:, -1], ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(final, state, rtol=0, atol=1e-5)
 
 
 def test_onnx_refuses_diffrax_solvers_naming_the_cell(tmp_path):
