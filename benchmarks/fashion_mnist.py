@@ -22,38 +22,21 @@ import sys
 import time
 from pathlib import Path
 
+from liquidjax.recipes import RECIPES
+
 DATA = "/usr/share/datasets/fashion-mnist"
 COMMON = ["--dataset", "fashion_mnist", "--data-dir", DATA, "--batch-size", "128",
           "--progress", "plain"]
 
-RECIPES: dict[str, list[str]] = {
-    # Row-wise (28 steps x 28 features), no convolution.
-    "cfc_rows": ["--cell", "cfc", "--units", "128", "--mixed-memory", "--epochs", "15",
-                 "--lr", "2e-3", "--dropout", "0.2", "--weight-decay", "0.05"],
-    "ltc_rows": ["--cell", "ltc", "--units", "64", "--epochs", "3", "--lr", "5e-3"],
-    # Small conv stem whose feature-map rows feed a CfC.
-    "conv_cfc": ["--model", "conv", "--cell", "cfc", "--units", "64", "--conv-channels",
-                 "32,64,128", "--epochs", "12", "--lr", "2e-3", "--dropout", "0.2",
-                 "--weight-decay", "0.05"],
-    # VGG-style stem (two 3x3 convs + 2x2 max pool per stage, 32 then 64 channels): its 7 rows
-    # of 7x64 features feed a CfC-64. Light augmentation (1-px crop + horizontal flip), label
-    # smoothing. (With 2-px crops and stem dropout 0.1 it underfits in 20 epochs: 92.1 % val
-    # at epoch 15 of 20.)
-    "conv_pooled_cfc": ["--model", "conv", "--conv-stem", "pooled", "--conv-channels", "32,64",
-                        "--cell", "cfc", "--units", "64", "--epochs", "34", "--lr", "2e-3",
-                        "--augment", "--augment-padding", "1", "--dropout", "0.2",
-                        "--weight-decay", "0.05", "--label-smoothing", "0.1"],
-}
+# The recipes are liquidjax's own (liquidjax.recipes): the command line and this script share them.
 
 
-def run(name: str, args: list[str], out_root: Path, quick: bool) -> dict:
+def run(name: str, out_root: Path, quick: bool) -> dict:
     out = out_root / name
-    cmd = [sys.executable, "-m", "liquidjax", "train", *COMMON, *args, "--out-dir", str(out)]
+    cmd = [sys.executable, "-m", "liquidjax", "train", *COMMON, "--recipe", name,
+           "--out-dir", str(out)]
     if quick:
-        cmd = [c for c in cmd]
-        i = cmd.index("--epochs")
-        cmd[i + 1] = "1"
-        cmd += ["--limit-examples", "6000"]
+        cmd += ["--epochs", "1", "--limit-examples", "6000"]
     if (out / "checkpoints").exists():
         cmd.append("--resume")
     print("$", " ".join(cmd), flush=True)
@@ -66,6 +49,7 @@ def run(name: str, args: list[str], out_root: Path, quick: bool) -> dict:
     start = [e for e in events if e["event"] == "start"][0]
     return {
         "recipe": name,
+        "recipe_version": RECIPES[name].version,
         "epochs": len(epochs),
         "test_accuracy": test["test_accuracy"],
         "best_val_accuracy": max(e["val_accuracy"] for e in epochs),
@@ -86,7 +70,7 @@ def main() -> int:
     if not Path(DATA).is_dir():
         print(f"{DATA} not found: apt-get install dataset-fashion-mnist", file=sys.stderr)
         return 1
-    results = [run(n, RECIPES[n], Path(args.out), args.quick) for n in args.recipe or RECIPES]
+    results = [run(n, Path(args.out), args.quick) for n in args.recipe or RECIPES]
     print("\n| recipe | epochs | test acc | best val acc | s / epoch (train) | devices |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:

@@ -68,7 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model", usage="liquidjax train [options]",
                        description=(
-        "Train a liquid model. With no flags: a CfC on CIFAR-10 read row by row (tfds)."))
+        "Train a liquid model. With no flags: CIFAR-10 (tfds) read row by row, with the best "
+        "row-wise recipe measured (--recipe cfc_rows: CfC-128 + mixed memory)."))
+    from .recipes import DEFAULT_IMAGE_RECIPE, RECIPES
+
+    t.add_argument(
+        "--recipe", type=choice_arg(tuple(RECIPES) + ("none", "auto")), default="auto",
+        help="a named, versioned recipe of settings (explicit flags override it): "
+        + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+        + f". Default 'auto': {DEFAULT_IMAGE_RECIPE} for image datasets, none otherwise")
     g = t.add_argument_group("data")
     g.add_argument("--dataset", type=choice_arg(DATASETS, {"fashion": "fashion_mnist",
                                                         "fmnist": "fashion_mnist"}),
@@ -444,6 +452,7 @@ def _train(args) -> int:
         eqx.filter(model, eqx.is_inexact_array)))
     print(f"liquidjax: {args.dataset} ({data.info.get('source', 'synthetic')}), {data.task}, "
           f"{args.kind}/{args.cell}/{args.wiring}, {args.units} units, {nparams} parameters, "
+          f"recipe {args.recipe}, "
           f"{parallel.num_devices} device(s) [{jax.devices()[0].platform}], out dir {out_dir}",
           file=sys.stderr, flush=True)
     resume: Any = None if args.resume is None else (
@@ -455,7 +464,8 @@ def _train(args) -> int:
             saved_config = _check_resumable(Path(ckpt), mconfig, data.info)
     result = lt.fit(
         model, data.train, tconfig, val_data=data.val, out_dir=out_dir, resume=resume,
-        model_config=saved_config, extra_header={"data_config": data.info},
+        model_config=saved_config,
+        extra_header={"data_config": data.info, "recipe": args.recipe},
         progress=args.progress, parallel=parallel,
         extra_transforms=constraint_transforms(model),
     )
@@ -596,6 +606,25 @@ def _join_processes(coordinator: str, num_processes: int, process_id: int) -> st
     return None
 
 
+def _with_recipe(args, argv):
+    """Parse again with the recipe's settings as defaults, so explicit flags still win."""
+    from .recipes import DEFAULT_IMAGE_RECIPE, get_recipe
+
+    name = args.recipe
+    if name == "auto":
+        name = DEFAULT_IMAGE_RECIPE if args.dataset in IMAGE_DATASETS else "none"
+    if name == "none":
+        args.recipe = "none"
+        return args
+    recipe = get_recipe(name)
+    fresh = build_parser()  # defaults set on a parser of its own
+    train = fresh._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    train.set_defaults(**recipe.settings)
+    args = fresh.parse_args(argv)
+    args.recipe = recipe.tag
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``liquidjax`` console script (and ``python -m liquidjax``).
 
@@ -605,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 and the valid choices on bad usage
+    if args.command == "train":
+        args = _with_recipe(args, argv)
     from ._platform import use_cpu_cores
 
     # Before any JAX backend exists: one CPU device per core, so data parallelism uses them all.

@@ -140,6 +140,10 @@ def test_train_evaluate_resume_end_to_end(idx_dir, tmp_path, capsys):
     header = read_header(ckpts[-1])
     assert header["data_config"]["dataset"] == "fashion_mnist"
     assert header["model_config"]["input_size"] == 8
+    # images get the default row-wise recipe (explicit flags win), recorded in the run
+    assert header["recipe"] == "cfc_rows@1" and header["model_config"]["mixed_memory"]
+    assert header["model_config"]["units"] == 8
+    assert "per epoch (8 steps of" in err  # the epoch-time estimate, before the epoch ends
     assert (out / "curves.png").exists()
     recs = read_metrics(out / "metrics.jsonl")
     test_rec = [r for r in recs if r["event"] == "test"][-1]

@@ -215,6 +215,17 @@ def _rows(batch: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
     return {k: v[rows] for k, v in batch.items()}
 
 
+_PROBE_STEPS = 5  # timed steps (after compilation) behind the epoch-time estimate
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss (or gradient) became NaN/inf.
 
@@ -559,6 +570,7 @@ def fit(
     compile_s = None
     stop = config.max_steps is not None and step >= config.max_steps
     try:
+        estimated = False
         for epoch in range(epoch0, config.epochs):
             if stop:
                 break
@@ -587,6 +599,19 @@ def fit(
                     t_epoch = time.perf_counter()
                 else:
                     steps_timed += 1
+                    if not estimated and steps_timed == _PROBE_STEPS:
+                        # One sync a few steps in: tell the user what the run will cost.
+                        jax.block_until_ready(state.step)
+                        per_step = (time.perf_counter() - t_epoch) / steps_timed
+                        estimated = True
+                        epoch_s = per_step * steps_per_epoch
+                        left = per_step * (steps_per_epoch * (config.epochs - epoch) - b - 1)
+                        logger.record("estimate", step=step, seconds_per_step=round(per_step, 5),
+                                      seconds_per_epoch=round(epoch_s, 1))
+                        logger.message(
+                            f"about {_duration(epoch_s)} per epoch ({steps_per_epoch} steps of "
+                            f"{1e3 * per_step:.0f} ms, evaluation not included); "
+                            f"about {_duration(left)} of training left")
                 at_end = b == steps_per_epoch - 1
                 hit_max = config.max_steps is not None and step >= config.max_steps
                 want_ckpt = (config.checkpoint_every is not None
