@@ -18,6 +18,12 @@ the full run also rewrites the ``vs_ncps`` section of ``BENCHMARKS.md``.
 
     python benchmarks/vs_ncps.py                      # all configurations, full repeats
     python benchmarks/vs_ncps.py --quick --config rowwise_ltc
+    python benchmarks/vs_ncps.py --ltc --no-md        # only the row-wise LTC rows (dense,
+                                                      # AutoNCP(64, 10), AutoNCP(128, 10))
+    python benchmarks/vs_ncps.py --ltc --ltc-synapses dense --no-md   # the same, dense kernel
+                                                      # forced on the wired cells (before/after)
+
+The last lines printed are the ratios side by side (ncps ms / liquidjax ms, train and forward).
 """
 
 from __future__ import annotations
@@ -42,13 +48,35 @@ class Config:
     units: int
     classes: int = 10
     backbone_units: int = 128
+    ncp_outputs: int | None = None  # LTC over AutoNCP(units, ncp_outputs) instead of dense
     description: str = ""
+
+    def wiring(self, ncps_module=None):
+        """The LTC's ``units`` argument: an int, or ``AutoNCP(units, ncp_outputs)`` from ncps
+        (``ncps_module="ncps.wirings"``) or liquidjax (default)."""
+        if self.ncp_outputs is None:
+            return self.units
+        if ncps_module == "ncps":
+            from ncps.wirings import AutoNCP
+        else:
+            from liquidjax.wirings import AutoNCP
+        return AutoNCP(self.units, self.ncp_outputs)
+
+    @property
+    def rnn_outputs(self) -> int:
+        return self.units if self.ncp_outputs is None else self.ncp_outputs
 
 
 CONFIGS: dict[str, Config] = {
     "rowwise_ltc": Config("ltc", 128, 32, 96, 64,
                           description="row-wise image: B128 × 32 steps × 96 in, LTC-64 FC, "
                                       "6 unfolds"),
+    "rowwise_ltc_ncp64": Config("ltc", 128, 32, 96, 64, ncp_outputs=10,
+                                description="row-wise image: B128 × 32 steps × 96 in, LTC "
+                                            "AutoNCP(64, 10), 6 unfolds"),
+    "rowwise_ltc_ncp128": Config("ltc", 128, 32, 96, 128, ncp_outputs=10,
+                                 description="row-wise image: B128 × 32 steps × 96 in, LTC "
+                                             "AutoNCP(128, 10), 6 unfolds"),
     "rowwise_cfc": Config("cfc", 128, 32, 96, 64,
                           description="row-wise image: B128 × 32 steps × 96 in, CfC-64, "
                                       "backbone 128"),
@@ -58,18 +86,35 @@ CONFIGS: dict[str, Config] = {
                        description="long sequence: B32 × 256 steps × 3 in, CfC-32, backbone 128"),
 }
 
-# Issue 4 targets: ncps time / liquidjax time.
-TARGETS = {"ltc": 8.0, "cfc": 2.5}
+# Targets (ncps time / liquidjax time), train and forward: issue 10 for the row-wise LTC rows,
+# issue 4 for the others.
+TARGETS = {"ltc": (8.0, 8.0), "cfc": (2.5, 2.5)}
+CONFIG_TARGETS = {"rowwise_ltc": (3.0, 2.5), "rowwise_ltc_ncp64": (6.0, 6.0),
+                  "rowwise_ltc_ncp128": (6.0, 6.0), "rowwise_cfc": (2.5, 2.5)}
+LTC_CONFIGS = ("rowwise_ltc", "rowwise_ltc_ncp64", "rowwise_ltc_ncp128")
+
+
+def target(r: dict, what: str) -> float:
+    t = CONFIG_TARGETS.get(r["config"], TARGETS[r["kind"]])
+    return t[0] if what == "train" else t[1]
 
 LOSS_RTOL = 1e-4
 GRAD_TOL = 2e-3  # max |g_jax - g_torch| <= GRAD_TOL * max |g_torch| (+ 1e-7), per tensor
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog=__doc__[__doc__.index("    python "):],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="few repeats (development)")
     p.add_argument("--config", action="append", choices=sorted(CONFIGS),
                    help="run only this configuration (repeatable); default: all")
+    p.add_argument("--ltc", action="store_true",
+                   help=f"run only the row-wise LTC configurations {', '.join(LTC_CONFIGS)} "
+                        "(added to any --config)")
+    p.add_argument("--ltc-synapses", choices=("auto", "dense", "sparse"), default="auto",
+                   help="LTC synapse kernel of the liquidjax models (default auto: sparse for "
+                        "sparse wirings); 'dense' measures the masked dense kernel for comparison")
     p.add_argument("--threads", type=int, default=None,
                    help="cores/threads for both frameworks (default: all cores of this process)")
     p.add_argument("--jax-devices", type=int, default=None,
@@ -96,11 +141,12 @@ def build_torch(cfg: Config, seed: int):
         def __init__(self):
             super().__init__()
             if cfg.kind == "ltc":
-                self.rnn = TLTC(cfg.inputs, cfg.units, return_sequences=False, batch_first=True)
+                self.rnn = TLTC(cfg.inputs, cfg.wiring("ncps"), return_sequences=False,
+                                batch_first=True)
             else:
                 self.rnn = TCfC(cfg.inputs, cfg.units, return_sequences=False, batch_first=True,
                                 backbone_units=cfg.backbone_units, backbone_layers=1)
-            self.fc = torch.nn.Linear(cfg.units, cfg.classes)
+            self.fc = torch.nn.Linear(cfg.rnn_outputs, cfg.classes)
 
         def forward(self, x):
             y, _ = self.rnn(x)
@@ -114,7 +160,7 @@ def torch_state_dict(model) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ jax
-def build_jax(cfg: Config, sd: dict | None, seed: int):
+def build_jax(cfg: Config, sd: dict | None, seed: int, synapses: str = "auto"):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -136,17 +182,28 @@ def build_jax(cfg: Config, sd: dict | None, seed: int):
         from liquidjax.layers import LiquidRNN
 
         k1, k2 = jax.random.split(jax.random.key(seed))
-        cell = (LTC(cfg.inputs, cfg.units, key=k1) if cfg.kind == "ltc"
+        cell = (LTC(cfg.inputs, cfg.wiring(), key=k1) if cfg.kind == "ltc"
                 else CfC(cfg.inputs, cfg.units, key=k1, **kw))
-        return Classifier(LiquidRNN(cell, return_sequences=False),
-                          eqx.nn.Linear(cfg.units, cfg.classes, key=k2))
+        return Classifier(LiquidRNN(with_synapses(cell, synapses), return_sequences=False),
+                          eqx.nn.Linear(cfg.rnn_outputs, cfg.classes, key=k2))
     rnn_sd = {k[len("rnn."):]: v for k, v in sd.items() if k.startswith("rnn.")}
-    rnn = from_ncps(rnn_sd, kind=cfg.kind, input_size=cfg.inputs, units=cfg.units,
+    units = cfg.wiring() if cfg.kind == "ltc" else cfg.units
+    rnn = from_ncps(rnn_sd, kind=cfg.kind, input_size=cfg.inputs, units=units,
                     return_sequences=False, **kw)
-    head = eqx.nn.Linear(cfg.units, cfg.classes, key=jax.random.key(0))
+    rnn = eqx.tree_at(lambda r: r.cell, rnn, with_synapses(rnn.cell, synapses))
+    head = eqx.nn.Linear(cfg.rnn_outputs, cfg.classes, key=jax.random.key(0))
     head = eqx.tree_at(lambda h: (h.weight, h.bias), head,
                        (jnp.asarray(sd["fc.weight"]), jnp.asarray(sd["fc.bias"])))
     return Classifier(rnn, head)
+
+
+def with_synapses(cell, synapses: str):
+    """``cell`` with its LTC synapse kernel set (``"auto"`` leaves it as built)."""
+    from liquidjax.cells import LTC
+
+    if synapses == "auto" or not isinstance(cell, LTC):
+        return cell
+    return cell.with_synapses(synapses)
 
 
 def jax_fns(lr: float):
@@ -204,7 +261,7 @@ def check_equal(cfg: Config, tmodel, jmodel, x, y, loss_and_grad) -> dict:
 
 # ------------------------------------------------------------------------------------ benchmark
 def run_config(name: str, cfg: Config, *, use_ncps: bool, warmup: int, repeats: int,
-               ncps_repeats: int) -> dict:
+               ncps_repeats: int, synapses: str = "auto") -> dict:
     import equinox as eqx
     import jax
     import numpy as np
@@ -217,7 +274,11 @@ def run_config(name: str, cfg: Config, *, use_ncps: bool, warmup: int, repeats: 
 
     tmodel = build_torch(cfg, seed=0) if use_ncps else None
     sd = torch_state_dict(tmodel) if use_ncps else None
-    jmodel = build_jax(cfg, sd, seed=0)
+    jmodel = build_jax(cfg, sd, seed=0, synapses=synapses)
+    from liquidjax.cells import LTC
+
+    cell = jmodel.rnn.cell
+    res["ltc_synapses"] = cell.synapse_kernel if isinstance(cell, LTC) else None
     opt, train_step, forward, loss_and_grad = jax_fns(lr)
     xj, yj = jax.device_put(x), jax.device_put(y)
 
@@ -294,8 +355,8 @@ def table(results: list[dict]) -> str:
               "speed-up (medians)", "speed-up (mins)", "target", "JAX compile s"]
     rows = []
     for r in results:
-        target = TARGETS[r["kind"]]
         for what, key in (("train step", "train"), ("forward", "forward")):
+            goal = target(r, key)
             nc = r.get(f"ncps_{key}")
             jx = r[f"jax_{key}"]
 
@@ -307,12 +368,30 @@ def table(results: list[dict]) -> str:
                 if nc is None:
                     return "–"
                 v = nc[a] / jx[b]
-                return f"{v:.2f}×" + (" ✓" if v >= target else " ✗")
+                return f"{v:.2f}×" + (" ✓" if v >= goal else " ✗")
 
             comp = r[f"jax_compile_{key}_s"]
             rows.append([r["config"], what, cell(nc), cell(jx), sp("median_ms", "median_ms"),
-                         sp("min_ms", "min_ms"), f"≥ {target:g}×", f"{comp:.2f}"])
+                         sp("min_ms", "min_ms"), f"≥ {goal:g}×", f"{comp:.2f}"])
     return _common.md_table(header, rows)
+
+
+def ratios(results: list[dict]) -> str:
+    """One line per configuration: train and forward speed-ups side by side (medians, mins)."""
+    lines = [f"{'configuration':22s} {'kernel':7s} {'train (med / min)':>22s} "
+             f"{'forward (med / min)':>22s}"]
+    for r in results:
+        cells = []
+        for key in ("train", "forward"):
+            nc, jx = r.get(f"ncps_{key}"), r[f"jax_{key}"]
+            if nc is None:
+                cells.append(f"{jx['median_ms']:.1f} ms (no ncps)")
+                continue
+            cells.append(f"{nc['median_ms'] / jx['median_ms']:.2f}x / "
+                         f"{nc['min_ms'] / jx['min_ms']:.2f}x (≥{target(r, key):g})")
+        lines.append(f"{r['config']:22s} {str(r.get('ltc_synapses') or '-'):7s} "
+                     f"{cells[0]:>22s} {cells[1]:>22s}")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -346,7 +425,10 @@ def main(argv=None):
     warmup = 2 if args.quick else 3
     repeats = args.repeats or (5 if args.quick else 20)
     ncps_repeats = args.repeats or (3 if args.quick else 10)
-    names = args.config or list(CONFIGS)
+    names = list(args.config or [])
+    if args.ltc:
+        names += [n for n in LTC_CONFIGS if n not in names]
+    names = names or list(CONFIGS)
     info = _common.machine_info()
     print(f"machine: {_common.machine_line(info)}")
     print(f"threads: {threads} (torch.set_num_threads and the CPU affinity XLA sizes its pool "
@@ -359,7 +441,7 @@ def main(argv=None):
         cfg = CONFIGS[name]
         print(f"\n== {name}: {cfg.description} ({cfg.steps} steps per sequence)", flush=True)
         r = run_config(name, cfg, use_ncps=use_ncps, warmup=warmup, repeats=repeats,
-                       ncps_repeats=ncps_repeats)
+                       ncps_repeats=ncps_repeats, synapses=args.ltc_synapses)
         results.append(r)
         for key in ("train", "forward"):
             j = r[f"jax_{key}"]
@@ -374,15 +456,18 @@ def main(argv=None):
 
     tab = table(results)
     print("\n" + tab)
+    print("\nspeed-up = ncps ms / liquidjax ms\n" + ratios(results))
     payload = {"machine": info, "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M"),
                "quick": args.quick, "warmup": warmup,
                "repeats": repeats, "ncps_repeats": ncps_repeats if use_ncps else None,
+               "ltc_synapses": args.ltc_synapses,
                "command": _common.command_line(), "results": results}
     out = args.out or _common.RESULTS / f"vs_ncps{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(__import__("json").dumps(payload, indent=2, default=str) + "\n")
     print(f"\nwrote {out}")
-    if not args.quick and not args.no_md and use_ncps and args.config is None:
+    if (not args.quick and not args.no_md and use_ncps and args.config is None and not args.ltc
+            and args.ltc_synapses == "auto"):
         write_md(payload)
         print(f"updated {_common.BENCHMARKS_MD}")
 

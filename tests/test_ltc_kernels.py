@@ -14,8 +14,8 @@ from liquidjax.wirings import AutoNCP, FullyConnected, Random
 UNFOLDS, EPS = 4, 1e-8
 
 
-def _cell(wiring, inputs=3, dtype=jnp.float32, key=0):
-    return LTC(inputs, wiring, key=jax.random.key(key), dtype=dtype)
+def _cell(wiring, inputs=3, dtype=jnp.float32, key=0, **kw):
+    return LTC(inputs, wiring, key=jax.random.key(key), dtype=dtype, **kw)
 
 
 def _data(cell, batch, dtype):
@@ -182,3 +182,37 @@ def test_layout_rejects_bad_masks():
         SynapseLayout(np.ones((3, 4), bool), np.ones((2, 4), bool))
     with pytest.raises(ValueError, match=r"sensory_mask must have shape \(I, 4\).*\(2, 3\)"):
         SynapseLayout(np.ones((4, 4), bool), np.ones((2, 3), bool))
+
+
+# ------------------------------------------------------------------------------- in the LTC cell
+def test_ltc_chooses_the_kernel():
+    assert _cell(AutoNCP(12, 3)).synapse_kernel == "sparse"
+    assert _cell(FullyConnected(5)).synapse_kernel == "dense"
+    assert _cell(5).synapse_kernel == "dense"
+    assert _cell(5, synapses="sparse").synapse_kernel == "sparse"
+    assert _cell(AutoNCP(12, 3)).with_synapses("dense").synapse_kernel == "dense"
+    with pytest.raises(ValueError, match=r"synapses must be one of \('auto', 'dense', 'sparse'\)"):
+        _cell(5, synapses="blocked")
+    with pytest.raises(ValueError, match="synapses must be one of"):
+        _cell(5).with_synapses("csr")
+
+
+def test_ltc_sparse_and_dense_train_the_same():
+    """A sequence model (vmap over the batch, scan over time, remat) gives the same loss and
+    gradients for every parameter whichever synapse kernel the wired LTC uses."""
+    import equinox as eqx
+
+    from liquidjax.layers import LiquidRNN
+
+    sparse = _cell(AutoNCP(12, 3))
+    dense = sparse.with_synapses("dense")
+    xs = jax.random.normal(jax.random.key(1), (3, 6, 3))
+
+    def loss(cell):
+        ys, _ = jax.vmap(LiquidRNN(cell, remat=True))(xs)
+        return jnp.sum(ys**2)
+
+    a = eqx.filter_jit(eqx.filter_value_and_grad(loss))(sparse)
+    b = eqx.filter_jit(eqx.filter_value_and_grad(loss))(dense)
+    _close(eqx.filter(a, eqx.is_inexact_array), eqx.filter(b, eqx.is_inexact_array), 1e-6)
+    assert float(jnp.max(jnp.abs(a[1].sensory_mu))) > 0

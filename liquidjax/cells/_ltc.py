@@ -11,11 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._static import StaticArray
+from .._static import StaticArray, replace_fields
 from ..solvers import FusedSemiImplicit, Integrator
 from ..wirings import FullyConnected, Wiring
 from ._base import AbstractConductanceCell, AbstractWiredCell
 from ._ltc_kernel import LTCParams, fused_ltc_step, sigmoid
+from ._ltc_sparse import (
+    SYNAPSE_KERNELS,
+    SynapseLayout,
+    choose_layout,
+    sparse_ltc_step,
+    sparse_params,
+)
 
 Mapping = Literal["affine", "linear", "none"]
 _MAPPINGS = ("affine", "linear", "none")
@@ -53,7 +60,11 @@ def _built_wiring(units_or_wiring: Any, input_size: int) -> Wiring:
 
 
 def _fused_kernel(cell: LTC, y0, x, dt, unfolds: int, epsilon: float):
-    return fused_ltc_step(cell.effective_params(), cell.map_input(x), y0, dt, unfolds, epsilon)
+    p, layout = cell.effective_params(), cell.synapse_layout
+    if layout is not None:
+        return sparse_ltc_step(sparse_params(p, layout), cell.map_input(x), y0, dt, layout,
+                               unfolds, epsilon)
+    return fused_ltc_step(p, cell.map_input(x), y0, dt, unfolds, epsilon)
 
 
 def _integrator(integrator, epsilon, solver, stepsize_controller, ode_unfolds, adjoint,
@@ -120,6 +131,11 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
     - `max_steps`: step budget of an adaptive solve per interval.
     - `integrator`: all five integration settings as one
       :class:`~liquidjax.solvers.Integrator` (instead of the separate arguments).
+    - `synapses`: the fused kernel's synapse evaluation: ``"sparse"`` evaluates only the
+      wiring's synapses (padded fan-in lists built once from the masks), ``"dense"`` every
+      ``N × N`` and ``I × N`` pair times the mask, ``"auto"`` (default) sparse when that does
+      less than half the dense work (NCP wirings) and dense otherwise (fully connected). Same
+      numbers either way, to rounding.
     - `key`: PRNG key for the initial parameters (keyword-only).
 
     **Example:**
@@ -154,6 +170,7 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
     output_mapping: str = eqx.field(static=True)
     implicit_param_constraints: bool = eqx.field(static=True)
     integrator: Integrator
+    synapses: str = eqx.field(static=True)
 
     fused_kernel = staticmethod(_fused_kernel)
 
@@ -172,6 +189,7 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         adjoint: diffrax.AbstractAdjoint | None = None,
         max_steps: int | None = None,
         integrator: Integrator | None = None,
+        synapses: str = "auto",
         dtype: Any = jnp.float32,
         key: PRNGKeyArray,
     ):
@@ -212,8 +230,11 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         self.input_mapping, self.output_mapping = input_mapping, output_mapping
         self.implicit_param_constraints = bool(implicit_param_constraints)
         self.wiring = wiring
+        self.synapses = synapses
 
     def __check_init__(self):
+        if self.synapses not in SYNAPSE_KERNELS:
+            raise ValueError(f"synapses must be one of {SYNAPSE_KERNELS}, got {self.synapses!r}")
         n, i = self.state_size, self.input_size
         expected = {"gleak": (n,), "vleak": (n,), "cm": (n,), "w": (n, n), "sigma": (n, n),
                     "mu": (n, n), "erev": (n, n), "mask": (n, n), "sensory_w": (i, n),
@@ -237,6 +258,21 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
     def uses_fused_kernel(self) -> bool:
         """Whether :meth:`advance` takes the fused fast path (fused solver, constant steps)."""
         return self.integrator.uses_fused_step
+
+    def with_synapses(self, synapses: str) -> LTC:
+        """The same cell with the fused kernel's synapse evaluation set to ``"auto"``,
+        ``"dense"`` or ``"sparse"`` (see the class arguments)."""
+        return replace_fields(self, synapses=synapses)
+
+    @property
+    def synapse_layout(self) -> SynapseLayout | None:
+        """The sparse layout the fused kernel uses, or ``None`` for the dense kernel."""
+        return choose_layout(self.mask, self.sensory_mask, self.synapses)
+
+    @property
+    def synapse_kernel(self) -> str:
+        """``"sparse"`` or ``"dense"``: the synapse evaluation the fused kernel runs."""
+        return "dense" if self.synapse_layout is None else "sparse"
 
     # ----------------------------------------------------------------------------- parameters
     def _positive(self, x):
