@@ -1,9 +1,9 @@
 """Training throughput on an accelerator (or the CPU with ``--quick``): CIFAR-10-shaped batches.
 
 Synthetic CIFAR-10-shaped data (row-wise: 32 steps × 96 features, 10 classes; random values, the
-shape is what matters for speed), LTC-64 (fully connected, 6 unfolds) and CfC-64 (backbone 128)
-with a linear readout on the last output, cross-entropy, Adam — one ``eqx.filter_jit`` train step
-per batch. For each model and batch size it
+shape is what matters for speed), LTC-64 (fully connected, 6 unfolds; dense synapse kernel), LTC
+over ``AutoNCP(64, 10)`` (sparse synapse kernel) and CfC-64 (backbone 128) with a linear readout on
+the last output, cross-entropy, Adam — one ``eqx.filter_jit`` train step per batch. For each model and batch size it
 
 * checks the train step gives a finite loss that goes down over a few steps on a fixed batch,
 * times train steps (warm-up, median, ``jax.block_until_ready``) → examples/s,
@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 STEPS, FEATURES, UNITS, CLASSES, EPOCH = 32, 96, 64, 10, 50_000
+NCP_OUTPUTS = 10
+MODELS = ("ltc", "ltc_ncp", "cfc")  # LTC dense, LTC AutoNCP(64, 10) sparse, CfC
 
 
 def parse_args(argv=None):
@@ -39,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, action="append",
                    help="batch size(s) (default: 128, 512, 2048 on GPU; 32 with --quick)")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--model", action="append", choices=MODELS,
+                   help="model(s) to time (default: all of " + ", ".join(MODELS) + ")")
     p.add_argument("--no-ncps", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
@@ -51,10 +55,15 @@ def build(kind, key):
     from liquidjax.cells import LTC
     from liquidjax.cells._cfc import CfC
     from liquidjax.layers import LiquidRNN
+    from liquidjax.wirings import AutoNCP
 
     k1, k2 = jax.random.split(key)
-    cell = (LTC(FEATURES, UNITS, key=k1) if kind == "ltc"
-            else CfC(FEATURES, UNITS, backbone_units=128, key=k1))
+    if kind == "ltc":
+        cell = LTC(FEATURES, UNITS, key=k1)
+    elif kind == "ltc_ncp":
+        cell = LTC(FEATURES, AutoNCP(UNITS, NCP_OUTPUTS), key=k1)
+    else:
+        cell = CfC(FEATURES, UNITS, backbone_units=128, key=k1)
 
     class Classifier(eqx.Module):
         rnn: LiquidRNN
@@ -64,7 +73,7 @@ def build(kind, key):
             return self.head(self.rnn(x)[0])
 
     return Classifier(LiquidRNN(cell, return_sequences=False),
-                      eqx.nn.Linear(UNITS, CLASSES, key=k2))
+                      eqx.nn.Linear(cell.output_size, CLASSES, key=k2))
 
 
 def bench_jax(kind, batch, warmup, repeats):
@@ -111,7 +120,11 @@ def bench_jax(kind, batch, warmup, repeats):
 
     t = _common.time_fn(step, warmup=warmup, repeats=repeats)
     eps = batch / (t["median_ms"] / 1e3)
-    return {"framework": "liquidjax", "kind": kind, "batch": batch, "step_ms": t["median_ms"],
+    from liquidjax.cells import LTC
+
+    kernel = model.rnn.cell.synapse_kernel if isinstance(model.rnn.cell, LTC) else "-"
+    return {"framework": "liquidjax", "kind": kind, "synapses": kernel, "batch": batch,
+            "step_ms": t["median_ms"],
             "examples_per_s": eps, "epoch_50k_s": EPOCH / eps, "compile_s": compile_s,
             "loss_first_last": [losses[0], losses[-1]]}
 
@@ -120,13 +133,20 @@ def bench_ncps(kind, batch, warmup, repeats):
     import numpy as np
     import torch
     from ncps.torch import LTC as TLTC, CfC as TCfC
+    from ncps.wirings import AutoNCP
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    rnn = (TLTC(FEATURES, UNITS, return_sequences=False) if kind == "ltc"
-           else TCfC(FEATURES, UNITS, return_sequences=False, backbone_units=128,
-                     backbone_layers=1))
-    model = torch.nn.ModuleDict({"rnn": rnn, "fc": torch.nn.Linear(UNITS, CLASSES)}).to(dev)
+    if kind == "ltc":
+        rnn, out = TLTC(FEATURES, UNITS, return_sequences=False), UNITS
+    elif kind == "ltc_ncp":
+        rnn = TLTC(FEATURES, AutoNCP(UNITS, NCP_OUTPUTS), return_sequences=False)
+        out = NCP_OUTPUTS
+    else:
+        rnn = TCfC(FEATURES, UNITS, return_sequences=False, backbone_units=128,
+                   backbone_layers=1)
+        out = UNITS
+    model = torch.nn.ModuleDict({"rnn": rnn, "fc": torch.nn.Linear(out, CLASSES)}).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((batch, STEPS, FEATURES)).astype(np.float32)).to(dev)
@@ -169,7 +189,8 @@ def main(argv=None):
     if dev.platform == "cpu" and not args.quick:
         print("note: no accelerator found; this is a CPU run (use --quick for a smoke test)")
     rows = []
-    for kind in ("ltc", "cfc"):
+    models = args.model or list(MODELS)
+    for kind in models:
         for b in batches:
             r = bench_jax(kind, b, warmup, repeats)
             rows.append(r)
@@ -184,7 +205,7 @@ def main(argv=None):
             print(f"ncps not importable ({e}); skipping the ncps comparison")
         else:
             nb = batches[:1] if args.quick else batches[:2]
-            for kind in ("ltc", "cfc"):
+            for kind in models:
                 for b in nb:
                     try:
                         r = bench_ncps(kind, b, min(warmup, 2), max(3, repeats // 4))
@@ -195,9 +216,13 @@ def main(argv=None):
                     print(f"  {r['framework']} {kind} B={b:5d}: {r['step_ms']:8.2f} ms/step, "
                           f"{r['examples_per_s']:10.0f} ex/s, 50k epoch "
                           f"{r['epoch_50k_s']:7.2f} s", flush=True)
+    def model_name(r):
+        kernel = r.get("synapses", "-")
+        return r["kind"].upper() + ("" if kernel == "-" else f" ({kernel})")
+
     print("\n" + _common.md_table(
         ["framework", "model", "batch", "ms/step", "examples/s", "50k-image epoch s"],
-        [[r["framework"], r["kind"].upper(), r["batch"], f"{r['step_ms']:.2f}",
+        [[r["framework"], model_name(r), r["batch"], f"{r['step_ms']:.2f}",
           f"{r['examples_per_s']:.0f}", f"{r['epoch_50k_s']:.2f}"] for r in rows]))
     if args.out is not None:
         out = args.out
