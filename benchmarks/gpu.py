@@ -3,7 +3,8 @@
 Synthetic CIFAR-10-shaped data (row-wise: 32 steps × 96 features, 10 classes; random values, the
 shape is what matters for speed), LTC-64 (fully connected, 6 unfolds; dense synapse kernel), LTC
 over ``AutoNCP(64, 10)`` (sparse synapse kernel) and CfC-64 (backbone 128) with a linear readout on
-the last output, cross-entropy, Adam — one ``eqx.filter_jit`` train step per batch. For each model and batch size it
+the last output, cross-entropy, Adam — one ``eqx.filter_jit`` train step per batch. For each
+model and batch size it
 
 * checks the train step gives a finite loss that goes down over a few steps on a fixed batch,
 * times train steps (warm-up, median, ``jax.block_until_ready``) → examples/s,
