@@ -451,3 +451,27 @@ def test_given_sizes_must_match_the_data(tmp_path, capsys):
     code, _, err = _run_main(["train", "--dataset", "two_spirals", "--input-size", "5",
                               "--out-dir", str(tmp_path / "x"), *SMALL], capsys)
     assert code == 2 and "--input-size 5 does not match the data (2)" in err
+
+
+def test_documented_train_commands_parse():
+    # Every `liquidjax train` command in the README and the docs uses flags that exist.
+    import re
+    import shlex
+
+    from liquidjax.cli import build_parser
+
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    commands = []
+    for path in texts:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line.startswith("liquidjax train"):
+                    commands.append((path.name, shlex.split(line)[1:]))
+    assert len(commands) >= 5
+    parser = build_parser()
+    for where, argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit as e:
+            raise AssertionError(f"{where}: `liquidjax {' '.join(argv)}` does not parse") from e
