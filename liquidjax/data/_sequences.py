@@ -92,8 +92,9 @@ class ImageSequencer:
         """A sequencer whose statistics come from `train_images` (see :func:`channel_stats`)."""
         mean, std = channel_stats(train_images)
         if np.any(std == 0):
+            flat = np.flatnonzero(std == 0).tolist()
             raise ValueError(
-                f"the training images are constant in channel(s) {np.flatnonzero(std == 0).tolist()}"
+                f"the training images are constant in channel(s) {flat}"
                 f" (every pixel {np.round(mean * 255).astype(int).tolist()} of 255; standard "
                 "deviation 0): they cannot be normalised and carry nothing to learn; check the data"
             )
