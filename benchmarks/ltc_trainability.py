@@ -12,8 +12,8 @@ Variants (names combine): ``ncps`` — ncps's initialisation, readout of the las
 ``scaled`` — synaptic weights U(0.001, 1) / fan-in (total conductance O(1) instead of ~15);
 ``mu0`` — sensory synapses centred on the standardised inputs (mu ~ U(-0.5, 0.5), sigma ~
 U(0.5, 2)); ``gl`` — leak 0.1; ``cm`` / ``cmN`` — capacitance 2 / N; ``mean`` — mean of the
-outputs over the sequence instead of the last one; ``mm`` — mixed memory (an LSTM before the LTC); ``cfc`` — a
-CfC-64 for reference. Data: Debian's ``dataset-fashion-mnist``.
+outputs over the sequence instead of the last one; ``mm`` — mixed memory (an LSTM before the
+LTC); ``cfc`` — a CfC-64 for reference. Data: Debian's ``dataset-fashion-mnist``.
 """
 
 from __future__ import annotations
