@@ -122,6 +122,21 @@ def test_stepper_classifier_logits_at_every_step(cfg):
         np.testing.assert_allclose(logits[k - 1], ref, rtol=0, atol=1e-6)
 
 
+def test_stepper_float64():
+    with jax.enable_x64(True):
+        cell = _randomise(LTC(I, N, dtype=jnp.float64, key=KEY), jax.random.key(9))
+        rnn = LiquidRNN(MixedMemory(cell, key=KEY))
+        rnn = jax.tree_util.tree_map(
+            lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, rnn)
+        step = export.stepper(rnn)
+        assert step.dtype == np.float64
+        xs, dts = (a.astype(jnp.float64) for a in _data())
+        ys, _ = _stream(step, xs, dts)
+        ys_ref, _ = _call(rnn, xs, dts)
+        assert ys.dtype == jnp.float64
+        np.testing.assert_allclose(ys, ys_ref, rtol=0, atol=1e-12)
+
+
 def test_stepper_accepts_numpy_and_python_scalars():
     step = export.stepper(CELLS["cfc-default"])
     x = np.linspace(-1, 1, I).astype(np.float32)
