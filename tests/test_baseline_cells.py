@@ -171,3 +171,30 @@ def test_cells_run_batched_with_gradients(make):
     assert all(np.isfinite(a).all() for a in leaves)
     assert any(np.abs(a).max() > 0 for a in leaves)
 
+
+
+@pytest.mark.parametrize("cell", ["ctrnn", "gruode", "odernn", "grud", "ncde"])
+def test_model_config_builds_each_baseline(cell):
+    from liquidjax.models import ModelConfig, build_model
+
+    solver = "euler" if cell in ("ctrnn", "odernn") else None
+    cfg = ModelConfig(input_size=6, num_classes=3, cell=cell, units=4, solver=solver,
+                      ode_unfolds=2)
+    model = build_model(cfg, key=jax.random.key(0))
+    logits = model(jnp.ones((3, 6)), jnp.array([0.5, 1.0, 0.2]))
+    assert logits.shape == (3,) and np.isfinite(logits).all()
+
+
+def test_model_config_refuses_what_a_baseline_cannot_do():
+    from liquidjax.models import ModelConfig
+
+    with pytest.raises(ValueError, match="conductance form"):
+        ModelConfig(input_size=3, num_classes=2, cell="ctrnn", solver="fused")
+    with pytest.raises(ValueError, match="closed form"):
+        ModelConfig(input_size=3, num_classes=2, cell="grud", solver="tsit5")
+    with pytest.raises(ValueError, match="multiple of 3"):
+        ModelConfig(input_size=4, num_classes=2, cell="grud")
+    with pytest.raises(ValueError, match="needs an ODE cell"):
+        ModelConfig(input_size=3, num_classes=2, cell="odernn", interpolation="linear")
+    with pytest.raises(ValueError, match="cfc and ltc cells only"):
+        ModelConfig(input_size=3, num_classes=2, cell="gruode", wiring="ncp", units=8)

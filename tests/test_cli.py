@@ -75,7 +75,7 @@ def _run_main(argv, capsys):
     (["train", "--lr", "-1"], "expected a number in (0.0, inf)"),
     (["train", "--epochs", "two"], "expected an integer, got 'two'"),
     (["train", "--dataset", "irregular_sine", "--solver", "tsit5"],
-     "applies only to ODE cells (cell='ltc')"),
+     "applies only to ODE cells (ltc, ctrnn, gruode, odernn, ncde)"),
     (["train", "--dataset", "two_spirals", "--model", "conv"], "needs an image dataset"),
     (["evaluate", "x.ljx", "--split", "dev"], "expected one of: test, val, train"),
     (["fit"], "invalid choice: 'fit'"),

@@ -11,12 +11,13 @@ import jax
 from jaxtyping import PRNGKeyArray
 
 from ..cells._base import AbstractCell
+from ..cells._baselines import CTRNN, GRUD, GRUODE, ODERNN, NeuralCDE
 from ..cells._cfc import CfC
 from ..cells._lstm import MixedMemory
 from ..cells._ltc import LTC
 from ..cells._wired_cfc import WiredCfC
 from ..layers import LiquidRNN
-from ..solvers import solver_from_name
+from ..solvers import Integrator, solver_from_name
 from ..wirings import AutoNCP, FullyConnected, Random
 from ._classifier import AbstractClassifier, SequenceClassifier
 from ._config import ModelConfig
@@ -46,6 +47,18 @@ def _make_cell(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> Ab
         else:
             cell = WiredCfC(input_size, _make_wiring(config), mode=config.cfc_mode,  # type: ignore[arg-type]
                             key=kcell)
+    elif config.cell == "grud":
+        cell = GRUD(input_size, config.units, key=kcell)
+    elif config.cell != "ltc":
+        integrator = None
+        if config.solver is not None or config.adaptive_tol is not None:
+            integrator = Integrator(
+                solver_from_name(config.solver or "tsit5"),
+                diffrax.PIDController(rtol=config.adaptive_tol, atol=config.adaptive_tol)
+                if config.adaptive_tol is not None else diffrax.ConstantStepSize(),
+                ode_unfolds=config.ode_unfolds)
+        make = {"ctrnn": CTRNN, "gruode": GRUODE, "odernn": ODERNN, "ncde": NeuralCDE}
+        cell = make[config.cell](input_size, config.units, integrator=integrator, key=kcell)
     else:
         solver = solver_from_name(config.solver or "fused")
         controller = (

@@ -13,7 +13,7 @@ from ._classifier import Readout
 from ._conv_stem import ConvSequence, ConvStem, feature_map_shape
 
 ModelKind = Literal["sequence", "conv"]
-CellKind = Literal["cfc", "ltc"]
+CellKind = Literal["cfc", "ltc", "ctrnn", "gruode", "odernn", "grud", "ncde"]
 WiringKind = Literal["fc", "ncp", "autoncp", "random"]
 Task = Literal["classification", "regression"]
 
@@ -23,6 +23,12 @@ WIRINGS: tuple[str, ...] = literal_choices(WiringKind)
 CFC_MODES: tuple[str, ...] = literal_choices(CfCMode)
 INTERPOLATIONS: tuple[str, ...] = literal_choices(Interpolation)
 TASKS: tuple[str, ...] = literal_choices(Task)
+# Cells with an ODE integrated by an Integrator (a solver choice applies), those whose state
+# itself is an ODE state (continuous input paths apply), and those in conductance form (the
+# fused semi-implicit solver applies).
+SOLVER_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode", "odernn", "ncde")
+PATH_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode")
+FUSED_CELLS: tuple[str, ...] = ("ltc", "gruode")
 
 _RATE = dict(minimum=0.0, maximum=1.0, max_open=True)
 _POSITIVE = dict(minimum=1)
@@ -40,7 +46,9 @@ class ModelConfig:
       stem but kept for the record).
     - `num_classes`: number of classes (classification; ignored for regression).
     - `kind`: ``"sequence"`` (liquid layers on the input sequence) or ``"conv"`` (conv stem).
-    - `cell`: ``"cfc"`` or ``"ltc"``.
+    - `cell`: ``"cfc"`` or ``"ltc"``, or a continuous-time baseline: ``"ctrnn"``,
+      ``"gruode"``, ``"odernn"``, ``"grud"`` (needs the ``[x̃ | m | δ]`` inputs of
+      :func:`liquidjax.data.missing_value_features`), ``"ncde"`` (see :mod:`liquidjax.cells`).
     - `units`: neurons per liquid layer.
     - `wiring`: ``"fc"`` (fully connected), ``"ncp"``/``"autoncp"`` (an AutoNCP wiring with
       `motor_neurons` outputs and `sparsity`), ``"random"`` (random sparse, `sparsity`).
@@ -128,20 +136,37 @@ class ModelConfig:
                 raise ValueError("predict_variance applies to task='regression' only")
         if self.per_step and self.kind != "sequence":
             raise ValueError("per_step outputs need kind='sequence'")
-        if self.solver is not None and self.cell != "ltc":
+        if self.solver is not None:
+            if self.cell not in SOLVER_CELLS:
+                raise ValueError(
+                    f"solver={self.solver!r} applies only to ODE cells "
+                    f"({', '.join(SOLVER_CELLS)}); a {self.cell} cell advances in closed form"
+                )
+            if self.solver == "fused" and self.cell not in FUSED_CELLS:
+                raise ValueError(
+                    f"the fused semi-implicit solver needs a cell in conductance form "
+                    f"({', '.join(FUSED_CELLS)}); choose another solver for {self.cell!r}"
+                )
+        if self.interpolation != "hold" and self.cell not in PATH_CELLS:
             raise ValueError(
-                f"solver={self.solver!r} applies only to ODE cells (cell='ltc'); "
-                f"a {self.cell} cell advances in closed form"
+                f"interpolation={self.interpolation!r} needs an ODE cell "
+                f"({', '.join(PATH_CELLS)})"
             )
-        if self.interpolation != "hold" and self.cell != "ltc":
+        if self.cell not in ("cfc", "ltc") and self.wiring != "fc":
+            raise ValueError(f"wiring={self.wiring!r} applies to cfc and ltc cells only")
+        if self.cell == "grud" and self.input_size % 3:
             raise ValueError(
-                f"interpolation={self.interpolation!r} needs an ODE cell (cell='ltc')"
+                f"cell='grud' reads [x~ | m | delta] inputs (3 per channel, "
+                f"liquidjax.data.missing_value_features); input_size {self.input_size} is not a "
+                "multiple of 3"
             )
+        default_solver = "fused" if self.cell == "ltc" else "tsit5"
         if self.adaptive_tol is not None and (
-            self.cell != "ltc" or not is_adaptive(solver_from_name(self.solver or "fused"))
+            self.cell not in SOLVER_CELLS
+            or not is_adaptive(solver_from_name(self.solver or default_solver))
         ):
             raise ValueError(
-                "adaptive_tol needs cell='ltc' and an adaptive solver (e.g. tsit5, dopri5, "
+                "adaptive_tol needs an ODE cell and an adaptive solver (e.g. tsit5, dopri5, "
                 f"kvaerno5), got cell={self.cell!r}, solver={self.solver!r}"
             )
         if self.wiring != "fc":

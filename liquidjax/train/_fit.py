@@ -365,7 +365,7 @@ def evaluate(
         batch["weight"] = b.mask.astype(np.float32)
         if sums is None:
             labels = np.issubdtype(batch["y"].dtype, np.integer)
-            shape = jax.eval_shape(lambda m, bt: _forward(m, bt, None), model, batch).shape
+            shape = eqx.filter_eval_shape(_forward, model, batch, None).shape
             binary = labels and shape[-1] == 2
             sums = jax.device_put(eval_sums(shape[-1] if labels else None), dp.replicated)
         sharded = dp.shard_batch(_rows(batch, rows), batch_size)
