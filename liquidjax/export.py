@@ -405,7 +405,8 @@ def to_stablehlo(
     * ``sequence.jaxexport`` (when `seq_len` is given) —
       ``sequence(state, xs, dts) -> (outputs, new_state)`` over ``seq_len`` observations;
     * ``manifest.json`` — format version, versions of liquidjax and jax, every input's and
-      output's name, shape and dtype, the initial state.
+      output's name, shape and dtype, the initial state of one example (``initial_state``;
+      broadcast it to ``batch_shape``).
 
     The files are ``jax.export`` serialisations (StableHLO with the parameters as constants):
     any process with a compatible JAX runs them without liquidjax —
