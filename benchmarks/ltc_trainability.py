@@ -13,7 +13,8 @@ Variants (names combine): ``ncps`` — ncps's initialisation, readout of the las
 ``mu0`` — sensory synapses centred on the standardised inputs (mu ~ U(-0.5, 0.5), sigma ~
 U(0.5, 2)); ``gl`` — leak 0.1; ``cm`` / ``cmN`` — capacitance 2 / N; ``mean`` — mean of the
 outputs over the sequence instead of the last one; ``mm`` — mixed memory (an LSTM before the
-LTC); ``cfc`` — a CfC-64 for reference. Data: Debian's ``dataset-fashion-mnist``.
+LTC); ``cfc`` — a CfC-64 for reference; ``slow`` — the library's ``LTC(init="slow")``
+(= scaled_mu0_gl_cm8). Data: Debian's ``dataset-fashion-mnist``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from liquidjax.models import SequenceClassifier
 from liquidjax.train import ArrayData, TrainConfig, evaluate, fit
 
 DATA = "/usr/share/datasets/fashion-mnist/"
-DEFAULT = "cfc,ncps,scaled_mu0_gl,scaled_mu0_gl_cm,ncps_mean,scaled_mu0_gl_cm_mean,ncps_mm"
+DEFAULT = ("cfc,ncps,scaled_mu0_gl,scaled_mu0_gl_cm,scaled_mu0_gl_cm8,ncps_mean,"
+           "scaled_mu0_gl_cm_mean,ncps_mm,slow,slow_mm")
 
 
 def _idx(name: str, offset: int) -> np.ndarray:
@@ -68,7 +70,7 @@ def variant(name: str, key) -> tuple[SequenceClassifier, float | None]:
     if name == "cfc":
         return SequenceClassifier([lj.LiquidRNN(lj.CfC(28, 64, key=k1))],
                                   eqx.nn.Linear(64, 10, key=k2)), None
-    cell = lj.LTC(28, 64, key=k1)
+    cell = lj.LTC(28, 64, key=k1, init="slow" if name.startswith("slow") else "ncps")
     n, i = cell.state_size, cell.input_size
     if "scaled" in name:
         ku, kv = jax.random.split(k1)

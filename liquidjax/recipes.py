@@ -53,8 +53,9 @@ _RECIPES = (
     ),
     Recipe(
         "ltc_rows", 1,
-        "LTC-64 (fully connected) on image rows, lr 5e-3, 3 epochs",
-        dict(kind="sequence", cell="ltc", units=64, epochs=3, lr=5e-3, batch_size=128),
+        "LTC-64 (fully connected, ncps initialisation) on image rows, lr 5e-3, 3 epochs",
+        dict(kind="sequence", cell="ltc", units=64, ltc_init="ncps", epochs=3, lr=5e-3,
+             batch_size=128),
         "Fashion-MNIST rows: 66.6 % test after 3 epochs (76 s/epoch)",
     ),
     Recipe(

@@ -39,3 +39,37 @@ def test_defaults_and_overrides():
         get_recipe("x")
     with pytest.raises(TypeError):
         RECIPES["cfc_rows"].settings["units"] = 1  # recipes are immutable data
+
+
+def test_ltc_slow_init_remembers_across_timespans():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import liquidjax as lj
+
+    x = jax.random.normal(jax.random.key(9), (28,))
+
+    def kept(cell):  # state fraction surviving one unit timespan at rest (fused unfolds)
+        _, den, cm = cell.conductances(0.0, jnp.zeros(cell.state_size), x)
+        cm_t = cm * cell.ode_unfolds
+        return float(jnp.mean((cm_t / (cm_t + den)) ** cell.ode_unfolds))
+
+    ncps = lj.LTC(28, 64, key=jax.random.key(0))
+    assert kept(ncps) < 0.01  # ncps's ranges: memoryless across a timespan
+    for constraints in (True, False):
+        slow = lj.LTC(28, 64, key=jax.random.key(0), init="slow",
+                      implicit_param_constraints=constraints)
+        assert kept(slow) > 0.9
+        p = slow.effective_params()
+        np.testing.assert_allclose(p.cm, 8.0, rtol=1e-5)
+        np.testing.assert_allclose(p.gleak, 0.1, rtol=1e-4)
+        assert float(p.w.sum(1).max()) <= 1.0 + 1e-5  # total recurrent weight per neuron <= 1
+    wired = lj.LTC(28, lj.AutoNCP(32, 4), key=jax.random.key(1), init="slow")
+    fan_in = np.count_nonzero(np.asarray(wired.mask.array), axis=0)
+    w = np.asarray(wired.effective_params().w)  # [post, pre], zero off the wiring
+    assert np.all(w.sum(1)[fan_in > 0] <= 1.0 + 1e-5)
+    with pytest.raises(ValueError, match="init must be one of"):
+        lj.LTC(3, 4, key=jax.random.key(0), init="xavier")
+    cfg = ModelConfig(input_size=3, num_classes=2, cell="ltc")
+    assert cfg.ltc_init == "slow"  # new models remember; ncps's ranges stay available

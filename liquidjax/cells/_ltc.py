@@ -26,6 +26,8 @@ from ._ltc_sparse import (
 
 Mapping = Literal["affine", "linear", "none"]
 _MAPPINGS = ("affine", "linear", "none")
+Init = Literal["ncps", "slow"]
+_INITS = ("ncps", "slow")
 
 # ncps init ranges (uniform).
 _INIT_RANGES = {
@@ -129,6 +131,13 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
     - `adjoint`: diffrax adjoint for gradients through ``diffeqsolve`` (default
       ``RecursiveCheckpointAdjoint()``; ``BacksolveAdjoint()`` for O(1) memory).
     - `max_steps`: step budget of an adaptive solve per interval.
+    - `init`: ``"ncps"`` (default; ncps's initial ranges, so ``from_ncps`` and the reference
+      cases are unchanged) or ``"slow"``: synaptic weights U(0.001, 1) / fan-in, sensory
+      synapses centred on standardised inputs (mu ~ U(−0.5, 0.5), sigma ~ U(0.5, 2)), leak 0.1,
+      capacitance 8 — time constants of several timespans instead of ≈ 0.06, so that the
+      network remembers across observations from the start (with ncps's ranges a neuron keeps
+      < 0.1 % of its state per unit timespan under standardised inputs;
+      ``benchmarks/ltc_trainability.py``).
     - `integrator`: all five integration settings as one
       :class:`~liquidjax.solvers.Integrator` (instead of the separate arguments).
     - `synapses`: the fused kernel's synapse evaluation: ``"sparse"`` evaluates only the
@@ -190,9 +199,11 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         max_steps: int | None = None,
         integrator: Integrator | None = None,
         synapses: str = "auto",
+        init: Init = "ncps",
         dtype: Any = jnp.float32,
         key: PRNGKeyArray,
     ):
+        init_scheme = init
         if not isinstance(input_size, (int, np.integer)) or input_size <= 0:
             raise ValueError(f"input_size must be a positive int, got {input_size!r}")
         for name, m in (("input_mapping", input_mapping), ("output_mapping", output_mapping)):
@@ -218,6 +229,10 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         self.sensory_mu = init("sensory_mu")
         adj = np.asarray(wiring.adjacency_matrix)
         sadj = np.asarray(wiring.sensory_adjacency_matrix)
+        if init_scheme == "slow":
+            self._init_slow(adj, sadj, keys, implicit_param_constraints)
+        elif init_scheme != "ncps":
+            raise ValueError(f"init must be one of {_INITS}, got {init_scheme!r}")
         self.erev = jnp.asarray(adj, dtype)
         self.sensory_erev = jnp.asarray(sadj, dtype)
         self.mask = StaticArray(adj != 0)
@@ -246,6 +261,27 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
                 raise ValueError(f"LTC.{name} has shape {got}, expected {shape}")
         if not (0 < self.output_size <= n):
             raise ValueError(f"output_size must be in [1, {n}], got {self.output_size}")
+
+    def _init_slow(self, adj, sadj, keys, implicit: bool) -> None:
+        # Every neuron's total conductance O(1) (weights / fan-in), sensory synapses centred on
+        # standardised inputs, small leak, large capacitance: time constants of several
+        # timespans instead of ~0.06 (benchmarks/ltc_trainability.py).
+        dtype = self.gleak.dtype
+        n, i = self.state_size, self.input_size
+
+        def stored(value):  # the raw parameter whose effective (positive) value is `value`
+            return jnp.log(jnp.expm1(value)) if implicit else value
+
+        def per_fan_in(raw, matrix):
+            fan_in = np.maximum(np.count_nonzero(matrix, axis=0), 1).astype(np.float64)
+            return raw / jnp.asarray(fan_in, dtype)[None, :]
+
+        self.w = stored(per_fan_in(self.w, adj))
+        self.sensory_w = stored(per_fan_in(self.sensory_w, sadj))
+        self.sensory_mu = jax.random.uniform(keys["sensory_mu"], (i, n), dtype, -0.5, 0.5)
+        self.sensory_sigma = jax.random.uniform(keys["sensory_sigma"], (i, n), dtype, 0.5, 2.0)
+        self.gleak = stored(jnp.full((n,), 0.1, dtype))
+        self.cm = stored(jnp.full((n,), 8.0, dtype))
 
     @property
     def epsilon(self) -> float | None:

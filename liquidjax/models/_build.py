@@ -68,7 +68,8 @@ def _make_cell(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> Ab
         units: Any = config.units if config.wiring == "fc" else _make_wiring(config)
         cell = LTC(input_size, units, ode_unfolds=config.ode_unfolds, solver=solver,
                    stepsize_controller=controller,
-                   implicit_param_constraints=config.implicit_param_constraints, key=kcell)
+                   implicit_param_constraints=config.implicit_param_constraints,
+                   init=config.ltc_init, key=kcell)
     if config.mixed_memory:
         cell = MixedMemory(cell, key=kmem)
     return cell

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from .._checks import check_fields, config_field, literal_choices
 from ..cells._cfc import ACTIVATIONS, Mode as CfCMode
+from ..cells._ltc import Init as LTCInit
 from ..layers import Interpolation
 from ..solvers import SOLVER_NAMES, is_adaptive, solver_from_name
 from ._classifier import Readout
@@ -67,6 +68,10 @@ class ModelConfig:
       with ``PIDController(rtol=atol=adaptive_tol)``.
     - `implicit_param_constraints`: LTC positivity by softplus (``True``) or by projection after
       each optimiser step (``False``; train with :func:`constraint_transforms` in the chain).
+    - `ltc_init`: LTC initialisation, ``"slow"`` (time constants of several timespans: the
+      network remembers across observations from the start; default for new models) or
+      ``"ncps"`` (ncps's ranges: < 0.1 % of the state kept per timespan; see
+      ``benchmarks/ltc_trainability.py``).
     - `interpolation`: ``"hold"``, ``"linear"`` or ``"cubic"`` input path between observations
       (LTC only for the latter two).
     - `cfc_mode`: CfC mode, ``"default"``, ``"no_gate"`` or ``"pure"``.
@@ -111,6 +116,7 @@ class ModelConfig:
     ode_unfolds: int = config_field(6, **_POSITIVE)
     adaptive_tol: float | None = config_field(None, minimum=0.0, min_open=True)
     implicit_param_constraints: bool = True
+    ltc_init: LTCInit = "slow"
     interpolation: Interpolation = "hold"
     cfc_mode: CfCMode = "default"
     activation: str = config_field("lecun_tanh", choices=tuple(ACTIVATIONS))
