@@ -423,6 +423,21 @@ def _default_sizes(args) -> None:
         args.epochs = int(min(max(-(-TS_DEFAULT_STEPS // steps), 10), 1000))
 
 
+def _run_time_errors_as_nan() -> None:
+    """Make failing run-time checks (``eqx.error_if``: a solver's max_steps, a NaN input) return
+    NaN instead of raising, for a data-parallel run over several devices.
+
+    Raised inside a sharded step, such an error stops one device while the others wait in the
+    next all-reduce: XLA:CPU aborts ~40 s later with a C++ stack dump (exit 134). As NaN, the
+    failure reaches the trainer's non-finite-loss guard, which stops cleanly, naming the step and
+    the last good checkpoint. (Equinox reads this setting when a check is traced; its public
+    switch, the ``EQX_ON_ERROR`` environment variable, is read only when equinox is imported.)
+    """
+    import equinox._errors as eqx_errors
+
+    eqx_errors.EQX_ON_ERROR = "nan"
+
+
 def _train(args) -> int:
     import equinox as eqx
     import jax
@@ -502,13 +517,24 @@ def _train(args) -> int:
         ckpt = lt.latest_checkpoint(out_dir / "checkpoints") if resume == "latest" else resume
         if ckpt is not None and Path(ckpt).is_file():
             saved_config = _check_resumable(Path(ckpt), mconfig, data.info)
-    result = lt.fit(
-        model, data.train, tconfig, val_data=data.val, out_dir=out_dir, resume=resume,
-        model_config=saved_config,
-        extra_header={"data_config": data.info, "recipe": args.recipe},
-        progress=args.progress, parallel=parallel,
-        extra_transforms=constraint_transforms(model),
-    )
+    multi_device = parallel.num_devices > 1
+    if multi_device:
+        _run_time_errors_as_nan()
+    try:
+        result = lt.fit(
+            model, data.train, tconfig, val_data=data.val, out_dir=out_dir, resume=resume,
+            model_config=saved_config,
+            extra_header={"data_config": data.info, "recipe": args.recipe},
+            progress=args.progress, parallel=parallel,
+            extra_transforms=constraint_transforms(model),
+        )
+    except lt.NonFiniteLossError as e:
+        if not multi_device:
+            raise
+        raise _CliError(
+            f"{e} With several devices, a run-time check inside the model (an ODE solver's "
+            "max_steps or Newton failure, a NaN input) also shows up as a non-finite loss: rerun "
+            "with --cpu-devices 1 to see its own message") from None
     summary: dict[str, Any] = {}
     if data.test_split is not None or args.dataset in SYNTHETIC_DATASETS:
         loader = data.test_split() if data.test_split is not None else ld.Loader(

@@ -676,3 +676,46 @@ def test_two_processes_match_one(tmp_path):
     assert procs[0].returncode == 3, (o, e[-3000:])
     assert "PEER-FAILURE process 0 of 2: a collective operation failed" in o
     assert "the last checkpoint is" in o and "ckpt-000000006.ljx" in o
+
+
+RT_DRIVER = textwrap.dedent("""
+    import sys
+    import equinox as eqx, jax, jax.numpy as jnp, numpy as np
+    from liquidjax.cli import _run_time_errors_as_nan
+    from liquidjax.models import ModelConfig, build_model
+    from liquidjax.train import ArrayData, NonFiniteLossError, TrainConfig, fit
+
+    assert jax.device_count() == 2
+    if sys.argv[1] == "nan":
+        _run_time_errors_as_nan()
+    rng = np.random.default_rng(0)
+    x = 3 * np.ones((16, 12, 3), np.float32)
+    y = (rng.random(16) > 0.5).astype(np.int32)
+    cfg = ModelConfig(input_size=3, num_classes=2, cell="ltc", solver="euler", ode_unfolds=1,
+                      units=4)
+    model = build_model(cfg, key=jax.random.key(0))
+    # a stiff cell (capacitance softplus(-8) = 3e-4): explicit Euler diverges, check_solution fires
+    model = eqx.tree_at(lambda m: m.layers[0].cell.cm, model,
+                        jnp.full_like(model.layers[0].cell.cm, -8.0))
+    try:
+        fit(model, ArrayData(x, y), TrainConfig(epochs=1, batch_size=8), progress="none")
+    except NonFiniteLossError as e:
+        print("NONFINITE", e)
+""")
+
+
+@pytest.mark.slow
+def test_run_time_check_on_two_devices_does_not_hang(tmp_path):
+    """Issue 13: a failing run-time check inside a data-parallel step (here: a diverging solver)
+    stops one device while the other waits in the all-reduce until XLA aborts; with run-time
+    errors as NaN (what `liquidjax train` does on several devices) the non-finite-loss guard
+    stops the run cleanly instead."""
+    script = tmp_path / "rt.py"
+    script.write_text(RT_DRIVER)
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script), "nan"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NONFINITE non-finite loss or gradient at step 1" in proc.stdout
+    assert time.monotonic() - t0 < 120
