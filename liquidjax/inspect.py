@@ -262,5 +262,6 @@ def confusion_matrix(
             f"labels and predictions must be 1-D of equal shape, got {labels.shape} and "
             f"{predictions.shape}"
         )
-    w = jnp.ones(labels.shape, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+    w = (jnp.ones(labels.shape, jnp.float32) if weights is None
+         else jnp.asarray(weights, jnp.float32))
     return jnp.zeros((num_classes, num_classes), jnp.float32).at[labels, predictions].add(w)

@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
+from ._checks import literal_choices
 from .cells import AbstractCell, AbstractODECell, MixedMemory
 from .solvers import solve
 
 Interpolation = Literal["hold", "linear", "cubic"]
-_INTERPOLATIONS = ("hold", "linear", "cubic")
+_INTERPOLATIONS: tuple[str, ...] = literal_choices(Interpolation)
 
 
 def _where_tree(pred, new, old):
@@ -138,7 +139,8 @@ class LiquidRNN(eqx.Module):
         if state is None:
             state = self.cell.init_state()
         else:
-            got = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state)
+            got = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), state)
             if jax.tree_util.tree_structure(got) != jax.tree_util.tree_structure(expected) or any(
                 a.shape != b.shape
                 for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected))
@@ -164,7 +166,8 @@ class LiquidRNN(eqx.Module):
             if mask is not None and self.interpolation != "hold":
                 mask = eqx.error_if(
                     mask, jnp.any(mask[1:] & ~mask[:-1]),
-                    "with a continuous input path the mask must be a prefix (valid steps, then padding)",
+                    "with a continuous input path the mask must be a prefix (valid steps, then "
+                    "padding)",
                 )
         return x, timespans, mask, state
 
@@ -205,10 +208,11 @@ class LiquidRNN(eqx.Module):
         if self.check_solution:
             out = eqx.error_if(
                 out, ~_all_finite(out[1]),
-                "the cell's state became NaN or inf: the integration diverged. An explicit solver "
-                "(e.g. diffrax.Euler()) on a stiff cell needs smaller steps (more ode_unfolds), or "
-                "use the fused semi-implicit solver, an adaptive one (PIDController) or an implicit "
-                "one (diffrax.Kvaerno5()). LiquidRNN(check_solution=False) returns the NaN instead",
+                "the cell's state became NaN or inf: the integration diverged. An explicit "
+                "solver (e.g. diffrax.Euler()) on a stiff cell needs smaller steps (more "
+                "ode_unfolds), or use the fused semi-implicit solver, an adaptive one "
+                "(PIDController) or an implicit one (diffrax.Kvaerno5()). "
+                "LiquidRNN(check_solution=False) returns the NaN instead",
             )
         return out
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import check_int
+
 _COUNTER: contextvars.ContextVar[Callable[..., None] | None] = contextvars.ContextVar(
     "liquidjax_vf_counter", default=None
 )
@@ -213,12 +215,6 @@ def make_term(cell: Any) -> LiquidTerm:
     return LiquidTerm(cell, _COUNTER.get())
 
 
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 class Integrator(eqx.Module):
     """How an ODE cell is integrated across each observation interval — one declared object.
 
@@ -253,8 +249,8 @@ class Integrator(eqx.Module):
     max_steps: int = eqx.field(default=4096, static=True)
 
     def __check_init__(self):
-        _check_count("ode_unfolds", self.ode_unfolds)
-        _check_count("max_steps", self.max_steps)
+        check_int("ode_unfolds", self.ode_unfolds, minimum=1)
+        check_int("max_steps", self.max_steps, minimum=1)
         for name, value, kind in (
             ("solver", self.solver, diffrax.AbstractSolver),
             ("stepsize_controller", self.stepsize_controller,

@@ -188,7 +188,7 @@ def test_integrator_settings_and_errors():
     assert tsit.w is cell.w  # same parameters
     with pytest.raises(ValueError, match="error estimate"):
         Integrator(diffrax.Euler(), diffrax.PIDController(rtol=1e-3, atol=1e-3))
-    with pytest.raises(ValueError, match="max_steps must be a positive int"):
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
         lj.LTC(3, 4, key=jax.random.key(0), max_steps=0)
     with pytest.raises(ValueError, match="either integrator"):
         lj.LTC(3, 4, key=jax.random.key(0), integrator=Integrator(), ode_unfolds=3)

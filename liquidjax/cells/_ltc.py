@@ -363,7 +363,8 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         den = p.gleak + jnp.sum(s_sens, 1) + jnp.sum(s, 1)
         return num, den, p.cm
 
-    def system_time_constant(self, y: Float[Array, " N"], x: Float[Array, " I"]) -> Float[Array, " N"]:
+    def system_time_constant(self, y: Float[Array, " N"],
+                             x: Float[Array, " I"]) -> Float[Array, " N"]:
         """τ_sys = cm / (gleak + Σ synaptic conductances): the neurons' instantaneous ("liquid")
         time constants at state ``y`` under observation ``x``."""
         _, den, cm = self.conductances(0.0, y, x)
@@ -389,7 +390,8 @@ def nonnegative_mask(model: Any) -> Any:
 
 
 def project_nonnegative(model: Any) -> Any:
-    """Clip the constrained LTC parameters of ``model`` at zero (ncps ``apply_weight_constraints``)."""
+    """Clip the constrained LTC parameters of ``model`` at zero (ncps
+    ``apply_weight_constraints``)."""
     flags = nonnegative_mask(model)
     return jax.tree_util.tree_map(
         lambda p, f: jnp.maximum(p, 0) if f else p, model, flags,
