@@ -472,7 +472,7 @@ class _NotExportable(Exception):
 _CALL_PARAMS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
                 "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
                 "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
-                "remat": "jaxpr", "checkpoint": "jaxpr", "custom_vmap_call": "call_jaxpr",
+                "remat": "jaxpr", "checkpoint": "jaxpr", "custom_vmap_call": "call",
                 "custom_lin": None}
 
 _NO_ONNX = {

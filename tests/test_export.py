@@ -43,6 +43,7 @@ def _cells():
     k = jax.random.split(KEY, 8)
     return {
         "ltc-fused": LTC(I, N, key=k[0]),
+        "ltc-sparse": LTC(I, AutoNCP(8, 2, seed=1), key=k[1]),  # sparse-synapse kernel
         "ltc-euler": LTC(I, N, ode_unfolds=3, key=k[1]).with_solver(diffrax.Euler()),
         "ltc-tsit5-adaptive": LTC(I, N, ode_unfolds=2, key=k[2]).with_solver(
             diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-6)),
@@ -193,7 +194,7 @@ _STABLEHLO_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name", ["ltc-fused", "cfc-pure", "mixed-cfc"])
+@pytest.mark.parametrize("name", ["ltc-fused", "ltc-sparse", "cfc-pure", "mixed-cfc"])
 def test_stablehlo_round_trip_without_liquidjax(name, tmp_path):
     rnn = LiquidRNN(_randomise(CELLS[name], jax.random.key(6)))
     man = export.to_stablehlo(rnn, tmp_path / "m", seq_len=T, batch_shape=(2,))
@@ -219,7 +220,8 @@ def test_stablehlo_round_trip_without_liquidjax(name, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- ONNX
-ONNX_CASES = ["ltc-fused", "cfc-default", "cfc-no_gate", "cfc-pure", "wired-cfc", "mixed-cfc"]
+ONNX_CASES = ["ltc-fused", "ltc-sparse", "cfc-default", "cfc-no_gate", "cfc-pure", "wired-cfc",
+              "mixed-cfc"]
 
 
 def _ort():
