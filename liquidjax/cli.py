@@ -644,8 +644,17 @@ def _evaluate(args) -> int:
         loader = ld.Loader((ds.images, ds.labels), args.batch_size, shuffle=False,
                            drop_last=False, transform=ld.ImageTransform(seq, False))
     t0 = time.perf_counter()
+    if parallel.num_devices > 1:
+        _run_time_errors_as_nan()  # a failing check must not hang the other devices
     ev = lt.evaluate(model, loader, parallel=parallel)
     dt = time.perf_counter() - t0
+    if not np.isfinite(ev["loss"]):
+        raise _CliError(
+            f"{path}: the loss on the {args.split} split is not finite"
+            + (" (with several devices a failing run-time check inside the model, such as a "
+               "solver's max_steps, also shows up this way: rerun on one device, with "
+               "XLA_FLAGS=--xla_force_host_platform_device_count=1, to see its own message)"
+               if parallel.num_devices > 1 else ""))
     shown = (f"accuracy {ev['accuracy']:.4f}" if mconfig.task == "classification"
              else f"rmse {ev['rmse']:.4f}, mae {ev['mae']:.4f}")
     print(f"{path}: {name} {args.split}: {shown}, loss {ev['loss']:.4f} "

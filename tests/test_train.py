@@ -518,7 +518,6 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
 
 
 DP_DRIVER = textwrap.dedent("""
-    import hashlib
     import json
     import jax, numpy as np
     from liquidjax.models import ModelConfig, build_model
