@@ -43,7 +43,7 @@ def _cells():
     k = jax.random.split(KEY, 8)
     return {
         "ltc-fused": LTC(I, N, key=k[0]),
-        "ltc-sparse": LTC(I, AutoNCP(8, 2, seed=1), key=k[1]),  # sparse-synapse kernel
+        "ltc-sparse": LTC(I, AutoNCP(12, 2, seed=2), synapses="sparse", key=k[1]),
         "ltc-euler": LTC(I, N, ode_unfolds=3, key=k[1]).with_solver(diffrax.Euler()),
         "ltc-tsit5-adaptive": LTC(I, N, ode_unfolds=2, key=k[2]).with_solver(
             diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-5, atol=1e-6)),
@@ -89,9 +89,11 @@ def test_stepper_streams_like_the_sequence_layer(name):
     assert float(jnp.max(jnp.abs(ys_ref[-1] - ys_ref[0]))) > 1e-3  # the state really moves
 
 
-def test_stepper_batch_proj_and_continuing_state():
-    cell = _randomise(LTC(I, N, key=KEY), jax.random.key(2))
-    rnn = LiquidRNN(cell, eqx.nn.Linear(N, 2, key=jax.random.key(3)))
+@pytest.mark.parametrize("synapses", ["dense", "sparse"])
+def test_stepper_batch_proj_and_continuing_state(synapses):
+    cell = _randomise(LTC(I, AutoNCP(12, 3, seed=3), synapses=synapses, key=KEY),
+                      jax.random.key(2))
+    rnn = LiquidRNN(cell, eqx.nn.Linear(3, 2, key=jax.random.key(3)))
     step = export.stepper(rnn, batch_shape=(2, 3))
     xs, dts = _data((2, 3))
     # Start from the state a first half of the sequence left, as a stream would.
