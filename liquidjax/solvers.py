@@ -365,11 +365,9 @@ def solve(
     )
 
 
-# Newton tolerances per dtype for implicit solvers whose root finder takes them from the
-# controller (diffrax's default). Float32 cannot meet a controller's 1e-5 in the stage equations
-# (the residual's round-off is about that size): diffrax's default chord iteration then fails and
-# the step is rejected — about half of Kvaerno5's steps on an LTC, measured (docs/solvers.md).
-# Newton converges quadratically, so its last correction bounds the error far below these.
+# Newton tolerances per dtype for implicit solvers under constant steps (diffrax takes them from
+# an adaptive controller and refuses constant steps without them). Newton converges
+# quadratically, so its last correction bounds the error far below these.
 _NEWTON_TOLS = {"float32": (1e-3, 1e-5), "float64": (1e-8, 1e-10)}
 _NEWTON_MAX_STEPS = 20
 
@@ -377,25 +375,22 @@ _NEWTON_MAX_STEPS = 20
 def with_root_finder_tols(
     solver: diffrax.AbstractSolver, controller: diffrax.AbstractStepSizeController, dtype
 ) -> diffrax.AbstractSolver:
-    """An implicit solver set up for ``dtype`` and ``controller``.
+    """An implicit solver ready for constant steps in ``dtype``.
 
-    diffrax's implicit solvers (Kvaerno*, ImplicitEuler) by default take their root finder's
-    tolerances from an adaptive controller (and refuse constant steps until they are set), and
-    iterate with a chord method (the Jacobian of the step's start). In float32 the stage
-    equations cannot be solved to a controller's tolerance such as 1e-5: the iteration fails and
-    the step is rejected, again and again, until ``max_steps``. Here such solvers get a full
-    Newton root finder with tolerances suited to ``dtype`` (rtol/atol 1e-3/1e-5 in float32,
-    1e-8/1e-10 in float64) and up to 20 iterations, with constant and adaptive steps alike;
-    float64 under an adaptive controller keeps diffrax's set-up. Solvers given their own root
-    finder tolerances are left alone.
+    diffrax's implicit solvers (Kvaerno*, ImplicitEuler) take their root finder's tolerances
+    from an adaptive controller; with constant steps they refuse to run until these are set.
+    Here they get a full Newton root finder with tolerances suited to ``dtype`` (rtol/atol
+    1e-3/1e-5 in float32, 1e-8/1e-10 in float64) and up to 20 iterations. Adaptive controllers
+    keep diffrax's set-up: in float32 it rejects many steps, but a full Newton at looser
+    tolerances fared worse on stiff LTCs (measured, docs/solvers.md). Solvers given their own
+    root finder tolerances are left alone.
     """
     import optimistix as optx
     from diffrax._root_finder import use_stepsize_tol  # the "take them from the controller" marker
 
     single = jnp.dtype(dtype) == jnp.float32
-    adaptive = isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
     if (not isinstance(solver, diffrax.AbstractImplicitSolver)
-            or (adaptive and not single)
+            or isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)
             or getattr(solver.root_finder, "rtol", None) is not use_stepsize_tol):
         return solver
     rtol, atol = _NEWTON_TOLS["float32" if single else "float64"]
