@@ -150,7 +150,7 @@ def test_data_errors_raise_under_jit():
 def test_api_misuse_gives_our_messages():
     """Issue 13: bad dtypes, a NaN initial state, max_steps reached outside jit, a diverging
     explicit solver — each a clear error from liquidjax, the last one switchable off."""
-    with pytest.raises(ValueError, match="max_steps must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1, got 0"):
         LTC(3, 4, max_steps=0, key=KEY)
     rnn = LiquidRNN(LTC(3, 4, key=KEY))
     x = jnp.ones((5, 3))
