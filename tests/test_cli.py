@@ -394,7 +394,8 @@ def test_every_field_is_settable_from_the_command_line():
         "--cell", "ltc", "--units", "9", "--wiring", "random", "--motor-neurons", "3",
         "--sparsity", "0.3", "--wiring-seed", "7", "--layers", "2", "--readout", "mean",
         "--dropout", "0.1", "--mixed-memory", "--solver", "TSIT5", "--ode-unfolds", "3",
-        "--adaptive-tol", "1e-4", "--no-implicit-param-constraints", "--interpolation", "cubic",
+        "--adaptive-tol", "1e-4", "--no-implicit-param-constraints", "--ltc-init", "ncps",
+        "--interpolation", "cubic",
         "--cfc-mode", "no-gate", "--activation", "silu", "--backbone-units", "5",
         "--backbone-layers", "0", "--backbone-dropout", "0.2", "--conv-channels", "4,6",
         "--conv-sequence", "columns", "--conv-stem", "pooled", "--conv-dropout", "0.3",
@@ -404,7 +405,8 @@ def test_every_field_is_settable_from_the_command_line():
                 cell="ltc",
                 units=9, wiring="random", motor_neurons=3, sparsity=0.3, wiring_seed=7, layers=2,
                 readout="mean", dropout=0.1, mixed_memory=True, solver="tsit5", ode_unfolds=3,
-                adaptive_tol=1e-4, implicit_param_constraints=False, interpolation="cubic",
+                adaptive_tol=1e-4, implicit_param_constraints=False, ltc_init="ncps",
+                interpolation="cubic",
                 cfc_mode="no_gate", activation="silu", backbone_units=5, backbone_layers=0,
                 backbone_dropout=0.2, conv_channels=(4, 6), conv_sequence="columns",
                 conv_stem="pooled", conv_dropout=0.3)
@@ -437,8 +439,10 @@ def test_adaptive_tol_from_the_command_line_runs_adaptively():
     xs = 3.0 * jax.random.normal(jax.random.key(1), (5, 2))
     out = {}
     for tol in ("1e-1", "1e-6", "1e-7"):
+        # ncps's initial ranges: fast neurons, so the tolerance visibly matters
         cfg = _model_config_from(["--cell", "ltc", "--units", "6", "--solver", "tsit5",
-                                  "--ode-unfolds", "1", "--adaptive-tol", tol])
+                                  "--ode-unfolds", "1", "--adaptive-tol", tol,
+                                  "--ltc-init", "ncps"])
         model = build_model(cfg, key=jax.random.key(0))
         out[tol] = np.asarray(eqx.filter_jit(model)(xs))
     coarse = np.max(np.abs(out["1e-1"] - out["1e-7"]))
