@@ -59,6 +59,14 @@ _RECIPES = (
         "Fashion-MNIST rows: 66.6 % test after 3 epochs (76 s/epoch)",
     ),
     Recipe(
+        "ltc_mm_rows", 1,
+        "LTC-64 (slow initialisation) + mixed memory on image rows, dropout 0.2, AdamW "
+        "(lr 5e-3, wd 0.05), 18 epochs",
+        dict(kind="sequence", cell="ltc", units=64, ltc_init="slow", mixed_memory=True,
+             epochs=18, lr=5e-3, dropout=0.2, weight_decay=0.05, batch_size=128),
+        "Fashion-MNIST rows: 90.11 % test in 1044 s of training (2 CPU cores)",
+    ),
+    Recipe(
         "conv_cfc", 1,
         "strided conv stem (32, 64, 128) whose feature-map rows feed a CfC-64, 12 epochs",
         dict(kind="conv", cell="cfc", units=64, conv_channels=(32, 64, 128), epochs=12,
