@@ -49,11 +49,6 @@ def _ctrnn_rhs(cell, x_of_t):
 def test_guide_ctrnn_against_scipy(guide):
     cell, x, dts = guide["cell"], np.asarray(guide["x"]), np.asarray(guide["dts"])
     knots = np.concatenate([[0.0], np.cumsum(dts)])
-
-    def held(t):  # x_k held over (T_{k-1}, T_k]
-        k = min(np.searchsorted(knots, t, side="left"), len(x)) - 1
-        return x[max(k, 0)]
-
     ref, h = [], np.zeros(cell.state_size)
     for k in range(len(x)):
         sol = solve_ivp(_ctrnn_rhs(cell, lambda t, k=k: x[k]), (knots[k], knots[k + 1]), h,
@@ -68,7 +63,6 @@ def test_guide_ctrnn_against_scipy(guide):
         got, _ = guide[name](guide["x"], guide["dts"])
         err = float(jnp.max(jnp.abs(got - ref)))
         assert 1e-6 < err < tol, (name, err)  # not vacuous: a first-order method has an error
-    del held
 
 
 def test_guide_paths(guide):

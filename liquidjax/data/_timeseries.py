@@ -29,11 +29,12 @@ from typing import Literal
 
 import numpy as np
 
+from .._checks import check_choice, literal_choices
 from ._batching import Loader
 
 TaskKind = Literal["classification", "regression"]
 MissingMode = Literal["features", "zero"]
-MISSING_MODES: tuple[str, ...] = ("features", "zero")
+MISSING_MODES: tuple[str, ...] = literal_choices(MissingMode)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -458,8 +459,7 @@ def model_inputs(data: TimeSeriesData, missing: MissingMode = "features") -> np.
     * ``"features"``: :func:`missing_value_features` (``C' = 3C``) — always safe;
     * ``"zero"``: NaN replaced by 0 (``C' = C``); fine when nothing is missing.
     """
-    if missing not in MISSING_MODES:
-        raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
+    check_choice("missing", missing, MISSING_MODES)
     if missing == "zero":
         return np.nan_to_num(data.x, nan=0.0).astype(np.float32)
     return missing_value_features(data.x, data.timespans, data.mask)
@@ -467,8 +467,7 @@ def model_inputs(data: TimeSeriesData, missing: MissingMode = "features") -> np.
 
 def input_channels(num_channels: int, missing: MissingMode = "features") -> int:
     """Channels of :func:`model_inputs` for data with `num_channels` channels."""
-    if missing not in MISSING_MODES:
-        raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
+    check_choice("missing", missing, MISSING_MODES)
     return 3 * num_channels if missing == "features" else num_channels
 
 
@@ -555,8 +554,7 @@ def make_time_series_task(
                          f"({test.task}, {test.num_channels} channels) do not match")
     if train.task == "classification" and train.num_classes != test.num_classes:
         raise ValueError(f"train has {train.num_classes} classes, test {test.num_classes}")
-    if missing not in MISSING_MODES:
-        raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
+    check_choice("missing", missing, MISSING_MODES)
     fit_part, val = split_time_series(train, val_fraction, seed=seed)
     norm = ChannelNormalizer.fit(fit_part) if normalize else None
     if norm is not None:

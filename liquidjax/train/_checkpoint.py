@@ -347,11 +347,11 @@ def load_checkpoint(
             raise CheckpointError(
                 path, "it was written for a different model:\n  " + "\n  ".join(diff)
             )
-    saved_wirings = header.get("wirings")
-    if saved_wirings is not None and saved_wirings != wiring_signature(like):
+    saved_wirings, wanted_wirings = header.get("wirings"), wiring_signature(like)
+    if saved_wirings is not None and saved_wirings != wanted_wirings:
         raise CheckpointError(
             path, f"it was written for a model with wiring(s) {saved_wirings}, but the model to "
-            f"load into has {wiring_signature(like)}: build it with the checkpoint's wiring "
+            f"load into has {wanted_wirings}: build it with the checkpoint's wiring "
             "(same kind, arguments, seed and input size)"
         )
     arrays_only = header.get("payload") == "arrays"  # older files hold every leaf
