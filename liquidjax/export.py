@@ -226,14 +226,47 @@ def _sequence_specs(plan: _StepPlan, batch_shape: tuple[int, ...], length: int):
             s(batch_shape + (length,), plan.dtype))
 
 
+_SYNC_CPU_CLIENT: Any = None
+
+
+def _stepper_device() -> Any:
+    """The device a stepper runs on: the default device, except on a CPU with asynchronous
+    dispatch (JAX's default), where it is the device of a CPU client of the stepper's own that
+    runs each executable on the calling thread.
+
+    Why: XLA:CPU's default client hands every executable to a worker thread and the caller then
+    waits for it. For a step of a few microseconds that hand-off costs more than the step (two
+    to three times the whole call on a loaded machine); the global switch
+    ``jax_cpu_enable_async_dispatch=False`` fixes it only if set before JAX's first
+    computation, and for the whole program. A second client, synchronous, gives the stepper the
+    inline call without touching the rest of the program."""
+    default = jax.devices()[0]
+    if default.platform != "cpu" or not jax.config.read("jax_cpu_enable_async_dispatch"):
+        return default
+    global _SYNC_CPU_CLIENT
+    if _SYNC_CPU_CLIENT is None:
+        try:  # JAX has no public constructor for a second client
+            from jax._src.lib import xla_client
+
+            _SYNC_CPU_CLIENT = xla_client.make_cpu_client(asynchronous=False)
+        except (ImportError, AttributeError, TypeError):  # a JAX without it: the default device
+            _SYNC_CPU_CLIENT = False
+    return default if _SYNC_CPU_CLIENT is False else _SYNC_CPU_CLIENT.devices()[0]
+
+
 class Stepper:
     """A model compiled for streaming: ``step(state, x, dt) -> (output, new_state)``.
 
     Built by :func:`stepper`. The state is one flat array of shape ``batch_shape + (state_size,)``;
     the parameters are constants of the compiled executable. Calling it runs the executable
-    directly (no tracing, no pytree flattening, no cache look-up).
+    directly (no tracing, no pytree flattening, no cache look-up) on the calling thread.
 
-    **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`.
+    On a CPU the stepper runs on a synchronous XLA:CPU client of its own (``device``), so its
+    outputs are arrays on that device: NumPy reads them without a copy, ``jax.numpy`` works on
+    them as on any array, and ``jax.device_put(y, jax.devices()[0])`` moves one to the default
+    device where an operation mixes it with arrays placed there explicitly.
+
+    **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`, `device`.
     """
 
     def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
@@ -243,10 +276,15 @@ class Stepper:
         self.output_size = plan.output_size
         self.state_size = int(plan.init.size)
         self.dtype = plan.dtype
+        self.device = _stepper_device()
         self._fn = _batched(plan.fn, batch_shape)
         specs = _step_specs(plan, batch_shape)
-        self._compiled = jax.jit(_folded(self._fn, specs)).lower(*specs).compile()
-        self._init = jnp.broadcast_to(jnp.asarray(plan.init), batch_shape + plan.init.shape)
+        on_device = jax.sharding.SingleDeviceSharding(self.device)
+        self._specs = tuple(jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_device)
+                            for s in specs)
+        self._compiled = jax.jit(_folded(self._fn, specs)).lower(*self._specs).compile()
+        self._init = jax.device_put(
+            np.broadcast_to(plan.init, batch_shape + plan.init.shape), self.device)
 
     def __call__(
         self, state: Float[Array, "*batch state"], x: Float[Array, "*batch input"],
@@ -264,13 +302,30 @@ class Stepper:
         """
         try:
             return self._compiled(state, x, dt)
-        except TypeError as e:  # the executable's own check of the argument types
-            bs = self.batch_shape
-            raise ValueError(
-                f"{self!r} takes state {bs + (self.state_size,)}, x {bs + (self.input_size,)} "
-                f"and dt {bs} ({self.dtype}); got state {np.shape(state)}, x {np.shape(x)}, "
-                f"dt {np.shape(dt)}"
-            ) from e
+        except (TypeError, ValueError) as e:  # the executable's own checks of the arguments
+            args = self._placed(state, x, dt)
+            if args is None:
+                bs = self.batch_shape
+                raise ValueError(
+                    f"{self!r} takes state {bs + (self.state_size,)}, x "
+                    f"{bs + (self.input_size,)} and dt {bs} ({self.dtype}); got state "
+                    f"{np.shape(state)}, x {np.shape(x)}, dt {np.shape(dt)}"
+                ) from e
+            return self._compiled(*args)
+
+    def _placed(self, *args: Any) -> list[Array] | None:
+        """The arguments as arrays on the stepper's device (arrays committed to another device,
+        e.g. by ``jax.device_put``, are refused by the executable's fast path), or ``None`` when
+        a shape or a dtype does not fit."""
+        placed = []
+        for a, spec in zip(args, self._specs, strict=True):
+            if isinstance(a, jax.core.Tracer):
+                return None
+            a = np.asarray(a)
+            if a.shape != spec.shape or not np.issubdtype(a.dtype, np.floating):
+                return None
+            placed.append(jax.device_put(a.astype(self.dtype, copy=False), self.device))
+        return placed
 
     def initial_state(self) -> Float[Array, "*batch state"]:
         """The model's initial (zero) state, flat, of shape ``batch_shape + (state_size,)``."""
@@ -278,7 +333,11 @@ class Stepper:
 
     def unflatten_state(self, state: Float[Array, "*batch state"]) -> PyTree[Array]:
         """The state pytree of the model (e.g. ``(h, c)`` with mixed memory; for a
-        ``SequenceClassifier`` ``(layer_states, running_mean)``) from the flat state."""
+        ``SequenceClassifier`` ``(layer_states, running_mean)``) from the flat state, as
+        arrays on the default device (ready for the model itself, e.g. ``LiquidRNN(state=...)``)."""
+        if (isinstance(state, jax.Array) and not isinstance(state, jax.core.Tracer)
+                and self.device in state.devices() and self.device is not jax.devices()[0]):
+            state = np.asarray(state)  # off the stepper's own client
         state = jnp.asarray(state)
         if state.shape != self.batch_shape + (self.state_size,):
             raise ValueError(

@@ -154,6 +154,29 @@ def test_stepper_accepts_numpy_and_python_scalars():
         step(step.initial_state(), np.ones(4, np.float32), 1.0)
 
 
+def test_stepper_runs_on_its_own_client_and_takes_arrays_from_anywhere():
+    rnn = LiquidRNN(_randomise(CELLS["ltc-fused"], jax.random.key(7)))
+    step = export.stepper(rnn)
+    default = jax.devices()[0]
+    if default.platform == "cpu" and jax.config.read("jax_cpu_enable_async_dispatch"):
+        # The synchronous client of the stepper's own, not the default asynchronous one.
+        assert step.device != default
+    xs, dts = _data()
+    s0 = np.asarray(step.initial_state()) + 0.1
+    y_ref, h_ref = _call(rnn, xs[:1], dts[:1], state=step.unflatten_state(s0))
+    # Committed to the default device (the executable's fast path refuses it: placed again),
+    # NumPy, and the stepper's own arrays all give the model's step.
+    for s in (jax.device_put(jnp.asarray(s0), default), s0, jax.device_put(s0, step.device)):
+        y, h = step(s, xs[0], dts[0])
+        np.testing.assert_allclose(y, y_ref[0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(y, np.asarray(y) + jnp.zeros_like(y))  # jnp works on it
+    # The state handed back to the model lives on the default device, beside its parameters.
+    tree = step.unflatten_state(h)
+    assert tree.devices() == {default}
+    np.testing.assert_allclose(tree, h_ref, rtol=0, atol=1e-6)
+    assert float(jnp.max(jnp.abs(tree - step.unflatten_state(s0)))) > 1e-3  # the state moved
+
+
 def test_stepper_rejects_what_it_cannot_stream():
     with pytest.raises(ValueError, match="interpolation='linear'.*LTC"):
         export.stepper(LiquidRNN(LTC(I, N, key=KEY), interpolation="linear"))
