@@ -9,14 +9,18 @@ inputs this script
    session of ``liquidjax.export.to_onnx`` (it exits with an error if not);
 2. times one step of each — ncps ``model(x, hx, timespans)`` under ``torch.inference_mode``,
    the stepper ``step(state, x, dt)`` (NumPy observation in, blocking on the output), ONNX
-   Runtime ``session.run`` — interleaved round-robin, median of many calls, same cores and
+   Runtime ``session.run`` — interleaved round-robin in blocks of ``--block`` consecutive calls
+   (so that no call follows another library's: torch's OpenMP workers spin after each call and
+   slow down whatever runs next on the same cores), median of many calls, same cores and
    threads for all;
 3. prints a table (µs per step, ncps / liquidjax speed-up) and the compute floor (the step
    inside one compiled ``lax.scan`` over 1000 observations, where no call overhead remains).
 
     python benchmarks/streaming.py                     # 2 threads, 3000 calls each
     python benchmarks/streaming.py --quick             # fewer calls (development)
+    python benchmarks/streaming.py --block 1           # strict alternation a, b, c, a, b, c
     python benchmarks/streaming.py --sync-dispatch     # jax_cpu_enable_async_dispatch=False
+                                                       # (the stepper is synchronous anyway)
     python benchmarks/streaming.py --write-md          # also rewrite BENCHMARKS.md's section
 
 Figures are only comparable on a quiet machine (see shared PERF_NOTES): stop other jobs first.
@@ -106,6 +110,8 @@ def main() -> None:
     ap.add_argument("--sync-dispatch", action="store_true",
                     help="run XLA:CPU executables on the calling thread "
                          "(jax_cpu_enable_async_dispatch=False)")
+    ap.add_argument("--block", type=int, default=100,
+                    help="consecutive calls of one implementation per turn (default 100)")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--write-md", action="store_true",
                     help="rewrite the 'streaming' section of BENCHMARKS.md (quiet machine only)")
@@ -135,13 +141,15 @@ def main() -> None:
     info = _common.machine_info()
     print(f"machine: {_common.machine_line(info)}")
     print(f"threads: {threads}; batch 1, {INPUTS} inputs, {UNITS} units; {calls} calls each, "
-          f"interleaved, median; dispatch {'sync' if args.sync_dispatch else 'async (default)'}")
+          f"interleaved in blocks of {args.block}, median; JAX dispatch "
+          f"{'sync' if args.sync_dispatch else 'async (default)'}")
 
     rng = np.random.default_rng(args.seed)
     xs = rng.normal(size=(SEQ, INPUTS)).astype(np.float32)
     dts = rng.uniform(0.5, 1.5, size=SEQ).astype(np.float32)
     rows, payload = [], {"machine": info, "threads": threads, "calls": calls,
-                         "sync_dispatch": args.sync_dispatch, "results": {}}
+                         "sync_dispatch": args.sync_dispatch, "block": args.block,
+                         "results": {}}
     for kind in ("ltc", "cfc"):
         tmodel, model = build(kind, args.seed)
         t0 = time.perf_counter()
@@ -183,7 +191,7 @@ def main() -> None:
 
             fns["onnxruntime"] = ort_step
         t = _common.time_interleaved(fns, warmup=max(50, calls // 20),
-                                     repeats={k: calls for k in fns})
+                                     repeats={k: calls for k in fns}, block=args.block)
         us = {k: v["median_ms"] * 1e3 for k, v in t.items()}
         floor = compute_floor_us(model, xs, dts)
         payload["results"][kind] = {"us_per_step": us, "compute_floor_us": floor,
@@ -192,6 +200,10 @@ def main() -> None:
                      f"{us['ncps'] / us['stepper']:.1f}×",
                      f"{us['onnxruntime']:.1f}" if "onnxruntime" in us else "–",
                      f"{floor:.2f}", f"{err:.1e}"])
+    own = step.device != jax.devices()[0]
+    where = ("its own synchronous XLA:CPU client" if own else f"the default {step.device.platform} "
+             "client")
+    print(f"\nstepper ran on {where}")
     table = _common.md_table(
         ["model", "ncps step (µs)", "liquidjax stepper (µs)", "speed-up",
          "ONNX Runtime (µs)", "compute floor (µs)", "max abs diff vs ncps"], rows)
@@ -202,7 +214,8 @@ def main() -> None:
     if args.write_md:
         body = (f"### Streaming: one observation, batch 1 ({_common.command_line()})\n\n"
                 f"{_common.machine_line(info)}; {threads} threads, {calls} calls each, "
-                f"interleaved, median.\n\n{table}\n")
+                f"interleaved in blocks of {args.block}, median; the stepper on {where}."
+                f"\n\n{table}\n")
         _common.update_benchmarks_md("streaming", body)
         print("updated BENCHMARKS.md (streaming)")
 

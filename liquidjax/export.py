@@ -282,7 +282,18 @@ class Stepper:
         on_device = jax.sharding.SingleDeviceSharding(self.device)
         self._specs = tuple(jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_device)
                             for s in specs)
-        self._compiled = jax.jit(_folded(self._fn, specs)).lower(*self._specs).compile()
+        folded = _folded(self._fn, specs, distinct=False, merge_dots=True)
+        same = []
+
+        def step(*args):
+            out, new = folded(*args)
+            # When the output is the new state itself (a cell without readout: CfC), the
+            # executable returns it once: a second result would cost a copy and a buffer.
+            same.append(out is new)
+            return (new,) if same[-1] else (out, new)
+
+        self._compiled = jax.jit(step).lower(*self._specs).compile()
+        self._output_is_state = same[0]
         self._init = jax.device_put(
             np.broadcast_to(plan.init, batch_shape + plan.init.shape), self.device)
 
@@ -301,7 +312,7 @@ class Stepper:
         **Returns:** ``(output, new_state)``.
         """
         try:
-            return self._compiled(state, x, dt)
+            results = self._compiled(state, x, dt)
         except (TypeError, ValueError) as e:  # the executable's own checks of the arguments
             args = self._placed(state, x, dt)
             if args is None:
@@ -311,7 +322,8 @@ class Stepper:
                     f"{bs + (self.input_size,)} and dt {bs} ({self.dtype}); got state "
                     f"{np.shape(state)}, x {np.shape(x)}, dt {np.shape(dt)}"
                 ) from e
-            return self._compiled(*args)
+            results = self._compiled(*args)
+        return (results[0], results[0]) if self._output_is_state else results
 
     def _placed(self, *args: Any) -> list[Array] | None:
         """The arguments as arrays on the stepper's device (arrays committed to another device,
@@ -605,11 +617,48 @@ def _unroll_scan(params, invals):
     return [*carry, *stacked]
 
 
-def _folded(fn: Callable, specs, *, onnx: bool = False) -> Callable:
+def _dots_sharing_an_operand(eqns, known) -> list[tuple[list, int, int]]:
+    """Groups of ``dot_general`` equations that multiply one computed value by different folded
+    constants (a CfC's four heads all read the backbone's output), as ``(equations, position of
+    the constant, its free dimension)``. Each group can run as one product with the constants
+    concatenated along that dimension: one matrix kernel call instead of several, which is what
+    a batch-1 step pays for."""
+    from jax.extend.core import Literal
+
+    groups: dict[Any, list] = {}
+    for eqn in eqns:
+        if eqn.primitive.name != "dot_general" or any(isinstance(v, Literal) for v in eqn.invars):
+            continue
+        is_known = [v in known for v in eqn.invars]
+        if sorted(is_known) != [False, True]:
+            continue
+        pos = is_known.index(True)
+        contracting, batch = eqn.params["dimension_numbers"]
+        const = eqn.invars[pos]
+        free = [d for d in range(const.aval.ndim)
+                if d not in contracting[pos] and d not in batch[pos]]
+        if batch[pos] or len(free) != 1:
+            continue
+        params = tuple(sorted(eqn.params.items()))
+        try:
+            hash(params)
+        except TypeError:
+            continue
+        rest = tuple(n for d, n in enumerate(const.aval.shape) if d != free[0])
+        key = (eqn.invars[1 - pos], pos, free[0], rest, const.aval.dtype, params)
+        groups.setdefault(key, []).append(eqn)
+    return [(members, key[1], key[2]) for key, members in groups.items() if len(members) > 1]
+
+
+def _folded(fn: Callable, specs, *, onnx: bool = False, distinct: bool = True,
+            merge_dots: bool = False) -> Callable:
     """``fn`` with its calls inlined (see :func:`_eval_inlined`) and every computation that
     depends on the parameters only — positivity reparameterisations, masks, transposes, the
     LTC's per-neuron constants — done once, now: the returned function computes only what
-    depends on its arguments, with the folded values as constants."""
+    depends on its arguments, with the folded values as constants. With ``distinct`` an output
+    that is another output or an input is a copy of its own (an exported graph names each
+    value once); without, it is the same value. With ``merge_dots``, products of one computed
+    value with several constants run as one (see :func:`_dots_sharing_an_operand`)."""
     from jax.extend.core import Literal
 
     closed = jax.make_jaxpr(fn)(*specs)
@@ -629,11 +678,25 @@ def _folded(fn: Callable, specs, *, onnx: bool = False) -> Callable:
         if not isinstance(v, Literal) and v in known:
             needed[v] = None
 
-    def run(eqns, env):
+    def run(eqns, env, merged=None):
         def read(v):
             return v.val if isinstance(v, Literal) else env[v]
 
         for eqn in eqns:
+            if merged and id(eqn) in merged:
+                members, pos, constant = merged[id(eqn)]
+                if members is None:  # computed with the group's first product
+                    continue
+                operand = read(eqn.invars[1 - pos])
+                (product,) = _bind(eqn, [constant, operand] if pos == 0 else [operand, constant])
+                axis = 0 if pos == 0 else product.ndim - 1  # where dot_general puts the free dim
+                start = 0
+                for m in members:
+                    size = m.outvars[0].aval.shape[axis]
+                    env[m.outvars[0]] = jax.lax.slice_in_dim(product, start, start + size,
+                                                             axis=axis)
+                    start += size
+                continue
             for v, o in zip(eqn.outvars, _bind(eqn, [read(v) for v in eqn.invars]), strict=True):
                 env[v] = o
         return read
@@ -643,12 +706,21 @@ def _folded(fn: Callable, specs, *, onnx: bool = False) -> Callable:
         return [read(v) for v in needed]
 
     values = jax.jit(constants)(*inlined.consts)
+    merged: dict[int, tuple[Any, int, Any]] = {}
+    if merge_dots:
+        folded_values = dict(zip(needed, values, strict=True))
+        for members, pos, free in _dots_sharing_an_operand(later, known):
+            constant = jnp.concatenate([folded_values[m.invars[pos]] for m in members], free)
+            merged[id(members[0])] = (members, pos, constant)
+            merged.update((id(m), (None, pos, None)) for m in members[1:])
 
     def folded(*args):
         env = dict(zip(needed, values, strict=True))
         env.update(zip(jaxpr.invars, args, strict=True))
-        read = run(later, env)
+        read = run(later, env, merged)
         outs = [read(v) for v in jaxpr.outvars]
+        if not distinct:
+            return tuple(outs)
         # An ONNX value has one name: an output that is another output (a CfC's output is its
         # state) or an input gets a copy of its own.
         seen: set[int] = {id(a) for a in args}

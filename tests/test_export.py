@@ -177,6 +177,27 @@ def test_stepper_runs_on_its_own_client_and_takes_arrays_from_anywhere():
     assert float(jnp.max(jnp.abs(tree - step.unflatten_state(s0)))) > 1e-3  # the state moved
 
 
+@pytest.mark.parametrize("batch_shape", [(), (2,)])
+def test_stepper_merges_a_cfcs_head_products_and_returns_its_state_once(batch_shape):
+    rnn = LiquidRNN(_randomise(CELLS["cfc-default"], jax.random.key(8)))
+    step = export.stepper(rnn, batch_shape=batch_shape)
+    specs = export._step_specs(step._plan, batch_shape)
+    plain = export._folded(step._fn, specs, distinct=False)
+    merged = export._folded(step._fn, specs, distinct=False, merge_dots=True)
+
+    def products(fn):
+        return sum(e.primitive.name == "dot_general" for e in jax.make_jaxpr(fn)(*specs).eqns)
+
+    assert (products(plain), products(merged)) == (5, 2)  # backbone + 4 heads -> backbone + 1
+    s, x, dt = (np.asarray(jax.random.normal(jax.random.key(k), a.shape)) for k, a in
+                enumerate(specs))
+    for a, b in zip(plain(s, x, dt), merged(s, x, dt), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    y, h = step(s, x, dt)
+    assert y is h  # a CfC's output is its state: one result, returned twice
+    np.testing.assert_allclose(h, plain(s, x, dt)[1], rtol=0, atol=1e-6)
+
+
 def test_stepper_rejects_what_it_cannot_stream():
     with pytest.raises(ValueError, match="interpolation='linear'.*LTC"):
         export.stepper(LiquidRNN(LTC(I, N, key=KEY), interpolation="linear"))
