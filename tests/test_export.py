@@ -149,9 +149,20 @@ def test_stepper_accepts_numpy_and_python_scalars():
     np.testing.assert_array_equal(s1, s2)
     with pytest.raises(ValueError, match=r"flat state of shape \(6,\)"):
         step.unflatten_state(jnp.zeros(3))
+    y3, _ = step(np.zeros(step.state_size), list(x), np.array(0.5))  # lists, float64: cast
+    np.testing.assert_array_equal(y1, y3)
     with pytest.raises(ValueError,
                        match=r"takes state \(6,\), x \(3,\).*got state \(6,\), x \(4,\)"):
         step(step.initial_state(), np.ones(4, np.float32), 1.0)
+    with pytest.raises(ValueError, match=r"got state \(6,\), x \(1,\)"):  # not broadcast
+        step(step.initial_state(), np.ones(1, np.float32), 1.0)
+    with pytest.raises(ValueError, match=r"got state \(6,\), x \(3,\), dt \(2,\)"):
+        step(step.initial_state(), x, np.ones(2, np.float32))
+    batched = export.stepper(CELLS["cfc-default"], batch_shape=(2,))
+    xb = np.stack([x, -x])
+    yb, _ = batched(batched.initial_state(), xb, 0.5)  # one dt for the whole batch
+    np.testing.assert_array_equal(yb, batched(batched.initial_state(), xb, np.full(2, 0.5))[0])
+    np.testing.assert_allclose(yb[0], y1, rtol=0, atol=1e-6)
 
 
 def test_stepper_runs_on_its_own_client_and_takes_arrays_from_anywhere():
