@@ -15,6 +15,7 @@ from .._static import StaticArray, replace_fields
 from ..solvers import FusedSemiImplicit, Integrator
 from ..wirings import FullyConnected, Wiring
 from ._base import AbstractConductanceCell, AbstractWiredCell
+from ._ltc_batched import ltc_step
 from ._ltc_kernel import LTCParams, fused_ltc_step, sigmoid
 from ._ltc_sparse import (
     SYNAPSE_KERNELS,
@@ -27,6 +28,8 @@ from ._ltc_sparse import (
 Mapping = Literal["affine", "linear", "none"]
 _MAPPINGS = ("affine", "linear", "none")
 Init = Literal["ncps", "slow"]
+Kernel = Literal["auto", "portable"]
+_KERNELS = ("auto", "portable")
 _INITS = ("ncps", "slow")
 
 # ncps init ranges (uniform).
@@ -63,6 +66,8 @@ def _built_wiring(units_or_wiring: Any, input_size: int) -> Wiring:
 
 def _fused_kernel(cell: LTC, y0, x, dt, unfolds: int, epsilon: float):
     p, layout = cell.effective_params(), cell.synapse_layout
+    if cell.kernel == "auto":
+        return ltc_step(p, cell.map_input(x), y0, dt, layout, unfolds, epsilon)
     if layout is not None:
         return sparse_ltc_step(sparse_params(p, layout), cell.map_input(x), y0, dt, layout,
                                unfolds, epsilon)
@@ -145,6 +150,12 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
       ``N × N`` and ``I × N`` pair times the mask, ``"auto"`` (default) sparse when that does
       less than half the dense work (NCP wirings) and dense otherwise (fully connected). Same
       numbers either way, to rounding.
+    - `kernel`: what runs the fused step: ``"auto"`` (default) a batch-aware kernel — under
+      ``jax.vmap`` one batched step whose backward sums the parameter gradients over the batch,
+      run on CPU by the compiled C++ kernel of :mod:`liquidjax._native` when it is built and by
+      pure JAX otherwise — or ``"portable"``: per-example pure-JAX kernels with a hand-written
+      VJP and no custom primitive in the graph (what :mod:`liquidjax.export` traces). Same
+      numbers either way, to rounding.
     - `key`: PRNG key for the initial parameters (keyword-only).
 
     **Example:**
@@ -180,6 +191,7 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
     implicit_param_constraints: bool = eqx.field(static=True)
     integrator: Integrator
     synapses: str = eqx.field(static=True)
+    kernel: str = eqx.field(static=True)
 
     fused_kernel = staticmethod(_fused_kernel)
 
@@ -199,6 +211,7 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         max_steps: int | None = None,
         integrator: Integrator | None = None,
         synapses: str = "auto",
+        kernel: Kernel = "auto",
         init: Init = "ncps",
         dtype: Any = jnp.float32,
         key: PRNGKeyArray,
@@ -246,10 +259,13 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         self.implicit_param_constraints = bool(implicit_param_constraints)
         self.wiring = wiring
         self.synapses = synapses
+        self.kernel = kernel
 
     def __check_init__(self):
         if self.synapses not in SYNAPSE_KERNELS:
             raise ValueError(f"synapses must be one of {SYNAPSE_KERNELS}, got {self.synapses!r}")
+        if self.kernel not in _KERNELS:
+            raise ValueError(f"kernel must be one of {_KERNELS}, got {self.kernel!r}")
         n, i = self.state_size, self.input_size
         expected = {"gleak": (n,), "vleak": (n,), "cm": (n,), "w": (n, n), "sigma": (n, n),
                     "mu": (n, n), "erev": (n, n), "mask": (n, n), "sensory_w": (i, n),
@@ -294,6 +310,11 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
     def uses_fused_kernel(self) -> bool:
         """Whether :meth:`advance` takes the fused fast path (fused solver, constant steps)."""
         return self.integrator.uses_fused_step
+
+    def with_kernel(self, kernel: Kernel) -> LTC:
+        """The same cell with its fused step run by the ``"auto"`` or the ``"portable"`` kernel
+        (see the class arguments)."""
+        return replace_fields(self, kernel=kernel)
 
     def with_synapses(self, synapses: str) -> LTC:
         """The same cell with the fused kernel's synapse evaluation set to ``"auto"``,

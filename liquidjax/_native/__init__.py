@@ -1,0 +1,150 @@
+"""Compiled CPU kernels, called from JAX through the XLA FFI (``jax.ffi``).
+
+One C++ source, ``ltc_cpu.cc``: the LTC's fused semi-implicit step, forward and backward, for
+a batch held batch-minor (see :mod:`liquidjax.cells._ltc_batched`, which lowers to it on CPU and
+to its pure-JAX reference everywhere else). The shared library is built by
+``python -m liquidjax._native`` — which ``make`` runs when it sets up the environment — with the
+system's C++ compiler (``$CXX``, else ``g++``) against the headers JAX ships, next to the source
+(or in ``$XDG_CACHE_HOME/liquidjax`` when the package folder is read-only). Its name carries a
+hash of the source, the flags and the jaxlib version, so an edit or an upgrade rebuilds it.
+
+If it is missing at first use it is built then (a couple of seconds). If it cannot be built (no
+compiler), the LTC runs its pure-JAX kernel — the same numbers, slower — and one
+:class:`NativeKernelWarning` says why. ``LIQUIDJAX_NATIVE=0`` turns the compiled kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).with_name("ltc_cpu.cc")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+TARGETS = {"liquidjax_ltc_forward": "LiquidjaxLtcForward",
+           "liquidjax_ltc_backward": "LiquidjaxLtcBackward"}
+
+
+class NativeKernelWarning(RuntimeWarning):
+    """The compiled kernel could not be built or loaded; the pure-JAX kernel runs instead."""
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++"))
+
+
+def _tag() -> str:
+    import jaxlib
+
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(" ".join(FLAGS).encode())
+    h.update(jaxlib.__version__.encode())
+    return h.hexdigest()[:16]
+
+
+def _candidates() -> list[Path]:
+    name = f"_ltc_cpu.{_tag()}.so"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liquidjax"
+    return [SOURCE.with_name(name), cache / name]
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile ``ltc_cpu.cc`` (if not already built for this source, flags and jaxlib) and return
+    the library's path. Raises ``RuntimeError`` with the compiler's message if it fails."""
+    for path in _candidates():
+        if path.exists():
+            return path
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError(
+            f"no C++ compiler found ({os.environ.get('CXX', 'g++')}); install g++ or set $CXX"
+        )
+    import jax.ffi
+
+    errors = []
+    for path in _candidates():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+            os.close(fd)
+        except OSError as e:  # read-only package folder: try the cache
+            errors.append(f"{path.parent}: {e}")
+            continue
+        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+        if verbose:
+            print(" ".join(cmd), file=sys.stderr)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            os.unlink(tmp)
+            raise RuntimeError(f"building {SOURCE.name} failed:\n{res.stderr[-4000:]}")
+        os.replace(tmp, path)  # atomic: concurrent builders each write their own temp file
+        return path
+    raise RuntimeError("no writable folder for the compiled kernel: " + "; ".join(errors))
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("LIQUIDJAX_NATIVE", "1") == "0":
+        return None
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(build()))
+    except (RuntimeError, OSError) as e:
+        warnings.warn(
+            f"liquidjax: the compiled CPU kernel for the LTC is unavailable ({e}); the pure-JAX "
+            "kernel runs instead (same numbers, slower). Set LIQUIDJAX_NATIVE=0 to silence.",
+            NativeKernelWarning, stacklevel=3)
+        return None
+    import jax.ffi
+
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled CPU kernel is built and registered (building it if needed)."""
+    return _load() is not None
+
+
+def _indices(layout):
+    import jax.numpy as jnp
+
+    r, s = layout.recurrent, layout.sensory
+    return tuple(jnp.asarray(a, jnp.int32) for a in (r.pre, r.posts, s.pre, s.posts))
+
+
+def _attrs(unfolds, epsilon):
+    return dict(unfolds=np.int64(unfolds), epsilon=np.float64(epsilon))
+
+
+def ltc_forward(p, x, v0, dt, *, layout, unfolds: int, epsilon: float):
+    """The batched forward (``x (I, B)``, ``v0 (N, B)``, ``dt (B,)``) → ``(v, vs, dens)``, as
+    :func:`liquidjax.cells._ltc_sparse._forward` with ``keep=True``."""
+    import jax
+
+    n, b = v0.shape
+    sds = functools.partial(jax.ShapeDtypeStruct, dtype=v0.dtype)
+    out = (sds((n, b)), sds((unfolds + 1, n, b)), sds((unfolds, n, b)))
+    call = jax.ffi.ffi_call("liquidjax_ltc_forward", out, vmap_method="sequential")
+    return call(*p, *_indices(layout), x, v0, dt, **_attrs(unfolds, epsilon))
+
+
+def ltc_backward(p, x, dt, vs, dens, g, *, layout, unfolds: int, epsilon: float):
+    """The batched backward → ``(parameter gradients summed over the batch, dx, dv0, ddt)``."""
+    import jax
+
+    sds = functools.partial(jax.ShapeDtypeStruct, dtype=g.dtype)
+    out = tuple(sds(a.shape) for a in p) + (sds(x.shape), sds(g.shape), sds(dt.shape))
+    call = jax.ffi.ffi_call("liquidjax_ltc_backward", out, vmap_method="sequential")
+    res = call(*p, *_indices(layout), x, dt, vs, dens, g, **_attrs(unfolds, epsilon))
+    return tuple(res[: len(p)]), res[-3], res[-2], res[-1]
