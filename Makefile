@@ -12,9 +12,14 @@ $(VENV)/.base: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The compiled CPU kernel of the LTC (C++ through jax.ffi), built against the installed jaxlib.
+$(VENV)/.native: $(VENV)/.base liquidjax/_native/ltc_cpu.cc
+	$(PY) -m liquidjax._native
+	touch $@
+
 # The main job: train the default liquid model on CIFAR-10 from tfds.
 # The first run prepares CIFAR-10 (download + conversion), which needs TensorFlow: installed here.
-$(VENV)/.prepare: $(VENV)/.base
+$(VENV)/.prepare: $(VENV)/.native
 	$(PY) -m pip install -q -e '.[prepare]'
 	touch $@
 
@@ -22,14 +27,14 @@ train: $(VENV)/.prepare
 	$(VENV)/bin/liquidjax train $(ARGS)
 
 # Offline demo on Fashion-MNIST (Debian package dataset-fashion-mnist).
-train-fashion: $(VENV)/.base
+train-fashion: $(VENV)/.native
 	@test -d /usr/share/datasets/fashion-mnist || (echo "installing dataset-fashion-mnist (needs root)"; apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 	$(VENV)/bin/liquidjax train --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist $(ARGS)
 
-test: $(VENV)/.base
+test: $(VENV)/.native
 	$(PY) -m pytest $(ARGS)
 
-bench: $(VENV)/.base
+bench: $(VENV)/.native
 	$(PY) benchmarks/vs_ncps.py
 
 docs: $(VENV)/.base

@@ -21,6 +21,7 @@ the full run also rewrites the ``vs_ncps`` section of ``BENCHMARKS.md``.
     python benchmarks/vs_ncps.py --ltc --no-md        # only the row-wise LTC rows (dense,
                                                       # AutoNCP(64, 10), AutoNCP(128, 10))
     python benchmarks/vs_ncps.py --ltc --ltc-synapses dense --no-md   # the same, dense kernel
+    python benchmarks/vs_ncps.py --ltc --ltc-kernel portable --no-md  # the per-example kernels
                                                       # forced on the wired cells (before/after)
 
 The last lines printed are the ratios side by side (ncps ms / liquidjax ms, train and forward).
@@ -115,6 +116,9 @@ def parse_args(argv=None):
     p.add_argument("--ltc-synapses", choices=("auto", "dense", "sparse"), default="auto",
                    help="LTC synapse kernel of the liquidjax models (default auto: sparse for "
                         "sparse wirings); 'dense' measures the masked dense kernel for comparison")
+    p.add_argument("--ltc-kernel", choices=("auto", "portable"), default="auto",
+                   help="the LTC's fused-step kernel: batch-aware (C++ on CPU when built) or "
+                        "the per-example pure-JAX one")
     p.add_argument("--threads", type=int, default=None,
                    help="cores/threads for both frameworks (default: all cores of this process)")
     p.add_argument("--jax-devices", type=int, default=None,
@@ -160,7 +164,8 @@ def torch_state_dict(model) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ jax
-def build_jax(cfg: Config, sd: dict | None, seed: int, synapses: str = "auto"):
+def build_jax(cfg: Config, sd: dict | None, seed: int, synapses: str = "auto",
+              kernel: str = "auto"):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -184,26 +189,29 @@ def build_jax(cfg: Config, sd: dict | None, seed: int, synapses: str = "auto"):
         k1, k2 = jax.random.split(jax.random.key(seed))
         cell = (LTC(cfg.inputs, cfg.wiring(), key=k1) if cfg.kind == "ltc"
                 else CfC(cfg.inputs, cfg.units, key=k1, **kw))
-        return Classifier(LiquidRNN(with_synapses(cell, synapses), return_sequences=False),
+        return Classifier(LiquidRNN(with_synapses(cell, synapses, kernel),
+                                    return_sequences=False),
                           eqx.nn.Linear(cfg.rnn_outputs, cfg.classes, key=k2))
     rnn_sd = {k[len("rnn."):]: v for k, v in sd.items() if k.startswith("rnn.")}
     units = cfg.wiring() if cfg.kind == "ltc" else cfg.units
     rnn = from_ncps(rnn_sd, kind=cfg.kind, input_size=cfg.inputs, units=units,
                     return_sequences=False, **kw)
-    rnn = eqx.tree_at(lambda r: r.cell, rnn, with_synapses(rnn.cell, synapses))
+    rnn = eqx.tree_at(lambda r: r.cell, rnn, with_synapses(rnn.cell, synapses, kernel))
     head = eqx.nn.Linear(cfg.rnn_outputs, cfg.classes, key=jax.random.key(0))
     head = eqx.tree_at(lambda h: (h.weight, h.bias), head,
                        (jnp.asarray(sd["fc.weight"]), jnp.asarray(sd["fc.bias"])))
     return Classifier(rnn, head)
 
 
-def with_synapses(cell, synapses: str):
-    """``cell`` with its LTC synapse kernel set (``"auto"`` leaves it as built)."""
+def with_synapses(cell, synapses: str, kernel: str = "auto"):
+    """``cell`` with its LTC synapse evaluation and kernel set (``"auto"`` leaves them as
+    built)."""
     from liquidjax.cells import LTC
 
-    if synapses == "auto" or not isinstance(cell, LTC):
+    if not isinstance(cell, LTC):
         return cell
-    return cell.with_synapses(synapses)
+    cell = cell if synapses == "auto" else cell.with_synapses(synapses)
+    return cell if kernel == "auto" else cell.with_kernel(kernel)
 
 
 def jax_fns(lr: float):
@@ -261,7 +269,7 @@ def check_equal(cfg: Config, tmodel, jmodel, x, y, loss_and_grad) -> dict:
 
 # ------------------------------------------------------------------------------------ benchmark
 def run_config(name: str, cfg: Config, *, use_ncps: bool, warmup: int, repeats: int,
-               ncps_repeats: int, synapses: str = "auto") -> dict:
+               ncps_repeats: int, synapses: str = "auto", kernel: str = "auto") -> dict:
     import equinox as eqx
     import jax
     import numpy as np
@@ -274,11 +282,12 @@ def run_config(name: str, cfg: Config, *, use_ncps: bool, warmup: int, repeats: 
 
     tmodel = build_torch(cfg, seed=0) if use_ncps else None
     sd = torch_state_dict(tmodel) if use_ncps else None
-    jmodel = build_jax(cfg, sd, seed=0, synapses=synapses)
+    jmodel = build_jax(cfg, sd, seed=0, synapses=synapses, kernel=kernel)
     from liquidjax.cells import LTC
 
     cell = jmodel.rnn.cell
     res["ltc_synapses"] = cell.synapse_kernel if isinstance(cell, LTC) else None
+    res["ltc_kernel"] = cell.kernel if isinstance(cell, LTC) else None
     opt, train_step, forward, loss_and_grad = jax_fns(lr)
     xj, yj = jax.device_put(x), jax.device_put(y)
 
@@ -441,7 +450,8 @@ def main(argv=None):
         cfg = CONFIGS[name]
         print(f"\n== {name}: {cfg.description} ({cfg.steps} steps per sequence)", flush=True)
         r = run_config(name, cfg, use_ncps=use_ncps, warmup=warmup, repeats=repeats,
-                       ncps_repeats=ncps_repeats, synapses=args.ltc_synapses)
+                       ncps_repeats=ncps_repeats, synapses=args.ltc_synapses,
+                       kernel=args.ltc_kernel)
         results.append(r)
         for key in ("train", "forward"):
             j = r[f"jax_{key}"]
@@ -460,14 +470,14 @@ def main(argv=None):
     payload = {"machine": info, "threads": threads, "date": time.strftime("%Y-%m-%d %H:%M"),
                "quick": args.quick, "warmup": warmup,
                "repeats": repeats, "ncps_repeats": ncps_repeats if use_ncps else None,
-               "ltc_synapses": args.ltc_synapses,
+               "ltc_synapses": args.ltc_synapses, "ltc_kernel": args.ltc_kernel,
                "command": _common.command_line(), "results": results}
     out = args.out or _common.RESULTS / f"vs_ncps{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(__import__("json").dumps(payload, indent=2, default=str) + "\n")
     print(f"\nwrote {out}")
     if (not args.quick and not args.no_md and use_ncps and args.config is None and not args.ltc
-            and args.ltc_synapses == "auto"):
+            and args.ltc_synapses == "auto" and args.ltc_kernel == "auto"):
         write_md(payload)
         print(f"updated {_common.BENCHMARKS_MD}")
 

@@ -88,7 +88,12 @@ def _check_layer(layer: LiquidRNN, where: str) -> None:
 
 def _plan(model: Any) -> _StepPlan:
     """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``."""
+    from .cells._ltc import portable_kernels
     from .models import SequenceClassifier
+
+    # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
+    # primitive (jax2onnx converts standard ones).
+    model = portable_kernels(model)
 
     if isinstance(model, AbstractCell):
         cell = model

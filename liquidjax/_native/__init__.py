@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).with_name("ltc_cpu.cc")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17")
 TARGETS = {"liquidjax_ltc_forward": "LiquidjaxLtcForward",
            "liquidjax_ltc_backward": "LiquidjaxLtcBackward"}
 
@@ -87,6 +87,9 @@ def build(verbose: bool = False) -> Path:
             os.unlink(tmp)
             raise RuntimeError(f"building {SOURCE.name} failed:\n{res.stderr[-4000:]}")
         os.replace(tmp, path)  # atomic: concurrent builders each write their own temp file
+        for old in path.parent.glob("_ltc_cpu.*.so"):  # builds of older sources or jaxlibs
+            if old != path:
+                old.unlink(missing_ok=True)
         return path
     raise RuntimeError("no writable folder for the compiled kernel: " + "; ".join(errors))
 
@@ -116,6 +119,11 @@ def available() -> bool:
     return _load() is not None
 
 
+def _require() -> None:
+    if _load() is None:
+        raise RuntimeError("the compiled LTC kernel is unavailable (see the NativeKernelWarning)")
+
+
 def _indices(layout):
     import jax.numpy as jnp
 
@@ -132,6 +140,7 @@ def ltc_forward(p, x, v0, dt, *, layout, unfolds: int, epsilon: float):
     :func:`liquidjax.cells._ltc_sparse._forward` with ``keep=True``."""
     import jax
 
+    _require()
     n, b = v0.shape
     sds = functools.partial(jax.ShapeDtypeStruct, dtype=v0.dtype)
     out = (sds((n, b)), sds((unfolds + 1, n, b)), sds((unfolds, n, b)))
@@ -143,6 +152,7 @@ def ltc_backward(p, x, dt, vs, dens, g, *, layout, unfolds: int, epsilon: float)
     """The batched backward → ``(parameter gradients summed over the batch, dx, dv0, ddt)``."""
     import jax
 
+    _require()
     sds = functools.partial(jax.ShapeDtypeStruct, dtype=g.dtype)
     out = tuple(sds(a.shape) for a in p) + (sds(x.shape), sds(g.shape), sds(dt.shape))
     call = jax.ffi.ffi_call("liquidjax_ltc_backward", out, vmap_method="sequential")

@@ -4,7 +4,8 @@
 // The arithmetic is that of liquidjax/cells/_ltc_sparse.py (_forward, _backward), on the same
 // padded fan-in layout: slot (r, k) is the synapse pre[r, k] -> posts[r]; padding slots carry
 // zero weight. Every synapse loop runs along the batch (contiguous, vectorised); the batch is
-// split over OpenMP threads, each summing its own parameter gradients, added at the end.
+// split into chunks shared out over XLA's intra-op thread pool, each worker summing its own
+// parameter gradients, added at the end.
 //
 // Arguments (row-major, batch last):
 //   forward:  w sigma mu erev (P,K) | sw ssigma smu serev (Ps,Ks) | gleak vleak cm (N)
@@ -13,13 +14,15 @@
 //   backward: the 11 parameters, the 4 index arrays, x (I,B), dt (B), vs, dens, g (N,B)
 //             -> the 11 parameter gradients (summed over the batch), dx (I,B), dv0 (N,B),
 //                ddt (B)
-#include <omp.h>
-
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -29,6 +32,39 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kChunk = 64;  // batch lanes processed together (a few SIMD vectors)
+
+// Runs body(worker, chunk) for every chunk in [0, chunks): the calling thread and up to
+// `workers - 1` tasks on XLA's intra-op thread pool take chunks from a shared counter until none
+// are left, so a worker that is descheduled (or a pool that is busy) delays at most the chunk it
+// holds. Returns when every chunk is done. A task that starts after that finds no chunk and
+// touches nothing but the shared counters.
+template <typename F>
+void parallel_chunks(ffi::ThreadPool* pool, int64_t chunks, int workers, F& body) {
+  struct State {
+    std::atomic<int64_t> next{0}, done{0};
+    std::atomic<int> worker{1};
+  };
+  auto st = std::make_shared<State>();
+  auto work = [st, chunks, &body](int w) {
+    for (;;) {
+      const int64_t c = st->next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks) return;
+      body(w, c);
+      st->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  if (pool != nullptr)
+    for (int t = 1; t < workers; ++t)
+      pool->Schedule([st, work] { work(st->worker.fetch_add(1)); });
+  work(0);
+  while (st->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+}
+
+int workers_for(ffi::ThreadPool* pool, int64_t chunks) {
+  int64_t n = pool == nullptr ? 1 : std::max<int64_t>(1, pool->num_threads());
+  if (const char* env = std::getenv("LIQUIDJAX_NATIVE_THREADS")) n = std::max(1, std::atoi(env));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n, chunks)));
+}
 
 // tanh: for float the rational approximation Eigen and XLA:CPU use (clamped, exact for tiny
 // arguments), which vectorises; for double the C library's.
@@ -128,12 +164,11 @@ inline void tanh_sums(const Block<T>& b, const TanhForm<T>& f, const T* u, int64
 
 template <typename T>
 void forward(const Params<T>& p, const T* x, const T* v0, const T* dt, T* v, T* vs, T* dens,
-             int64_t B, int64_t U, T eps, int nthreads) {
+             int64_t B, int64_t U, T eps, ffi::ThreadPool* pool) {
   const int64_t N = p.n;
   const TanhForm<T> fr(p.rec, N), fs(p.sen, N);
   const int64_t chunks = (B + kChunk - 1) / kChunk;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
+  auto body = [&](int, int64_t c) {
     const int64_t b0 = c * kChunk, L = std::min(kChunk, B - b0);
     // Per-chunk work arrays, row stride kChunk.
     std::vector<T> cmt(N * kChunk), bnum(N * kChunk, T(0)), bden(N * kChunk, T(0)),
@@ -166,15 +201,18 @@ void forward(const Params<T>& p, const T* x, const T* v0, const T* dt, T* v, T* 
       }
     }
     for (int64_t j = 0; j < N; ++j) std::memcpy(v + j * B + b0, &cur[j * kChunk], L * sizeof(T));
-  }
+  };
+  parallel_chunks(pool, chunks, workers_for(pool, chunks), body);
 }
 
 // Gradients of one synapse block given the per-neuron cotangents gn (d/d numerator) and gd
 // (d/d denominator) over a chunk: accumulates the slot gradients (summed over lanes) and the
 // cotangent of the pre-synaptic values `u` into du.
-template <typename T>
-inline void block_backward(const Block<T>& b, const T* u, int64_t ld, const T* gn, const T* gd,
-                           T* du, T* d_w, T* d_sigma, T* d_mu, T* d_erev, int64_t L) {
+template <typename T, int64_t FixedL>
+inline void block_backward_impl(const Block<T>& b, const T* u, int64_t ld, const T* gn,
+                                const T* gd, T* du, T* d_w, T* d_sigma, T* d_mu, T* d_erev,
+                                int64_t dynamic_l) {
+  const int64_t L = FixedL > 0 ? FixedL : dynamic_l;
   for (int64_t r = 0; r < b.rows; ++r) {
     const int64_t j = b.posts[r];
     const T* gnj = gn + j * ld;
@@ -205,6 +243,18 @@ inline void block_backward(const Block<T>& b, const T* u, int64_t ld, const T* g
   }
 }
 
+// Gradients of one synapse block given the per-neuron cotangents gn (d/d numerator) and gd
+// (d/d denominator) over a chunk: accumulates the slot gradients (summed over lanes) and the
+// cotangent of the pre-synaptic values `u` into du. Full chunks get a fixed trip count.
+template <typename T>
+inline void block_backward(const Block<T>& b, const T* u, int64_t ld, const T* gn, const T* gd,
+                           T* du, T* d_w, T* d_sigma, T* d_mu, T* d_erev, int64_t L) {
+  if (L == kChunk)
+    block_backward_impl<T, kChunk>(b, u, ld, gn, gd, du, d_w, d_sigma, d_mu, d_erev, L);
+  else
+    block_backward_impl<T, 0>(b, u, ld, gn, gd, du, d_w, d_sigma, d_mu, d_erev, L);
+}
+
 template <typename T>
 struct Grads {
   std::vector<T> w, sigma, mu, erev, sw, ssigma, smu, serev, gleak, vleak, cm;
@@ -219,21 +269,19 @@ struct Grads {
 template <typename T>
 void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T* dens,
               const T* g, T* const outs[11], T* dx, T* dv0, T* ddt, int64_t B, int64_t U,
-              int nthreads) {
+              ffi::ThreadPool* pool) {
   const int64_t N = p.n, I = p.inputs;
   const int64_t chunks = (B + kChunk - 1) / kChunk;
-  nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nthreads, chunks)));
+  const int nthreads = workers_for(pool, chunks);
   std::vector<Grads<T>> partial;
   partial.reserve(nthreads);
   for (int t = 0; t < nthreads; ++t) partial.emplace_back(p);
-#pragma omp parallel num_threads(nthreads)
-  {
-    Grads<T>& G = partial[omp_get_thread_num()];
+  auto body = [&](int w, int64_t c) {
+    Grads<T>& G = partial[w];
     std::vector<T> cmt(N * kChunk), gc(N * kChunk), gprev(N * kChunk), gn(N * kChunk),
         gd(N * kChunk), dnum(N * kChunk), dden(N * kChunk), dcmt(N * kChunk),
         v(N * kChunk), xin(I * kChunk), dxc(I * kChunk);
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < chunks; ++c) {
+    {
       const int64_t b0 = c * kChunk, L = std::min(kChunk, B - b0);
       for (int64_t j = 0; j < N; ++j) {
         for (int64_t l = 0; l < L; ++l) {
@@ -290,7 +338,8 @@ void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T*
         ddt[b0 + l] = -a / dt[b0 + l];
       }
     }
-  }
+  };
+  parallel_chunks(pool, chunks, nthreads, body);
   for (int a = 0; a < 11; ++a) {
     const std::vector<T>& first = partial[0].all()[a];
     std::copy(first.begin(), first.end(), outs[a]);
@@ -299,11 +348,6 @@ void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T*
       for (size_t s = 0; s < more.size(); ++s) outs[a][s] += more[s];
     }
   }
-}
-
-int threads_for(int64_t B) {
-  const int64_t chunks = (B + kChunk - 1) / kChunk;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), chunks)));
 }
 
 template <typename T>
@@ -329,8 +373,8 @@ ffi::ErrorOr<Params<T>> read_params(const ffi::RemainingArgs& args) {
 }
 
 template <typename T>
-ffi::Error forward_impl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t unfolds,
-                        double epsilon) {
+ffi::Error forward_impl(ffi::ThreadPool* pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                        int64_t unfolds, double epsilon) {
   auto pp = read_params<T>(args);
   if (!pp.has_value()) return pp.error();
   Params<T> p = *pp;
@@ -343,12 +387,13 @@ ffi::Error forward_impl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_
   auto vs = *rets.get<ffi::AnyBuffer>(1);
   auto dens = *rets.get<ffi::AnyBuffer>(2);
   forward<T>(p, x.typed_data<T>(), v0.typed_data<T>(), dt.typed_data<T>(), v->typed_data<T>(),
-             vs->typed_data<T>(), dens->typed_data<T>(), B, unfolds, T(epsilon), threads_for(B));
+             vs->typed_data<T>(), dens->typed_data<T>(), B, unfolds, T(epsilon), pool);
   return ffi::Error::Success();
 }
 
 template <typename T>
-ffi::Error backward_impl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t unfolds) {
+ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                         int64_t unfolds) {
   auto pp = read_params<T>(args);
   if (!pp.has_value()) return pp.error();
   Params<T> p = *pp;
@@ -365,29 +410,29 @@ ffi::Error backward_impl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64
               dens.typed_data<T>(), g.typed_data<T>(), outs,
               (*rets.get<ffi::AnyBuffer>(11))->typed_data<T>(),
               (*rets.get<ffi::AnyBuffer>(12))->typed_data<T>(),
-              (*rets.get<ffi::AnyBuffer>(13))->typed_data<T>(), B, unfolds, threads_for(B));
+              (*rets.get<ffi::AnyBuffer>(13))->typed_data<T>(), B, unfolds, pool);
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t unfolds,
-                   double epsilon) {
+ffi::Error Forward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                   int64_t unfolds, double epsilon) {
   auto first = args.get<ffi::AnyBuffer>(0);
   if (!first.has_value()) return first.error();
   switch (first->element_type()) {
-    case ffi::DataType::F32: return forward_impl<float>(args, rets, unfolds, epsilon);
-    case ffi::DataType::F64: return forward_impl<double>(args, rets, unfolds, epsilon);
+    case ffi::DataType::F32: return forward_impl<float>(&pool, args, rets, unfolds, epsilon);
+    case ffi::DataType::F64: return forward_impl<double>(&pool, args, rets, unfolds, epsilon);
     default: return ffi::Error::InvalidArgument("liquidjax LTC kernel: float32 or float64 only");
   }
 }
 
-ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t unfolds,
-                    double epsilon) {
+ffi::Error Backward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                    int64_t unfolds, double epsilon) {
   (void)epsilon;  // the stored denominators already include it
   auto first = args.get<ffi::AnyBuffer>(0);
   if (!first.has_value()) return first.error();
   switch (first->element_type()) {
-    case ffi::DataType::F32: return backward_impl<float>(args, rets, unfolds);
-    case ffi::DataType::F64: return backward_impl<double>(args, rets, unfolds);
+    case ffi::DataType::F32: return backward_impl<float>(&pool, args, rets, unfolds);
+    case ffi::DataType::F64: return backward_impl<double>(&pool, args, rets, unfolds);
     default: return ffi::Error::InvalidArgument("liquidjax LTC kernel: float32 or float64 only");
   }
 }
@@ -396,6 +441,7 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t un
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxLtcForward, Forward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("unfolds")
@@ -403,6 +449,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxLtcForward, Forward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxLtcBackward, Backward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("unfolds")

@@ -392,6 +392,17 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         return cm / den
 
 
+def portable_kernels(model: Any) -> Any:
+    """``model`` with every LTC's fused step on the ``"portable"`` kernel: per-example pure JAX,
+    no custom primitive or custom call in the traced graph — what ``jax.export`` can serialise
+    and ``jax2onnx`` can convert. Same numbers (to rounding)."""
+    def is_ltc(x):
+        return isinstance(x, LTC)
+
+    return jax.tree_util.tree_map(lambda c: c.with_kernel("portable") if is_ltc(c) else c,
+                                  model, is_leaf=is_ltc)
+
+
 def nonnegative_mask(model: Any) -> Any:
     """A pytree of bools like ``model``: ``True`` on the LTC parameters that must stay ≥ 0 when
     ``implicit_param_constraints=False`` (``w``, ``sensory_w``, ``cm``, ``gleak``)."""

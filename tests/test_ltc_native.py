@@ -1,0 +1,226 @@
+"""The LTC's batch-aware step (``kernel="auto"``: a primitive whose vmap runs one batched kernel,
+compiled C++ on CPU) held to the per-example pure-JAX kernels (``kernel="portable"``) and to its
+own pure-JAX batched reference: values and gradients, float32 and float64, dense and sparse
+synapses, every way of batching (grad of vmap, vmap of grad, ensembles, no vmap, scan, remat),
+batch sizes that leave partial chunks."""
+
+import os
+import subprocess
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from liquidjax import _native
+from liquidjax.cells import LTC
+from liquidjax.cells._ltc_batched import _xla_backward, _xla_forward, full_layout, slot_params
+from liquidjax.wirings import AutoNCP
+
+UNFOLDS, EPS = 3, 1e-8
+WIRINGS = {"full": lambda: 6, "autoncp": lambda: AutoNCP(10, 3, seed=3)}
+
+
+def test_the_compiled_kernel_is_built_here():
+    # CI builds it (make); everything below would otherwise only test the pure-JAX fallback.
+    assert _native.available(), "the compiled LTC kernel is not available: run make"
+
+
+def _close(a, b, tol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        scale = max(float(np.max(np.abs(y), initial=0.0)), 1.0)
+        np.testing.assert_allclose(x, y, rtol=0, atol=tol * scale)
+
+
+def _inputs(cell, batch, dtype, seed=7):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    return (jax.random.normal(k1, (cell.input_size, batch), dtype),
+            0.3 * jax.random.normal(k2, (cell.state_size, batch), dtype),
+            jax.random.uniform(k3, (batch,), dtype, 0.5, 2.0))
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.float64, 1e-12)],
+                         ids=["f32", "f64"])
+@pytest.mark.parametrize("wiring", sorted(WIRINGS))
+def test_compiled_kernel_matches_its_jax_reference(wiring, dtype, tol):
+    """Forward (every unfold's potentials and denominators) and backward (parameter gradients
+    summed over the batch, input, state and timespan cotangents) of the C++ kernel against the
+    pure-JAX batch-minor code, with batch sizes that fill one chunk, leave a partial one, and
+    span several (so that several workers share the work)."""
+    with jax.enable_x64(dtype == jnp.float64):
+        cell = LTC(4, WIRINGS[wiring](), key=jax.random.key(0), dtype=dtype)
+        layout = cell.synapse_layout or full_layout(cell.state_size, cell.input_size)
+        p = slot_params(cell.effective_params(), layout)
+        kw = dict(layout=layout, unfolds=UNFOLDS, epsilon=EPS)
+        for batch in (1, 70, 200):
+            x, v0, dt = _inputs(cell, batch, dtype)
+            g = jax.random.normal(jax.random.key(batch), v0.shape, dtype)
+            ref = _xla_forward(p, x, v0, dt, **kw)
+            got = jax.jit(lambda *a: _native.ltc_forward(*a, **kw))(p, x, v0, dt)
+            _close(got, ref, tol)
+            args = (p, x, dt, ref[1], ref[2], g)
+            ref_b = _xla_backward(*args, **kw)
+            got_b = jax.jit(lambda *a: _native.ltc_backward(*a, **kw))(*args)
+            _close(got_b, ref_b, tol)
+            assert float(jnp.max(jnp.abs(got_b[0][0]))) > 0  # not vacuous
+
+
+def _loss_fn(batching):
+    """A scalar loss of the cell over a batch, batched the given way."""
+    def step(cell, v, x, dt):
+        return cell.advance(v, x, 0.0, dt)
+
+    def weigh(v):
+        return jnp.sum(jnp.sin(3 * v) * jnp.arange(1, v.shape[-1] + 1, dtype=v.dtype))
+
+    if batching == "grad_of_vmap":
+        return jax.jit(jax.value_and_grad(
+            lambda c, v, x, dt: weigh(jax.vmap(step, (None, 0, 0, 0))(c, v, x, dt)),
+            argnums=(0, 1, 2, 3)))
+    if batching == "vmap_of_grad":  # per-example gradients
+        return jax.jit(jax.vmap(jax.value_and_grad(
+            lambda c, v, x, dt: weigh(step(c, v, x, dt)), argnums=(0, 1, 2, 3)),
+            in_axes=(None, 0, 0, 0)))
+    if batching == "one":
+        return jax.jit(jax.value_and_grad(lambda c, v, x, dt: weigh(step(c, v[0], x[0], dt[0])),
+                                          argnums=(0, 1, 2, 3)))
+    raise AssertionError(batching)
+
+
+def _grads(tree):
+    return [a for a in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))]
+
+
+@pytest.mark.parametrize("batching", ["grad_of_vmap", "vmap_of_grad", "one"])
+@pytest.mark.parametrize("wiring", sorted(WIRINGS))
+def test_auto_kernel_matches_portable_float32(wiring, batching):
+    cell = LTC(5, WIRINGS[wiring](), ode_unfolds=UNFOLDS, key=jax.random.key(1))
+    x, v0, dt = (a.T if a.ndim == 2 else a for a in _inputs(cell, 9, jnp.float32))
+    f = _loss_fn(batching)
+    got = f(cell, v0, x, dt)
+    ref = f(cell.with_kernel("portable"), v0, x, dt)
+    _close((got[0], _grads(got[1])), (ref[0], _grads(ref[1])), 2e-6)
+    if batching == "vmap_of_grad":  # really per example, not the batch sum
+        w = got[1][0].w
+        assert w.shape[0] == 9 and not np.allclose(w[0], w[1])
+
+
+@pytest.mark.parametrize("wiring", sorted(WIRINGS))
+def test_auto_kernel_matches_portable_float64(wiring):
+    with jax.enable_x64(True):
+        cell = LTC(5, WIRINGS[wiring](), ode_unfolds=UNFOLDS, dtype=jnp.float64,
+                   key=jax.random.key(2))
+        x, v0, dt = (a.T if a.ndim == 2 else a for a in _inputs(cell, 67, jnp.float64))
+        f = _loss_fn("grad_of_vmap")
+        got, ref = f(cell, v0, x, dt), f(cell.with_kernel("portable"), v0, x, dt)
+        _close((got[0], _grads(got[1])), (ref[0], _grads(ref[1])), 1e-12)
+
+
+def test_gradient_matches_finite_differences_float64():
+    """The batched backward (through the compiled kernel) against central differences."""
+    with jax.enable_x64(True):
+        cell = LTC(3, AutoNCP(8, 2, seed=1), ode_unfolds=UNFOLDS, dtype=jnp.float64,
+                   key=jax.random.key(3))
+        x, v0, dt = (a.T if a.ndim == 2 else a for a in _inputs(cell, 4, jnp.float64))
+
+        def loss(vleak, dt):
+            c = eqx.tree_at(lambda c: c.vleak, cell, vleak)
+            v = jax.vmap(lambda v, x, d: c.advance(v, x, 0.0, d))(v0, x, dt)
+            return jnp.sum(jnp.cos(2 * v))
+
+        gv, gdt = jax.jit(jax.grad(loss, argnums=(0, 1)))(cell.vleak, dt)
+        e = jnp.zeros_like(cell.vleak).at[2].set(1e-6)
+        np.testing.assert_allclose(gv[2], (loss(cell.vleak + e, dt) - loss(cell.vleak - e, dt))
+                                   / 2e-6, rtol=1e-6)
+        d = jnp.zeros_like(dt).at[1].set(1e-6)
+        np.testing.assert_allclose(gdt[1], (loss(cell.vleak, dt + d) - loss(cell.vleak, dt - d))
+                                   / 2e-6, rtol=1e-6)
+
+
+def test_sequences_ensembles_and_remat():
+    """A whole sequence model (scan over observations, optionally checkpointed) trains the same
+    with both kernels, and an ensemble (per-example parameters) takes the fallback path."""
+    from liquidjax.layers import LiquidRNN
+
+    cell = LTC(3, AutoNCP(9, 2, seed=4), ode_unfolds=2, key=jax.random.key(4))
+    xs = jax.random.normal(jax.random.key(5), (6, 7, 3))
+
+    def loss(rnn, remat):
+        run = jax.vmap(rnn)
+        if remat:
+            run = jax.checkpoint(run)
+        y, _ = run(xs)
+        return jnp.sum(jnp.tanh(y))
+
+    for remat in (False, True):
+        got = jax.jit(jax.grad(lambda r: loss(r, remat)))(LiquidRNN(cell))
+        ref = jax.jit(jax.grad(lambda r: loss(r, remat)))(LiquidRNN(cell.with_kernel("portable")))
+        _close(_grads(got), _grads(ref), 2e-6)
+
+    cells = [cell, eqx.tree_at(lambda c: c.vleak, cell, cell.vleak + 0.1)]
+    params, static = eqx.partition(cells, eqx.is_array)
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params)
+
+    def ens(stacked, kernel):
+        def one(p, x):
+            c = eqx.combine(p, static[0]).with_kernel(kernel)
+            return LiquidRNN(c)(x)[0]
+
+        return jnp.sum(jnp.tanh(jax.vmap(one)(stacked, xs[:2])))
+
+    _close(_grads(jax.jit(jax.grad(lambda s: ens(s, "auto")))(stacked)),
+           _grads(jax.jit(jax.grad(lambda s: ens(s, "portable")))(stacked)), 2e-6)
+
+
+def test_kernel_setting_is_checked_and_kept():
+    cell = LTC(2, 4, key=jax.random.key(0))
+    assert cell.kernel == "auto" and cell.with_kernel("portable").kernel == "portable"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        LTC(2, 4, kernel="cuda", key=jax.random.key(0))
+
+
+def _run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+CHECK = """
+import warnings, jax, jax.numpy as jnp
+from liquidjax import _native
+from liquidjax.cells import LTC
+cell = LTC(2, 4, key=jax.random.key(0))
+f = jax.jit(jax.grad(lambda c: jnp.sum(jax.vmap(lambda x: c.advance(c.init_state(), x, 0., 1.))(
+    jnp.ones((3, 2))))))
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    g = f(cell)
+print("available", _native.available(), "warnings", [str(x.message)[:60] for x in w],
+      "hlo_has_custom_call", "liquidjax_ltc" in f.lower(cell).as_text(), float(g.vleak[0]))
+"""
+
+
+def test_without_the_compiled_kernel_the_jax_path_runs():
+    """LIQUIDJAX_NATIVE=0: no custom call in the graph, same gradient; a failed build (no
+    compiler, nothing built) warns once, naming the cause, and falls back."""
+    on = _run_python(CHECK)
+    off = _run_python(CHECK, LIQUIDJAX_NATIVE="0")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert "available True" in on.stdout and "hlo_has_custom_call True" in on.stdout
+    assert "available False" in off.stdout and "hlo_has_custom_call False" in off.stdout
+    assert "warnings []" in off.stdout
+    g_on, g_off = float(on.stdout.split()[-1]), float(off.stdout.split()[-1])
+    assert abs(g_on - g_off) <= 1e-6 * max(1.0, abs(g_off))
+    # A build that cannot happen: point the library's candidates at an empty folder and the
+    # compiler at nothing.
+    broken = CHECK.replace(
+        "from liquidjax import _native\n",
+        "from liquidjax import _native\nimport tempfile, pathlib\n"
+        "d = pathlib.Path(tempfile.mkdtemp())\n"
+        "_native._candidates = lambda: [d / 'k.so']\n")
+    res = _run_python(broken, CXX="/nonexistent/c++")
+    assert res.returncode == 0, res.stderr
+    assert "available False" in res.stdout and "compiled CPU kernel for the LTC" in res.stdout
+    assert "hlo_has_custom_call False" in res.stdout
