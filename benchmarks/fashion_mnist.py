@@ -4,7 +4,7 @@ Each recipe is one `liquidjax train` command (so the figures are what a user get
 reads the run's `metrics.jsonl` and prints test accuracy, best validation accuracy and the time
 per epoch. Data: Debian's `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`).
 
-    python benchmarks/fashion_mnist.py                     # every recipe
+    python benchmarks/fashion_mnist.py                     # every image recipe
     python benchmarks/fashion_mnist.py --recipe cfc_rows   # one
     python benchmarks/fashion_mnist.py --quick             # 1 epoch each, 6k examples (smoke)
 
@@ -29,6 +29,7 @@ COMMON = ["--dataset", "fashion_mnist", "--data-dir", DATA, "--batch-size", "128
           "--progress", "plain"]
 
 # The recipes are liquidjax's own (liquidjax.recipes): the command line and this script share them.
+IMAGE_RECIPES = tuple(n for n, r in RECIPES.items() if r.data == "images")
 
 
 def run(name: str, out_root: Path, quick: bool) -> dict:
@@ -63,14 +64,14 @@ def run(name: str, out_root: Path, quick: bool) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recipe", action="append", choices=sorted(RECIPES))
+    ap.add_argument("--recipe", action="append", choices=sorted(IMAGE_RECIPES))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="runs/bench_fashion")
     args = ap.parse_args()
     if not Path(DATA).is_dir():
         print(f"{DATA} not found: apt-get install dataset-fashion-mnist", file=sys.stderr)
         return 1
-    results = [run(n, Path(args.out), args.quick) for n in args.recipe or RECIPES]
+    results = [run(n, Path(args.out), args.quick) for n in args.recipe or IMAGE_RECIPES]
     print("\n| recipe | epochs | test acc | best val acc | s / epoch (train) | devices |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:

@@ -7,7 +7,11 @@ to reach. The command line applies one with ``--recipe NAME`` (explicit flags st
 gets. Change a recipe's settings only together with its version.
 
 With no ``--recipe``, an image dataset read as sequences gets :data:`DEFAULT_IMAGE_RECIPE` (the
-best row-wise recipe measured); other datasets get the plain defaults (``--recipe none``).
+best row-wise recipe measured), ``--dataset ts`` gets the recipe of :data:`DEFAULT_TS_RECIPES`
+for its cell (the CfC and LTC measured on the UEA/UCR archives; other cells get the plain
+defaults); other datasets get the plain defaults (``--recipe none``). The data-dependent
+``--dataset ts`` settings (patch length, batch, epochs) are not part of a recipe: the command
+line derives them from the training file and prints them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +31,8 @@ class Recipe:
     - `summary`: one line for ``--help``.
     - `settings`: ``liquidjax train`` argument destinations -> values.
     - `measured`: what it reached, where (see BENCHMARKS.md).
+    - `data`: what it is for: ``"images"`` (read as sequences, or by a conv stem) or ``"ts"``
+      (``--dataset ts`` archives).
     """
 
     name: str
@@ -34,6 +40,7 @@ class Recipe:
     summary: str
     settings: Mapping[str, Any]
     measured: str
+    data: Literal["images", "ts"] = "images"
 
     def __post_init__(self):
         object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
@@ -81,6 +88,23 @@ _RECIPES = (
              weight_decay=0.05, label_smoothing=0.1, batch_size=128),
         "Fashion-MNIST: 93.96 % test in 2998 s of training",
     ),
+
+    Recipe(
+        "ts_cfc", 1,
+        "UEA/UCR archives: CfC-64 (backbone 128), read at its last state, lr 2e-3",
+        dict(kind="sequence", cell="cfc", units=64, readout="last", lr=2e-3),
+        "aeon UEA/UCR archives: the table in docs/time_series.md",
+        data="ts",
+    ),
+    Recipe(
+        "ts_ltc", 1,
+        "UEA/UCR archives: LTC-64 (slow initialisation) + mixed memory, read at its last "
+        "state, lr 1e-2",
+        dict(kind="sequence", cell="ltc", units=64, ltc_init="slow", mixed_memory=True,
+             readout="last", lr=1e-2),
+        "aeon UEA/UCR archives: the table in docs/time_series.md",
+        data="ts",
+    ),
 )
 
 RECIPES: Mapping[str, Recipe] = MappingProxyType({r.name: r for r in _RECIPES})
@@ -88,6 +112,9 @@ RECIPES: Mapping[str, Recipe] = MappingProxyType({r.name: r for r in _RECIPES})
 
 DEFAULT_IMAGE_RECIPE = "cfc_rows"
 """What ``liquidjax train`` runs on an image dataset when no ``--recipe`` is given."""
+
+DEFAULT_TS_RECIPES: Mapping[str, str] = MappingProxyType({"cfc": "ts_cfc", "ltc": "ts_ltc"})
+"""What ``liquidjax train --dataset ts`` runs, by ``--cell``, when no ``--recipe`` is given."""
 
 
 def get_recipe(name: str) -> Recipe:

@@ -228,6 +228,46 @@ def test_task_split_is_stratified_and_normalised_from_train_part():
     np.testing.assert_allclose(task.normalizer.mean, np.nanmean(fit_x, axis=(0, 1)), rtol=1e-5)
 
 
+def test_patches_match_a_loop_reference_on_irregular_unequal_series():
+    rng = np.random.default_rng(5)
+    n, length, c, p = 4, 11, 2, 3
+    lengths = np.array([11, 7, 1, 9])
+    x = rng.normal(size=(n, length, c))
+    x[rng.random(x.shape) < 0.2] = np.nan
+    dts = rng.uniform(0.2, 2.0, size=(n, length))
+    d = D.TimeSeriesData.from_arrays(x, np.array([0, 1, 0, 1]), timespans=dts, lengths=lengths)
+    out = D.patch_time_series(d, p)
+    steps = -(-length // p)
+    assert out.x.shape == (n, steps, p * c)
+    np.testing.assert_array_equal(out.lengths, [4, 3, 1, 3])
+    for i in range(n):
+        t = np.cumsum(dts[i, : lengths[i]])  # absolute times of the valid observations
+        ends = []
+        for k in range(out.lengths[i]):
+            for j in range(p):
+                src = k * p + j
+                want = x[i, src] if src < lengths[i] else np.full(c, np.nan)
+                np.testing.assert_array_equal(out.x[i, k, j * c:(j + 1) * c],
+                                              want.astype(np.float32))
+            ends.append(t[min(k * p + p, lengths[i]) - 1])
+        gaps = np.diff(np.concatenate([[0.0], ends]))  # time between the patches' ends
+        np.testing.assert_allclose(out.timespans[i, : out.lengths[i]], gaps, rtol=1e-5)
+    assert D.patch_time_series(d, 1) is d
+    # the task patches after the channel statistics and before the time unit
+    task = D.make_time_series_task(d, d, val_fraction=0.0, patch_length=p)
+    assert task.patch_length == p and task.input_size == 3 * p * c
+    np.testing.assert_allclose(task.normalizer.mean, np.nanmean(d.x[d.mask], axis=0), rtol=1e-5)
+    patched = out.timespans[out.mask]
+    np.testing.assert_allclose(task.time_scale, np.median(patched), rtol=1e-6)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="patch length must be a positive integer"):
+            D.patch_time_series(d, bad)
+    per_step = D.TimeSeriesData.from_arrays(x[:, :, :1], np.zeros((n, length), np.int64),
+                                            num_classes=2, lengths=lengths)
+    with pytest.raises(ValueError, match="sequence-level targets"):
+        D.patch_time_series(per_step, 2)
+
+
 # ------------------------------------------------------------------------------ missing values
 
 
@@ -540,8 +580,52 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert "test accuracy" in printed and "(loss" in printed
     assert main(["evaluate", str(out), "--split", "test", "--batch-size", "8"]) == 0
     assert "Wave" not in capsys.readouterr().err
+    header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
+    assert header["recipe"] == "ts_cfc@1"
+    assert header["data_config"]["patch_length"] == 1  # 8 observations at most: no patches
+    assert header["data_config"]["val_fraction"] == 0.0  # the whole training file trains
     assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path)]) == 2
     assert "--name NAME" in capsys.readouterr().err
     assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Nope",
                  "--out-dir", str(tmp_path / "r2"), "--cpu-devices", "1"]) == 1
     assert "Nope_TRAIN.ts" in capsys.readouterr().err
+
+
+def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path, capsys):
+    from liquidjax.cli import _with_recipe, build_parser, main
+
+    rng = np.random.default_rng(3)
+    lines = ["@problemName Long", "@univariate true", "@equalLength false",
+             "@classLabel true a b", "@data"]
+    for split, n in (("TRAIN", 8), ("TEST", 4)):
+        rows = [",".join(f"{v:.3f}" for v in rng.normal(size=70 - 3 * i)) + ":" + "ab"[i % 2]
+                for i in range(n)]
+        (tmp_path / f"Long_{split}.ts").write_text("\n".join(lines + rows) + "\n")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Long",
+                 "--epochs", "1", "--units", "4", "--backbone-units", "4", "--out-dir", str(out),
+                 "--progress", "none", "--cpu-devices", "1"]) == 0
+    err = capsys.readouterr().err
+    # the longest series (70 observations) in ceil(70 / 3) = 24 steps of 3
+    assert "patch length 3 (the longest training series, 70 observations, in 24 steps)" in err
+    assert "batch 8" in err and "no validation hold-out" in err and "recipe ts_cfc@1" in err
+    header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
+    assert header["data_config"]["patch_length"] == 3
+    assert header["model_config"]["input_size"] == 3 * 3  # [x, mask, delta] x 3 observations
+    assert main(["evaluate", str(out), "--batch-size", "4"]) == 0  # the header's patches
+    assert "test: accuracy" in capsys.readouterr().out
+
+    def resolved(*flags):
+        argv = ["train", "--dataset", "ts", *flags]
+        return _with_recipe(build_parser().parse_args(argv), argv)
+
+    ltc = resolved("--cell", "ltc")
+    assert (ltc.recipe, ltc.mixed_memory, ltc.lr) == ("ts_ltc@1", True, 1e-2)
+    assert resolved("--cell", "ltc", "--lr", "3e-3").lr == 3e-3  # explicit flags still win
+    assert resolved("--cell", "gruode").recipe == "none"
+    assert resolved("--patch-length", "5").patch_length == 5
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--dataset", "ts", "--patch-length", "0"])
+    assert exit_.value.code == 2
+    assert "--patch-length: expected 'auto' or an integer >= 1, got '0'" in (
+        capsys.readouterr().err)

@@ -46,6 +46,7 @@ from ._timeseries import (
     make_time_series_task as make_time_series_task,
     missing_value_features as missing_value_features,
     model_inputs as model_inputs,
+    patch_time_series as patch_time_series,
     split_time_series as split_time_series,
 )
 from ._ts_format import (

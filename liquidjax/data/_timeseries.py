@@ -352,6 +352,57 @@ def split_time_series(
     return data.take(np.flatnonzero(~held), "train"), data.take(np.flatnonzero(held), "val")
 
 
+# ------------------------------------------------------------------------------ patches
+def patch_time_series(data: TimeSeriesData, length: int) -> TimeSeriesData:
+    r"""Join every `length` consecutive observations into one step of ``length · C`` channels.
+
+    Step ``k`` of the result holds observations ``k·P … k·P + P − 1`` (``P = length``) side by
+    side, channel-major within each observation: channel ``j·C + c`` is channel ``c`` of the
+    ``j``-th observation of the patch. Its timespan is the time elapsed over the patch (the sum
+    of its observations' timespans), so absolute times are kept at the patches' last
+    observations. An example of ``n`` observations gets ``⌈n / P⌉`` steps; the missing tail of
+    its last patch is NaN (missing values, see :func:`missing_value_features`).
+
+    Why: a recurrent network read at its last state must carry information over every step; on
+    long, short-archive series (hundreds of observations, tens of training examples) it neither
+    fits nor generalises (``docs/time_series.md``), as image rows beat pixels for images. With
+    patches it reads a few dozen steps, each a short piece of the curve.
+
+    **Arguments:**
+    - `data`: a :class:`TimeSeriesData` with sequence-level targets.
+    - `length`: observations per step (``1``: `data` unchanged).
+
+    **Returns:** a :class:`TimeSeriesData` of shape ``(n, ⌈L / P⌉, P · C)``.
+
+    Example:
+        >>> d = TimeSeriesData.from_arrays(np.arange(5.0)[None, :, None], np.array([0]),
+        ...                                num_classes=2)
+        >>> p = patch_time_series(d, 2)
+        >>> p.x[0].tolist(), p.timespans[0].tolist()
+        ([[0.0, 1.0], [2.0, 3.0], [4.0, nan]], [2.0, 2.0, 1.0])
+    """
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 1:
+        raise ValueError(f"patch length must be a positive integer, got {length!r}")
+    length = int(length)
+    if length == 1:
+        return data
+    if data.per_step:
+        raise ValueError("patches need sequence-level targets: per-step targets would have to "
+                         "be joined too; use patch length 1")
+    n, steps, c = data.x.shape
+    padded = -(-steps // length) * length
+    x = np.full((n, padded, c), np.nan, np.float32)
+    x[:, :steps] = data.x
+    valid = np.arange(padded)[None, :] < data.lengths[:, None]
+    ts = np.zeros((n, padded), np.float32)
+    ts[:, :steps] = data.timespans
+    ts = np.where(valid, ts, 0.0).reshape(n, padded // length, length).sum(-1)
+    lengths = -(-data.lengths // length)
+    ts = np.where(np.arange(padded // length)[None, :] < lengths[:, None], ts, 1.0)
+    return dataclasses.replace(data, x=x.reshape(n, padded // length, length * c),
+                               timespans=ts, lengths=lengths)
+
+
 # ------------------------------------------------------------------------------ normalisation
 @dataclasses.dataclass(frozen=True, eq=False)
 class ChannelNormalizer:
@@ -482,6 +533,7 @@ class TimeSeriesTask:
     - `normalizer`: :class:`ChannelNormalizer` fitted on `train` only (or ``None``).
     - `missing`: how NaN reaches the model (see :func:`model_inputs`).
     - `time_scale`: the unit the timespans were divided by (see :func:`make_time_series_task`).
+    - `patch_length`: observations joined into one step (see :func:`patch_time_series`).
 
     Example:
         >>> task = load_ts_task("data/", "BasicMotions")  # doctest: +SKIP
@@ -496,6 +548,7 @@ class TimeSeriesTask:
     normalizer: ChannelNormalizer | None = None
     missing: MissingMode = "features"
     time_scale: float = 1.0
+    patch_length: int = 1
 
     @property
     def input_size(self) -> int:
@@ -535,6 +588,7 @@ def make_time_series_task(
     normalize: bool = True,
     normalize_time: bool = True,
     missing: MissingMode = "features",
+    patch_length: int = 1,
 ) -> TimeSeriesTask:
     """Hold out a validation split, fit the normalisation on what is left, apply it everywhere.
 
@@ -546,6 +600,9 @@ def make_time_series_task(
     - `normalize_time`: divide every timespan by the median valid timespan of the training part
       (so a typical gap is 1, whatever the unit of the time stamps; regular data is unchanged).
     - `missing`: ``"features"`` or ``"zero"`` (see :func:`model_inputs`).
+    - `patch_length`: join this many consecutive observations into one step
+      (:func:`patch_time_series`, after the channel normalisation and before the time
+      normalisation; default 1: none).
 
     **Returns:** a :class:`TimeSeriesTask`.
     """
@@ -559,9 +616,10 @@ def make_time_series_task(
     norm = ChannelNormalizer.fit(fit_part) if normalize else None
     if norm is not None:
         fit_part, val, test = norm(fit_part), norm(val), norm(test)
+    fit_part, val, test = (patch_time_series(d, patch_length) for d in (fit_part, val, test))
     scale = 1.0
     if normalize_time:
         scale = float(np.median(fit_part.timespans[fit_part.mask]))
         fit_part, val, test = (
             dataclasses.replace(d, timespans=d.timespans / scale) for d in (fit_part, val, test))
-    return TimeSeriesTask(fit_part, val, test, norm, missing, scale)
+    return TimeSeriesTask(fit_part, val, test, norm, missing, scale, patch_length)

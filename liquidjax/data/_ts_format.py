@@ -304,6 +304,7 @@ def load_ts_task(
     normalize: bool = True,
     normalize_time: bool = True,
     missing: MissingMode = "features",
+    patch_length: int = 1,
 ) -> TimeSeriesTask:
     """Read ``NAME_TRAIN.ts`` and ``NAME_TEST.ts`` from `folder` (or ``folder/NAME``) and build a
     :class:`TimeSeriesTask` (validation hold-out from the training file, normalisation from the
@@ -320,4 +321,4 @@ def load_ts_task(
     test = read_ts(test_path, class_names=train.class_names or None, split="test")
     return make_time_series_task(train, test, val_fraction=val_fraction, seed=seed,
                                  normalize=normalize, normalize_time=normalize_time,
-                                 missing=missing)
+                                 missing=missing, patch_length=patch_length)
