@@ -90,9 +90,11 @@ _RECIPES = (
     ),
 
     Recipe(
-        "ts_cfc", 1,
-        "UEA/UCR archives: CfC-64 (backbone 128), read at its last state, lr 2e-3",
-        dict(kind="sequence", cell="cfc", units=64, readout="last", lr=2e-3),
+        "ts_cfc", 2,
+        "UEA/UCR archives: CfC-64 (backbone 128) + mixed memory, read at its last state, "
+        "lr 2e-3",
+        dict(kind="sequence", cell="cfc", units=64, mixed_memory=True, readout="last",
+             lr=2e-3),
         "aeon UEA/UCR archives: the table in docs/time_series.md",
         data="ts",
     ),

@@ -581,7 +581,7 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert main(["evaluate", str(out), "--split", "test", "--batch-size", "8"]) == 0
     assert "Wave" not in capsys.readouterr().err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
-    assert header["recipe"] == "ts_cfc@1"
+    assert header["recipe"] == "ts_cfc@2"
     assert header["data_config"]["patch_length"] == 1  # 8 observations at most: no patches
     assert header["data_config"]["val_fraction"] == 0.0  # the whole training file trains
     assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path)]) == 2
@@ -608,7 +608,7 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
     err = capsys.readouterr().err
     # the longest series (70 observations) in ceil(70 / 3) = 24 steps of 3
     assert "patch length 3 (the longest training series, 70 observations, in 24 steps)" in err
-    assert "batch 8" in err and "no validation hold-out" in err and "recipe ts_cfc@1" in err
+    assert "batch 8" in err and "no validation hold-out" in err and "recipe ts_cfc@2" in err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
     assert header["data_config"]["patch_length"] == 3
     assert header["model_config"]["input_size"] == 3 * 3  # [x, mask, delta] x 3 observations
