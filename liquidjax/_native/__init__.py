@@ -135,17 +135,19 @@ def _attrs(unfolds, epsilon):
     return dict(unfolds=np.int64(unfolds), epsilon=np.float64(epsilon))
 
 
-def ltc_forward(p, x, v0, dt, *, layout, unfolds: int, epsilon: float):
+def ltc_forward(p, x, v0, dt, *, layout, unfolds: int, epsilon: float, keep: bool = True):
     """The batched forward (``x (I, B)``, ``v0 (N, B)``, ``dt (B,)``) → ``(v, vs, dens)``, as
-    :func:`liquidjax.cells._ltc_sparse._forward` with ``keep=True``."""
+    :func:`liquidjax.cells._ltc_sparse._forward`; with ``keep=False`` only ``v``."""
     import jax
 
     _require()
     n, b = v0.shape
     sds = functools.partial(jax.ShapeDtypeStruct, dtype=v0.dtype)
-    out = (sds((n, b)), sds((unfolds + 1, n, b)), sds((unfolds, n, b)))
+    k = 1 if keep else 0
+    out = (sds((n, b)), sds((k * (unfolds + 1), n, b)), sds((k * unfolds, n, b)))
     call = jax.ffi.ffi_call("liquidjax_ltc_forward", out, vmap_method="sequential")
-    return call(*p, *_indices(layout), x, v0, dt, **_attrs(unfolds, epsilon))
+    res = call(*p, *_indices(layout), x, v0, dt, **_attrs(unfolds, epsilon))
+    return res if keep else res[0]
 
 
 def ltc_backward(p, x, dt, vs, dens, g, *, layout, unfolds: int, epsilon: float):

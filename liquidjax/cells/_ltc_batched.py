@@ -62,8 +62,8 @@ def slot_params(p: LTCParams, layout: SynapseLayout) -> LTCSparseParams:
 
 
 # ------------------------------------------------------------------ batched forward / backward
-def _xla_forward(p, x, v0, dt, *, layout, unfolds, epsilon):
-    return _forward(p, layout, x, v0, dt, unfolds, epsilon, True)
+def _xla_forward(p, x, v0, dt, *, layout, unfolds, epsilon, keep=True):
+    return _forward(p, layout, x, v0, dt, unfolds, epsilon, keep)
 
 
 def _xla_backward(p, x, dt, vs, dens, g, *, layout, unfolds, epsilon):
@@ -84,7 +84,9 @@ def batched_step(p: LTCSparseParams, x, v0, dt, layout: SynapseLayout, unfolds: 
     """``unfolds`` fused semi-implicit LTC steps for a batch held batch-minor: ``x (I, B)``,
     ``v0 (N, B)``, ``dt (B,)`` → ``v (N, B)``, parameters shared by the batch. Its VJP returns
     the parameter gradients summed over the batch."""
-    return _fwd(p, x, v0, dt, layout, unfolds, epsilon)[0]
+    kw = dict(layout=layout, unfolds=unfolds, epsilon=epsilon, keep=False)
+    return _on_cpu_natively(functools.partial(_native.ltc_forward, **kw),
+                            functools.partial(_xla_forward, **kw), p, x, v0, dt)
 
 
 def _fwd(p, x, v0, dt, layout, unfolds, epsilon):
