@@ -222,16 +222,13 @@ inline void block_backward_impl(const Block<T>& b, const T* u, int64_t ld, const
       const T w = b.w[s], sig = b.sigma[s], m = b.mu[s], e = b.erev[s];
       const T* ui = u + b.pre[s] * ld;
       T* dui = du + b.pre[s] * ld;
-      // With sg = ½ + ½ t (t = tanh(σ (u − μ) / 2)): sg (1 − sg) = ¼ (1 − t²). The four
-      // parameter gradients are combinations of four lane sums.
-      const T w4 = T(0.25) * w;
+      // The four parameter gradients are combinations of four lane sums.
       T a_gn = 0, a_gd = 0, a_dzu = 0, a_dz = 0;
 #pragma omp simd reduction(+ : a_gn, a_gd, a_dzu, a_dz)
       for (int64_t l = 0; l < L; ++l) {
-        const T t = tanh_(T(0.5) * sig * (ui[l] - m));
-        const T sg = T(0.5) * t + T(0.5);
+        const T sg = sigmoid_(sig * (ui[l] - m));
         const T ds = gnj[l] * e + gdj[l];
-        const T dz = ds * w4 * (T(1) - t * t);
+        const T dz = ds * w * sg * (T(1) - sg);
         dui[l] += dz * sig;
         a_gn += gnj[l] * sg;
         a_gd += gdj[l] * sg;
