@@ -223,13 +223,17 @@ class CfC(AbstractCell):
         """The zero state ``(units,)`` in the parameters' dtype."""
         return jnp.zeros(self.state_size, self.ff1.weight.dtype)
 
-    def _masked(self, linear: eqx.nn.Linear, z: Array) -> Array:
+    def masked_weight(self, linear: eqx.nn.Linear) -> Array:
+        """``linear.weight`` with the sparsity mask applied (``ff1``/``ff2`` only)."""
         weight = linear.weight
         if self.sparsity_mask is not None:
             # `where`, not a product: masked weights get exactly zero gradient.
             weight = jnp.where(self.sparsity_mask.array, weight, jnp.zeros((), weight.dtype))
+        return weight
+
+    def _masked(self, linear: eqx.nn.Linear, z: Array) -> Array:
         assert linear.bias is not None
-        return weight @ z + linear.bias
+        return self.masked_weight(linear) @ z + linear.bias
 
     def advance(
         self,

@@ -1,0 +1,158 @@
+"""The CfC sequence fast path (``cells/_cfc_sequence.py``) held to the generic scan of
+``cell.advance``: values and gradients, float32 and float64, and the cases that fall back."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from liquidjax.cells import _cfc_sequence
+from liquidjax.cells._cfc import CfC
+from liquidjax.cells._lstm import MixedMemory
+from liquidjax.layers import LiquidRNN
+
+B, T, I, H, U = 3, 6, 5, 4, 7
+
+
+def _cast(tree, dtype):
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree
+    )
+
+
+def _reference(rnn: LiquidRNN, x, ts, h0):
+    """The generic path, written out: a scan of ``cell.advance`` and the readout."""
+    cell = rnn.cell
+
+    def step(h, inp):
+        xk, dt = inp
+        h = cell.advance(h, xk, 0.0, dt)
+        return h, h
+
+    h, hs = jax.lax.scan(step, h0, (x, ts))
+    read = (lambda s: s) if rnn.proj is None else rnn.proj
+    return (jax.vmap(read)(hs) if rnn.return_sequences else read(h)), h
+
+
+def _loss(run, args):
+    rnn, x, ts, h0 = args
+    ys, h = jax.vmap(run, in_axes=(None, 0, 0, 0))(rnn, x, ts, h0)
+    # Weights on every output so that each step's cotangent differs.
+    w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+    return jnp.sum(w * jnp.sin(ys)) + jnp.sum(h**2)
+
+
+def _with_remat(rnn: LiquidRNN) -> LiquidRNN:
+    return LiquidRNN(rnn.cell, rnn.proj, return_sequences=rnn.return_sequences, remat=True)
+
+
+def _layer(rnn: LiquidRNN, x, ts, h0):
+    return rnn(x, ts, state=h0)
+
+
+def _value_and_grads(run, args):
+    return eqx.filter_jit(eqx.filter_value_and_grad(lambda a: _loss(run, a)))(args)
+
+
+def _assert_close(got, want, rtol):
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.dtype == w.dtype and g.shape == w.shape
+        scale = np.max(np.abs(w))
+        assert scale > 0  # not vacuous: every compared gradient is non-zero
+        assert np.max(np.abs(g - w)) <= rtol * scale, (np.max(np.abs(g - w)) / scale, w.shape)
+
+
+def _problem(dtype, *, mode="default", activation="lecun_tanh", mask=False, proj=False,
+             return_sequences=True, seed=0):
+    k = jax.random.split(jax.random.key(seed), 6)
+    sparsity = None
+    if mask:
+        sparsity = np.asarray(jax.random.bernoulli(k[5], 0.5, (H, U)))
+    cell = CfC(I, H, mode=mode, activation=activation, backbone_units=U,
+               sparsity_mask=sparsity, key=k[0])
+    p = eqx.nn.Linear(H, 3, key=k[4]) if proj else None
+    rnn = _cast(LiquidRNN(cell, p, return_sequences=return_sequences), dtype)
+    x = jax.random.normal(k[1], (B, T, I), dtype)
+    ts = jax.random.uniform(k[2], (B, T), dtype, 0.1, 3.0)
+    h0 = 0.5 * jax.random.normal(k[3], (B, H), dtype)
+    return rnn, x, ts, h0
+
+
+_CASES = [
+    dict(mode="default"),
+    dict(mode="no_gate", activation="gelu", proj=True),
+    dict(mode="default", activation="relu", mask=True, return_sequences=False),
+    dict(mode="no_gate", activation="silu", return_sequences=False, proj=True),
+]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-6), (jnp.float64, 1e-12)])
+@pytest.mark.parametrize("case", _CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_fast_path_matches_generic(dtype, rtol, case):
+    with jax.enable_x64(dtype == jnp.float64):
+        args = _problem(dtype, **case)
+        rnn, x, _, h0 = args
+        assert _cfc_sequence.applies(rnn.cell, x[0], x[0, :, 0], h0[0])
+        fast = _value_and_grads(_layer, args)
+        ref = _value_and_grads(_reference, args)
+        _assert_close(fast, ref, rtol)  # loss, and d/d (weights, x, timespans, h0)
+
+
+def test_fast_path_is_taken_only_where_it_applies():
+    """Not vacuous: the hand-written VJP is in the graph of the plain call, and not with a mask,
+    remat, another mode, another backbone depth, mixed memory or mixed dtypes."""
+    rnn, x, ts, h0 = _problem(jnp.float32)
+    args = (x[0], ts[0])
+
+    def uses_fast_path(r, *a, **kw):
+        return "custom_vjp_call" in str(jax.make_jaxpr(lambda *b: r(*b, **kw))(*a))
+
+    assert uses_fast_path(rnn, *args)
+    assert not uses_fast_path(rnn, *args, mask=jnp.ones(T, bool))
+    assert not uses_fast_path(_with_remat(rnn), *args)
+    key = jax.random.key(0)
+    for cell in (CfC(I, H, mode="pure", backbone_units=U, key=key),
+                 CfC(I, H, backbone_units=U, backbone_layers=0, key=key),
+                 CfC(I, H, backbone_units=U, backbone_layers=2, key=key),
+                 MixedMemory(CfC(I, H, backbone_units=U, key=key), key=key)):
+        assert not uses_fast_path(LiquidRNN(cell), *args)
+    assert not uses_fast_path(rnn, x[0], ts[0].astype(jnp.float16))
+
+
+def test_fallbacks_match_generic():
+    """The mask and remat cases (generic path) agree with the fast path's unmasked run."""
+    with jax.enable_x64(True):
+        args = _problem(jnp.float64, proj=True)
+        rnn, x, ts, h0 = args
+        fast = _value_and_grads(_layer, args)
+        masked = _value_and_grads(lambda r, a, b, c: r(a, b, jnp.ones(T, bool), c), args)
+        remat = _value_and_grads(_layer, (_with_remat(rnn), x, ts, h0))
+        _assert_close(masked, fast, 1e-12)
+        _assert_close(remat, fast, 1e-12)
+
+
+def test_vmap_over_models_and_second_order():
+    """Batched weights (an ensemble under vmap) keep per-model gradients, and reverse-over-reverse
+    differentiation runs through the hand-written VJP (float64 against the generic path)."""
+    with jax.enable_x64(True):
+        rnn, x, ts, h0 = _problem(jnp.float64, proj=True)
+        rnns = eqx.filter_vmap(lambda s: _problem(jnp.float64, proj=True, seed=s)[0])(
+            jnp.arange(2))
+
+        def per_model(run):
+            grad = eqx.filter_grad(lambda r: _loss(run, (r, x, ts, h0)))
+            return eqx.filter_jit(eqx.filter_vmap(grad))(rnns)
+
+        _assert_close(per_model(_layer), per_model(_reference), 1e-12)
+
+        def second(run):
+            def inner(x):
+                g = eqx.filter_grad(lambda r: _loss(run, (r, x, ts, h0)))(rnn)
+                return jnp.sum(g.cell.ff1.weight ** 2) + jnp.sum(g.cell.backbone[0].weight ** 2)
+            return jax.jit(jax.grad(inner))(x)
+
+        _assert_close(second(_layer), second(_reference), 1e-12)
