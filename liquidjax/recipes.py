@@ -59,6 +59,15 @@ _RECIPES = (
         "Fashion-MNIST rows: 90.87 % test in 339 s of training (2 CPU cores)",
     ),
     Recipe(
+        "cfc_rows_fast", 1,
+        "CfC-64 + mixed memory on image rows, dropout 0.2, label smoothing 0.1, AdamW "
+        "(lr 3e-3, wd 0.05), 13 epochs (short budget: ncps's 90.2 % in <= 139 s is the aim)",
+        dict(kind="sequence", cell="cfc", units=64, mixed_memory=True, epochs=13, lr=3e-3,
+             dropout=0.2, weight_decay=0.05, label_smoothing=0.1, batch_size=128),
+        "Fashion-MNIST rows: 90.44 % test after 13 epochs (seed 0; seeds 1, 2: 90.13, "
+        "90.16 %); about 9-10 s/epoch estimated quiet (measured under load only)",
+    ),
+    Recipe(
         "ltc_rows", 1,
         "LTC-64 (fully connected, ncps initialisation) on image rows, lr 5e-3, 3 epochs",
         dict(kind="sequence", cell="ltc", units=64, ltc_init="ncps", epochs=3, lr=5e-3,

@@ -73,3 +73,37 @@ def test_ltc_slow_init_remembers_across_timespans():
         lj.LTC(3, 4, key=jax.random.key(0), init="xavier")
     cfg = ModelConfig(input_size=3, num_classes=2, cell="ltc")
     assert cfg.ltc_init == "slow"  # new models remember; ncps's ranges stay available
+
+
+def test_fast_recipe_is_a_budget_whose_schedule_ends_with_it():
+    # cfc_rows_fast trades model size for time: a smaller model than cfc_rows, and its
+    # warm-up + cosine schedule spans exactly its own epochs (it decays to zero at the end of
+    # the budget instead of being cut off at a high learning rate).
+    import equinox as eqx
+    import jax
+
+    from liquidjax import train as lt
+    from liquidjax.models import build_model
+
+    fast, full = RECIPES["cfc_rows_fast"].settings, RECIPES["cfc_rows"].settings
+    assert fast["epochs"] < full["epochs"] and fast["units"] < full["units"]
+
+    def params(name):
+        args = _parse(["train", "--dataset", "fashion_mnist", "--recipe", name])
+        values = config_values(args, ModelConfig)
+        values.update(input_size=28, num_classes=10, image_shape=(28, 28, 1),
+                      task="classification", target_size=1)
+        model = build_model(ModelConfig(**values), key=jax.random.key(0))
+        leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+        return args, sum(x.size for x in leaves)
+
+    args, n_fast = params("cfc_rows_fast")
+    _, n_full = params("cfc_rows")
+    assert n_fast < n_full / 2
+    steps = 54_000 // args.batch_size  # Fashion-MNIST training split after the 10 % hold-out
+    config = lt.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                            learning_rate=args.lr, label_smoothing=args.label_smoothing)
+    schedule = lt.make_schedule(config, config.epochs * steps)
+    lrs = [float(schedule(s)) for s in range(0, config.epochs * steps + 1)]
+    assert max(lrs) == pytest.approx(fast["lr"], rel=1e-3) and lrs[-1] == 0.0
+    assert float(schedule(config.epochs * steps - steps)) > 0.0  # still learning in the last epoch
