@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 import diffrax
@@ -20,6 +22,33 @@ _INTERPOLATIONS: tuple[str, ...] = literal_choices(Interpolation)
 
 def _where_tree(pred, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _remat_block(n: int) -> int:
+    """The inner length of a two-level checkpointed scan over ``n`` steps: the largest divisor
+    of ``n`` not above ``√n`` (1 when ``n`` is prime: one level)."""
+    for b in range(math.isqrt(n), 0, -1):
+        if n % b == 0:
+            return b
+    return 1
+
+
+def _scan_remat(step, h, xs, n: int):
+    """``lax.scan(step, h, xs)`` keeping O(√n) states for the backward pass instead of all n: the
+    steps run in blocks of ``b ≈ √n``; the backward pass keeps each block's initial state,
+    recomputes one block at a time keeping its ``b`` states, and one step at a time inside it."""
+    nothing = jax.checkpoint_policies.nothing_saveable
+    step = jax.checkpoint(step, policy=nothing)
+    b = _remat_block(n)
+    if b == 1:
+        return jax.lax.scan(step, h, xs)
+
+    def block(h, chunk):
+        return jax.lax.scan(step, h, chunk)
+
+    blocks = jax.tree_util.tree_map(lambda a: a.reshape((n // b, b) + a.shape[1:]), xs)
+    h, ys = jax.lax.scan(jax.checkpoint(block, policy=nothing), h, blocks)
+    return h, jax.tree_util.tree_map(lambda a: a.reshape((n,) + a.shape[2:]), ys)
 
 
 class LiquidRNN(eqx.Module):
@@ -49,9 +78,10 @@ class LiquidRNN(eqx.Module):
     - `check_solution`: check at run time that the state stays finite — an explicit solver
       (``diffrax.Euler()``) diverging on a stiff cell is reported with what to do, instead of
       returning NaN/inf outputs (``eqx.error_if``; on by default).
-    - `remat`: held inputs only — keep just the state per step for the backward pass and
-      recompute each step's internals (``jax.checkpoint``): training memory then grows by one
-      state per step, for about one extra forward pass of compute.
+    - `remat`: held inputs only — recompute instead of storing (``jax.checkpoint``): the
+      backward pass keeps one state per block of ≈ √L steps and, while it runs, one block's
+      states, so training memory grows as √L instead of L, for about two extra forward passes
+      of compute.
     - `readout_states`: output the hidden state itself (the liquid cell's ``h`` with mixed
       memory) instead of ``cell.output`` and `proj` — what :func:`liquidjax.inspect.hidden_states`
       uses.
@@ -243,9 +273,11 @@ class LiquidRNN(eqx.Module):
             y = self._readout(h_new)
             return h_new, (y if mk is None else jnp.where(mk, y, 0))
 
+        xs = (x, timespans, mask, keys)
         if self.remat:
-            step = jax.checkpoint(step, policy=jax.checkpoint_policies.nothing_saveable)
-        h, ys = jax.lax.scan(step, state, (x, timespans, mask, keys))
+            h, ys = _scan_remat(step, state, xs, n)
+        else:
+            h, ys = jax.lax.scan(step, state, xs)
         return (ys if self.return_sequences else self._readout(h)), h
 
     def _run_continuous(self, x, timespans, mask, state):

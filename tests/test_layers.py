@@ -262,3 +262,33 @@ def test_remat_gives_same_gradients_with_less_memory():
     for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert m1 < m0
+
+
+def test_remat_memory_grows_as_the_square_root_of_the_length():
+    """Two-level checkpointing: same outputs and gradients as no remat (per-step outputs, masks,
+    a prime length that cannot be blocked), and the backward's memory grows ≈ √L, not L."""
+    cell = LTC(3, 6, key=KEY)
+
+    def run(length, remat, masked=False, sequences=True):
+        x, ts = _data(2, length, seed=length)
+        mask = (jnp.arange(length) < length - 3)[None].repeat(2, 0) if masked else None
+        rnn = LiquidRNN(cell, remat=remat, return_sequences=sequences)
+
+        def loss(m):
+            ys, _ = jax.vmap(m)(x, ts, mask) if masked else jax.vmap(m)(x, ts)
+            return jnp.sum(jnp.sin(ys))
+
+        f = eqx.filter_jit(eqx.filter_value_and_grad(loss))
+        mem = f.lower(rnn).compile().compiled.memory_analysis().temp_size_in_bytes
+        return f(rnn), mem
+
+    for length, masked in ((36, True), (37, False)):  # 6 × 6 blocks; prime: one level
+        (v0, g0), _ = run(length, False, masked)
+        (v1, g1), _ = run(length, True, masked)
+        np.testing.assert_allclose(v1, v0, rtol=1e-6)
+        for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # (per-step outputs and their cotangents are as long as the sequence: the last output only)
+    _, short = run(100, True, sequences=False)
+    _, long = run(1600, True, sequences=False)
+    assert long < 6 * short, (short, long)  # 16× the length; linear growth would be ≈ 16×
