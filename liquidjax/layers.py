@@ -246,14 +246,14 @@ class LiquidRNN(eqx.Module):
         return out
 
     def _run_held(self, x, timespans, mask, state, key):
-        if mask is None and not self.remat and _cfc_sequence.applies(self.cell, x, timespans,
-                                                                      state):
+        if not self.remat and _cfc_sequence.applies(self.cell, x, timespans, state):
             # Same numbers as the scan below, arranged for speed (see _cfc_sequence).
-            hs = _cfc_sequence.held_sequence(self.cell, x, timespans, state)
+            hs = _cfc_sequence.held_sequence(self.cell, x, timespans, state, mask)
             h = hs[-1]
             if not self.return_sequences:
                 return self._readout(h), h
-            return jax.vmap(self._readout)(hs), h
+            ys = jax.vmap(self._readout)(hs)
+            return (ys if mask is None else jnp.where(mask[:, None], ys, 0)), h
         n = x.shape[0]
         keys = None if key is None else jax.random.split(key, n)
         zero = jnp.zeros((), timespans.dtype)

@@ -23,23 +23,27 @@ def _cast(tree, dtype):
     )
 
 
-def _reference(rnn: LiquidRNN, x, ts, h0):
-    """The generic path, written out: a scan of ``cell.advance`` and the readout."""
+def _reference(rnn: LiquidRNN, x, ts, h0, mask):
+    """The generic path, written out: a scan of ``cell.advance`` and the readout; a masked step
+    keeps the state and outputs zero."""
     cell = rnn.cell
+    mask = jnp.ones(x.shape[0], bool) if mask is None else mask
 
     def step(h, inp):
-        xk, dt = inp
-        h = cell.advance(h, xk, 0.0, dt)
+        xk, dt, m = inp
+        h = jnp.where(m, cell.advance(h, xk, 0.0, dt), h)
         return h, h
 
-    h, hs = jax.lax.scan(step, h0, (x, ts))
+    h, hs = jax.lax.scan(step, h0, (x, ts, mask))
     read = (lambda s: s) if rnn.proj is None else rnn.proj
-    return (jax.vmap(read)(hs) if rnn.return_sequences else read(h)), h
+    if not rnn.return_sequences:
+        return read(h), h
+    return jnp.where(mask[:, None], jax.vmap(read)(hs), 0), h
 
 
 def _loss(run, args):
-    rnn, x, ts, h0 = args
-    ys, h = jax.vmap(run, in_axes=(None, 0, 0, 0))(rnn, x, ts, h0)
+    rnn, x, ts, h0, mask = args
+    ys, h = jax.vmap(run, in_axes=(None, 0, 0, 0, 0))(rnn, x, ts, h0, mask)
     # Weights on every output so that each step's cotangent differs.
     w = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
     return jnp.sum(w * jnp.sin(ys)) + jnp.sum(h**2)
@@ -49,8 +53,8 @@ def _with_remat(rnn: LiquidRNN) -> LiquidRNN:
     return LiquidRNN(rnn.cell, rnn.proj, return_sequences=rnn.return_sequences, remat=True)
 
 
-def _layer(rnn: LiquidRNN, x, ts, h0):
-    return rnn(x, ts, state=h0)
+def _layer(rnn: LiquidRNN, x, ts, h0, mask):
+    return rnn(x, ts, mask, h0)
 
 
 def _value_and_grads(run, args):
@@ -66,11 +70,11 @@ def _assert_close(got, want, rtol):
         assert np.max(np.abs(g - w)) <= rtol * scale, (np.max(np.abs(g - w)) / scale, w.shape)
 
 
-def _problem(dtype, *, mode="default", activation="lecun_tanh", mask=False, proj=False,
-             return_sequences=True, seed=0):
+def _problem(dtype, *, mode="default", activation="lecun_tanh", sparse=False, proj=False,
+             return_sequences=True, steps_mask=False, seed=0):
     k = jax.random.split(jax.random.key(seed), 6)
     sparsity = None
-    if mask:
+    if sparse:
         sparsity = np.asarray(jax.random.bernoulli(k[5], 0.5, (H, U)))
     cell = CfC(I, H, mode=mode, activation=activation, backbone_units=U,
                sparsity_mask=sparsity, key=k[0])
@@ -79,14 +83,20 @@ def _problem(dtype, *, mode="default", activation="lecun_tanh", mask=False, proj
     x = jax.random.normal(k[1], (B, T, I), dtype)
     ts = jax.random.uniform(k[2], (B, T), dtype, 0.1, 3.0)
     h0 = 0.5 * jax.random.normal(k[3], (B, H), dtype)
-    return rnn, x, ts, h0
+    mask = None
+    if steps_mask:  # gaps inside and padding at the end; one example with no valid step
+        mask = jnp.asarray([[1, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], bool)
+        assert mask.shape == (B, T)
+    return rnn, x, ts, h0, mask
 
 
 _CASES = [
     dict(mode="default"),
     dict(mode="no_gate", activation="gelu", proj=True),
-    dict(mode="default", activation="relu", mask=True, return_sequences=False),
+    dict(mode="default", activation="relu", sparse=True, return_sequences=False),
     dict(mode="no_gate", activation="silu", return_sequences=False, proj=True),
+    dict(mode="default", activation="tanh", steps_mask=True, proj=True),
+    dict(mode="no_gate", steps_mask=True, sparse=True, return_sequences=False),
 ]
 
 
@@ -95,7 +105,7 @@ _CASES = [
 def test_fast_path_matches_generic(dtype, rtol, case):
     with jax.enable_x64(dtype == jnp.float64):
         args = _problem(dtype, **case)
-        rnn, x, _, h0 = args
+        rnn, x, _, h0, _ = args
         assert _cfc_sequence.applies(rnn.cell, x[0], x[0, :, 0], h0[0])
         fast = _value_and_grads(_layer, args)
         ref = _value_and_grads(_reference, args)
@@ -103,16 +113,16 @@ def test_fast_path_matches_generic(dtype, rtol, case):
 
 
 def test_fast_path_is_taken_only_where_it_applies():
-    """Not vacuous: the hand-written VJP is in the graph of the plain call, and not with a mask,
-    remat, another mode, another backbone depth, mixed memory or mixed dtypes."""
-    rnn, x, ts, h0 = _problem(jnp.float32)
+    """Not vacuous: the hand-written VJP is in the graph of the plain call (masked or not), and
+    not with remat, another mode, another backbone depth, mixed memory or mixed dtypes."""
+    rnn, x, ts, h0, _ = _problem(jnp.float32)
     args = (x[0], ts[0])
 
     def uses_fast_path(r, *a, **kw):
         return "custom_vjp_call" in str(jax.make_jaxpr(lambda *b: r(*b, **kw))(*a))
 
     assert uses_fast_path(rnn, *args)
-    assert not uses_fast_path(rnn, *args, mask=jnp.ones(T, bool))
+    assert uses_fast_path(rnn, *args, mask=jnp.ones(T, bool))
     assert not uses_fast_path(_with_remat(rnn), *args)
     key = jax.random.key(0)
     for cell in (CfC(I, H, mode="pure", backbone_units=U, key=key),
@@ -123,15 +133,13 @@ def test_fast_path_is_taken_only_where_it_applies():
     assert not uses_fast_path(rnn, x[0], ts[0].astype(jnp.float16))
 
 
-def test_fallbacks_match_generic():
-    """The mask and remat cases (generic path) agree with the fast path's unmasked run."""
+def test_remat_fallback_matches_fast_path():
+    """remat (the generic path) agrees with the fast path, with a mask."""
     with jax.enable_x64(True):
-        args = _problem(jnp.float64, proj=True)
-        rnn, x, ts, h0 = args
+        args = _problem(jnp.float64, proj=True, steps_mask=True)
+        rnn, x, ts, h0, mask = args
         fast = _value_and_grads(_layer, args)
-        masked = _value_and_grads(lambda r, a, b, c: r(a, b, jnp.ones(T, bool), c), args)
-        remat = _value_and_grads(_layer, (_with_remat(rnn), x, ts, h0))
-        _assert_close(masked, fast, 1e-12)
+        remat = _value_and_grads(_layer, (_with_remat(rnn), x, ts, h0, mask))
         _assert_close(remat, fast, 1e-12)
 
 
@@ -139,19 +147,19 @@ def test_vmap_over_models_and_second_order():
     """Batched weights (an ensemble under vmap) keep per-model gradients, and reverse-over-reverse
     differentiation runs through the hand-written VJP (float64 against the generic path)."""
     with jax.enable_x64(True):
-        rnn, x, ts, h0 = _problem(jnp.float64, proj=True)
+        rnn, x, ts, h0, mask = _problem(jnp.float64, proj=True)
         rnns = eqx.filter_vmap(lambda s: _problem(jnp.float64, proj=True, seed=s)[0])(
             jnp.arange(2))
 
         def per_model(run):
-            grad = eqx.filter_grad(lambda r: _loss(run, (r, x, ts, h0)))
+            grad = eqx.filter_grad(lambda r: _loss(run, (r, x, ts, h0, mask)))
             return eqx.filter_jit(eqx.filter_vmap(grad))(rnns)
 
         _assert_close(per_model(_layer), per_model(_reference), 1e-12)
 
         def second(run):
             def inner(x):
-                g = eqx.filter_grad(lambda r: _loss(run, (r, x, ts, h0)))(rnn)
+                g = eqx.filter_grad(lambda r: _loss(run, (r, x, ts, h0, mask)))(rnn)
                 return jnp.sum(g.cell.ff1.weight ** 2) + jnp.sum(g.cell.backbone[0].weight ** 2)
             return jax.jit(jax.grad(inner))(x)
 

@@ -2,7 +2,7 @@
 
 :class:`~liquidjax.layers.LiquidRNN` chooses it by itself (:func:`applies`) for a plain
 :class:`~liquidjax.cells.CfC` with one backbone layer in ``"default"`` or ``"no_gate"`` mode,
-without a mask or ``remat``; everything else goes through the generic ``lax.scan`` over
+without ``remat``; everything else goes through the generic ``lax.scan`` over
 ``cell.advance``, which stays the reference (``tests/test_cfc_sequence.py`` holds the two equal,
 values and gradients, float32 and float64).
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from ._cfc import CfC
 
@@ -44,9 +44,11 @@ def held_sequence(
     x: Float[Array, "time input"],
     timespans: Float[Array, " time"],
     h0: Float[Array, " units"],
+    mask: Bool[Array, " time"] | None = None,
 ) -> Float[Array, "time units"]:
     """The states ``h_1 .. h_T`` of ``cell`` over ``x`` held for ``timespans`` (one example);
-    equal to ``lax.scan`` of ``cell.advance``. Only where :func:`applies`."""
+    equal to ``lax.scan`` of ``cell.advance``; a masked step (``mask`` False) keeps the state.
+    Only where :func:`applies`."""
     (backbone,) = cell.backbone
     assert backbone.bias is not None
     w_x = backbone.weight[:, : cell.input_size]
@@ -57,7 +59,7 @@ def held_sequence(
                                cell.time_a.weight, cell.time_b.weight], axis=0)  # (4H, U)
     b_heads = jnp.concatenate([h.bias for h in (cell.ff1, cell.ff2, cell.time_a, cell.time_b)])
     return _recurrence(cell.activation, cell.mode == "no_gate", w_h, w_heads, b_heads, u_x,
-                       timespans, h0)
+                       timespans, h0, mask)
 
 
 def _gate(p, dt, no_gate):
@@ -69,31 +71,33 @@ def _gate(p, dt, no_gate):
     return ff1 * (1.0 - sigma) + sigma * ff2
 
 
-def _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, *, save: bool):
+def _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask, *, save: bool):
     def step(h, inp):
-        ux, dt = inp
+        ux, dt, m = inp
         u = w_h @ h + ux
         p = w_heads @ activation(u) + b_heads
         h_new = _gate(p, dt, no_gate)
+        if m is not None:
+            h_new = jnp.where(m, h_new, h)
         return h_new, ((h_new, u, p) if save else h_new)
 
-    _, out = jax.lax.scan(step, h0, (u_x, dts))
+    _, out = jax.lax.scan(step, h0, (u_x, dts, mask))
     return out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _recurrence(activation: Callable[[Array], Array], no_gate: bool, w_h, w_heads, b_heads, u_x,
-                dts, h0):
-    return _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, save=False)
+                dts, h0, mask):
+    return _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask, save=False)
 
 
-def _recurrence_fwd(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0):
-    hs, us, ps = _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, save=True)
-    return hs, (w_h, w_heads, dts, h0, hs, us, ps)
+def _recurrence_fwd(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask):
+    hs, us, ps = _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask, save=True)
+    return hs, (w_h, w_heads, dts, h0, mask, hs, us, ps)
 
 
 def _recurrence_bwd(activation, no_gate, res, ct_hs):
-    w_h, w_heads, dts, h0, hs, us, ps = res
+    w_h, w_heads, dts, h0, mask, hs, us, ps = res
     # Every local derivative depends on the saved pre-activations only: computed for all steps
     # at once, outside the loop. dp_t = coef_t * [dh_t, dh_t, dh_t, dh_t].
     f1, f2, ta, tb = jnp.split(ps, 4, axis=-1)
@@ -104,17 +108,22 @@ def _recurrence_bwd(activation, no_gate, res, ct_hs):
     d_ff2 = (1.0 - ff2 * ff2) * sigma
     d_pre = (ff2 if no_gate else ff2 - ff1) * sigma * (1.0 - sigma)  # d h' / d(ta dt + tb)
     coef = jnp.concatenate([d_ff1, d_ff2, d_pre * dt, d_pre], axis=-1)
+    if mask is not None:  # a masked step passes dh straight through, to nothing else
+        coef = jnp.where(mask[:, None], coef, 0)
     _, d_act = jax.jvp(activation, (us,), (jnp.ones_like(us),))
 
     def step(dh, inp):
-        ct, cf, da = inp
+        ct, cf, da, m = inp
         dh = dh + ct
         dp = jnp.tile(dh, 4) * cf
         du = (w_heads.T @ dp) * da
-        return w_h.T @ du, (dp, du)
+        dh_prev = w_h.T @ du
+        if m is not None:
+            dh_prev = jnp.where(m, dh_prev, dh)
+        return dh_prev, (dp, du)
 
     dh0, (dps, dus) = jax.lax.scan(
-        step, jnp.zeros_like(h0), (ct_hs, coef, d_act), reverse=True
+        step, jnp.zeros_like(h0), (ct_hs, coef, d_act, mask), reverse=True
     )
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     n = h0.shape[0]
@@ -122,7 +131,7 @@ def _recurrence_bwd(activation, no_gate, res, ct_hs):
     d_b_heads = jnp.sum(dps, axis=0)
     d_w_h = _weight_cotangent(w_h, dus, h_prev)
     d_dts = jnp.sum(dps[:, 3 * n :] * ta, axis=-1)
-    return d_w_h, d_w_heads, d_b_heads, dus, d_dts, dh0
+    return d_w_h, d_w_heads, d_b_heads, dus, d_dts, dh0, None
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
