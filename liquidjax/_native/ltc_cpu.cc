@@ -31,7 +31,9 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kChunk = 64;  // batch lanes processed together (a few SIMD vectors)
+// Batch lanes processed together: up to kChunk (a few SIMD vectors; also the row stride of the
+// per-chunk work arrays), fewer when that leaves a thread idle (chunk_size).
+constexpr int64_t kChunk = 64;
 
 // Runs body(worker, chunk) for every chunk in [0, chunks): the calling thread and up to
 // `workers - 1` tasks on XLA's intra-op thread pool take chunks from a shared counter until none
@@ -58,6 +60,15 @@ void parallel_chunks(ffi::ThreadPool* pool, int64_t chunks, int workers, F& body
       pool->Schedule([st, work] { work(st->worker.fetch_add(1)); });
   work(0);
   while (st->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
+}
+
+// The chunk size for a batch of B: kChunk, halved (down to 16 lanes) while that gives fewer chunks
+// than the pool has threads.
+int64_t chunk_size(ffi::ThreadPool* pool, int64_t B) {
+  const int64_t threads = pool == nullptr ? 1 : std::max<int64_t>(1, pool->num_threads());
+  int64_t cs = kChunk;
+  while (cs > 16 && (B + cs - 1) / cs < threads) cs /= 2;
+  return cs;
 }
 
 int workers_for(ffi::ThreadPool* pool, int64_t chunks) {
@@ -167,9 +178,9 @@ void forward(const Params<T>& p, const T* x, const T* v0, const T* dt, T* v, T* 
              int64_t B, int64_t U, T eps, ffi::ThreadPool* pool) {
   const int64_t N = p.n;
   const TanhForm<T> fr(p.rec, N), fs(p.sen, N);
-  const int64_t chunks = (B + kChunk - 1) / kChunk;
+  const int64_t cs = chunk_size(pool, B), chunks = (B + cs - 1) / cs;
   auto body = [&](int, int64_t c) {
-    const int64_t b0 = c * kChunk, L = std::min(kChunk, B - b0);
+    const int64_t b0 = c * cs, L = std::min(cs, B - b0);
     // Per-chunk work arrays, row stride kChunk.
     std::vector<T> cmt(N * kChunk), bnum(N * kChunk, T(0)), bden(N * kChunk, T(0)),
         num(N * kChunk), dn(N * kChunk), cur(N * kChunk), xin(p.inputs * kChunk);
@@ -249,8 +260,12 @@ inline void block_backward_impl(const Block<T>& b, const T* u, int64_t ld, const
 template <typename T>
 inline void block_backward(const Block<T>& b, const T* u, int64_t ld, const T* gn, const T* gd,
                            T* du, T* d_w, T* d_sigma, T* d_mu, T* d_erev, int64_t L) {
-  if (L == kChunk)
-    block_backward_impl<T, kChunk>(b, u, ld, gn, gd, du, d_w, d_sigma, d_mu, d_erev, L);
+  if (L == 64)
+    block_backward_impl<T, 64>(b, u, ld, gn, gd, du, d_w, d_sigma, d_mu, d_erev, L);
+  else if (L == 32)
+    block_backward_impl<T, 32>(b, u, ld, gn, gd, du, d_w, d_sigma, d_mu, d_erev, L);
+  else if (L == 16)
+    block_backward_impl<T, 16>(b, u, ld, gn, gd, du, d_w, d_sigma, d_mu, d_erev, L);
   else
     block_backward_impl<T, 0>(b, u, ld, gn, gd, du, d_w, d_sigma, d_mu, d_erev, L);
 }
@@ -271,7 +286,7 @@ void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T*
               const T* g, T* const outs[11], T* dx, T* dv0, T* ddt, int64_t B, int64_t U,
               ffi::ThreadPool* pool) {
   const int64_t N = p.n, I = p.inputs;
-  const int64_t chunks = (B + kChunk - 1) / kChunk;
+  const int64_t cs = chunk_size(pool, B), chunks = (B + cs - 1) / cs;
   const int nthreads = workers_for(pool, chunks);
   std::vector<Grads<T>> partial;
   partial.reserve(nthreads);
@@ -282,7 +297,7 @@ void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T*
         gd(N * kChunk), dnum(N * kChunk), dden(N * kChunk), dcmt(N * kChunk),
         v(N * kChunk), xin(I * kChunk), dxc(I * kChunk);
     {
-      const int64_t b0 = c * kChunk, L = std::min(kChunk, B - b0);
+      const int64_t b0 = c * cs, L = std::min(cs, B - b0);
       for (int64_t j = 0; j < N; ++j) {
         for (int64_t l = 0; l < L; ++l) {
           cmt[j * kChunk + l] = p.cm[j] / (dt[b0 + l] / T(U));
