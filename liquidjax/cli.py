@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--recipe", type=choice_arg(tuple(RECIPES) + ("none", "auto")), default="auto",
         help="a named, versioned recipe of settings (explicit flags override it): "
-        + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+        # argparse %-formats help texts: a summary's "%" must be doubled
+        + "; ".join(f"{r.name}: {r.summary}".replace("%", "%%") for r in RECIPES.values())
         + f". Default 'auto': {DEFAULT_IMAGE_RECIPE} for image datasets; for --dataset ts "
         + ", ".join(f"{v} with --cell {k}" for k, v in DEFAULT_TS_RECIPES.items())
         + "; none otherwise")
@@ -718,6 +719,15 @@ def _join_processes(coordinator: str, num_processes: int, process_id: int) -> st
     return None
 
 
+_TS_ONLY = ("--name", "--missing", "--patch-length")
+
+
+def _ts_only_flags(argv) -> list[str]:
+    """The --dataset ts options given on the command line (which other datasets would ignore)."""
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return [f for f in _TS_ONLY if f in given]
+
+
 def _with_recipe(args, argv):
     """Parse again with the recipe's settings as defaults, so explicit flags still win."""
     from .recipes import DEFAULT_IMAGE_RECIPE, DEFAULT_TS_RECIPES, get_recipe
@@ -749,6 +759,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 and the valid choices on bad usage
     if args.command == "train":
+        stray = _ts_only_flags(sys.argv[1:] if argv is None else argv)
+        if stray and args.dataset != "ts":
+            parser._subparsers._group_actions[0].choices["train"].error(  # type: ignore
+                f"{', '.join(stray)} appl{'ies' if len(stray) == 1 else 'y'} to --dataset ts "
+                f"only, not --dataset {args.dataset}: drop {'it' if len(stray) == 1 else 'them'}")
         args = _with_recipe(args, argv)
     from ._platform import use_cpu_cores
 
