@@ -229,9 +229,10 @@ class LiquidRNN(eqx.Module):
         return self._call(x, timespans, mask, state, key)
 
     def _call(self, x, timespans, mask, state, key):
+        unit_steps = timespans is None  # every Δt is 1, known at trace time
         x, timespans, mask, state = self._validate(x, timespans, mask, state)
         if self.interpolation == "hold":
-            out = self._run_held(x, timespans, mask, state, key)
+            out = self._run_held(x, timespans, mask, state, key, unit_steps)
         else:
             out = self._run_continuous(x, timespans, mask, state)
         if self.check_solution:
@@ -245,10 +246,11 @@ class LiquidRNN(eqx.Module):
             )
         return out
 
-    def _run_held(self, x, timespans, mask, state, key):
+    def _run_held(self, x, timespans, mask, state, key, unit_steps=False):
         if not self.remat and _cfc_sequence.applies(self.cell, x, timespans, state):
             # Same numbers as the scan below, arranged for speed (see _cfc_sequence).
-            hs = _cfc_sequence.held_sequence(self.cell, x, timespans, state, mask)
+            hs = _cfc_sequence.held_sequence(self.cell, x, None if unit_steps else timespans,
+                                             state, mask)
             h = hs[-1]
             if not self.return_sequences:
                 return self._readout(h), h

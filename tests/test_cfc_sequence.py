@@ -28,6 +28,7 @@ def _reference(rnn: LiquidRNN, x, ts, h0, mask):
     keeps the state and outputs zero."""
     cell = rnn.cell
     mask = jnp.ones(x.shape[0], bool) if mask is None else mask
+    ts = jnp.ones(x.shape[0], x.dtype) if ts is None else ts
 
     def step(h, inp):
         xk, dt, m = inp
@@ -71,7 +72,7 @@ def _assert_close(got, want, rtol):
 
 
 def _problem(dtype, *, mode="default", activation="lecun_tanh", sparse=False, proj=False,
-             return_sequences=True, steps_mask=False, seed=0):
+             return_sequences=True, steps_mask=False, unit_steps=False, seed=0):
     k = jax.random.split(jax.random.key(seed), 6)
     sparsity = None
     if sparse:
@@ -87,7 +88,7 @@ def _problem(dtype, *, mode="default", activation="lecun_tanh", sparse=False, pr
     if steps_mask:  # gaps inside and padding at the end; one example with no valid step
         mask = jnp.asarray([[1, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], bool)
         assert mask.shape == (B, T)
-    return rnn, x, ts, h0, mask
+    return rnn, x, (None if unit_steps else ts), h0, mask
 
 
 _CASES = [
@@ -97,6 +98,8 @@ _CASES = [
     dict(mode="no_gate", activation="silu", return_sequences=False, proj=True),
     dict(mode="default", activation="tanh", steps_mask=True, proj=True),
     dict(mode="no_gate", steps_mask=True, sparse=True, return_sequences=False),
+    dict(mode="default", unit_steps=True, proj=True),
+    dict(mode="no_gate", activation="relu", unit_steps=True, steps_mask=True, sparse=True),
 ]
 
 
@@ -107,6 +110,10 @@ def test_fast_path_matches_generic(dtype, rtol, case):
         args = _problem(dtype, **case)
         rnn, x, _, h0, _ = args
         assert _cfc_sequence.applies(rnn.cell, x[0], x[0, :, 0], h0[0])
+        # Not vacuous: the heads are stacked, three of them with unit steps (time_a + time_b).
+        heads = 3 if case.get("unit_steps") else 4
+        jaxpr = str(jax.make_jaxpr(_loss, static_argnums=0)(_layer, args))
+        assert f"[{heads * H},{U}]" in jaxpr and f"[{(7 - heads) * H},{U}]" not in jaxpr
         fast = _value_and_grads(_layer, args)
         ref = _value_and_grads(_reference, args)
         _assert_close(fast, ref, rtol)  # loss, and d/d (weights, x, timespans, h0)

@@ -10,7 +10,8 @@ The same numbers, arranged for the hardware:
 
 * the input part of the backbone, ``W_x x_t + b`` for all ``t``, is one matrix product before the
   time loop (its weight gradient one after it);
-* the four heads (``ff1``, ``ff2``, ``time_a``, ``time_b``) are one stacked ``(4H, U)`` product;
+* the four heads (``ff1``, ``ff2``, ``time_a``, ``time_b``) are one stacked ``(4H, U)`` product
+  (three, ``(3H, U)``, when every ``Δt`` is 1: ``timespans=None``);
 * a hand-written VJP for the recurrence: the backward scan carries only ``dh`` and does two
   small matrix-vector products per step; every weight gradient is one product over the whole
   sequence afterwards (over batch × time once ``vmap`` adds the batch), instead of one small
@@ -42,30 +43,40 @@ def applies(cell: object, x: Array, timespans: Array, state: object) -> bool:
 def held_sequence(
     cell: CfC,
     x: Float[Array, "time input"],
-    timespans: Float[Array, " time"],
+    timespans: Float[Array, " time"] | None,
     h0: Float[Array, " units"],
     mask: Bool[Array, " time"] | None = None,
 ) -> Float[Array, "time units"]:
     """The states ``h_1 .. h_T`` of ``cell`` over ``x`` held for ``timespans`` (one example);
     equal to ``lax.scan`` of ``cell.advance``; a masked step (``mask`` False) keeps the state.
-    Only where :func:`applies`."""
+    ``timespans=None`` means every ``Δt`` is 1: then ``time_a`` and ``time_b`` act as one head,
+    ``(W_a + W_b) z + b_a + b_b``. Only where :func:`applies`."""
     (backbone,) = cell.backbone
     assert backbone.bias is not None
     w_x = backbone.weight[:, : cell.input_size]
     w_h = backbone.weight[:, cell.input_size :]
     u_x = x @ w_x.T + backbone.bias  # (T, U): the whole sequence's input part in one product
     assert cell.ff2 is not None and cell.time_a is not None and cell.time_b is not None
-    w_heads = jnp.concatenate([cell.masked_weight(cell.ff1), cell.masked_weight(cell.ff2),
-                               cell.time_a.weight, cell.time_b.weight], axis=0)  # (4H, U)
-    b_heads = jnp.concatenate([h.bias for h in (cell.ff1, cell.ff2, cell.time_a, cell.time_b)])
+    ff = [cell.masked_weight(cell.ff1), cell.masked_weight(cell.ff2)]
+    ff_b = [cell.ff1.bias, cell.ff2.bias]
+    if timespans is None:
+        w_heads = jnp.concatenate([*ff, cell.time_a.weight + cell.time_b.weight])  # (3H, U)
+        b_heads = jnp.concatenate([*ff_b, cell.time_a.bias + cell.time_b.bias])
+    else:
+        w_heads = jnp.concatenate([*ff, cell.time_a.weight, cell.time_b.weight])  # (4H, U)
+        b_heads = jnp.concatenate([*ff_b, cell.time_a.bias, cell.time_b.bias])
     return _recurrence(cell.activation, cell.mode == "no_gate", w_h, w_heads, b_heads, u_x,
                        timespans, h0, mask)
 
 
 def _gate(p, dt, no_gate):
-    f1, f2, ta, tb = jnp.split(p, 4, axis=-1)
+    if dt is None:  # unit steps: the time heads are one
+        f1, f2, pre = jnp.split(p, 3, axis=-1)
+    else:
+        f1, f2, ta, tb = jnp.split(p, 4, axis=-1)
+        pre = ta * dt + tb
     ff1, ff2 = jnp.tanh(f1), jnp.tanh(f2)
-    sigma = jax.nn.sigmoid(ta * dt + tb)
+    sigma = jax.nn.sigmoid(pre)
     if no_gate:
         return ff1 + sigma * ff2
     return ff1 * (1.0 - sigma) + sigma * ff2
@@ -100,14 +111,19 @@ def _recurrence_bwd(activation, no_gate, res, ct_hs):
     w_h, w_heads, dts, h0, mask, hs, us, ps = res
     # Every local derivative depends on the saved pre-activations only: computed for all steps
     # at once, outside the loop. dp_t = coef_t * [dh_t, dh_t, dh_t, dh_t].
-    f1, f2, ta, tb = jnp.split(ps, 4, axis=-1)
+    if dts is None:
+        f1, f2, pre = jnp.split(ps, 3, axis=-1)
+    else:
+        f1, f2, ta, tb = jnp.split(ps, 4, axis=-1)
+        pre = ta * dts[:, None] + tb
     ff1, ff2 = jnp.tanh(f1), jnp.tanh(f2)
-    dt = dts[:, None]
-    sigma = jax.nn.sigmoid(ta * dt + tb)
+    sigma = jax.nn.sigmoid(pre)
     d_ff1 = (1.0 - ff1 * ff1) * (1.0 if no_gate else 1.0 - sigma)
     d_ff2 = (1.0 - ff2 * ff2) * sigma
     d_pre = (ff2 if no_gate else ff2 - ff1) * sigma * (1.0 - sigma)  # d h' / d(ta dt + tb)
-    coef = jnp.concatenate([d_ff1, d_ff2, d_pre * dt, d_pre], axis=-1)
+    heads = [d_ff1, d_ff2, d_pre] if dts is None else [d_ff1, d_ff2, d_pre * dts[:, None], d_pre]
+    coef = jnp.concatenate(heads, axis=-1)
+    k = len(heads)
     if mask is not None:  # a masked step passes dh straight through, to nothing else
         coef = jnp.where(mask[:, None], coef, 0)
     _, d_act = jax.jvp(activation, (us,), (jnp.ones_like(us),))
@@ -115,7 +131,7 @@ def _recurrence_bwd(activation, no_gate, res, ct_hs):
     def step(dh, inp):
         ct, cf, da, m = inp
         dh = dh + ct
-        dp = jnp.tile(dh, 4) * cf
+        dp = jnp.tile(dh, k) * cf
         du = (w_heads.T @ dp) * da
         dh_prev = w_h.T @ du
         if m is not None:
@@ -130,7 +146,7 @@ def _recurrence_bwd(activation, no_gate, res, ct_hs):
     d_w_heads = _weight_cotangent(w_heads, dps, activation(us))
     d_b_heads = jnp.sum(dps, axis=0)
     d_w_h = _weight_cotangent(w_h, dus, h_prev)
-    d_dts = jnp.sum(dps[:, 3 * n :] * ta, axis=-1)
+    d_dts = None if dts is None else jnp.sum(dps[:, 3 * n :] * ta, axis=-1)
     return d_w_h, d_w_heads, d_b_heads, dus, d_dts, dh0, None
 
 
