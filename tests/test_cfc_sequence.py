@@ -120,13 +120,13 @@ def test_fast_path_matches_generic(dtype, rtol, case):
 
 
 def test_fast_path_is_taken_only_where_it_applies():
-    """Not vacuous: the hand-written VJP is in the graph of the plain call (masked or not), and
+    """Not vacuous: the recurrence primitive is in the graph of the plain call (masked or not), and
     not with remat, another mode, another backbone depth, mixed memory or mixed dtypes."""
     rnn, x, ts, h0, _ = _problem(jnp.float32)
     args = (x[0], ts[0])
 
     def uses_fast_path(r, *a, **kw):
-        return "custom_vjp_call" in str(jax.make_jaxpr(lambda *b: r(*b, **kw))(*a))
+        return "liquidjax_cfc_recurrence" in str(jax.make_jaxpr(lambda *b: r(*b, **kw))(*a))
 
     assert uses_fast_path(rnn, *args)
     assert uses_fast_path(rnn, *args, mask=jnp.ones(T, bool))
@@ -171,3 +171,23 @@ def test_vmap_over_models_and_second_order():
             return jax.jit(jax.grad(inner))(x)
 
         _assert_close(second(_layer), second(_reference), 1e-12)
+
+
+def test_per_example_gradients_under_vmap_of_grad():
+    """``vmap(grad(...))`` with shared weights gives each example's own gradient (the batched
+    VJP that sums over the batch must not be used there): against a loop of single examples."""
+    rnn, x, ts, h0, mask = _problem(jnp.float32, steps_mask=True)
+
+    def one(r, xi, ti, hi, mi):
+        ys, h = _layer(r, xi, ti, hi, mi)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(h**2)
+
+    grad = eqx.filter_grad(one)
+    per_example = eqx.filter_jit(eqx.filter_vmap(grad, in_axes=(None, 0, 0, 0, 0)))(
+        rnn, x, ts, h0, mask)
+    got = per_example.cell.backbone[0].weight
+    assert got.shape[0] == x.shape[0]
+    for i in range(x.shape[0]):
+        ref = grad(rnn, x[i], ts[i], h0[i], mask[i]).cell.backbone[0].weight
+        np.testing.assert_allclose(got[i], ref, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got[0], got[1])  # really per example

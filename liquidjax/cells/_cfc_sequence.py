@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 from jaxtyping import Array, Bool, Float
 
 from ._cfc import CfC
@@ -96,19 +98,93 @@ def _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask, *, sav
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+# ------------------------------------------------------------------------------ the recurrence
+# `_recurrence` has per-example semantics but is a primitive, so that `jax.vmap` over the batch
+# reaches its batching rule first (under `grad(vmap(...))` batching runs before
+# differentiation): with shared weights that rule calls `_batched`, a custom-VJP function of the
+# whole batch whose backward computes every weight gradient as one product over batch × time —
+# the sum over the batch happens inside, instead of JAX materialising per-example gradients
+# `(B, m, n)` and summing them afterwards (XLA:CPU does not fold that sum). Everywhere else —
+# one example, `vmap(grad(...))` (per-example gradients), a vmap over models — the primitive
+# behaves as its per-example definition (a batch of one). Forward-mode AD is refused as for any
+# `jax.custom_vjp`.
 def _recurrence(activation: Callable[[Array], Array], no_gate: bool, w_h, w_heads, b_heads, u_x,
                 dts, h0, mask):
-    return _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask, save=False)
+    ops = [w_h, w_heads, b_heads, u_x, h0] + [a for a in (dts, mask) if a is not None]
+    return _recurrence_p.bind(*ops, activation=activation, no_gate=no_gate,
+                              has_dts=dts is not None, has_mask=mask is not None)
 
 
-def _recurrence_fwd(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask):
-    hs, us, ps = _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask, save=True)
+def _unpack(args, has_dts, has_mask):
+    w_h, w_heads, b_heads, u_x, h0, *rest = args
+    dts = rest.pop(0) if has_dts else None
+    mask = rest.pop(0) if has_mask else None
+    return w_h, w_heads, b_heads, u_x, h0, dts, mask
+
+
+def _one(*args, activation, no_gate, has_dts, has_mask):
+    """The per-example definition: a batch of one."""
+    w_h, w_heads, b_heads, u_x, h0, dts, mask = _unpack(args, has_dts, has_mask)
+    first = (lambda a: None if a is None else a[None])
+    return _batched(activation, no_gate, w_h, w_heads, b_heads, u_x[None], first(dts), h0[None],
+                    first(mask))[0]
+
+
+def _abstract_eval(*args, activation, no_gate, has_dts, has_mask):
+    del activation, no_gate
+    _, _, _, u_x, h0, _, _ = _unpack(args, has_dts, has_mask)
+    return jax.core.ShapedArray((u_x.shape[0], h0.shape[0]), h0.dtype)
+
+
+def _jvp(primals, tangents, **params):
+    tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
+    return jax.jvp(functools.partial(_one, **params), tuple(primals), tangents)
+
+
+def _batch(args, dims, *, activation, no_gate, has_dts, has_mask):
+    params = dict(activation=activation, no_gate=no_gate, has_dts=has_dts, has_mask=has_mask)
+    if any(d is not None for d in dims[:3]):  # per-model weights: nothing shared by the batch
+        return jax.vmap(functools.partial(_one, **params), in_axes=tuple(dims))(*args), 0
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    moved = [a if i < 3 else (jnp.broadcast_to(a, (size, *a.shape)) if d is None
+                              else jnp.moveaxis(a, d, 0))
+             for i, (a, d) in enumerate(zip(args, dims))]
+    w_h, w_heads, b_heads, u_x, h0, dts, mask = _unpack(moved, has_dts, has_mask)
+    return _batched(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask), 0
+
+
+_recurrence_p = Primitive("liquidjax_cfc_recurrence")
+_recurrence_p.def_abstract_eval(_abstract_eval)
+_recurrence_p.def_impl(lambda *args, **params: jax.jit(functools.partial(_one, **params))(*args))
+mlir.register_lowering(_recurrence_p, mlir.lower_fun(_one, multiple_results=False))
+ad.primitive_jvps[_recurrence_p] = _jvp
+batching.primitive_batchers[_recurrence_p] = _batch
+
+
+def _over_batch(fn, dts, mask, *args):
+    """``jax.vmap`` of a per-example ``fn(dts, mask, *args)`` over a batch (``None`` stays)."""
+    return jax.vmap(lambda d, m, *a: fn(d, m, *a),
+                    in_axes=(None if dts is None else 0, None if mask is None else 0)
+                    + (0,) * len(args))(dts, mask, *args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _batched(activation: Callable[[Array], Array], no_gate: bool, w_h, w_heads, b_heads, u_x,
+             dts, h0, mask):
+    """The recurrence of a batch (leading axis) sharing the weights: states ``(B, T, n)``."""
+    return _over_batch(lambda d, m, u, h: _scan(activation, no_gate, w_h, w_heads, b_heads, u, d,
+                                                h, m, save=False), dts, mask, u_x, h0)
+
+
+def _batched_fwd(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask):
+    hs, us, ps = _over_batch(lambda d, m, u, h: _scan(activation, no_gate, w_h, w_heads, b_heads,
+                                                      u, d, h, m, save=True), dts, mask, u_x, h0)
     return hs, (w_h, w_heads, dts, h0, mask, hs, us, ps)
 
 
-def _recurrence_bwd(activation, no_gate, res, ct_hs):
-    w_h, w_heads, dts, h0, mask, hs, us, ps = res
+def _cotangents(activation, no_gate, w_h, w_heads, dts, h0, mask, hs, us, ps, ct_hs):
+    """One example's backward scan: the cotangents of the head pre-activations ``dps``, of the
+    backbone pre-activations ``dus``, of the timespans and of ``h0``."""
     # Every local derivative depends on the saved pre-activations only: computed for all steps
     # at once, outside the loop. dp_t = coef_t * [dh_t, dh_t, dh_t, dh_t].
     if dts is None:
@@ -141,56 +217,23 @@ def _recurrence_bwd(activation, no_gate, res, ct_hs):
     dh0, (dps, dus) = jax.lax.scan(
         step, jnp.zeros_like(h0), (ct_hs, coef, d_act, mask), reverse=True
     )
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     n = h0.shape[0]
-    d_w_heads = _weight_cotangent(w_heads, dps, activation(us))
-    d_b_heads = jnp.sum(dps, axis=0)
-    d_w_h = _weight_cotangent(w_h, dus, h_prev)
     d_dts = None if dts is None else jnp.sum(dps[:, 3 * n :] * ta, axis=-1)
+    return dps, dus, d_dts, dh0
+
+
+def _batched_bwd(activation, no_gate, res, ct_hs):
+    w_h, w_heads, dts, h0, mask, hs, us, ps = res
+    dps, dus, d_dts, dh0 = _over_batch(
+        lambda d, m, *a: _cotangents(activation, no_gate, w_h, w_heads, d, h0=a[0], mask=m,
+                                     hs=a[1], us=a[2], ps=a[3], ct_hs=a[4]),
+        dts, mask, h0, hs, us, ps, ct_hs)
+    # Every weight gradient: one product contracting over batch × time.
+    h_prev = jnp.concatenate([h0[:, None], hs[:, :-1]], axis=1)
+    d_w_heads = jnp.einsum("btk,btu->ku", dps, activation(us))
+    d_b_heads = jnp.sum(dps, axis=(0, 1))
+    d_w_h = jnp.einsum("btu,btn->un", dus, h_prev)
     return d_w_h, d_w_heads, d_b_heads, dus, d_dts, dh0, None
 
 
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
-
-
-# The weight gradient sum_t a_t b_t^T of one example. Under `vmap` (the batch), JAX's rule for
-# `custom_vjp` would compute it per example, (B, m, n), and then sum over the batch, because the
-# weight is shared; XLA:CPU does not fold that sum into the product. The batching rule below
-# computes the sum directly, as one product contracting over batch × time, and returns it as
-# unbatched — exactly the cotangent that rule would have produced for an unbatched weight. `w`
-# is passed only so that the rule sees whether the weight itself is batched (e.g. a vmap over
-# models): then the cotangent stays per example.
-@jax.custom_vjp
-@jax.custom_batching.custom_vmap
-def _weight_cotangent(w, a, b):
-    del w
-    return a.T @ b
-
-
-@_weight_cotangent.def_vmap
-def _weight_cotangent_vmap(axis_size, in_batched, w, a, b):
-    w_batched, a_batched, b_batched = in_batched
-    if not w_batched and not a_batched and not b_batched:
-        return a.T @ b, False
-    if not a_batched:
-        a = jnp.broadcast_to(a, (axis_size, *a.shape))
-    if not b_batched:
-        b = jnp.broadcast_to(b, (axis_size, *b.shape))
-    if w_batched:
-        return jnp.einsum("ktm,ktn->kmn", a, b), True
-    # Batch and time flattened into one contraction: one GEMM.
-    a2 = a.reshape(-1, a.shape[-1])
-    b2 = b.reshape(-1, b.shape[-1])
-    return a2.T @ b2, False
-
-
-def _weight_cotangent_fwd(w, a, b):
-    return _weight_cotangent(w, a, b), (w, a, b)
-
-
-def _weight_cotangent_bwd(res, g):
-    w, a, b = res  # reverse mode through the custom batching rule (e.g. a Hessian)
-    return jnp.zeros_like(w), b @ g.T, a @ g
-
-
-_weight_cotangent.defvjp(_weight_cotangent_fwd, _weight_cotangent_bwd)
+_batched.defvjp(_batched_fwd, _batched_bwd)
