@@ -99,6 +99,7 @@ def test_fast_recipe_is_a_budget_whose_schedule_ends_with_it():
 
     args, n_fast = params("cfc_rows_fast")
     _, n_full = params("cfc_rows")
+    assert args.cpu_devices == 1  # a recipe setting that is not a model or training field
     assert n_fast < 0.6 * n_full
     steps = 54_000 // args.batch_size  # Fashion-MNIST training split after the 10 % hold-out
     config = lt.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
