@@ -6,7 +6,8 @@ to its pure-JAX reference everywhere else). The shared library is built by
 ``python -m liquidjax._native`` — which ``make`` runs when it sets up the environment — with the
 system's C++ compiler (``$CXX``, else ``g++``) against the headers JAX ships, next to the source
 (or in ``$XDG_CACHE_HOME/liquidjax`` when the package folder is read-only). Its name carries a
-hash of the source, the flags and the jaxlib version, so an edit or an upgrade rebuilds it.
+hash of the source, the flags, the jaxlib version and the CPU's feature flags (it is built with
+``-march=native``), so an edit, an upgrade or another machine rebuilds it.
 
 If it is missing at first use it is built then (a couple of seconds). If it cannot be built (no
 compiler), the LTC runs its pure-JAX kernel — the same numbers, slower — and one
@@ -42,12 +43,28 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
+def _cpu_features() -> bytes:
+    """The CPU's feature flags (``-march=native`` builds for them): a library built on another
+    machine sharing this folder is not loaded here."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            for line in f:
+                if line.startswith((b"flags", b"Features")):
+                    return line
+    except OSError:
+        pass
+    import platform
+
+    return f"{platform.machine()} {platform.processor()}".encode()
+
+
 def _tag() -> str:
     import jaxlib
 
     h = hashlib.sha256(SOURCE.read_bytes())
     h.update(" ".join(FLAGS).encode())
     h.update(jaxlib.__version__.encode())
+    h.update(_cpu_features())
     return h.hexdigest()[:16]
 
 
