@@ -49,7 +49,9 @@ DEFAULT_PAIRS = ("cfc", "ltc:fused", "ltc:tsit5", "ctrnn:euler", "ctrnn:tsit5", 
                  "gruode:tsit5", "odernn:tsit5", "grud", "ncde:tsit5")
 
 
-def _task(name: str, quick: bool):
+def _task(name: str, quick: bool, features: bool = False):
+    """The task's data; `features`: missing values as GRU-D features ``[x̃ | m | δ]`` (what
+    ``grud`` reads) even where nothing is missing."""
     import liquidjax.data as D
 
     n_train, n_test = (128, 64) if quick else (2048, 512)
@@ -58,7 +60,8 @@ def _task(name: str, quick: bool):
         train, test = D.event_xor(n_train, seed=0, max_length=length), D.event_xor(
             n_test, seed=1, max_length=length)
         return D.make_time_series_task(train, test, val_fraction=0.0, normalize=False,
-                                       normalize_time=False, missing="zero")
+                                       normalize_time=False,
+                                       missing="features" if features else "zero")
     if name == "oscillators":
         kw = {"channels": 3, "min_length": 8, "max_length": 16 if quick else 48, "missing": 0.5}
         train = D.irregular_oscillators(n_train, seed=0, **kw)
@@ -125,8 +128,12 @@ def main(argv=None) -> int:
     epochs = args.epochs or (2 if args.quick else 20)
     rows = []
     for task_name in args.tasks.split(","):
-        task = _task(task_name, args.quick)
+        tasks = {}
         for pair in args.cells.split(","):
+            features = pair.partition(":")[0] == "grud"  # GRU-D reads [x̃ | m | δ] triples
+            if features not in tasks:
+                tasks[features] = _task(task_name, args.quick, features)
+            task = tasks[features]
             r = run_pair(task_name, task, pair, units=args.units, epochs=epochs,
                          batch=args.batch_size)
             rows.append(r)
