@@ -25,10 +25,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
 from jaxtyping import Array, Bool, Float
 
+from .._batching import batch_aware_primitive
 from ._cfc import CfC
 
 _FAST_MODES = ("default", "no_gate")
@@ -99,15 +98,11 @@ def _scan(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask, *, sav
 
 
 # ------------------------------------------------------------------------------ the recurrence
-# `_recurrence` has per-example semantics but is a primitive, so that `jax.vmap` over the batch
-# reaches its batching rule first (under `grad(vmap(...))` batching runs before
-# differentiation): with shared weights that rule calls `_batched`, a custom-VJP function of the
-# whole batch whose backward computes every weight gradient as one product over batch × time —
-# the sum over the batch happens inside, instead of JAX materialising per-example gradients
-# `(B, m, n)` and summing them afterwards (XLA:CPU does not fold that sum). Everywhere else —
-# one example, `vmap(grad(...))` (per-example gradients), a vmap over models — the primitive
-# behaves as its per-example definition (a batch of one). Forward-mode AD is refused as for any
-# `jax.custom_vjp`.
+# `_recurrence` has per-example semantics but is a batch-aware primitive (liquidjax._batching):
+# under `grad(vmap(...))` with shared weights its batching rule calls `_batched`, a custom-VJP
+# function of the whole batch whose backward computes every weight gradient as one product over
+# batch × time, instead of JAX materialising per-example gradients `(B, m, n)` and summing them
+# afterwards (XLA:CPU does not fold that sum). Elsewhere it is its per-example definition.
 def _recurrence(activation: Callable[[Array], Array], no_gate: bool, w_h, w_heads, b_heads, u_x,
                 dts, h0, mask):
     ops = [w_h, w_heads, b_heads, u_x, h0] + [a for a in (dts, mask) if a is not None]
@@ -136,29 +131,13 @@ def _abstract_eval(*args, activation, no_gate, has_dts, has_mask):
     return jax.core.ShapedArray((u_x.shape[0], h0.shape[0]), h0.dtype)
 
 
-def _jvp(primals, tangents, **params):
-    tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
-    return jax.jvp(functools.partial(_one, **params), tuple(primals), tangents)
+def _batched_call(weights, data, *, activation, no_gate, has_dts, has_mask):
+    w_h, w_heads, b_heads, u_x, h0, dts, mask = _unpack([*weights, *data], has_dts, has_mask)
+    return _batched(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask)
 
 
-def _batch(args, dims, *, activation, no_gate, has_dts, has_mask):
-    params = dict(activation=activation, no_gate=no_gate, has_dts=has_dts, has_mask=has_mask)
-    if any(d is not None for d in dims[:3]):  # per-model weights: nothing shared by the batch
-        return jax.vmap(functools.partial(_one, **params), in_axes=tuple(dims))(*args), 0
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    moved = [a if i < 3 else (jnp.broadcast_to(a, (size, *a.shape)) if d is None
-                              else jnp.moveaxis(a, d, 0))
-             for i, (a, d) in enumerate(zip(args, dims))]
-    w_h, w_heads, b_heads, u_x, h0, dts, mask = _unpack(moved, has_dts, has_mask)
-    return _batched(activation, no_gate, w_h, w_heads, b_heads, u_x, dts, h0, mask), 0
-
-
-_recurrence_p = Primitive("liquidjax_cfc_recurrence")
-_recurrence_p.def_abstract_eval(_abstract_eval)
-_recurrence_p.def_impl(lambda *args, **params: jax.jit(functools.partial(_one, **params))(*args))
-mlir.register_lowering(_recurrence_p, mlir.lower_fun(_one, multiple_results=False))
-ad.primitive_jvps[_recurrence_p] = _jvp
-batching.primitive_batchers[_recurrence_p] = _batch
+_recurrence_p = batch_aware_primitive("liquidjax_cfc_recurrence", n_shared=3, one=_one,
+                                      batched=_batched_call, out_aval=_abstract_eval)
 
 
 def _over_batch(fn, dts, mask, *args):

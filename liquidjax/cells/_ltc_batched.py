@@ -39,10 +39,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import Primitive
-from jax.interpreters import ad, batching, mlir
 
 from .. import _native
+from .._batching import batch_aware_primitive
 from ._ltc_kernel import LTCParams
 from ._ltc_sparse import LTCSparseParams, SynapseLayout, _backward, _forward, sparse_params
 
@@ -111,7 +110,6 @@ batched_step.defvjp(_fwd, _bwd)
 
 
 # ------------------------------------------------------------------------------ the primitive
-ltc_step_p = Primitive("liquidjax_ltc_step")
 _N_PARAMS = len(LTCSparseParams._fields)
 
 
@@ -127,36 +125,13 @@ def _abstract_eval(*args, layout, unfolds, epsilon):
     return jax.core.ShapedArray(v0.shape, v0.dtype)
 
 
-def _jvp(primals, tangents, **params):
-    tangents = tuple(ad.instantiate_zeros(t) for t in tangents)
-    return jax.jvp(functools.partial(_one, **params), tuple(primals), tangents)
+def _batched(params, data, *, layout, unfolds, epsilon):
+    x, v0, dt = data  # batch first → the kernel's batch-minor layout
+    return batched_step(LTCSparseParams(*params), x.T, v0.T, dt, layout, unfolds, epsilon).T
 
 
-def _batch(args, dims, *, layout, unfolds, epsilon):
-    params = dict(layout=layout, unfolds=unfolds, epsilon=epsilon)
-    if any(d is not None for d in dims[:_N_PARAMS]):
-        # Per-example parameters (an ensemble): no synapse block is shared by the batch.
-        return jax.vmap(functools.partial(_one, **params), in_axes=tuple(dims))(*args), 0
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-
-    def batch_minor(a, d, ndim):  # → batch last
-        if d is None:
-            return jnp.broadcast_to(a[..., None], a.shape + (size,)) if ndim else \
-                jnp.broadcast_to(a, (size,))
-        return jnp.moveaxis(a, d, -1)
-
-    x, v0, dt = (batch_minor(a, d, nd) for a, d, nd in
-                 zip(args[_N_PARAMS:], dims[_N_PARAMS:], (1, 1, 0)))
-    p = LTCSparseParams(*args[:_N_PARAMS])
-    return batched_step(p, x, v0, dt, layout, unfolds, epsilon).T, 0
-
-
-ltc_step_p.def_abstract_eval(_abstract_eval)
-ltc_step_p.def_impl(lambda *args, **params: jax.jit(
-    functools.partial(_one, **params))(*args))
-mlir.register_lowering(ltc_step_p, mlir.lower_fun(_one, multiple_results=False))
-ad.primitive_jvps[ltc_step_p] = _jvp
-batching.primitive_batchers[ltc_step_p] = _batch
+ltc_step_p = batch_aware_primitive("liquidjax_ltc_step", n_shared=_N_PARAMS, one=_one,
+                                   batched=_batched, out_aval=_abstract_eval)
 
 
 def ltc_step(p: LTCParams, x, v0, dt, layout: SynapseLayout | None, unfolds: int,
