@@ -432,43 +432,43 @@ ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::RemainingArgs args, ffi::Re
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                   int64_t unfolds, double epsilon) {
+// Runs run(T{}) for the arguments' float type T.
+template <typename F>
+ffi::Error by_dtype(const ffi::RemainingArgs& args, F&& run) {
   auto first = args.get<ffi::AnyBuffer>(0);
   if (!first.has_value()) return first.error();
   switch (first->element_type()) {
-    case ffi::DataType::F32: return forward_impl<float>(&pool, args, rets, unfolds, epsilon);
-    case ffi::DataType::F64: return forward_impl<double>(&pool, args, rets, unfolds, epsilon);
+    case ffi::DataType::F32: return run(float{});
+    case ffi::DataType::F64: return run(double{});
     default: return ffi::Error::InvalidArgument("liquidjax LTC kernel: float32 or float64 only");
   }
 }
 
+ffi::Error Forward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                   int64_t unfolds, double epsilon) {
+  return by_dtype(args, [&](auto zero) {
+    return forward_impl<decltype(zero)>(&pool, args, rets, unfolds, epsilon);
+  });
+}
+
 ffi::Error Backward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                    int64_t unfolds, double epsilon) {
-  (void)epsilon;  // the stored denominators already include it
-  auto first = args.get<ffi::AnyBuffer>(0);
-  if (!first.has_value()) return first.error();
-  switch (first->element_type()) {
-    case ffi::DataType::F32: return backward_impl<float>(&pool, args, rets, unfolds);
-    case ffi::DataType::F64: return backward_impl<double>(&pool, args, rets, unfolds);
-    default: return ffi::Error::InvalidArgument("liquidjax LTC kernel: float32 or float64 only");
-  }
+                    int64_t unfolds, double /*epsilon: in the stored denominators*/) {
+  return by_dtype(args, [&](auto zero) {
+    return backward_impl<decltype(zero)>(&pool, args, rets, unfolds);
+  });
+}
+
+// Both handlers: XLA's thread pool, the arrays, and the two attributes.
+auto binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .RemainingArgs()
+      .RemainingRets()
+      .Attr<int64_t>("unfolds")
+      .Attr<double>("epsilon");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxLtcForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("unfolds")
-                                  .Attr<double>("epsilon"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxLtcBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("unfolds")
-                                  .Attr<double>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxLtcForward, Forward, binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxLtcBackward, Backward, binding());

@@ -142,8 +142,7 @@ _recurrence_p = batch_aware_primitive("liquidjax_cfc_recurrence", n_shared=3, on
 
 def _over_batch(fn, dts, mask, *args):
     """``jax.vmap`` of a per-example ``fn(dts, mask, *args)`` over a batch (``None`` stays)."""
-    return jax.vmap(lambda d, m, *a: fn(d, m, *a),
-                    in_axes=(None if dts is None else 0, None if mask is None else 0)
+    return jax.vmap(fn, in_axes=(None if dts is None else 0, None if mask is None else 0)
                     + (0,) * len(args))(dts, mask, *args)
 
 
