@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--missing", type=choice_arg(MISSING_MODES), default="features",
                    help="--dataset ts: how missing values (NaN, '?') reach the model: features "
                         "(last observation carried forward + observation mask + time since the "
-                        "last observation, GRU-D style; default) or zero")
+                        "last observation, GRU-D style; causal; default), path (each channel "
+                        "linearly interpolated through its observations + observation mask; "
+                        "reads ahead to the next observation) or zero")
     g.add_argument("--sequence", type=choice_arg(SEQUENCE_MODES), default="rows",
                    help="how images become sequences: rows, pixels or patches (default rows)")
     g.add_argument("--patch-size", type=pos, default=4, help="patch size for --sequence patches")
@@ -764,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
             parser._subparsers._group_actions[0].choices["train"].error(  # type: ignore
                 f"{', '.join(stray)} appl{'ies' if len(stray) == 1 else 'y'} to --dataset ts "
                 f"only, not --dataset {args.dataset}: drop {'it' if len(stray) == 1 else 'them'}")
+        if args.dataset == "ts" and args.cell == "grud" and args.missing != "features":
+            parser._subparsers._group_actions[0].choices["train"].error(  # type: ignore
+                f"--cell grud reads the GRU-D inputs [x~ | m | delta]: use --missing features "
+                f"(got --missing {args.missing})")
         args = _with_recipe(args, argv)
     from ._platform import use_cpu_cores
 

@@ -83,6 +83,8 @@ def _run_main(argv, capsys):
      "--patch-length applies to --dataset ts only, not --dataset mnist: drop it"),
     (["train", "--name", "GunPoint", "--missing=zero"],
      "--name, --missing apply to --dataset ts only, not --dataset cifar10: drop them"),
+    (["train", "--dataset", "ts", "--cell", "grud", "--missing", "path"],
+     "--cell grud reads the GRU-D inputs [x~ | m | delta]: use --missing features"),
     (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2"],
      "a multi-host run needs --coordinator HOST:PORT, --num-processes N and --process-id I"),
     (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],

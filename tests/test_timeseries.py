@@ -311,6 +311,53 @@ def test_missing_value_features_match_the_grud_definition():
     np.testing.assert_allclose(got[2, :3, 1], 0)
 
 
+def _path_reference(times, x, lengths):
+    """``np.interp`` per example and channel over the observed points; 0 if none; 0 padding."""
+    n, length, c = x.shape
+    out = np.zeros((n, length, 2 * c))
+    for i in range(n):
+        k = lengths[i]
+        for d in range(c):
+            seen = ~np.isnan(x[i, :k, d])
+            if seen.any():
+                out[i, :k, d] = np.interp(times[i, :k], times[i, :k][seen], x[i, :k, d][seen])
+            out[i, :k, c + d] = seen
+    return out
+
+
+def test_missing_value_path_matches_np_interp_per_channel():
+    rng = np.random.default_rng(3)
+    n, length, c = 5, 9, 3
+    x = rng.normal(size=(n, length, c))
+    x[rng.random(x.shape) < 0.5] = np.nan
+    x[0, :, 1] = np.nan  # a channel never observed
+    x[1] = np.nan
+    x[1, 4, 2] = -0.7  # a sequence with a single observation (in one channel)
+    lengths = np.array([9, 6, 9, 3, 7])  # unequal lengths
+    times = np.cumsum(rng.uniform(0.1, 3.0, (n, length)), axis=1) + 10.0
+    valid = np.arange(length)[None] < lengths[:, None]
+    ref = _path_reference(times, x, lengths)
+    # Absolute times and the equivalent gaps give the same path (only differences matter).
+    by_times = D.TimeSeriesData.from_arrays(x, np.zeros(n, int), times=np.where(valid, times,
+                                            np.nan), lengths=lengths, num_classes=2)
+    gaps = np.diff(times, axis=1, prepend=0.0)
+    by_gaps = D.TimeSeriesData.from_arrays(x, np.zeros(n, int), timespans=gaps,
+                                           lengths=lengths, num_classes=2)
+    for d in (by_times, by_gaps):
+        got = D.model_inputs(d, "path")
+        assert got.shape == (n, length, 2 * c) and not np.isnan(got).any()
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[0, :, 1], 0)  # never observed: 0
+    np.testing.assert_allclose(got[1, :6, 2], -0.7)  # one observation: constant
+    np.testing.assert_array_equal(got[1, :6, :2], 0)
+    np.testing.assert_array_equal(got[~valid], 0)  # padding
+    # Not vacuous: on some missing values the path differs from the last observation carried
+    # forward (it interpolates towards the next one).
+    locf = D.model_inputs(by_gaps, "features")[..., :c]
+    assert np.sum(np.abs(got[..., :c] - locf) > 1e-3) > 5
+    assert D.input_channels(c, "path") == 2 * c
+
+
 # ------------------------------------------------------------------------------ tasks
 
 
@@ -574,7 +621,8 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Wave",
             "--epochs", "1", "--batch-size", "8", "--units", "4", "--backbone-units", "4",
-            "--out-dir", str(out), "--progress", "none", "--cpu-devices", "1"]
+            "--out-dir", str(out), "--progress", "none", "--cpu-devices", "1",
+            "--missing", "path"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and "(loss" in printed
@@ -584,6 +632,7 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert header["recipe"] == "ts_cfc@2"
     assert header["data_config"]["patch_length"] == 1  # 8 observations at most: no patches
     assert header["data_config"]["val_fraction"] == 0.0  # the whole training file trains
+    assert header["data_config"]["missing"] == "path"  # evaluate rebuilt the same inputs
     assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path)]) == 2
     assert "--name NAME" in capsys.readouterr().err
     assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Nope",

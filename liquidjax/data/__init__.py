@@ -45,6 +45,7 @@ from ._timeseries import (
     input_channels as input_channels,
     make_time_series_task as make_time_series_task,
     missing_value_features as missing_value_features,
+    missing_value_path as missing_value_path,
     model_inputs as model_inputs,
     patch_time_series as patch_time_series,
     split_time_series as split_time_series,

@@ -18,6 +18,8 @@ normalisation — before the first observation), the observation mask, and the t
 channel was last observed (Che et al. 2018, "Recurrent Neural Networks for Multivariate Time
 Series with Missing Values", Sci. Rep. 8:6085; their "GRU-Simple" input ``[x, m, δ]``). Every cell
 can then read the data with no change to its contract; a GRU-D cell reads the same three blocks.
+Or, with ``missing="path"`` (:func:`missing_value_path`), each channel is linearly interpolated
+through its observed points and read with the observation mask.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .._checks import check_choice, literal_choices
 from ._batching import Loader
 
 TaskKind = Literal["classification", "regression"]
-MissingMode = Literal["features", "zero"]
+MissingMode = Literal["features", "path", "zero"]
 MISSING_MODES: tuple[str, ...] = literal_choices(MissingMode)
 
 
@@ -504,22 +506,87 @@ def missing_value_features(
     return np.where(valid[..., None], out, 0.0).astype(np.float32)
 
 
+def missing_value_path(
+    x: np.ndarray, timespans: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    r"""A continuous path through each channel's observed points, with the observation mask.
+
+    For channel ``d`` observed at times ``τ_1 < … < τ_J`` (cumulative timespans of the steps
+    where ``x^d`` is not NaN) the path is the linear interpolation of those points,
+
+    $$X^d(t) = x^d(τ_j) + \frac{t − τ_j}{τ_{j+1} − τ_j}\,\bigl(x^d(τ_{j+1}) − x^d(τ_j)\bigr)
+      \quad (τ_j \le t \le τ_{j+1}),$$
+
+    constant before ``τ_1`` and after ``τ_J`` (``np.interp``), and ``0`` — the training mean
+    once normalised — for a channel never observed in the example. It is evaluated at every
+    step's time ``s_t``, so the model reads ``[X(s_t) | m_t]``: the path and the mask ``m`` (1
+    where the value was observed, 0 where it was interpolated). Between the steps the path is
+    linear in every channel at once, so ``LiquidRNN(interpolation="linear")`` over these inputs
+    integrates the cell along exactly this path (the path of Kidger et al. 2020, "Neural
+    controlled differential equations for irregular time series", channel by channel).
+
+    Unlike :func:`missing_value_features` it is **not causal**: a gap is filled from the next
+    observation too, so the value at step ``t`` depends on later steps. Use it for
+    sequence-level targets (and offline per-step targets); for forecasting or online per-step
+    prediction, where step ``t`` must not see the future, use the GRU-D features.
+
+    **Arguments:**
+    - `x`: ``(n, L, C)`` with NaN for missing values.
+    - `timespans`: ``(n, L)`` gaps ``s_t − s_{t−1}``.
+    - `mask`: optional ``bool (n, L)`` valid steps (padding gives zeros and is never read).
+
+    **Returns:** ``float32 (n, L, 2C)``: the blocks ``[X | m]`` along the last axis.
+
+    Example:
+        >>> f = missing_value_path(np.array([[[1.0], [np.nan], [4.0]]]), np.array([[1.0, 1, 2]]))
+        >>> f[0].tolist()
+        [[1.0, 1.0], [2.0, 0.0], [4.0, 1.0]]
+    """
+    x = np.asarray(x, np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (n, length, channels), got {x.shape}")
+    n, length, c = x.shape
+    ts = np.asarray(timespans, np.float64)
+    if ts.shape != (n, length):
+        raise ValueError(f"timespans must have shape {(n, length)}, got {ts.shape}")
+    valid = np.ones((n, length), bool) if mask is None else np.asarray(mask, bool)
+    seen = ~np.isnan(x) & valid[..., None]
+    steps = np.broadcast_to(np.arange(length)[None, :, None], x.shape)
+    # The observations at or before (prev) and at or after (next) each step: running extrema.
+    prev = np.maximum.accumulate(np.where(seen, steps, -1), axis=1)
+    nxt = np.minimum.accumulate(np.where(seen, steps, length)[:, ::-1], axis=1)[:, ::-1]
+    has_prev, has_next = prev >= 0, nxt < length
+    prev, nxt = np.where(has_prev, prev, nxt), np.where(has_next, nxt, prev)  # hold at the ends
+    s = np.broadcast_to(np.cumsum(np.where(valid, ts, 0.0), axis=1)[..., None], x.shape)
+    values = np.where(seen, x, 0.0)
+    idx = np.clip(prev, 0, length - 1), np.clip(nxt, 0, length - 1)
+    x0, x1 = (np.take_along_axis(values, i, axis=1) for i in idx)
+    s0, s1 = (np.take_along_axis(s, i, axis=1) for i in idx)
+    w = np.where(s1 > s0, (s - s0) / np.where(s1 > s0, s1 - s0, 1.0), 0.0)
+    path = np.where(has_prev | has_next, x0 + w * (x1 - x0), 0.0)
+    out = np.concatenate([path, seen.astype(np.float64)], axis=2)
+    return np.where(valid[..., None], out, 0.0).astype(np.float32)
+
+
 def model_inputs(data: TimeSeriesData, missing: MissingMode = "features") -> np.ndarray:
     """What a model reads from `data`: ``float32 (n, L, C')`` with no NaN.
 
-    * ``"features"``: :func:`missing_value_features` (``C' = 3C``) — always safe;
+    * ``"features"``: :func:`missing_value_features` (``C' = 3C``) — causal, always safe;
+    * ``"path"``: :func:`missing_value_path` (``C' = 2C``) — each channel interpolated through
+      its observations (uses later observations: not for online prediction);
     * ``"zero"``: NaN replaced by 0 (``C' = C``); fine when nothing is missing.
     """
     check_choice("missing", missing, MISSING_MODES)
     if missing == "zero":
         return np.nan_to_num(data.x, nan=0.0).astype(np.float32)
-    return missing_value_features(data.x, data.timespans, data.mask)
+    encode = missing_value_features if missing == "features" else missing_value_path
+    return encode(data.x, data.timespans, data.mask)
 
 
 def input_channels(num_channels: int, missing: MissingMode = "features") -> int:
     """Channels of :func:`model_inputs` for data with `num_channels` channels."""
     check_choice("missing", missing, MISSING_MODES)
-    return 3 * num_channels if missing == "features" else num_channels
+    return {"features": 3, "path": 2, "zero": 1}[missing] * num_channels
 
 
 # ------------------------------------------------------------------------------ task
@@ -599,7 +666,7 @@ def make_time_series_task(
     - `normalize`: per-channel standardisation from the training part only.
     - `normalize_time`: divide every timespan by the median valid timespan of the training part
       (so a typical gap is 1, whatever the unit of the time stamps; regular data is unchanged).
-    - `missing`: ``"features"`` or ``"zero"`` (see :func:`model_inputs`).
+    - `missing`: ``"features"``, ``"path"`` or ``"zero"`` (see :func:`model_inputs`).
     - `patch_length`: join this many consecutive observations into one step
       (:func:`patch_time_series`, after the channel normalisation and before the time
       normalisation; default 1: none).
