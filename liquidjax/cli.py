@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float_arg(0.0), default=1e-4)
     g.add_argument("--clip-norm", type=float_arg(0.0, min_open=True), default=1.0)
     g.add_argument("--label-smoothing", type=float_arg(0.0, 1.0, max_open=True), default=0.0)
+    g.add_argument("--ema", type=float_arg(0.0, 1.0, min_open=True, max_open=True),
+                   default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the parameters with this decay "
+                        "(e.g. 0.999), checkpointed; it is what is validated, tested and "
+                        "evaluated (default: none)")
     g.add_argument("--seed", type=int_arg(0), default=0)
     g.add_argument("--cpu-devices", type=int_arg(1), default=None,
                    help="CPU only: XLA host devices to shard the batch over (default: one per "
@@ -180,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit-examples", type=pos, default=None,
                    help="evaluate only the first N examples of the split")
     e.add_argument("--no-download", action="store_true")
+    e.add_argument("--no-ema", action="store_true",
+                   help="for a run trained with --ema: evaluate its last iterate, not the "
+                        "moving average of its parameters")
     e.set_defaults(cpu_devices=None)
     return parser
 
@@ -488,7 +496,7 @@ def _train(args) -> int:
             epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
             weight_decay=args.weight_decay, clip_norm=args.clip_norm, seed=args.seed,
             log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-            max_steps=args.max_steps, label_smoothing=args.label_smoothing,
+            max_steps=args.max_steps, label_smoothing=args.label_smoothing, ema=args.ema,
         )
         parallel = lt.DataParallel.create()
         parallel.check_batch_size(args.batch_size)
@@ -657,7 +665,8 @@ def _evaluate(args) -> int:
         parallel.check_batch_size(args.batch_size)
     except ValueError as e:
         raise _UsageError(str(e)) from None
-    model, _ = lt.restore_model(path, build_model(mconfig, key=jax.random.key(0)))
+    model, _ = lt.restore_model(path, build_model(mconfig, key=jax.random.key(0)),
+                                ema=False if args.no_ema else None)
 
     if name == "ts":
         data_dir = args.data_dir if args.data_dir is not None else info.get("data_dir")

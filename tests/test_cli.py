@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -68,6 +69,7 @@ def _run_main(argv, capsys):
     (["train", "--model", "vit"], "sequence, conv"),
     (["train", "--conv-stem", "resnet"], "expected one of: strided, pooled"),
     (["train", "--augment-padding", "-1"], "expected an integer >= 0, got -1"),
+    (["train", "--ema", "1"], "expected a number in (0.0, 1.0)"),
     (["train", "--model", "conv", "--conv-stem", "pooled", "--conv-channels", "8,8,8,8,8,8,8,8,8"],
      "shrinks an image"),
     (["train", "--units", "0"], "expected an integer >= 1, got 0"),
@@ -264,6 +266,27 @@ def test_ltc_ncp_synthetic(tmp_path, capsys):
                                    "--batch-size", "16", "--limit-examples", "32"], capsys)
     assert code == 0 and "two_spirals test: accuracy" in stdout, err
     json.dumps(header)  # the header is plain JSON
+
+
+def test_ema_is_trained_tested_and_evaluated(tmp_path, capsys):
+    out = tmp_path / "ema"
+    code, stdout, err = _run_main(
+        ["train", "--dataset", "two_spirals", "--limit-examples", "64", "--epochs", "2",
+         "--ema", "0.9", "--out-dir", str(out), *SMALL], capsys)
+    assert code == 0, err
+    assert "(raw weights " in err  # each epoch's line shows the last iterate's accuracy too
+    tested = re.search(r"test accuracy (\S+) \(loss (\S+),", stdout)
+    assert tested, stdout
+    assert read_header(list_checkpoints(out / "checkpoints")[-1])["train_config"]["ema"] == 0.9
+    losses = {}
+    for flag in ([], ["--no-ema"]):
+        code, stdout, err = _run_main(["evaluate", str(out), "--split", "test",
+                                       "--limit-examples", "64", "--batch-size", "8", *flag],
+                                      capsys)
+        assert code == 0, err
+        losses[bool(flag)] = re.search(r"loss (\S+) \(", stdout).group(1)
+    assert losses[False] == tested.group(2)  # evaluate reads the average, as the run tested
+    assert losses[True] != losses[False]
 
 
 def _strip_header_fields(path, *, model=(), data=()):

@@ -395,6 +395,83 @@ def test_stem_dropout_alone_changes_the_training_forward(conv_dropout):
         assert train_loss == pytest.approx(eval_loss, rel=1e-5)
 
 
+def _inexact(tree):
+    return [np.asarray(v) for v in
+            jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))]
+
+
+def test_ema_is_the_moving_average_of_the_iterates():
+    m = build_model(CFG, key=jax.random.key(1))
+    opt = optax.adam(5e-2)
+    x, y = _data(8)
+    batch = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
+    plain = TrainState.create(m, opt, jax.random.key(0))
+    kept = TrainState.create(m, opt, jax.random.key(0), ema=True)
+    assert plain.ema_model is None
+    decay = 0.2  # below the warm-up's (1 + k) / (10 + k) from k = 2 on: both branches run
+    want = [v.astype(np.float64) for v in _inexact(m)]
+    for k in range(4):
+        plain = train_step(plain, opt, batch)
+        kept = train_step(kept, opt, batch, ema=decay)
+        d = min(decay, (1 + k) / (10 + k))
+        want = [d * a + (1 - d) * p for a, p in zip(want, _inexact(plain.model))]
+    _assert_trees_equal(kept.model, plain.model)  # the average does not change training
+    got = _inexact(kept.ema_model)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    # not vacuous: the average is neither the last iterate nor the initial model
+    assert not all(np.allclose(g, p) for g, p in zip(got, _inexact(plain.model)))
+    assert not all(np.allclose(g, p) for g, p in zip(got, _inexact(m)))
+
+    with pytest.raises(ValueError, match=r"without a moving average: create it with "
+                       r"TrainState\.create\(\.\.\., ema=True\)"):
+        train_step(plain, opt, batch, ema=0.9)
+    with pytest.raises(ValueError, match=r"keeps a moving average: pass its decay"):
+        train_step(kept, opt, batch)
+    with pytest.raises(ValueError, match=r"ema must be a decay in \(0, 1\), e\.g\. 0\.999; "
+                       r"got 1\.0"):
+        train_step(kept, opt, batch, ema=1.0)
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match=r"ema must be a number in \(0\.0, 1\.0\)"):
+            TrainConfig(ema=bad)
+
+
+def test_ema_is_evaluated_checkpointed_and_resumed(tmp_path, reference_run, model, data):
+    _, plain = reference_run
+    cfg = TrainConfig(**{**TCFG.to_dict(), "ema": 0.9})
+    full = fit(model, data, cfg, val_data=data, out_dir=tmp_path / "full",
+               model_config=CFG.to_dict(), progress="none")
+    _assert_trees_equal(full.state.model, plain.state.model)  # same training trajectory
+    assert full.model is full.state.ema_model
+    last = full.history[-1]
+    assert last["val_accuracy"] == evaluate(full.model, data, batch_size=8)["accuracy"]
+    assert last["raw_val_accuracy"] == plain.history[-1]["val_accuracy"]
+    assert last["val_loss"] != last["raw_val_loss"]  # two different models were evaluated
+    # restore_model gives the average by default, the last iterate with ema=False
+    fresh = build_model(CFG, key=jax.random.key(7))
+    _assert_trees_equal(restore_model(full.checkpoint, fresh)[0], full.state.ema_model)
+    _assert_trees_equal(restore_model(full.checkpoint, fresh, ema=False)[0], full.state.model)
+    _assert_trees_equal(restore_model(plain.checkpoint, fresh, ema=None)[0], plain.model)
+    with pytest.raises(CheckpointError, match="holds no moving average"):
+        restore_model(plain.checkpoint, fresh, ema=True)
+    # a run stopped mid-epoch resumes to the same average, bit for bit
+    out = tmp_path / "resumed"
+    fit(model, data, TrainConfig(**{**cfg.to_dict(), "max_steps": 7}), val_data=data,
+        out_dir=out, model_config=CFG.to_dict(), progress="none")
+    for other in (None, 0.99):
+        with pytest.raises(CheckpointError, match=rf"a run with ema=0\.9 .* but "
+                           rf"ema={other!r} was requested: resume with the same ema"):
+            fit(model, data, TrainConfig(**{**cfg.to_dict(), "ema": other}), out_dir=out,
+                resume=True, model_config=CFG.to_dict(), progress="none")
+    done = fit(model, data, cfg, val_data=data, out_dir=out, resume=True,
+               model_config=CFG.to_dict(), progress="none")
+    _assert_trees_equal(done.state, full.state)
+    with pytest.raises(CheckpointError, match=r"a run with ema=None .* but ema=0\.9 was"):
+        fit(model, data, cfg, out_dir=reference_run[0], resume=True,
+            model_config=CFG.to_dict(), progress="none")
+
+
 def test_evaluate_pads_the_last_batch(reference_run):
     _, ref = reference_run
     x, y = _data(10, seed=5)

@@ -36,6 +36,10 @@ class TrainConfig:
       zero).
     - `clip_norm`: global-norm gradient clipping threshold (``None``: no clipping).
     - `label_smoothing`: in ``[0, 1)``.
+    - `ema`: ``None``, or the decay in ``(0, 1)`` (e.g. ``0.999``) of an exponential moving
+      average of the parameters, kept in the training state and checkpointed; the average is
+      what is evaluated after each epoch and returned (:func:`~liquidjax.train.train_step`
+      gives the update). Training itself is unchanged.
     - `regression_loss`: ``"mse"`` or ``"mae"`` for real targets (a model that predicts a mean
       and a variance is trained by the Gaussian NLL instead).
     - `seed`: seeds the training RNG (dropout) and the data order.
@@ -61,6 +65,8 @@ class TrainConfig:
     warmup_fraction: float = config_field(0.05, **_FRACTION)
     clip_norm: float | None = config_field(1.0, minimum=0.0, min_open=True)
     label_smoothing: float = config_field(0.0, **_FRACTION)
+    ema: float | None = config_field(None, minimum=0.0, maximum=1.0, min_open=True,
+                                     max_open=True)
     regression_loss: RegressionLoss = "mse"
     seed: int = config_field(0, minimum=0)
     log_every: int = config_field(50, **_POSITIVE)

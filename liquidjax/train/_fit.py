@@ -22,6 +22,7 @@ from ._checkpoint import (
     config_mismatches,
     latest_checkpoint,
     load_checkpoint,
+    read_header,
     save_checkpoint,
 )
 from ._config import TRAJECTORY_FIELDS, TrainConfig, make_optimizer, make_schedule
@@ -282,10 +283,12 @@ def _is_runtime_failure(e: BaseException) -> bool:
 class FitResult:
     """What :func:`fit` returns.
 
-    **Attributes:** `model` (trained), `state` (the final :class:`TrainState`), `history` (one
-    dict per finished epoch: losses, accuracies, time, throughput), `checkpoint` (the last one
-    written), `out_dir`, `metrics` (the ``metrics.jsonl`` file, if written; draw it with
-    :func:`liquidjax.plot.training_curves`).
+    **Attributes:** `model` (trained: with ``TrainConfig.ema``, the parameters' moving average,
+    ``state.ema_model``; the last iterate is ``state.model``), `state` (the final
+    :class:`TrainState`), `history` (one dict per finished epoch: losses, accuracies, time,
+    throughput; with ``ema``, also ``raw_val_loss``/``raw_val_accuracy`` of the last
+    iterate), `checkpoint` (the last one written), `out_dir`, `metrics` (the
+    ``metrics.jsonl`` file, if written; draw it with :func:`liquidjax.plot.training_curves`).
     """
 
     model: Any
@@ -439,10 +442,12 @@ def fit(
     one seeded with ``config.seed``): batch ``s`` of epoch ``e`` depends only on the loader's
     seed, ``e`` and ``s``, so the data position is just ``(e, s)``; step ``k`` draws its dropout
     keys from ``fold_in(key(seed), k)``.
-    Metrics stay on device and are read every ``log_every`` steps; a checkpoint (model,
-    optimiser state, step, RNG, epoch/batch position, configs) is written at the end of every
-    epoch and every ``checkpoint_every`` steps, so a run killed at any point and resumed from
-    its last checkpoint reaches bit-identical parameters.
+    With ``config.ema``, an exponential moving average of the parameters is kept alongside
+    (:func:`train_step`); the validation figures are the average's, and it is the returned
+    model. Metrics stay on device and are read every ``log_every`` steps; a checkpoint (model,
+    moving average, optimiser state, step, RNG, epoch/batch position, configs) is written at
+    the end of every epoch and every ``checkpoint_every`` steps, so a run killed at any point
+    and resumed from its last checkpoint reaches bit-identical parameters.
 
     **Arguments:**
     - `model`: the model (e.g. from :func:`liquidjax.models.build_model`).
@@ -502,12 +507,19 @@ def fit(
     ckpt_dir = None if run_dir is None else run_dir / "checkpoints"
     logger = RunLogger(run_dir, progress=progress)
     train_key = jax.random.fold_in(jax.random.key(config.seed), 0x7EA1)
-    state = TrainState.create(model, optimizer, train_key)
+    state = TrainState.create(model, optimizer, train_key, ema=config.ema is not None)
     epoch0, batch0 = 0, 0
     last_ckpt: Path | None = None
 
     ckpt = _resolve_resume(resume, ckpt_dir)
     if ckpt is not None:
+        saved_ema = _saved_ema(read_header(ckpt))
+        if saved_ema != config.ema:
+            # The average is part of the state: another decay (or none) cannot continue it.
+            raise CheckpointError(
+                ckpt, f"it belongs to a run with ema={saved_ema!r} (a moving average of the "
+                f"parameters {'kept' if saved_ema is not None else 'not kept'} in its state), "
+                f"but ema={config.ema!r} was requested: resume with the same ema")
         state, header = load_checkpoint(ckpt, state, model_config=model_config)
         diff = config_mismatches(header.get("train_config") or {}, config.to_dict(),
                                  TRAJECTORY_FIELDS)
@@ -588,7 +600,7 @@ def fit(
                 state = train_step(state, optimizer, batch,
                                    label_smoothing=config.label_smoothing,
                                    regression_loss=config.regression_loss,
-                                   replicated=dp.replicated)
+                                   ema=config.ema, replicated=dp.replicated)
                 step += 1
                 logger.advance()
                 if compile_s is None:
@@ -648,12 +660,16 @@ def fit(
             }
             if val_data is not None:
                 t0 = time.perf_counter()
-                ev = evaluate(state.model, val_data, batch_size=eval_bs, parallel=dp,
+                ev = evaluate(_evaluated(state), val_data, batch_size=eval_bs, parallel=dp,
                               regression_loss=config.regression_loss)
-                rec.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"],
-                           eval_time_s=round(time.perf_counter() - t0, 3))
+                rec.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
                 rec.update({f"val_{k}": ev[k] for k in ("macro_f1", "auc", "mse", "mae", "rmse")
                             if k in ev})
+                if state.ema_model is not None:  # what the average adds, for the record
+                    raw = evaluate(state.model, val_data, batch_size=eval_bs, parallel=dp,
+                                   regression_loss=config.regression_loss)
+                    rec.update(raw_val_loss=raw["loss"], raw_val_accuracy=raw["accuracy"])
+                rec["eval_time_s"] = round(time.perf_counter() - t0, 3)
             path = save(epoch + 1, 0)
             rec["checkpoint"] = None if path is None else str(path)
             history.append(rec)
@@ -663,6 +679,8 @@ def fit(
                 + (f" acc {rec['train_accuracy']:.4f}" if labels else "")
                 + (f", val loss {rec['val_loss']:.4f}" if "val_loss" in rec else "")
                 + (f" acc {rec['val_accuracy']:.4f}" if "val_loss" in rec and labels else "")
+                + (f" (raw weights {rec['raw_val_accuracy']:.4f})"
+                   if "raw_val_accuracy" in rec and labels else "")
                 + (f" rmse {rec['val_rmse']:.4f}" if "val_rmse" in rec else "")
                 + f", {train_time:.1f} s"
                 + (f" ({rec['examples_per_s']:.0f} examples/s)" if rec["examples_per_s"] else "")
@@ -675,16 +693,31 @@ def fit(
         raise
 
     logger.record("end", step=step, checkpoint=None if last_ckpt is None else str(last_ckpt))
-    return FitResult(model=state.model, state=state, history=history, checkpoint=last_ckpt,
-                     out_dir=run_dir, metrics=logger.path)
+    return FitResult(model=_evaluated(state), state=state, history=history,
+                     checkpoint=last_ckpt, out_dir=run_dir, metrics=logger.path)
 
 
-def restore_model(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, Any]]:
+def _saved_ema(header: dict[str, Any]) -> Any:
+    """The ``ema`` of the run that wrote a checkpoint (``None`` also for files older than it)."""
+    config = header.get("train_config")
+    return config.get("ema") if isinstance(config, dict) else None
+
+
+def _evaluated(state: TrainState) -> Any:
+    """The model a run evaluates and returns: the parameters' moving average if it keeps one."""
+    return state.model if state.ema_model is None else state.ema_model
+
+
+def restore_model(path: str | os.PathLike, like: Any, *,
+                  ema: bool | None = None) -> tuple[Any, dict[str, Any]]:
     """Load only the model from a checkpoint written by :func:`fit` (any optimiser).
 
     **Arguments:**
     - `path`: the checkpoint.
     - `like`: a model of the same configuration (e.g. ``build_model(config, key=...)``).
+    - `ema`: for a run trained with ``TrainConfig.ema``: ``True`` or ``None`` (default) load
+      the parameters' moving average (what the run evaluated), ``False`` the last iterate.
+      ``True`` for a checkpoint without an average is an error.
 
     **Returns:** ``(model, header)``. Raises :class:`CheckpointError` like
     :func:`load_checkpoint`.
@@ -694,5 +727,12 @@ def restore_model(path: str | os.PathLike, like: Any) -> tuple[Any, dict[str, An
     model, header = restore_model("runs/x/checkpoints/ckpt-000000100.ljx", fresh_model)
     ```
     """
-    # TrainState serialises its model first, so the payload starts with the model's leaves.
-    return load_checkpoint(path, like, prefix=True)
+    has_ema = _saved_ema(read_header(path)) is not None
+    if ema and not has_ema:
+        raise CheckpointError(path, "it holds no moving average of the parameters (its run "
+                              "was trained without ema): load it with ema=False or None")
+    if ema is False or not has_ema:
+        # TrainState serialises its model first, so the payload starts with the model's leaves.
+        return load_checkpoint(path, like, prefix=True)
+    (_, averaged), header = load_checkpoint(path, (like, like), prefix=True)
+    return averaged, header

@@ -19,6 +19,11 @@ class TrainState(eqx.Module):
 
     **Arguments:**
     - `model`: the model being trained.
+    - `ema_model`: ``None``, or the same model whose inexact arrays are an exponential moving
+      average of `model`'s over the steps taken (:func:`train_step` with ``ema=``); it is
+      what :func:`~liquidjax.train.fit` evaluates and returns. Second, so that a checkpoint's
+      payload begins with the model and then this average
+      (:func:`~liquidjax.train.restore_model`).
     - `opt_state`: the optax state.
     - `step`: number of steps taken so far (``int32`` scalar).
     - `key`: the run's base PRNG key as raw ``uint32`` key data; step ``k`` uses
@@ -30,6 +35,7 @@ class TrainState(eqx.Module):
     """
 
     model: Any
+    ema_model: Any
     opt_state: PyTree
     step: Int[Array, ""]
     key: UInt32[Array, " k"]
@@ -39,11 +45,14 @@ class TrainState(eqx.Module):
     bad_step: Int[Array, ""]
 
     @classmethod
-    def create(cls, model, optimizer: optax.GradientTransformation, key) -> TrainState:
-        """A fresh state: ``optimizer.init`` on the model's inexact arrays, step 0."""
+    def create(cls, model, optimizer: optax.GradientTransformation, key, *,
+               ema: bool = False) -> TrainState:
+        """A fresh state: ``optimizer.init`` on the model's inexact arrays, step 0; with
+        `ema`, a moving average of the parameters that starts at the model itself."""
         params = eqx.filter(model, eqx.is_inexact_array)
         return cls(
             model=model,
+            ema_model=model if ema else None,
             opt_state=optimizer.init(params),
             step=jnp.zeros((), jnp.int32),
             key=jax.random.key_data(key).astype(jnp.uint32),
@@ -175,9 +184,11 @@ def train_step(
     *,
     label_smoothing: float = 0.0,
     regression_loss: str = "mse",
+    ema: float | None = None,
     replicated: jax.sharding.Sharding | None = None,
 ) -> TrainState:
-    """One optimisation step: loss, gradients, optax update.
+    """One optimisation step: loss, gradients, optax update (and the parameters' moving
+    average).
 
     The mean loss over the batch's counted targets (:func:`target_terms`: cross-entropy for
     labels, MSE/MAE or Gaussian NLL for real targets, per sequence or per step) is
@@ -197,6 +208,13 @@ def train_step(
     - `label_smoothing`: optional label smoothing.
     - `regression_loss`: ``"mse"`` or ``"mae"`` for real targets (a model that predicts a
       variance is always trained by the Gaussian NLL).
+    - `ema`: the decay ``d`` of the exponential moving average kept in ``state.ema_model``
+      (a state made with ``TrainState.create(..., ema=True)``; ``None`` for one without).
+      After step ``k`` (0-based) the average ``a`` of the parameters ``p`` becomes
+      ``a + (1 - d_k) (p - a)`` with ``d_k = min(d, (1 + k) / (10 + k))``: the warm-up of
+      TensorFlow's ``ExponentialMovingAverage(num_updates=k)``, so that the average does not
+      remember the initialisation for ~``1 / (1 - d)`` steps. It does not change the training
+      trajectory.
     - `replicated`: sharding the new parameters are constrained to (data parallelism).
 
     **Returns:** the new :class:`TrainState`.
@@ -206,6 +224,14 @@ def train_step(
     state = train_step(state, optimizer, {"x": x, "y": y})
     ```
     """
+    if (ema is None) != (state.ema_model is None):
+        raise ValueError(
+            f"train_step(ema={ema!r}) on a state "
+            + ("without a moving average: create it with TrainState.create(..., ema=True)"
+               if ema is not None else
+               "that keeps a moving average: pass its decay, train_step(..., ema=DECAY)"))
+    if ema is not None and not 0.0 < ema < 1.0:
+        raise ValueError(f"ema must be a decay in (0, 1), e.g. 0.999; got {ema!r}")
     params, static = eqx.partition(state.model, eqx.is_inexact_array)
     step1 = state.step + 1
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
@@ -221,12 +247,23 @@ def train_step(
           & jnp.isfinite(optax.tree.norm(updates)) & (state.bad_step < 0))
     model = _select(ok, model, state.model)
     opt_state = _select(ok, opt_state, state.opt_state)
+    ema_model = None
+    if ema is not None:
+        k = state.step.astype(jnp.float32)
+        decay = jnp.minimum(ema, (1.0 + k) / (10.0 + k))
+        averaged = jax.tree_util.tree_map(
+            lambda a, p: (a + (1.0 - decay).astype(a.dtype) * (p - a)).astype(a.dtype),
+            eqx.filter(state.ema_model, eqx.is_inexact_array), new_params)
+        ema_model = _select(ok, eqx.combine(averaged, static), state.ema_model)
     if replicated is not None:
         model = eqx.filter_shard(model, replicated)
         opt_state = eqx.filter_shard(opt_state, replicated)
+        if ema_model is not None:
+            ema_model = eqx.filter_shard(ema_model, replicated)
     n = jnp.round(count).astype(jnp.int32)
     return TrainState(
         model=model,
+        ema_model=ema_model,
         opt_state=opt_state,
         step=step1,
         key=state.key,
