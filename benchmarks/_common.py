@@ -109,20 +109,24 @@ def time_fn(fn: Callable[[], Any], *, warmup: int, repeats: int) -> dict[str, fl
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int,
-                     repeats: dict[str, int], block: int = 1) -> dict[str, dict[str, float]]:
+                     repeats: dict[str, int], block: int = 1,
+                     alternate: bool = False) -> dict[str, dict[str, float]]:
     """Like :func:`time_fn` for several functions, alternating them round-robin (a, b, a, b, ...)
     so that on a shared, noisy machine each sees the same background load. ``repeats`` may
     differ per function (the ones with fewer repeats drop out of later rounds). With ``block``
     > 1 each turn is ``block`` consecutive calls of one function (a×block, b×block, ...): still
     alternating against load drift, but each call follows calls of its own kind, as in a
     program that runs only it (a library's idle worker threads — torch's OpenMP pool spins
-    after each call — otherwise slow down the next library's call)."""
+    after each call — otherwise slow down the next library's call). With ``alternate`` every
+    other round runs the functions in reverse order (a, b, then b, a, ...), so that none always
+    follows the same other one."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     ts: dict[str, list[float]] = {k: [] for k in fns}
-    for start in range(0, max(repeats.values()), block):
-        for k, fn in fns.items():
+    for i, start in enumerate(range(0, max(repeats.values()), block)):
+        turns = list(fns.items())
+        for k, fn in (turns[::-1] if alternate and i % 2 else turns):
             for _ in range(max(0, min(block, repeats[k] - start))):
                 t0 = time.perf_counter()
                 fn()

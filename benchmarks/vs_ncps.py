@@ -10,7 +10,17 @@ For every configuration of issue 4 this script
 2. times the training step (forward + backward + Adam update; liquidjax: one ``eqx.filter_jit``
    call, ``jax.block_until_ready``; torch: ``zero_grad`` / ``backward`` / ``step``) and the
    inference forward (``torch.inference_mode`` / a jitted forward), after warm-up, as the median
-   of several repeats, with the same cores and thread count for both;
+   of several repeats, with the same cores and thread count for both, in one of two protocols
+   (``--protocol``):
+
+   - ``interleaved`` (default): single calls round-robin (liquidjax train, liquidjax forward,
+     ncps train, ncps forward, again ...), so a burst of background load hits both frameworks;
+     but the liquidjax call right after an ncps call pays for torch's OpenMP workers still
+     spinning after it;
+   - ``blocks``: blocks of ``--block-calls`` consecutive calls of one measurement (k × liquidjax
+     train, k × liquidjax forward, k × ncps train, k × ncps forward), the order reversed every
+     other round; each call mostly follows calls of its own kind, as in a program that runs only
+     that framework, and the per-call median still sees the same drifting load on both sides;
 3. prints a table (ms per step, ncps / liquidjax ratio = speed-up) and the JAX compile time.
 
 Without torch/ncps it times liquidjax alone. ``--quick`` cuts the repeats (for development);
@@ -23,6 +33,8 @@ the full run also rewrites the ``vs_ncps`` section of ``BENCHMARKS.md``.
     python benchmarks/vs_ncps.py --ltc --ltc-synapses dense --no-md   # the same, dense kernel
     python benchmarks/vs_ncps.py --ltc --ltc-kernel portable --no-md  # the per-example kernels
                                                       # forced on the wired cells (before/after)
+    python benchmarks/vs_ncps.py --protocol blocks --block-calls 5    # blocks of 5 calls per
+                                                      # measurement, order alternating per round
 
 The last lines printed are the ratios side by side (ncps ms / liquidjax ms, train and forward).
 """
@@ -99,6 +111,8 @@ def target(r: dict, what: str) -> float:
     t = CONFIG_TARGETS.get(r["config"], TARGETS[r["kind"]])
     return t[0] if what == "train" else t[1]
 
+PROTOCOLS = ("interleaved", "blocks")
+
 LOSS_RTOL = 1e-4
 GRAD_TOL = 2e-3  # max |g_jax - g_torch| <= GRAD_TOL * max |g_torch| (+ 1e-7), per tensor
 
@@ -125,13 +139,23 @@ def parse_args(argv=None):
                    help="XLA CPU devices the JAX batch is sharded over (default 1; "
                         "XLA:CPU runs each kernel on one thread: N devices use N cores)")
     p.add_argument("--repeats", type=int, default=None, help="override the number of repeats")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="interleaved",
+                   help="interleaved: single calls of the four measurements round-robin "
+                        "(default); blocks: --block-calls consecutive calls of each, the order "
+                        "reversed every other round (no call right after the other framework's, "
+                        "except a block's first); both report per-call medians")
+    p.add_argument("--block-calls", type=int, default=5,
+                   help="calls per block with --protocol blocks (default 5)")
     p.add_argument("--no-ncps", action="store_true", help="time liquidjax only")
     p.add_argument("--no-md", action="store_true", help="do not rewrite BENCHMARKS.md")
     p.add_argument("--from-json", type=Path, default=None,
                    help="do not measure: rebuild the table (and BENCHMARKS.md) from a results file")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON results path (default benchmarks/results/vs_ncps[_quick].json)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.block_calls < 1:
+        p.error(f"--block-calls must be at least 1, got {args.block_calls}")
+    return args
 
 
 # ---------------------------------------------------------------------------------------- torch
@@ -269,7 +293,8 @@ def check_equal(cfg: Config, tmodel, jmodel, x, y, loss_and_grad) -> dict:
 
 # ------------------------------------------------------------------------------------ benchmark
 def run_config(name: str, cfg: Config, *, use_ncps: bool, warmup: int, repeats: int,
-               ncps_repeats: int, synapses: str = "auto", kernel: str = "auto") -> dict:
+               ncps_repeats: int, synapses: str = "auto", kernel: str = "auto",
+               protocol: str = "interleaved", block_calls: int = 1) -> dict:
     import equinox as eqx
     import jax
     import numpy as np
@@ -347,8 +372,11 @@ def run_config(name: str, cfg: Config, *, use_ncps: bool, warmup: int, repeats: 
 
         fns.update(ncps_train=torch_train, ncps_forward=torch_fwd)
         reps.update(ncps_train=ncps_repeats, ncps_forward=ncps_repeats)
-    # Round-robin over the four measurements: a burst of background load hits both frameworks.
-    res.update(_common.time_interleaved(fns, warmup=warmup, repeats=reps))
+    # Round-robin over the four measurements (single calls or blocks; see the module doc): a
+    # burst of background load hits both frameworks.
+    blocks = protocol == "blocks"
+    res.update(_common.time_interleaved(fns, warmup=warmup, repeats=reps,
+                                        block=block_calls if blocks else 1, alternate=blocks))
     loss_after = float(train_step(state[0], state[1], xj, yj)[2])
     if not np.isfinite(loss_after):
         raise SystemExit(f"[{name}] liquidjax loss became {loss_after} after training steps")
@@ -443,7 +471,8 @@ def main(argv=None):
     print(f"threads: {threads} (torch.set_num_threads and the CPU affinity XLA sizes its pool "
           f"from); jax devices {len(jax.devices())} (batch sharded); warm-up {warmup}, "
           f"repeats liquidjax {repeats}"
-          f"{f', ncps {ncps_repeats}' if use_ncps else ''} (median)", flush=True)
+          f"{f', ncps {ncps_repeats}' if use_ncps else ''} (median); protocol "
+          f"{protocol_line(args.protocol, args.block_calls)}", flush=True)
 
     results = []
     for name in names:
@@ -451,7 +480,8 @@ def main(argv=None):
         print(f"\n== {name}: {cfg.description} ({cfg.steps} steps per sequence)", flush=True)
         r = run_config(name, cfg, use_ncps=use_ncps, warmup=warmup, repeats=repeats,
                        ncps_repeats=ncps_repeats, synapses=args.ltc_synapses,
-                       kernel=args.ltc_kernel)
+                       kernel=args.ltc_kernel, protocol=args.protocol,
+                       block_calls=args.block_calls)
         results.append(r)
         for key in ("train", "forward"):
             j = r[f"jax_{key}"]
@@ -471,6 +501,7 @@ def main(argv=None):
                "quick": args.quick, "warmup": warmup,
                "repeats": repeats, "ncps_repeats": ncps_repeats if use_ncps else None,
                "ltc_synapses": args.ltc_synapses, "ltc_kernel": args.ltc_kernel,
+               "protocol": args.protocol, "block_calls": args.block_calls,
                "command": _common.command_line(), "results": results}
     out = args.out or _common.RESULTS / f"vs_ncps{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -482,12 +513,22 @@ def main(argv=None):
         print(f"updated {_common.BENCHMARKS_MD}")
 
 
+def protocol_line(protocol: str, block_calls: int | None) -> str:
+    """How the calls were ordered, in words (for the printed header and BENCHMARKS.md)."""
+    if protocol == "blocks":
+        return (f"in blocks of {block_calls} calls per measurement, the order reversed every "
+                "other round (`--protocol blocks`)")
+    return "interleaved one call at a time (`--protocol interleaved`)"
+
+
 def write_md(payload):
     info = payload["machine"]
     body = (f"Measured {payload.get('date', '')} by `{payload['command']}` on "
             f"{_common.machine_line(info)}; {payload['threads']} threads for both; medians (and "
             f"minima) of {payload['repeats']} (liquidjax) / {payload['ncps_repeats']} (ncps) "
-            "interleaved repeats after warm-up. Speed-up = ncps ms / liquidjax ms; ✓/✗ against "
+            f"calls after warm-up, "
+            f"{protocol_line(payload.get('protocol', 'interleaved'), payload.get('block_calls'))}"
+            ". Speed-up = ncps ms / liquidjax ms; ✓/✗ against "
             "the issue-4 target. On a loaded machine torch's thread pool degrades far more than "
             "XLA's, so the median ratio overstates the speed-up; the ratio of minima (the "
             "quietest moments of each) is the conservative figure.\n\n" + table(payload["results"]))
