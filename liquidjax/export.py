@@ -32,7 +32,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,9 @@ from jaxtyping import Array, Float, PyTree
 
 from .cells._base import AbstractCell
 from .layers import LiquidRNN
+
+if TYPE_CHECKING:
+    from ._cstep import CStepper
 
 FORMAT_VERSION = 1
 """Version of the exported artifacts' layout (the files and the manifest's fields)."""
@@ -259,7 +262,81 @@ def _stepper_device() -> Any:
     return default if _SYNC_CPU_CLIENT is False else _SYNC_CPU_CLIENT.devices()[0]
 
 
-class Stepper:
+class _StepperBase:
+    """What every stepper shares: sizes, the initial state, the state's pytree, argument checks."""
+
+    device: Any = None  # the JAX device it runs on (None: not JAX, the C backend)
+
+    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
+        self._plan = plan
+        self.batch_shape = batch_shape
+        self.input_size = plan.input_size
+        self.output_size = plan.output_size
+        self.state_size = int(plan.init.size)
+        self.dtype = plan.dtype
+        self._x_shape = batch_shape + (plan.input_size,)
+
+    def _checked(self, state: Any, x: Any, dt: Any, error: Exception) -> list[np.ndarray]:
+        """``[state, x, dt]`` as NumPy arrays of the stepper's dtype and shapes (``dt``
+        broadcast); our ``ValueError`` when a shape or a dtype does not fit."""
+        bs = self.batch_shape
+        arrays = []
+        wanted = ((state, bs + (self.state_size,), "f", False),
+                  (x, self._x_shape, "biuf", False), (dt, bs, "biuf", True))
+        for a, shape, kinds, broadcasts in wanted:
+            a = None if isinstance(a, jax.core.Tracer) else np.asarray(a)
+            if broadcasts and a is not None and a.ndim <= len(shape):
+                with contextlib.suppress(ValueError):  # as the fast path's assignment does
+                    a = np.broadcast_to(a, shape)
+            if a is None or a.shape != shape or a.dtype.kind not in kinds:
+                raise ValueError(
+                    f"{self!r} takes state {bs + (self.state_size,)}, x {self._x_shape} and "
+                    f"dt {bs} ({self.dtype}; x and dt may be any real numbers); got state "
+                    f"{np.shape(state)}, x {np.shape(x)}, dt {np.shape(dt)}"
+                ) from error
+            arrays.append(a.astype(self.dtype, copy=False))
+        return arrays
+
+    def initial_state(self) -> Float[Array, "*batch state"]:
+        """The model's initial (zero) state, flat, of shape ``batch_shape + (state_size,)``."""
+        return self._init
+
+    def unflatten_state(self, state: Float[Array, "*batch state"]) -> PyTree[Array]:
+        """The state pytree of the model (e.g. ``(h, c)`` with mixed memory; for a
+        ``SequenceClassifier`` ``(layer_states, running_mean)``) from the flat state, as
+        arrays on the default device (ready for the model itself, e.g. ``LiquidRNN(state=...)``)."""
+        if (isinstance(state, jax.Array) and not isinstance(state, jax.core.Tracer)
+                and self.device in state.devices() and self.device is not jax.devices()[0]):
+            state = np.asarray(state)  # off the stepper's own client
+        state = jnp.asarray(state)
+        if state.shape != self.batch_shape + (self.state_size,):
+            raise ValueError(
+                f"expected a flat state of shape {self.batch_shape + (self.state_size,)}, "
+                f"got {state.shape}"
+            )
+        return _batched(self._plan.unravel, self.batch_shape)(state)
+
+    def flatten_state(self, state: PyTree[Array]) -> Float[Array, "*batch state"]:
+        """The flat state of a state pytree (e.g. the final state of ``LiquidRNN``), the inverse
+        of :meth:`unflatten_state`; batched leaves carry ``batch_shape`` in front."""
+        def ravel(tree):
+            return ravel_pytree(tree)[0]
+
+        flat = _batched(ravel, self.batch_shape)(state)
+        if flat.shape != self.batch_shape + (self.state_size,):
+            raise ValueError(
+                f"the state flattens to shape {flat.shape}, expected "
+                f"{self.batch_shape + (self.state_size,)}"
+            )
+        return flat.astype(self.dtype)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self._plan.model_name}, input_size={self.input_size}, "
+                f"output_size={self.output_size}, state_size={self.state_size}, "
+                f"batch_shape={self.batch_shape}, dtype={self.dtype})")
+
+
+class Stepper(_StepperBase):
     """A model compiled for streaming: ``step(state, x, dt) -> (output, new_state)``.
 
     Built by :func:`stepper`. The state is one flat array of shape ``batch_shape + (state_size,)``;
@@ -275,12 +352,7 @@ class Stepper:
     """
 
     def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
-        self._plan = plan
-        self.batch_shape = batch_shape
-        self.input_size = plan.input_size
-        self.output_size = plan.output_size
-        self.state_size = int(plan.init.size)
-        self.dtype = plan.dtype
+        super().__init__(plan, batch_shape)
         self.device = _stepper_device()
         self._fn = _batched(plan.fn, batch_shape)
         specs = _step_specs(plan, batch_shape)
@@ -303,7 +375,6 @@ class Stepper:
         xdt = jax.ShapeDtypeStruct(batch_shape + (n_in + 1,), self.dtype, sharding=on_device)
         self._compiled = jax.jit(step).lower(self._specs[0], xdt).compile()
         self._output_is_state = same[0]
-        self._x_shape = batch_shape + (n_in,)
         self._xdt_shape = xdt.shape
         self._x_at = (..., slice(0, n_in)) if batch_shape else slice(0, n_in)
         self._dt_at = (..., n_in) if batch_shape else n_in  # batch (): a scalar, not a sequence
@@ -340,74 +411,25 @@ class Stepper:
         """``(state, xdt)`` for the executable, with the state on the stepper's device (the fast
         path refuses arrays committed to another device, e.g. by ``jax.device_put``); our
         ``ValueError`` when a shape or a dtype does not fit."""
-        bs = self.batch_shape
-        arrays = []
-        wanted = ((state, bs + (self.state_size,), "f", False),
-                  (x, self._x_shape, "biuf", False), (dt, bs, "biuf", True))
-        for a, shape, kinds, broadcasts in wanted:
-            a = None if isinstance(a, jax.core.Tracer) else np.asarray(a)
-            if broadcasts and a is not None and a.ndim <= len(shape):
-                with contextlib.suppress(ValueError):  # as the fast path's assignment does
-                    a = np.broadcast_to(a, shape)
-            if a is None or a.shape != shape or a.dtype.kind not in kinds:
-                raise ValueError(
-                    f"{self!r} takes state {bs + (self.state_size,)}, x {self._x_shape} and "
-                    f"dt {bs} ({self.dtype}; x and dt may be any real numbers); got state "
-                    f"{np.shape(state)}, x {np.shape(x)}, dt {np.shape(dt)}"
-                ) from error
-            arrays.append(a.astype(self.dtype, copy=False))
-        state, x, dt = arrays
+        state, x, dt = self._checked(state, x, dt, error)
         return (jax.device_put(state, self.device),
                 np.concatenate([x, dt[..., None]], axis=-1))
 
-    def initial_state(self) -> Float[Array, "*batch state"]:
-        """The model's initial (zero) state, flat, of shape ``batch_shape + (state_size,)``."""
-        return self._init
 
-    def unflatten_state(self, state: Float[Array, "*batch state"]) -> PyTree[Array]:
-        """The state pytree of the model (e.g. ``(h, c)`` with mixed memory; for a
-        ``SequenceClassifier`` ``(layer_states, running_mean)``) from the flat state, as
-        arrays on the default device (ready for the model itself, e.g. ``LiquidRNN(state=...)``)."""
-        if (isinstance(state, jax.Array) and not isinstance(state, jax.core.Tracer)
-                and self.device in state.devices() and self.device is not jax.devices()[0]):
-            state = np.asarray(state)  # off the stepper's own client
-        state = jnp.asarray(state)
-        if state.shape != self.batch_shape + (self.state_size,):
-            raise ValueError(
-                f"expected a flat state of shape {self.batch_shape + (self.state_size,)}, "
-                f"got {state.shape}"
-            )
-        return _batched(self._plan.unravel, self.batch_shape)(state)
-
-    def flatten_state(self, state: PyTree[Array]) -> Float[Array, "*batch state"]:
-        """The flat state of a state pytree (e.g. the final state of ``LiquidRNN``), the inverse
-        of :meth:`unflatten_state`; batched leaves carry ``batch_shape`` in front."""
-        def ravel(tree):
-            return ravel_pytree(tree)[0]
-
-        flat = _batched(ravel, self.batch_shape)(state)
-        if flat.shape != self.batch_shape + (self.state_size,):
-            raise ValueError(
-                f"the state flattens to shape {flat.shape}, expected "
-                f"{self.batch_shape + (self.state_size,)}"
-            )
-        return flat.astype(self.dtype)
-
-    def __repr__(self) -> str:
-        return (f"Stepper({self._plan.model_name}, input_size={self.input_size}, "
-                f"output_size={self.output_size}, state_size={self.state_size}, "
-                f"batch_shape={self.batch_shape}, dtype={self.dtype})")
-
-
-def stepper(model: Any, *, batch_shape: Sequence[int] = ()) -> Stepper:
+def stepper(
+    model: Any, *, batch_shape: Sequence[int] = (), backend: str = "xla"
+) -> Stepper | CStepper:
     """Compile a model for streaming, one observation at a time.
 
     The returned ``step(state, x, dt) -> (output, new_state)`` advances the model across the
     elapsed time ``dt`` with the observation ``x`` held (ncps semantics), exactly as
     :class:`~liquidjax.LiquidRNN` does for one step of a sequence; streaming a sequence step by
-    step gives the sequence layer's outputs. It is one XLA executable compiled ahead of time
-    for concrete shapes, with the parameters closed over, called with flat arrays: the call
-    overhead is a few microseconds.
+    step gives the sequence layer's outputs. With ``backend="xla"`` it is one XLA executable
+    compiled ahead of time for concrete shapes, with the parameters closed over, called with
+    flat arrays: the call overhead is a few microseconds. With ``backend="c"`` the step is
+    translated to C (as :func:`to_c` writes it), compiled by the system's C compiler into a
+    shared library (cached) and called through ``ctypes`` on buffers bound once: below a
+    microsecond of overhead, outputs as NumPy arrays.
 
     **Arguments:**
     - `model`: a cell (``LTC`` with any solver, ``CfC``, ``WiredCfC``, ``MixedMemory``), a
@@ -417,9 +439,14 @@ def stepper(model: Any, *, batch_shape: Sequence[int] = ()) -> Stepper:
       with ``per_step=True`` the prediction for the current step).
       Inference only: no dropout.
     - `batch_shape`: leading batch dimensions of every argument (default: one example).
+    - `backend`: ``"xla"`` (default; every model) or ``"c"`` (models whose step has a fixed
+      size: not a diffrax solver's loop, see :func:`to_c`; needs a C compiler, ``$CC`` or
+      ``cc``). The C stepper returns NumPy arrays (new ones each call) and runs one call at a
+      time (its scratch memory is static; calls from several threads take turns).
 
     **Returns:** a :class:`Stepper` (``step(state, x, dt)``, ``step.initial_state()``,
-    ``step.unflatten_state(state)`` to read the model's own state pytree).
+    ``step.unflatten_state(state)`` to read the model's own state pytree); for ``backend="c"``
+    a ``CStepper`` with the same methods.
 
     **Example:**
     ```python
@@ -429,7 +456,100 @@ def stepper(model: Any, *, batch_shape: Sequence[int] = ()) -> Stepper:
         action, state = step(state, x, dt)
     ```
     """
-    return Stepper(_plan(model), _check_batch_shape(batch_shape))
+    from ._cstep import CStepper
+
+    backends: dict[str, type[_StepperBase]] = {"xla": Stepper, "c": CStepper}
+    if backend not in backends:
+        raise ValueError(f"backend must be one of {sorted(backends)}, got {backend!r}")
+    return backends[backend](_plan(model), _check_batch_shape(batch_shape))
+
+
+# ------------------------------------------------------------------------------------------- C
+def to_c(
+    model: Any,
+    path: str | Path,
+    *,
+    batch_shape: Sequence[int] = (),
+    dtype: Any = None,
+    name: str = "liquidjax",
+) -> dict[str, Any]:
+    """Write the model's step as dependency-free C99: for a microcontroller, or any C program.
+
+    Writes the folder `path` with ``<name>.h``, ``<name>.c`` and ``manifest.json`` (as
+    :func:`to_stablehlo`). The header declares
+
+    ```c
+    void <name>_init_state(float *state);
+    void <name>_step(const float *state, const float *x, const float *dt,
+                     float *output, float *new_state);
+    ```
+
+    (``double`` for a float64 model), with the calling convention of :func:`stepper`: ``dt``
+    one per example, every array row-major with ``batch_shape`` first, ``new_state`` may be
+    ``state`` itself. ``<NAME>_STATE_SIZE``, ``<NAME>_INPUT_SIZE``, ``<NAME>_OUTPUT_SIZE`` and
+    ``<NAME>_BATCH`` give the sizes. The weights are ``static const`` arrays (in flash on a
+    microcontroller); intermediate values live in static scratch arrays reused once dead (no
+    ``malloc``; the header states both sizes), so the step is not reentrant. Only ``<math.h>``
+    and ``<stdint.h>`` are included; link with ``-lm``.
+
+    The code is generated from the step's jaxpr (the one :func:`stepper` compiles), equation by
+    equation, after folding the computations on the parameters alone: loops for the
+    elementwise operations, reductions and matrix products, a ``for`` loop for the LTC's
+    ``ode_unfolds`` semi-implicit steps.
+
+    **Arguments:**
+    - `model`: as :func:`stepper`. Its step must have a fixed size: an LTC integrated by a
+      diffrax solver (its ``diffeqsolve`` is a ``while`` loop with host callbacks) is refused
+      with a ``ValueError`` naming the cell and what it contains (use the default
+      ``FusedSemiImplicit`` solver, or :func:`to_stablehlo` / the XLA stepper).
+    - `path`: the folder to write (created if needed; existing files are replaced).
+    - `batch_shape`: leading batch dimensions of every argument (fixed sizes).
+    - `dtype`: ``float32`` or ``float64`` to cast the parameters to first (default: the model's
+      own dtype).
+    - `name`: the prefix of the C names and the files (a C identifier).
+
+    **Returns:** the manifest (a dict).
+
+    **Example:**
+    ```python
+    liquidjax.export.to_c(model, "policy_c", name="policy")
+    # cc -O2 -c policy_c/policy.c   and in the controller:
+    #   policy_step(state, x, &dt, action, state);
+    ```
+    """
+    from . import _cstep
+
+    name = _cstep.check_name(name)
+    bs = _check_batch_shape(batch_shape)
+    if dtype is not None:
+        model = _cast(model, dtype)
+    plan = _plan(model)
+    src = _cstep.sources(plan, bs, name)
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {f"{name}.h": src.header, f"{name}.c": src.source}
+    for fname, text in files.items():
+        (out / fname).write_text(text)
+    functions = {"step": {"files": list(files), "symbol": f"{name}_step",
+                          "init_state_symbol": f"{name}_init_state",
+                          "scratch_bytes": src.scratch_bytes,
+                          "constant_bytes": src.constant_bytes, **_signature(plan, bs)}}
+    manifest = _manifest(plan, "liquidjax.c", bs, functions)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _cast(model: Any, dtype: Any) -> Any:
+    import equinox as eqx
+
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
+        raise ValueError("dtype=float64 needs JAX's 64-bit mode: jax.config.update("
+                         "'jax_enable_x64', True), or call inside `with jax.enable_x64(True)`")
+    return jax.tree_util.tree_map(
+        lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, model)
 
 
 # ------------------------------------------------------------------------------ serialisation
