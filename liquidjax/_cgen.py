@@ -819,6 +819,7 @@ def _gather(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
     return [out]
 
 
+_LANES = 8  # partial results of a long contiguous reduction (a 256-bit vector of float32)
 _REDUCERS = {  # name: (init, combine)
     "reduce_sum": (lambda d: literal(0, d), lambda a, b, d: f"{a} + {b}"),
     "reduce_prod": (lambda d: literal(1, d), lambda a, b, d: f"{a} * {b}"),
@@ -839,6 +840,38 @@ def _reduce(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
     kept = [d for d in range(len(src.shape)) if d not in axes]
     out = t.alloc(shape, dtype)
     zero = init(dtype)
+    big = [d for d in range(len(src.shape)) if src.shape[d] != 1]
+    run = _size([src.shape[d] for d in axes])
+    trailing = max([d for d in big if d not in axes], default=-1) < min(
+        [d for d in big if d in axes], default=-1)
+    if run >= 2 * _LANES and trailing:
+        # Each output reduces one contiguous run of ``src``: _LANES partial results side by
+        # side (a vector), combined at the end, instead of one long chain of dependent adds.
+        c, lane, acc = t.fresh("i"), t.fresh("i"), t.fresh("acc")
+        ct, whole = ctype(dtype), run // _LANES * _LANES
+        tree = [f"{acc}[{k}]" for k in range(_LANES)]
+        while len(tree) > 1:
+            tree = [combine(tree[k], tree[k + 1], dtype) for k in range(0, len(tree), 2)]
+            tree = [f"({x})" for x in tree]
+
+        def reduce_run(e: list[str]) -> list[str]:
+            base = e[1][:-1]  # src[...] without its "]": the run's offset follows
+            return [
+                f"{ct} {acc}[{_LANES}] = {{{', '.join([zero] * _LANES)}}};",
+                f"for (int {c} = 0; {c} < {whole}; {c} += {_LANES}) {{",
+                f"    for (int {lane} = 0; {lane} < {_LANES}; ++{lane}) {{",
+                f"        {acc}[{lane}] = {combine(f'{acc}[{lane}]', f'{base} + {c} + {lane}]', dtype)};",  # noqa: E501
+                "    }",
+                "}",
+                *([f"for (int {c} = {whole}; {c} < {run}; ++{c}) {{",
+                   f"    {acc}[0] = {combine(f'{acc}[0]', f'{base} + {c}]', dtype)};",
+                   "}"] if whole < run else []),
+                f"{e[0]} = {tree[0]};",
+            ]
+
+        t.nest(shape, [(out, _row_major(shape)), (src, [run * s for s in _row_major(shape)])],
+               reduce_run)
+        return [out]
     t.nest(shape, [(out, _row_major(shape))], lambda e: f"{e[0]} = {zero};")
     # The reduced dimensions outermost: the sums for different outputs run side by side.
     order = [*axes, *kept]
