@@ -779,43 +779,50 @@ def _dynamic_update_slice(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Re
 
 
 def _gather(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
-    """``operand[indices]`` along the first axis (``jnp.take``, ``x[idx]``) only."""
+    """``jnp.take(operand, indices, axis)`` (``x[idx]``, and its vmapped forms) only."""
     from jax.lax import GatherScatterMode
 
     src, idx = ins
     p = eqn.params
     dn = p["dimension_numbers"]
     shape, dtype = _out(eqn)
-    nb = len(idx.shape) - 1
-    rest = tuple(src.shape[1:])
-    if (idx.shape[-1:] != (1,) or tuple(dn.start_index_map) != (0,)
-            or tuple(dn.collapsed_slice_dims) != (0,) or tuple(dn.operand_batching_dims)
-            or tuple(p["slice_sizes"]) != (1, *rest)
-            or tuple(dn.offset_dims) != tuple(range(nb, nb + len(rest)))):
-        raise Unsupported(["gather"], "only operand[indices] along the first axis")
+    axes = tuple(int(d) for d in dn.start_index_map)
+    kept = [d for d in range(len(src.shape)) if d not in axes]
+    offset_dims = [int(d) for d in dn.offset_dims]
+    if (len(axes) != 1 or idx.shape[-1:] != (1,) or tuple(dn.collapsed_slice_dims) != axes
+            or tuple(dn.operand_batching_dims) or len(offset_dims) != len(kept)
+            or any(p["slice_sizes"][d] != (1 if d in axes else src.shape[d])
+                   for d in range(len(src.shape)))):
+        raise Unsupported(["gather"], "only jnp.take(operand, indices, axis)")
     mode = p["mode"]
     if mode == GatherScatterMode.FILL_OR_DROP and not _is_float(dtype):
         raise Unsupported(["gather"], "filling out-of-bounds integer indices")
+    (axis,) = axes
+    n = src.shape[axis]
+    rm_src, rm_idx = _row_major(src.shape), _row_major(idx.shape[:-1])
+    src_strides, idx_strides, batch = [], [], iter(range(len(idx.shape) - 1))
+    for j in range(len(shape)):
+        if j in offset_dims:
+            src_strides.append(rm_src[kept[offset_dims.index(j)]])
+            idx_strides.append(0)
+        else:
+            src_strides.append(0)
+            idx_strides.append(rm_idx[next(batch)])
     out = t.alloc(shape, dtype)
-    b, r, j = t.fresh("i"), t.fresh("i"), t.fresh("j")
-    nrows, row = src.shape[0], _size(rest)
-    t.emit(f"for (int {b} = 0; {b} < {_size(idx.shape)}; ++{b}) {{")
-    t.depth += 1
-    t.emit(f"int {j} = (int){t.read(idx, 0, [b])};")
-    if mode == GatherScatterMode.FILL_OR_DROP:
-        fill = p["fill_value"]
-        value = literal(np.nan if fill is None else fill, dtype)
-        t.emit(f"if ({j} < 0 || {j} > {nrows - 1}) {{")
-        t.emit(f"    for (int {r} = 0; {r} < {row}; ++{r}) "
-               f"{out.at(0, [f'{row} * {b}', r])} = {value};")
-        t.emit("    continue;")
-        t.emit("}")
-    else:  # CLIP, and PROMISE_IN_BOUNDS kept in bounds
-        t.emit(f"{j} = {j} < 0 ? 0 : ({j} > {nrows - 1} ? {nrows - 1} : {j});")
-    t.emit(f"for (int {r} = 0; {r} < {row}; ++{r}) "
-           f"{out.at(0, [f'{row} * {b}', r])} = {t.read(src, 0, [f'{row} * {j}', r])};")
-    t.depth -= 1
-    t.emit("}")
+    j = t.fresh("j")
+    row = dataclasses.replace(src, dyn=(*src.dyn, f"{rm_src[axis]} * {j}"))
+
+    def statement(e: list[str]) -> list[str]:
+        if mode == GatherScatterMode.FILL_OR_DROP:
+            fill = literal(np.nan if p["fill_value"] is None else p["fill_value"], dtype)
+            return [f"int {j} = (int){e[1]};",
+                    f"{e[0]} = ({j} < 0 || {j} > {n - 1}) ? {fill} : {e[2]};"]
+        return [f"int {j} = (int){e[1]};",  # CLIP, and PROMISE_IN_BOUNDS kept in bounds
+                f"{j} = {j} < 0 ? 0 : ({j} > {n - 1} ? {n - 1} : {j});",
+                f"{e[0]} = {e[2]};"]
+
+    t.nest(shape, [(out, _row_major(shape)), (idx, idx_strides), (row, src_strides)],
+           statement)
     return [out]
 
 

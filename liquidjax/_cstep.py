@@ -162,7 +162,6 @@ def build(files: dict[str, str], main: str) -> Path:
     flags (``-march=native``); reused when it exists. Raises ``RuntimeError`` if it fails."""
     from ._native import _cpu_features
 
-    cc = compiler()
     h = hashlib.sha256()
     for fname in sorted(files):
         h.update(fname.encode() + b"\0" + files[fname].encode() + b"\0")
@@ -172,6 +171,7 @@ def build(files: dict[str, str], main: str) -> Path:
     lib = folder / "step.so"
     if lib.exists():
         return lib
+    cc = compiler()
     folder.mkdir(parents=True, exist_ok=True)
     for fname, text in files.items():
         (folder / fname).write_text(text)

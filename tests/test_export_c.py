@@ -1,0 +1,264 @@
+"""The C backend: the translator held to JAX primitive by primitive, the C stepper to the sequence
+layer and to the XLA stepper, and the files of ``to_c`` compiled alone with warnings as errors."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+import subprocess
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_export import CELLS, KEY, I, N, T, _call, _data, _randomise, _stream
+
+from liquidjax import _cgen, _cstep, export
+from liquidjax.cells import LTC, MixedMemory
+from liquidjax.layers import LiquidRNN
+from liquidjax.models import ModelConfig, build_model
+from liquidjax.wirings import AutoNCP
+
+C_CELLS = ["ltc-fused", "ltc-sparse", "cfc-default", "cfc-no_gate", "cfc-pure", "wired-cfc",
+           "mixed-cfc"]
+
+
+def _compiled(fn, *args):
+    """``fn`` translated to C, compiled and loaded: a callable on NumPy arrays."""
+    closed = jax.make_jaxpr(fn)(*args)
+    n_out = len(closed.jaxpr.outvars)
+    ins, outs = [f"in{k}" for k in range(len(args))], [f"out{k}" for k in range(n_out)]
+    c = _cgen.translate(closed, "f", ins, outs)
+    src = f"#include <math.h>\n#include <stdint.h>\n\n{c.definitions}\n{c.function}"
+    lib = ctypes.CDLL(str(_cstep.build({"f.c": src}, "f.c")))
+
+    def run(*arrays):
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        results = [np.empty(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.outvars]
+        lib.f(*(ctypes.c_void_p(a.ctypes.data) for a in [*arrays, *results]))
+        return results
+
+    return run
+
+
+def _primitives(x, m, k):
+    """One value of each kind of equation the translator handles, from x (5, 19), m (19, 3)
+    and an int32 scalar k."""
+    y = jnp.tanh(3 * x)  # float32: XLA's rational approximation
+    z = x[1:4, 2:9:3]
+    i = jnp.arange(6, dtype=x.dtype)
+
+    def body(carry, row):  # a scan with a constant and a sequence; dynamic_slice on the index
+        acc, n = carry
+        acc = acc + jax.lax.dynamic_slice(row, (n,), (4,)) * 2.0
+        return (acc, n + 1), acc.sum()
+
+    (acc, _), seq = jax.lax.scan(body, (jnp.zeros(4, x.dtype), k), x)
+    return (
+        y, jax.nn.sigmoid(x), jnp.exp(-x), jnp.log1p(jnp.abs(x)), jnp.sqrt(jnp.abs(x)),
+        jax.lax.rsqrt(1 + x * x), x ** 3, jnp.sign(x), jnp.maximum(x, 0.1), jnp.minimum(x, -0.1),
+        jnp.where(x > 0, x, 2 * x), jnp.clip(x, -0.5, 0.5), (x >= 0).astype(x.dtype),
+        jnp.power(jnp.abs(x) + 1, 0.7), x.sum(axis=1), x.sum(axis=0), x.max(axis=1),
+        x.min(), jnp.prod(x[:, :3], axis=1), x @ m, x.T @ x[:, :2], jnp.einsum("ij,kj->ik", x, x),
+        x.T, x.reshape(19, 5), jnp.concatenate([x, -x], axis=0), z,
+        jnp.take(x, jnp.array([[4, 0], [2, 7]]), axis=0),  # mode "fill": 7 is out of bounds
+        x[:, jnp.array([18, -1, 0])], jnp.take(x, k + jnp.arange(3), axis=1, mode="clip"),
+        jax.lax.dynamic_slice(x, (k, k + 1), (2, 4)),
+        jax.lax.dynamic_update_slice(x, -z, (k, k - 1)), i * 2, acc, seq, jnp.floor(x * 3),
+        jnp.broadcast_to(x[:, :1], (5, 4)), x.astype(jnp.int32), jnp.cos(x) + jax.lax.erf(x),
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_translator_matches_jax_on_every_primitive(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        kx, km = jax.random.split(jax.random.key(0))
+        x = np.asarray(jax.random.normal(kx, (5, 19), dtype))
+        m = np.asarray(jax.random.normal(km, (19, 3), dtype))
+        k = np.int32(2)
+        got = _compiled(_primitives, x, m, k)(x, m, np.asarray(k))
+        want = jax.jit(_primitives)(x, m, k)
+    tol = 2e-6 if dtype == jnp.float32 else 1e-13
+    assert len(got) == len(want)
+    for n, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.shape == b.shape and a.dtype == b.dtype, (n, a.shape, b.shape)
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"output {n}")
+
+
+def test_float32_tanh_is_within_a_few_ulp():
+    x = np.concatenate([np.linspace(-12, 12, 20001, dtype=np.float32),
+                        np.float32([0.0, -0.0, 1e-30, 3e-4, 5e-4, np.inf, -np.inf, np.nan])])
+    (got,) = _compiled(jnp.tanh, x)(x)
+    exact = np.tanh(x.astype(np.float64))
+    finite = np.isfinite(x)
+    assert np.max(np.abs(got[finite] - exact[finite])) < 4e-7  # a few ulp of 1
+    assert np.all(np.abs(got[:-1]) <= 1)
+    assert np.isnan(got[-1]) and list(got[-3:-1]) == [1.0, -1.0]
+    np.testing.assert_array_equal(got[np.abs(x) < 4e-4], x[np.abs(x) < 4e-4])
+
+
+@pytest.mark.parametrize("name", C_CELLS)
+def test_c_stepper_streams_like_the_sequence_layer(name):
+    rnn = LiquidRNN(_randomise(CELLS[name], jax.random.key(5)))
+    step = export.stepper(rnn, backend="c")
+    xs, dts = (np.asarray(a) for a in _data())
+    ys, hT = _stream(step, xs, dts)
+    ys_ref, hT_ref = _call(rnn, jnp.asarray(xs), jnp.asarray(dts))
+    np.testing.assert_allclose(ys, ys_ref, rtol=0, atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(step.unflatten_state(hT)),
+                    jax.tree_util.tree_leaves(hT_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    ys_xla, _ = _stream(export.stepper(rnn), xs, dts)
+    np.testing.assert_allclose(ys, ys_xla, rtol=0, atol=1e-5)
+    assert float(jnp.max(jnp.abs(ys_ref[-1] - ys_ref[0]))) > 1e-3  # the state really moves
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(cell="ltc", layers=2, readout="last", ode_unfolds=2),
+    dict(cell="cfc", wiring="ncp", units=10, mixed_memory=True, readout="mean"),
+    dict(cell="cfc", layers=2, readout="mean", per_step=True),
+], ids=["ltc-2layers-last", "wired-mixed-mean", "cfc-per-step"])
+def test_c_stepper_classifier_logits(cfg):
+    model = build_model(ModelConfig(input_size=I, num_classes=4, backbone_units=5,
+                                    **{"units": N, **cfg}), key=KEY)
+    model = _randomise(model, jax.random.key(4))
+    step = export.stepper(model, backend="c")
+    xs, dts = (np.asarray(a) for a in _data())
+    logits, _ = _stream(step, xs, dts)
+    if model.per_step:
+        np.testing.assert_allclose(logits, _call(model, xs, dts), rtol=0, atol=1e-5)
+        return
+    for k in (1, T):
+        np.testing.assert_allclose(logits[k - 1], _call(model, xs[:k], dts[:k]), rtol=0,
+                                   atol=1e-5)
+
+
+def test_c_stepper_float64():
+    with jax.enable_x64(True):
+        cell = _randomise(LTC(I, N, dtype=jnp.float64, key=KEY), jax.random.key(9))
+        rnn = jax.tree_util.tree_map(
+            lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a,
+            LiquidRNN(MixedMemory(cell, key=KEY)))
+        step = export.stepper(rnn, backend="c")
+        assert step.dtype == np.float64
+        xs, dts = (np.asarray(a, np.float64) for a in _data())
+        ys, _ = _stream(step, xs, dts)
+        ys_ref, _ = _call(rnn, jnp.asarray(xs), jnp.asarray(dts))
+        assert ys.dtype == np.float64
+        np.testing.assert_allclose(ys, ys_ref, rtol=0, atol=1e-12)
+
+
+def test_c_stepper_batch_arguments_and_two_steppers_of_one_library():
+    cell = _randomise(LTC(I, AutoNCP(12, 3, seed=3), key=KEY), jax.random.key(2))
+    rnn = LiquidRNN(cell, eqx.nn.Linear(3, 2, key=jax.random.key(3)))
+    a = export.stepper(rnn, batch_shape=(2, 3), backend="c")
+    b = export.stepper(rnn, batch_shape=(2, 3), backend="c")
+    assert a.source_dir == b.source_dir  # one build, one library: the buffers are re-bound
+    xs, dts = (np.asarray(v) for v in _data((2, 3)))
+    ys_ref, _ = jax.vmap(jax.vmap(rnn))(xs, dts)
+    sa, sb = a.initial_state(), b.initial_state() + 0.0
+    for k in range(T):  # interleaved, b one step behind a
+        ya, sa = a(sa, xs[..., k, :], dts[..., k])
+        if k:
+            yb, sb = b(sb, xs[..., k - 1, :], dts[..., k - 1])
+            np.testing.assert_allclose(yb, ys_ref[..., k - 1, :], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(ya, ys_ref[..., k, :], rtol=0, atol=1e-5)
+    assert isinstance(ya, np.ndarray) and ya.shape == (2, 3, 2)
+
+
+def test_c_stepper_arguments():
+    step = export.stepper(CELLS["cfc-default"], backend="c")
+    x = np.linspace(-1, 1, I).astype(np.float32)
+    y1, s1 = step(step.initial_state(), x, 0.5)
+    assert y1 is s1  # a CfC's output is its state: one array, returned twice
+    y2, _ = step(np.zeros(step.state_size), list(x), np.array(0.5))  # lists, float64: cast
+    np.testing.assert_array_equal(y1, y2)
+    y3, _ = step(jnp.zeros(step.state_size), jnp.asarray(x), jnp.float32(0.5))
+    np.testing.assert_array_equal(y1, y3)
+    np.testing.assert_allclose(y1, export.stepper(CELLS["cfc-default"])(
+        step.initial_state(), x, 0.5)[0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"CStepper.*takes state \(6,\), x \(3,\).*x \(4,\)"):
+        step(step.initial_state(), np.ones(4, np.float32), 1.0)
+    with pytest.raises(ValueError, match=r"got state \(6,\), x \(1,\)"):  # not broadcast
+        step(step.initial_state(), np.ones(1, np.float32), 1.0)
+    with pytest.raises(ValueError, match=r"got state \(6,\), x \(3,\), dt \(2,\)"):
+        step(step.initial_state(), x, np.ones(2, np.float32))
+    with pytest.raises(ValueError, match=r"got state \(5,\)"):
+        step(np.zeros(5, np.float32), x, 1.0)
+    with pytest.raises(ValueError, match="read-only"):
+        step.initial_state()[0] = 1.0  # shared: not writable
+
+
+def test_c_refuses_what_has_no_fixed_size_naming_the_cell(tmp_path):
+    for fn in (lambda m: export.to_c(m, tmp_path), lambda m: export.stepper(m, backend="c")):
+        with pytest.raises(ValueError, match=r"cannot generate C for LiquidRNN \(LTC\): its "
+                                             r"step contains .*while.*backend='xla'"):
+            fn(LiquidRNN(CELLS["ltc-euler"]))
+    with pytest.raises(ValueError, match=r"backend must be one of \['c', 'xla'\], got 'C'"):
+        export.stepper(CELLS["cfc-pure"], backend="C")
+    with pytest.raises(ValueError, match="C identifier"):
+        export.to_c(CELLS["cfc-pure"], tmp_path, name="my-policy")
+    with pytest.raises(_cgen.Unsupported, match="cumsum"):
+        _cgen.translate(jax.make_jaxpr(jnp.cumsum)(np.ones(3, np.float32)), "f", ["x"], ["y"])
+
+
+def test_c_stepper_without_a_compiler_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built yet
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(RuntimeError, match=r"C compiler.*none was found.*backend='xla'"):
+        export.stepper(CELLS["cfc-pure"], backend="c")
+
+
+_MAIN = r"""
+#include <stdio.h>
+#include "policy.h"
+
+static const float XS[{T}][POLICY_BATCH * POLICY_INPUT_SIZE] = {xs};
+static const float DTS[{T}][POLICY_BATCH] = {dts};
+
+int main(void)
+{{
+    float state[POLICY_BATCH * POLICY_STATE_SIZE];
+    float y[POLICY_BATCH * POLICY_OUTPUT_SIZE];
+    policy_init_state(state);
+    for (int t = 0; t < {T}; ++t) {{
+        policy_step(state, XS[t], DTS[t], y, state);  /* the state updated in place */
+        for (int i = 0; i < POLICY_BATCH * POLICY_OUTPUT_SIZE; ++i) printf("%.9g ", y[i]);
+        printf("\n");
+    }}
+    return 0;
+}}
+"""
+
+
+def _c_array(a) -> str:
+    a = np.asarray(a)
+    if a.ndim == 0:
+        return _cgen.literal(a, a.dtype)
+    return "{" + ", ".join(_c_array(v) for v in a) + "}"
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
+def test_to_c_compiles_alone_with_warnings_as_errors(tmp_path):
+    model = build_model(ModelConfig(input_size=I, num_classes=4, units=10, cell="ltc",
+                                    wiring="ncp", readout="mean", ode_unfolds=3), key=KEY)
+    model = _randomise(model, jax.random.key(8))
+    man = export.to_c(model, tmp_path, batch_shape=(2,), name="policy")
+    assert man["format"] == "liquidjax.c" and man["functions"]["step"]["symbol"] == "policy_step"
+    assert json.loads((tmp_path / "manifest.json").read_text()) == man
+    xs, dts = (np.asarray(a) for a in _data((2,)))  # (2, T, I), (2, T)
+    (tmp_path / "main.c").write_text(_MAIN.format(
+        T=T, xs=_c_array(xs.transpose(1, 0, 2).reshape(T, -1)), dts=_c_array(dts.T)))
+    cmd = ["cc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-O2", "main.c",
+           "policy.c", "-o", "main", "-lm"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True, check=True)
+    got = np.array([[float(v) for v in line.split()] for line in out.stdout.splitlines()])
+    assert got.shape == (T, 2 * 4)
+    for k in (1, T):  # the logits after k observations are the model's on the first k
+        ref = jax.vmap(lambda x, d: _call(model, x, d))(xs[:, :k], dts[:, :k])
+        np.testing.assert_allclose(got[k - 1].reshape(2, 4), ref, rtol=0, atol=1e-5)
