@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .export import _CALL_PARAMS, _bind
+from ._jaxpr import CALL_PARAMS as _CALL_PARAMS, bind as _bind
 
 
 class Unsupported(Exception):

@@ -40,11 +40,12 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
+from ._jaxpr import CALL_PARAMS as _CALL_PARAMS, bind as _bind
 from .cells._base import AbstractCell
 from .layers import LiquidRNN
 
 if TYPE_CHECKING:
-    from ._cstep import CStepper
+    from . import _cgen
 
 FORMAT_VERSION = 1
 """Version of the exported artifacts' layout (the files and the manifest's fields)."""
@@ -416,6 +417,79 @@ class Stepper(_StepperBase):
                 np.concatenate([x, dt[..., None]], axis=-1))
 
 
+class CStepper(_StepperBase):
+    """A model's step translated to C and compiled: ``step(state, x, dt) -> (output,
+    new_state)``, as :class:`Stepper` but on NumPy arrays.
+
+    Built by ``stepper(model, backend="c")``. A call copies ``state``, ``x`` and ``dt`` into
+    buffers whose addresses the library holds, runs the C step (:func:`to_c`'s code) in place
+    and returns new NumPy arrays (a CfC's output is its state: the same array twice). Calls take
+    turns (the step keeps its scratch in static memory; the call holds the GIL). The generated
+    sources and the library are in the folder ``source_dir``.
+
+    **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`,
+    `source_dir`.
+    """
+
+    # library path -> weak reference to the stepper whose buffers it holds (steppers of one
+    # model share one library, hence its bound buffers: the last to bind them wins)
+    _bound: dict[str, Any] = {}
+
+    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
+        import ctypes
+        import weakref
+
+        from . import _cbuild, _cgen
+
+        super().__init__(plan, batch_shape)
+        fn, self._output_is_state = _c_step(plan, batch_shape, "liquidjax")
+        ct = _cgen.ctype(plan.dtype)
+        header, source = _c_files(plan, batch_shape, fn, "liquidjax")
+        path = _cbuild.build({"liquidjax.h": header,
+                              "liquidjax.c": source + _cbuild.glue("liquidjax", ct)},
+                             "liquidjax.c")
+        self.source_dir = path.parent
+        self._lib = str(path)
+        lib = ctypes.PyDLL(self._lib)  # keeps the GIL: calls take turns
+        self._bind_fn = getattr(lib, _cbuild.BINDER)
+        self._bind_fn.restype = None
+        self._call = getattr(lib, _cbuild.CALL)
+        self._call.restype = None
+        self._call.argtypes = ()
+        self._state_shape = batch_shape + (self.state_size,)
+        self._state = np.zeros(self._state_shape, self.dtype)
+        self._x = np.zeros(self._x_shape, self.dtype)
+        self._dt = np.zeros(batch_shape, self.dtype)
+        self._out = np.zeros(batch_shape + (self.output_size,), self.dtype)
+        self._pointers = [ctypes.c_void_p(a.ctypes.data)
+                          for a in (self._state, self._x, self._dt, self._out)]
+        self._me = weakref.ref(self)
+        init = np.broadcast_to(plan.init, self._state_shape).astype(self.dtype)
+        init.setflags(write=False)
+        self._init = init
+
+    def __call__(
+        self, state: Float[Array, "*batch state"], x: Float[Array, "*batch input"],
+        dt: Float[Array, "*batch"] | float = 1.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Advance ``state`` across ``dt`` with ``x`` held; arguments as
+        :meth:`Stepper.__call__`, results new NumPy arrays."""
+        try:
+            if x.shape != self._x_shape or state.shape != self._state_shape:
+                raise ValueError("wrong shape")  # (NumPy would broadcast it)
+            self._state[...] = state
+            self._x[...] = x
+            self._dt[...] = dt
+        except (AttributeError, TypeError, ValueError) as e:  # ours, NumPy's
+            self._state[...], self._x[...], self._dt[...] = self._checked(state, x, dt, e)
+        if self._bound.get(self._lib) is not self._me:  # another stepper of this library ran
+            self._bind_fn(*self._pointers)
+            self._bound[self._lib] = self._me
+        self._call()
+        new = self._state.copy()
+        return (new, new) if self._output_is_state else (self._out.copy(), new)
+
+
 def stepper(
     model: Any, *, batch_shape: Sequence[int] = (), backend: str = "xla"
 ) -> Stepper | CStepper:
@@ -456,8 +530,6 @@ def stepper(
         action, state = step(state, x, dt)
     ```
     """
-    from ._cstep import CStepper
-
     backends: dict[str, type[_StepperBase]] = {"xla": Stepper, "c": CStepper}
     if backend not in backends:
         raise ValueError(f"backend must be one of {sorted(backends)}, got {backend!r}")
@@ -517,26 +589,62 @@ def to_c(
     #   policy_step(state, x, &dt, action, state);
     ```
     """
-    from . import _cstep
+    from . import _cbuild
 
-    name = _cstep.check_name(name)
+    name = _cbuild.check_name(name)
     bs = _check_batch_shape(batch_shape)
     if dtype is not None:
         model = _cast(model, dtype)
     plan = _plan(model)
-    src = _cstep.sources(plan, bs, name)
+    fn, _ = _c_step(plan, bs, name)
+    header, source = _c_files(plan, bs, fn, name)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    files = {f"{name}.h": src.header, f"{name}.c": src.source}
+    files = {f"{name}.h": header, f"{name}.c": source}
     for fname, text in files.items():
         (out / fname).write_text(text)
     functions = {"step": {"files": list(files), "symbol": f"{name}_step",
                           "init_state_symbol": f"{name}_init_state",
-                          "scratch_bytes": src.scratch_bytes,
-                          "constant_bytes": src.constant_bytes, **_signature(plan, bs)}}
+                          "scratch_bytes": fn.scratch_bytes,
+                          "constant_bytes": fn.constant_bytes, **_signature(plan, bs)}}
     manifest = _manifest(plan, "liquidjax.c", bs, functions)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
+            name: str) -> tuple[_cgen.CFunction, bool]:
+    """The step translated to C, ``<name>_step(state, x, dt, output, new_state)``, and whether
+    its output is its new state (a cell without readout)."""
+    from . import _cgen
+
+    specs = _step_specs(plan, batch_shape)
+    folded = _folded(_batched(plan.fn, batch_shape), specs, distinct=False, merge_dots=True)
+    closed = jax.make_jaxpr(folded)(*specs)
+    try:
+        fn = _cgen.translate(closed, f"{name}_step", ("state", "x", "dt"),
+                             ("output", "new_state"))
+    except _cgen.Unsupported as e:
+        cells = ", ".join(type(c).__name__ for c in plan.cells)
+        what = "; ".join(f"{p} ({_NO_ONNX[p]})" if p in _NO_ONNX else p for p in e.primitives)
+        raise ValueError(
+            f"cannot generate C for {plan.model_name} ({cells}): its step contains {what}"
+            f"{f' ({e.detail})' if e.detail else ''}, which has no C translation. Use a cell "
+            "with a fixed-size step (CfC, WiredCfC, LTC with the default FusedSemiImplicit "
+            "solver), or the XLA stepper (stepper(..., backend='xla')) / to_stablehlo"
+        ) from None
+    outvars = closed.jaxpr.outvars
+    return fn, outvars[0] is outvars[1]
+
+
+def _c_files(plan: _StepPlan, batch_shape: tuple[int, ...], fn: _cgen.CFunction,
+             name: str) -> tuple[str, str]:
+    from . import _cbuild
+
+    cells = ", ".join(type(c).__name__ for c in plan.cells)
+    return _cbuild.files(fn, name=name, model=f"{plan.model_name} ({cells})", dtype=plan.dtype,
+                         batch_shape=batch_shape, input_size=plan.input_size,
+                         output_size=plan.output_size, init=plan.init)
 
 
 def _cast(model: Any, dtype: Any) -> Any:
@@ -679,14 +787,6 @@ class _NotExportable(Exception):
     """A primitive that has no fixed-size ONNX form."""
 
 
-# Primitives that wrap a sub-jaxpr which, for inference, is just called (custom derivatives and
-# rematerialisation do not matter in an exported forward pass).
-_CALL_PARAMS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
-                "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
-                "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
-                "remat": "jaxpr", "checkpoint": "jaxpr", "custom_vmap_call": "call",
-                "custom_lin": None}
-
 _NO_ONNX = {
     "while": "a data-dependent while loop (diffrax's diffeqsolve steps until t1: adaptive or "
              "not, its number of steps is not fixed)",
@@ -732,12 +832,6 @@ def _eval_inlined(jaxpr, consts, args, *, onnx: bool):
         for v, o in zip(eqn.outvars, outs, strict=True):
             env[v] = o
     return [read(v) for v in jaxpr.outvars]
-
-
-def _bind(eqn, invals):
-    with eqn.ctx.manager:
-        outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-    return outs if eqn.primitive.multiple_results else [outs]
 
 
 def _unroll_scan(params, invals):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_export import CELLS, KEY, I, N, T, _call, _data, _randomise, _stream
 
-from liquidjax import _cgen, _cstep, export
+from liquidjax import _cbuild, _cgen, export
 from liquidjax.cells import LTC, MixedMemory
 from liquidjax.layers import LiquidRNN
 from liquidjax.models import ModelConfig, build_model
@@ -32,7 +32,7 @@ def _compiled(fn, *args):
     ins, outs = [f"in{k}" for k in range(len(args))], [f"out{k}" for k in range(n_out)]
     c = _cgen.translate(closed, "f", ins, outs)
     src = f"#include <math.h>\n#include <stdint.h>\n\n{c.definitions}\n{c.function}"
-    lib = ctypes.CDLL(str(_cstep.build({"f.c": src}, "f.c")))
+    lib = ctypes.CDLL(str(_cbuild.build({"f.c": src}, "f.c")))
 
     def run(*arrays):
         arrays = [np.ascontiguousarray(a) for a in arrays]
