@@ -5,20 +5,22 @@ inputs this script
 
 1. builds the ncps model (``ncps.torch.LTC`` / ``ncps.torch.CfC``), copies its weights into
    liquidjax with ``liquidjax.from_ncps``, and **checks that streaming a random sequence step by
-   step gives the same outputs** through ncps, ``liquidjax.export.stepper`` and the ONNX Runtime
-   session of ``liquidjax.export.to_onnx`` (it exits with an error if not);
+   step gives the same outputs** through ncps, ``liquidjax.export.stepper`` (XLA, and the C
+   backend ``backend="c"``) and the ONNX Runtime session of ``liquidjax.export.to_onnx`` (it
+   exits with an error if not);
 2. times one step of each — ncps ``model(x, hx, timespans)`` under ``torch.inference_mode``,
-   the stepper ``step(state, x, dt)`` (NumPy observation in, blocking on the output), ONNX
-   Runtime ``session.run`` — interleaved round-robin in blocks of ``--block`` consecutive calls
-   (so that no call follows another library's: torch's OpenMP workers spin after each call and
-   slow down whatever runs next on the same cores), median of many calls, same cores and
-   threads for all;
+   the stepper ``step(state, x, dt)`` (NumPy observation in, blocking on the output), the C
+   stepper (the same call; NumPy out), ONNX Runtime ``session.run`` — interleaved round-robin
+   in blocks of ``--block`` consecutive calls (so that no call follows another library's:
+   torch's OpenMP workers spin after each call and slow down whatever runs next on the same
+   cores), median of many calls, same cores and threads for all;
 3. prints a table (µs per step, ncps / liquidjax speed-up) and the compute floor (the step
    inside one compiled ``lax.scan`` over 1000 observations, where no call overhead remains).
 
     python benchmarks/streaming.py                     # 2 threads, 3000 calls each
     python benchmarks/streaming.py --quick             # fewer calls (development)
     python benchmarks/streaming.py --block 1           # strict alternation a, b, c, a, b, c
+    python benchmarks/streaming.py --no-c              # without the C backend (no compiler)
     python benchmarks/streaming.py --sync-dispatch     # jax_cpu_enable_async_dispatch=False
                                                        # (the stepper is synchronous anyway)
     python benchmarks/streaming.py --write-md          # also rewrite BENCHMARKS.md's section
@@ -60,12 +62,13 @@ def build(kind: str, seed: int):
     return tmodel, from_ncps(sd, kind=kind, input_size=INPUTS, units=UNITS, **kw)
 
 
-def check(kind, tmodel, step, sess, xs, dts) -> float:
-    """Stream ``xs`` through all three; return the largest difference to ncps."""
+def check(kind, tmodel, step, cstep, sess, xs, dts) -> float:
+    """Stream ``xs`` through all of them; return the largest difference to ncps."""
     import numpy as np
     import torch
 
     h, s, so = None, step.initial_state(), np.asarray(step.initial_state())
+    sc = None if cstep is None else cstep.initial_state()
     worst = 0.0
     with torch.inference_mode():
         for x, dt in zip(xs, dts):
@@ -74,6 +77,9 @@ def check(kind, tmodel, step, sess, xs, dts) -> float:
             yj, s = step(s, x, dt)
             ref = yt.numpy()[0, 0]
             worst = max(worst, float(np.max(np.abs(np.asarray(yj) - ref))))
+            if cstep is not None:
+                yc, sc = cstep(sc, x, dt)
+                worst = max(worst, float(np.max(np.abs(yc - ref))))
             if sess is not None:
                 yo, so = sess.run(None, {"state": so, "x": x, "dt": np.array(dt, np.float32)})
                 worst = max(worst, float(np.max(np.abs(yo - ref))))
@@ -113,6 +119,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=100,
                     help="consecutive calls of one implementation per turn (default 100)")
     ap.add_argument("--no-onnx", action="store_true")
+    ap.add_argument("--no-c", action="store_true", help="without the C backend")
     ap.add_argument("--write-md", action="store_true",
                     help="rewrite the 'streaming' section of BENCHMARKS.md (quiet machine only)")
     ap.add_argument("--seed", type=int, default=0)
@@ -155,6 +162,12 @@ def main() -> None:
         t0 = time.perf_counter()
         step = export.stepper(model)
         build_s = time.perf_counter() - t0
+        cstep = None
+        if not args.no_c:
+            try:
+                cstep = export.stepper(model, backend="c")
+            except RuntimeError as e:  # no C compiler
+                print(f"no C column: {e}")
         sess = None
         if ort is not None:
             d = tempfile.mkdtemp(prefix=f"streaming_{kind}_")
@@ -164,7 +177,7 @@ def main() -> None:
             so.inter_op_num_threads = 1
             sess = ort.InferenceSession(os.path.join(d, "step.onnx"), so,
                                         providers=["CPUExecutionProvider"])
-        err = check(kind, tmodel, step, sess, xs, dts)
+        err = check(kind, tmodel, step, cstep, sess, xs, dts)
 
         x = xs[0]
         dt = np.float32(1.0)
@@ -183,6 +196,13 @@ def main() -> None:
             jax.block_until_ready(y)
 
         fns = {"ncps": ncps_step, "stepper": jax_step}
+        if cstep is not None:
+            c_state = [cstep.initial_state()]
+
+            def c_step():
+                _, c_state[0] = cstep(c_state[0], x, dt)
+
+            fns["c"] = c_step
         if sess is not None:
             feed_dt = np.array(1.0, np.float32)
 
@@ -198,6 +218,8 @@ def main() -> None:
                                     "max_abs_diff_vs_ncps": err, "stepper_build_s": build_s}
         rows.append([f"{kind.upper()}-{UNITS}", f"{us['ncps']:.0f}", f"{us['stepper']:.1f}",
                      f"{us['ncps'] / us['stepper']:.1f}×",
+                     f"{us['c']:.2f}" if "c" in us else "–",
+                     f"{us['ncps'] / us['c']:.0f}×" if "c" in us else "–",
                      f"{us['onnxruntime']:.1f}" if "onnxruntime" in us else "–",
                      f"{floor:.2f}", f"{err:.1e}"])
     own = step.device != jax.devices()[0]
@@ -206,7 +228,8 @@ def main() -> None:
     print(f"\nstepper ran on {where}")
     table = _common.md_table(
         ["model", "ncps step (µs)", "liquidjax stepper (µs)", "speed-up",
-         "ONNX Runtime (µs)", "compute floor (µs)", "max abs diff vs ncps"], rows)
+         "C stepper (µs)", "C speed-up", "ONNX Runtime (µs)", "compute floor (µs)",
+         "max abs diff vs ncps"], rows)
     print()
     print(table)
     path = _common.write_json("streaming.json", payload)
