@@ -1,14 +1,17 @@
-"""Streaming and deployment: a compiled one-observation stepper, and export to StableHLO and ONNX.
+"""Streaming and deployment: a compiled one-observation stepper; export to StableHLO, ONNX and C.
 
 A liquid network deployed as a controller is stepped one observation at a time: read a sensor,
-advance the state across the elapsed time ``Δt``, emit an action. Three ways to run that step:
+advance the state across the elapsed time ``Δt``, emit an action. Four ways to run that step:
 
 * :func:`stepper` — in Python, as one ahead-of-time compiled XLA executable with the parameters
   baked in and the state kept as **one flat array** (a few microseconds of call overhead);
 * :func:`to_stablehlo` — serialised with ``jax.export``: any process with JAX (and without
   liquidjax) deserialises and runs it;
 * :func:`to_onnx` — an ONNX graph, for ONNX Runtime and the toolchains that read ONNX
-  (microcontrollers, C++, the browser).
+  (microcontrollers, C++, the browser);
+* :func:`to_c` — one dependency-free C99 function (a microcontroller, any C program), which
+  ``stepper(..., backend="c")`` also compiles and calls from Python (below a microsecond of
+  call overhead).
 
 Every export has the same calling convention, per example (``batch_shape`` prefixes every
 argument):
