@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from ._checks import literal_choices
-from .cells import AbstractCell, AbstractODECell, MixedMemory, _cfc_sequence
-from .solvers import solve
+from .cells import AbstractCell, AbstractODECell, AbstractPathCell, MixedMemory, _cfc_sequence
 
 Interpolation = Literal["hold", "linear", "cubic"]
 _INTERPOLATIONS: tuple[str, ...] = literal_choices(Interpolation)
@@ -59,7 +57,8 @@ class LiquidRNN(eqx.Module):
     * ``interpolation="hold"`` (ncps semantics, default): ``x_k`` is held over ``(T_{k−1}, T_k]``;
       a ``lax.scan`` calls ``cell.advance`` once per observation. Works for every cell.
     * ``"linear"`` / ``"cubic"``: the inputs form a continuous path (diffrax linear interpolation or
-      backward-Hermite cubic) and one ``diffeqsolve`` integrates an ODE cell over the whole
+      backward-Hermite cubic) and one ``diffeqsolve`` integrates an ODE cell (or a Neural CDE,
+      driven by the path: any :class:`~liquidjax.cells.AbstractPathCell`) over the whole
       sequence, saving the state at the observation times (``SaveAt(ts=T)``).
 
     A boolean ``mask`` marks valid steps: a masked step leaves the state unchanged and its output
@@ -110,11 +109,12 @@ class LiquidRNN(eqx.Module):
             raise ValueError(
                 f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
             )
-        if self.interpolation != "hold" and not isinstance(self.cell, AbstractODECell):
+        if self.interpolation != "hold" and not isinstance(self.cell, AbstractPathCell):
             raise ValueError(
-                f"interpolation={self.interpolation!r} integrates the cell's ODE over a continuous "
-                f"input path, which needs an ODE cell (e.g. LTC); {type(self.cell).__name__} "
-                "advances in closed form: use interpolation='hold'"
+                f"interpolation={self.interpolation!r} integrates the cell over a continuous "
+                f"input path, which needs an ODE cell (e.g. LTC) or a NeuralCDE (an "
+                f"AbstractPathCell); {type(self.cell).__name__} advances step by step: use "
+                "interpolation='hold'"
             )
         if self.proj is not None and self.proj.in_features != self.cell.output_size:
             raise ValueError(
@@ -283,29 +283,20 @@ class LiquidRNN(eqx.Module):
 
     def _run_continuous(self, x, timespans, mask, state):
         cell = self.cell
-        assert isinstance(cell, AbstractODECell)
+        assert isinstance(cell, AbstractPathCell)
         if mask is not None:
             # Padding steps get unit spacing so the path's knots stay strictly increasing.
             timespans = jnp.where(mask, timespans, 1)
         dtype = jax.tree_util.tree_leaves(state)[0].dtype
         ts = jnp.cumsum(timespans.astype(dtype))
         knots = jnp.concatenate([jnp.zeros((1,), dtype), ts])
-        values = jnp.concatenate([x[:1], x], axis=0)  # held before the first observation
-        if self.interpolation == "linear":
-            path = diffrax.LinearInterpolation(knots, values)
-        else:
-            path = diffrax.CubicInterpolation(
-                knots, diffrax.backward_hermite_coefficients(knots, values)
-            )
         last = None if mask is None else jnp.maximum(jnp.sum(mask) - 1, 0)
         t_end = ts[-1]
         if mask is not None and cell.integrator.is_adaptive:
             # Stop at the last valid observation: the padding costs no steps. States "saved" at
             # padded times are the final state (their outputs are zeroed below).
             t_end = jnp.where(jnp.any(mask), ts[last], knots[0])
-        sol = solve(cell, state, path, knots[0], t_end,
-                    saveat=diffrax.SaveAt(ts=jnp.minimum(ts, t_end)), observation_times=knots)
-        hs = sol.ys
+        hs = cell.solve_path(state, knots, x, self.interpolation, t_end)
         if mask is None:
             h = jax.tree_util.tree_map(lambda a: a[-1], hs)
         else:

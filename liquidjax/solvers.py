@@ -215,6 +215,33 @@ def make_term(cell: Any) -> LiquidTerm:
     return LiquidTerm(cell, _COUNTER.get())
 
 
+def make_control_term(matrix: Callable[[Any], Any], control: diffrax.AbstractPath,
+                      ) -> diffrax.ControlTerm:
+    """``diffrax.ControlTerm`` of ``dz = matrix(z) dX`` driven by the path `control`, counting
+    its evaluations inside :func:`count_vf_evals` (a controlled differential equation, e.g.
+    :class:`~liquidjax.cells.NeuralCDE` over a continuous input path)."""
+    counter = _COUNTER.get()
+
+    def vf(t, z, args):
+        _report(counter, 1, z)
+        return matrix(z)
+
+    return diffrax.ControlTerm(vf, control)
+
+
+def input_path(knots: Any, values: Any, interpolation: str) -> diffrax.AbstractPath:
+    """The continuous input path through ``(knots[k], values[k])``: ``"linear"``
+    (``diffrax.LinearInterpolation``) or ``"cubic"`` (Hermite cubic with backward differences,
+    ``diffrax.backward_hermite_coefficients`` + ``CubicInterpolation``: C¹, and causal — the
+    path up to ``knots[k]`` depends on ``values[: k + 1]`` only)."""
+    if interpolation == "linear":
+        return diffrax.LinearInterpolation(knots, values)
+    if interpolation == "cubic":
+        return diffrax.CubicInterpolation(knots,
+                                          diffrax.backward_hermite_coefficients(knots, values))
+    raise ValueError(f"interpolation must be 'linear' or 'cubic', got {interpolation!r}")
+
+
 class Integrator(eqx.Module):
     """How an ODE cell is integrated across each observation interval — one declared object.
 
@@ -300,6 +327,7 @@ def solve(
     *,
     saveat: diffrax.SaveAt | None = None,
     observation_times: Any = None,
+    term: diffrax.AbstractTerm | None = None,
 ) -> diffrax.Solution:
     """Integrate an ODE cell from ``t0`` to ``t1`` with its :class:`Integrator` — the single
     ``diffrax.diffeqsolve`` set-up of the library.
@@ -316,6 +344,8 @@ def solve(
       (``StepTo``); an adaptive controller (which may stop early, ``t1 ≤ T_L``)
       is clipped to step exactly onto every ``T_k`` (``ClipStepSizeController``), so
       a state saved at ``T_k`` never depends on later inputs.
+    - `term`: the diffrax term to integrate (default the cell's own ODE, :func:`make_term`;
+      a controlled differential equation passes :func:`make_control_term`).
 
     Constant steps on one interval take ``ode_unfolds`` steps of ``(t1 − t0) / ode_unfolds``; an
     adaptive controller starts from that step size. Implicit solvers with constant steps get
@@ -359,7 +389,7 @@ def solve(
             })
     solver = with_root_finder_tols(integ.solver, controller, dtype)
     return diffrax.diffeqsolve(
-        make_term(cell), solver, t0, t1, dt0, y0, x,
+        make_term(cell) if term is None else term, solver, t0, t1, dt0, y0, x,
         saveat=saveat, stepsize_controller=controller, adjoint=adjoint,
         max_steps=integ.max_steps,
     )

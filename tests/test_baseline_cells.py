@@ -131,24 +131,92 @@ def test_grud_follows_its_update_equations():
         GRUD(4, 3, key=jax.random.key(0))
 
 
-def test_neural_cde_matches_diffrax_control_term_on_the_linear_path():
+NCDE_XS = jnp.array([[0.2, -0.4], [0.9, 0.1], [0.3, 0.8], [-0.5, 0.2]])
+NCDE_DTS = jnp.array([0.5, 0.7, 0.3, 1.1])
+
+
+def _ncde_path_values(xs, dts):
+    """Knots ``[0, T_1, …, T_L]`` and the observations augmented with time, ``(T_k, x_k)``,
+    the first observation held back to ``t = 0`` (the cell's convention)."""
+    knots = jnp.concatenate([jnp.zeros(1), jnp.cumsum(dts)])
+    values = jnp.concatenate([knots[:, None], jnp.concatenate([xs[:1], xs])], axis=1)
+    return knots, values
+
+
+def test_neural_cde_held_and_linear_path_match_diffrax_control_term():
     cell = NeuralCDE(2, 3, width=5, integrator=TIGHT, key=jax.random.key(4))
-    xs = jnp.array([[0.2, -0.4], [0.9, 0.1], [0.3, 0.8], [-0.5, 0.2]])
-    dts = jnp.array([0.5, 0.7, 0.3, 1.1])
-    _, (z, _, _) = LiquidRNN(cell)(xs, dts)
-    # Reference: z(T_1) = ζ(x_1), then ∫ f(z) dX over the linear interpolation of (t, x).
-    ts = jnp.cumsum(dts)
-    path = diffrax.LinearInterpolation(ts, jnp.concatenate([ts[:, None], xs], axis=1))
+    zs_held, (z, _, _) = LiquidRNN(cell)(NCDE_XS, NCDE_DTS)
+    # Reference: z(0) = ζ(x_1), then ∫ f(z) dX over the linear interpolation of (t, x), solved
+    # here by diffrax itself (ControlTerm → ODE, an 8th-order solver told about the kinks).
+    knots, values = _ncde_path_values(NCDE_XS, NCDE_DTS)
+    path = diffrax.LinearInterpolation(knots, values)
     term = diffrax.ControlTerm(lambda t, z, args: cell.field.matrix(z), path).to_ode()
-    sol = diffrax.diffeqsolve(term, diffrax.Dopri8(), ts[0], ts[-1], 0.01, cell.initial(xs[0]),
+    sol = diffrax.diffeqsolve(term, diffrax.Dopri8(), 0.0, knots[-1], 0.01,
+                              cell.initial(NCDE_XS[0]), saveat=diffrax.SaveAt(ts=knots[1:]),
                               stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-9,
-                                                                        jump_ts=ts))
-    np.testing.assert_allclose(z, sol.ys[-1], rtol=2e-5, atol=2e-5)
-    # A padded (masked) tail changes nothing.
+                                                                        jump_ts=knots))
+    np.testing.assert_allclose(zs_held, sol.ys, rtol=2e-5, atol=2e-5)
+    assert np.abs(np.diff(np.asarray(sol.ys), axis=0)).max() > 0.05  # not vacuous
+    # The continuous linear path: one ControlTerm solve over the whole range, same answer...
+    zs_lin, _ = LiquidRNN(cell, interpolation="linear")(NCDE_XS, NCDE_DTS)
+    np.testing.assert_allclose(zs_lin, sol.ys, rtol=2e-5, atol=2e-5)
+    # ...and, with the same constant steps, the same numbers as the held mode step by step.
+    heun = cell.field.integrator.replace(solver=diffrax.Heun(),
+                                         stepsize_controller=diffrax.ConstantStepSize())
+    coarse = eqx.tree_at(lambda c: c.field.integrator, cell, heun)
+    a, _ = LiquidRNN(coarse)(NCDE_XS, NCDE_DTS)
+    b, _ = LiquidRNN(coarse, interpolation="linear")(NCDE_XS, NCDE_DTS)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # A padded (masked) tail changes nothing (constant steps run through the padding).
+    _, (zp, _, _) = LiquidRNN(coarse, interpolation="linear")(*_padded())
+    np.testing.assert_allclose(zp, b[-1], rtol=1e-6, atol=1e-7)
+
+
+def _padded():
     mask = jnp.array([True, True, True, True, False, False])
-    xp = jnp.concatenate([xs, jnp.full((2, 2), 9.0)])
-    _, (zp, _, _) = LiquidRNN(cell)(xp, jnp.concatenate([dts, jnp.ones(2)]), mask)
-    np.testing.assert_allclose(zp, z, rtol=1e-6)
+    return (jnp.concatenate([NCDE_XS, jnp.full((2, 2), 9.0)]),
+            jnp.concatenate([NCDE_DTS, jnp.ones(2)]), mask)
+
+
+def test_neural_cde_constant_field_closed_form_on_both_paths():
+    cell = NeuralCDE(2, 3, width=5, integrator=TIGHT, key=jax.random.key(6))
+    _, values = _ncde_path_values(NCDE_XS, NCDE_DTS)
+    # Closed form: with a constant f = M (no dependence on z), z(T_k) = ζ(x_1) + M (X(T_k) − X(0))
+    # whatever the path between the knots, for any interpolation.
+    last = cell.field.mlp.layers[-1]
+    m = jax.random.normal(jax.random.key(7), last.bias.shape) * 0.5
+    const = eqx.tree_at(lambda c: (c.field.mlp.layers[-1].weight, c.field.mlp.layers[-1].bias),
+                        cell, (jnp.zeros_like(last.weight), m))
+    mat = np.tanh(_np(m)).reshape(3, 3)
+    want = _np(cell.initial(NCDE_XS[0])) + (_np(values[1:]) - _np(values[0])) @ mat.T
+    for interpolation in ("linear", "cubic"):
+        got, _ = LiquidRNN(const, interpolation=interpolation)(NCDE_XS, NCDE_DTS)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_neural_cde_cubic_path_against_scipy():
+    cell = NeuralCDE(2, 3, width=5, integrator=TIGHT, key=jax.random.key(6))
+    knots, values = _ncde_path_values(NCDE_XS, NCDE_DTS)
+    # A z-dependent f along the cubic path: scipy integrates dz/dt = f(z) dX/dt, with f written
+    # in NumPy and dX/dt the derivative of diffrax's backward-Hermite spline through the knots.
+    path = diffrax.CubicInterpolation(knots, diffrax.backward_hermite_coefficients(knots, values))
+    dxdt = jax.jit(lambda t: path.derivative(t))
+    (w0, b0), (w1, b1) = ((_np(lay.weight), _np(lay.bias)) for lay in cell.field.mlp.layers)
+
+    def rhs(t, z):
+        f = np.tanh(w1 @ np.logaddexp(0.0, w0 @ z + b0) + b1).reshape(3, 3)
+        return f @ _np(dxdt(t))
+
+    ref = solve_ivp(rhs, (0.0, float(knots[-1])), _np(cell.initial(NCDE_XS[0])), method="DOP853",
+                    t_eval=_np(knots[1:]), rtol=1e-10, atol=1e-12)
+    got, _ = LiquidRNN(cell, interpolation="cubic")(NCDE_XS, NCDE_DTS)
+    np.testing.assert_allclose(got, ref.y.T, rtol=2e-5, atol=2e-5)
+    held, _ = LiquidRNN(cell)(NCDE_XS, NCDE_DTS)
+    assert np.abs(_np(held) - ref.y.T).max() > 1e-3  # the cubic path is not the linear one
+    # A padded (masked) tail changes nothing (the adaptive solve stops at the last observation).
+    _, (zp, _, _) = LiquidRNN(cell, interpolation="cubic")(*_padded())
+    np.testing.assert_allclose(zp, got[-1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -196,5 +264,6 @@ def test_model_config_refuses_what_a_baseline_cannot_do():
         ModelConfig(input_size=4, num_classes=2, cell="grud")
     with pytest.raises(ValueError, match="needs an ODE cell"):
         ModelConfig(input_size=3, num_classes=2, cell="odernn", interpolation="linear")
+    ModelConfig(input_size=3, num_classes=2, cell="ncde", interpolation="cubic")  # a path cell
     with pytest.raises(ValueError, match="cfc and ltc cells only"):
         ModelConfig(input_size=3, num_classes=2, cell="gruode", wiring="ncp", units=8)

@@ -2,6 +2,7 @@ from ._base import (
     AbstractCell as AbstractCell,
     AbstractConductanceCell as AbstractConductanceCell,
     AbstractODECell as AbstractODECell,
+    AbstractPathCell as AbstractPathCell,
     AbstractWiredCell as AbstractWiredCell,
 )
 from ._baselines import (

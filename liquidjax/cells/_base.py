@@ -40,11 +40,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from .._static import replace_fields
-from ..solvers import FusedSemiImplicit, Integrator, count_fused_evals, solve
+from ..solvers import FusedSemiImplicit, Integrator, count_fused_evals, input_path, solve
 
 State = PyTree[Array]
 
-__all__ = ["AbstractCell", "AbstractConductanceCell", "AbstractODECell", "AbstractWiredCell"]
+__all__ = [
+    "AbstractCell", "AbstractConductanceCell", "AbstractODECell", "AbstractPathCell",
+    "AbstractWiredCell",
+]
 
 
 class AbstractCell(eqx.Module):
@@ -100,7 +103,37 @@ class AbstractWiredCell(AbstractCell):
     wiring: eqx.AbstractVar[Any]
 
 
-class AbstractODECell(AbstractCell):
+class AbstractPathCell(AbstractCell):
+    """A cell that can also be driven by a **continuous input path** over a whole sequence
+    (``LiquidRNN(interpolation="linear" | "cubic")``): one diffrax solve, through
+    :func:`liquidjax.solvers.solve` and the cell's ``integrator``, from ``t = 0`` to the last
+    observation. ODE cells (:class:`AbstractODECell`) and the Neural CDE are path cells.
+
+    Subclasses declare ``integrator`` (a :class:`~liquidjax.solvers.Integrator`) and implement
+    :meth:`solve_path`.
+    """
+
+    integrator: eqx.AbstractVar[Integrator]
+
+    @abc.abstractmethod
+    def solve_path(
+        self,
+        state: State,
+        knots: Float[Array, " time_plus_one"],
+        x: Float[Array, "time input"],
+        interpolation: str,
+        t_end: Float[Array, ""],
+    ) -> State:
+        """Integrate from ``knots[0] = 0`` to `t_end` along the `interpolation` (``"linear"`` or
+        ``"cubic"``, :func:`liquidjax.solvers.input_path`) of the observations ``x[k]`` at
+        ``knots[k + 1]``, starting from `state`.
+
+        **Returns:** the states at ``min(knots[1:], t_end)`` (the cell's state pytree with a
+        leading time axis).
+        """
+
+
+class AbstractODECell(AbstractPathCell):
     """A cell whose state obeys an ODE, ``dstate/dt = vector_field(t, state, x)``.
 
     ``x`` is the raw observation driving the dynamics: an array (held input) or a
@@ -200,6 +233,14 @@ class AbstractODECell(AbstractCell):
         **Returns:** the ``diffrax.Solution`` (``.ys``, ``.stats`` with ``num_steps``).
         """
         return solve(self, y0, x, t0, t1, saveat=saveat)
+
+    def solve_path(self, state, knots, x, interpolation, t_end):
+        """The states along the `interpolation` of the observations (held at ``x[0]`` before
+        the first one), from one :func:`liquidjax.solvers.solve` stepping onto every knot."""
+        path = input_path(knots, jnp.concatenate([x[:1], x], axis=0), interpolation)
+        saveat = diffrax.SaveAt(ts=jnp.minimum(knots[1:], t_end))
+        return solve(self, state, path, knots[0], t_end, saveat=saveat,
+                     observation_times=knots).ys
 
     def advance(self, state, x, t0, t1, *, key=None):
         """The state at ``t1`` (input ``x`` held over ``[t0, t1]``): ``ode_unfolds`` fused

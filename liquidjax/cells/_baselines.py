@@ -7,7 +7,8 @@
 * :class:`GRUD` — GRU with trainable decays for missing values (reads the ``[x̃ | m | δ]``
   features of :func:`liquidjax.data.missing_value_features`).
 * :class:`NeuralCDE` — a neural controlled differential equation driven by the linear
-  interpolation of the observations (and time).
+  interpolation of the observations (and time), step by step, or by a continuous linear or
+  cubic control path in one ``diffrax.ControlTerm`` solve.
 
 Every ODE part integrates through the cell's :class:`~liquidjax.solvers.Integrator` (one
 ``liquidjax.solvers.solve``), so any diffrax solver, step-size controller and adjoint applies.
@@ -23,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..solvers import Integrator
-from ._base import AbstractCell, AbstractConductanceCell, AbstractODECell
+from ..solvers import Integrator, input_path, make_control_term, solve
+from ._base import AbstractCell, AbstractConductanceCell, AbstractODECell, AbstractPathCell
 
 
 def _default_integrator(integrator: Integrator | None) -> Integrator:
@@ -352,19 +353,32 @@ class _CDEField(AbstractODECell):
         return state
 
 
-class NeuralCDE(AbstractCell):
+class NeuralCDE(AbstractPathCell):
     r"""Neural controlled differential equation (Kidger, Morrill, Foster & Lyons 2020, "Neural
     controlled differential equations for irregular time series", NeurIPS; eq. 4):
 
-    $$z_{t_0} = \zeta(x_0),\qquad z_t = z_{t_0} + \int_{t_0}^t f_\theta(z_s)\,dX_s,$$
+    $$z_0 = \zeta(x_1),\qquad z_t = z_0 + \int_0^t f_\theta(z_s)\,dX_s,$$
 
-    with ``X`` the **linear interpolation** of the observations augmented with time,
-    ``X(t_k) = (t_k, x_k)``, ``ζ`` linear and ``f_θ`` an MLP (softplus, final tanh) into
-    ``units × (C + 1)`` matrices. Over each interval ``dX/dt`` is constant,
-    ``(1, (x_k − x_{k−1}) / Δt_k)``, so ``dz/dt = f_θ(z)·dX/dt`` is an ODE with a held input,
-    integrated by the cell's :class:`~liquidjax.solvers.Integrator` — the same solution as
-    ``diffrax.ControlTerm(f, LinearInterpolation)`` (checked in the tests). The state is
-    ``(z, x_prev, started)``; the first observation only sets ``z = ζ(x_0)``.
+    with ``X(t) = (t, x(t))`` the observations augmented with time, ``ζ`` linear and ``f_θ`` an
+    MLP (softplus, final tanh) into ``units × (C + 1)`` matrices. As for every cell of
+    :class:`~liquidjax.LiquidRNN` the sequence starts at ``t = 0`` and observation ``k`` comes
+    at ``T_k = Δt_1 + … + Δt_k``; before the first one the path holds ``x_1`` (so ``z`` follows
+    the time channel alone; Kidger et al. start at ``T_1``, the same when ``Δt_1 → 0``).
+
+    * **Held inputs** (``interpolation="hold"``, a step per observation): ``X`` is the
+      **linear interpolation** of the observations; over each interval ``dX/dt`` is constant,
+      ``(1, (x_k − x_{k−1}) / Δt_k)``, so ``dz/dt = f_θ(z)·dX/dt`` is an ODE with a held input,
+      integrated by the cell's :class:`~liquidjax.solvers.Integrator`. The state is
+      ``(z, x_prev, started)``.
+    * **Continuous path** (``LiquidRNN(cell, interpolation="linear" | "cubic")``,
+      :meth:`solve_path`): ``X`` is a diffrax interpolation of the observations over the
+      observation times (``LinearInterpolation``, or ``backward_hermite_coefficients`` +
+      ``CubicInterpolation``) and one ``diffeqsolve`` integrates ``dz = f_θ(z) dX`` — a
+      ``diffrax.ControlTerm`` — over the whole time range with the integrator's solver and
+      step-size controller. A linear path is linear inside every step (the steps meet every
+      knot), so the term takes the control's exact increments and matches the held mode; a
+      cubic path has a continuous derivative, so the term is the ODE ``f_θ(z)·dX/dt``
+      (``ControlTerm.to_ode()``: the solver's full order and an honest error estimate).
 
     **Arguments:** `input_size` (``C``), `units`, `width`/`depth` of ``f_θ`` (default `units`,
     1), `integrator` (default Tsit5, 4 steps per interval), `dtype`, `key`.
@@ -372,6 +386,7 @@ class NeuralCDE(AbstractCell):
     **Example:**
     ```python
     cell = NeuralCDE(3, 16, key=jax.random.key(0))
+    zs, _ = LiquidRNN(cell, interpolation="cubic")(xs, timespans)   # continuous control path
     ```
     """
 
@@ -400,13 +415,31 @@ class NeuralCDE(AbstractCell):
         return (jnp.zeros((self.state_size,), dtype), jnp.zeros((self.input_size,), dtype),
                 jnp.zeros((), dtype))
 
+    def _start(self, state, x_first):
+        """``(z, x_prev)`` at the start of an interval: the state's, or ``(ζ(x), x)`` before
+        the first observation (the path held at it)."""
+        z, x_prev, started = state
+        go = started > 0
+        return jnp.where(go, z, self.initial(x_first)), jnp.where(go, x_prev, x_first)
+
     def advance(self, state, x, t0, t1, *, key=None):
         del key
-        z, x_prev, started = state
+        z, x_prev = self._start(state, x)
         dt = jnp.asarray(t1, z.dtype) - jnp.asarray(t0, z.dtype)
         v = jnp.concatenate([jnp.ones((1,), z.dtype), (x - x_prev) / dt])
-        z_next = jnp.where(started > 0, self.field.advance(z, v, t0, t1), self.initial(x))
-        return z_next, x, jnp.ones((), z.dtype)
+        return self.field.advance(z, v, t0, t1), x, jnp.ones((), z.dtype)
+
+    def solve_path(self, state, knots, x, interpolation, t_end):
+        """The states ``(z, x_k, 1)`` at the observation times along the `interpolation` of
+        ``(t, x)`` (one ``diffrax.ControlTerm`` solve, see the class docs)."""
+        z0, x_prev = self._start(state, x[0])
+        values = jnp.concatenate([knots[:, None], jnp.concatenate([x_prev[None], x])], axis=1)
+        term = make_control_term(self.field.matrix, input_path(knots, values, interpolation))
+        sol = solve(self, z0, None, knots[0], t_end,
+                    saveat=diffrax.SaveAt(ts=jnp.minimum(knots[1:], t_end)),
+                    observation_times=knots,
+                    term=term if interpolation == "linear" else term.to_ode())
+        return sol.ys, x, jnp.ones(x.shape[:1], z0.dtype)
 
     def output(self, state):
         return state[0]

@@ -28,7 +28,7 @@ TASKS: tuple[str, ...] = literal_choices(Task)
 # itself is an ODE state (continuous input paths apply), and those in conductance form (the
 # fused semi-implicit solver applies).
 SOLVER_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode", "odernn", "ncde")
-PATH_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode")
+PATH_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode", "ncde")
 FUSED_CELLS: tuple[str, ...] = ("ltc", "gruode")
 
 _RATE = dict(minimum=0.0, maximum=1.0, max_open=True)
@@ -73,7 +73,7 @@ class ModelConfig:
       ``"ncps"`` (ncps's ranges: < 0.1 % of the state kept per timespan; see
       ``benchmarks/ltc_trainability.py``).
     - `interpolation`: ``"hold"``, ``"linear"`` or ``"cubic"`` input path between observations
-      (LTC only for the latter two).
+      (the latter two for the ODE cells ltc, ctrnn, gruode and for ncde, driven by the path).
     - `cfc_mode`: CfC mode, ``"default"``, ``"no_gate"`` or ``"pure"``.
     - `activation`: CfC backbone activation (unwired CfC).
     - `backbone_units`: CfC backbone width (unwired CfC).
