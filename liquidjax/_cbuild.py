@@ -124,6 +124,14 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liquidjax" / "c"
 
 
+def _write(path: Path, data: str) -> None:
+    """Write ``path`` atomically: a concurrent build never reads a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def build(sources: dict[str, str], main: str) -> Path:
     """Compile ``sources[main]`` (the other files beside it, e.g. its header) into a shared
     library in the cache folder, named by a hash of the files, the flags and the CPU's feature
@@ -140,13 +148,22 @@ def build(sources: dict[str, str], main: str) -> Path:
     if lib.exists():
         return lib
     cc = compiler()
-    folder.mkdir(parents=True, exist_ok=True)
-    for fname, text in sources.items():
-        (folder / fname).write_text(text)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-    os.close(fd)
-    res = subprocess.run([cc, *FLAGS, str(folder / main), "-o", tmp, "-lm"],
-                         capture_output=True, text=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for fname, text in sources.items():
+            _write(folder / fname, text)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise RuntimeError(f"cannot write the generated C to {folder} ({e}); set "
+                           "$XDG_CACHE_HOME to a writable folder") from e
+    flags = list(FLAGS)
+    while True:
+        res = subprocess.run([cc, *flags, str(folder / main), "-o", tmp, "-lm"],
+                             capture_output=True, text=True)
+        if res.returncode == 0 or "-march=native" not in flags or "march" not in res.stderr:
+            break
+        flags.remove("-march=native")  # a compiler that does not know it: build generic code
     if res.returncode != 0:
         os.unlink(tmp)
         raise RuntimeError(f"compiling the generated C ({folder / main}) with {cc} failed:\n"

@@ -200,6 +200,8 @@ def test_c_refuses_what_has_no_fixed_size_naming_the_cell(tmp_path):
         export.stepper(CELLS["cfc-pure"], backend="C")
     with pytest.raises(ValueError, match="C identifier"):
         export.to_c(CELLS["cfc-pure"], tmp_path, name="my-policy")
+    with jax.enable_x64(False), pytest.raises(ValueError, match="dtype=float64 needs"):
+        export.to_c(CELLS["cfc-pure"], tmp_path, dtype=jnp.float64)
     with pytest.raises(_cgen.Unsupported, match="cumsum"):
         _cgen.translate(jax.make_jaxpr(jnp.cumsum)(np.ones(3, np.float32)), "f", ["x"], ["y"])
 
@@ -216,17 +218,17 @@ _MAIN = r"""
 #include <stdio.h>
 #include "policy.h"
 
-static const float XS[{T}][POLICY_BATCH * POLICY_INPUT_SIZE] = {xs};
-static const float DTS[{T}][POLICY_BATCH] = {dts};
+static const {real} XS[{T}][POLICY_BATCH * POLICY_INPUT_SIZE] = {xs};
+static const {real} DTS[{T}][POLICY_BATCH] = {dts};
 
 int main(void)
 {{
-    float state[POLICY_BATCH * POLICY_STATE_SIZE];
-    float y[POLICY_BATCH * POLICY_OUTPUT_SIZE];
+    {real} state[POLICY_BATCH * POLICY_STATE_SIZE];
+    {real} y[POLICY_BATCH * POLICY_OUTPUT_SIZE];
     policy_init_state(state);
     for (int t = 0; t < {T}; ++t) {{
         policy_step(state, XS[t], DTS[t], y, state);  /* the state updated in place */
-        for (int i = 0; i < POLICY_BATCH * POLICY_OUTPUT_SIZE; ++i) printf("%.9g ", y[i]);
+        for (int i = 0; i < POLICY_BATCH * POLICY_OUTPUT_SIZE; ++i) printf("%.17g ", y[i]);
         printf("\n");
     }}
     return 0;
@@ -241,24 +243,46 @@ def _c_array(a) -> str:
     return "{" + ", ".join(_c_array(v) for v in a) + "}"
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
-def test_to_c_compiles_alone_with_warnings_as_errors(tmp_path):
+def _classifier():
     model = build_model(ModelConfig(input_size=I, num_classes=4, units=10, cell="ltc",
                                     wiring="ncp", readout="mean", ode_unfolds=3), key=KEY)
-    model = _randomise(model, jax.random.key(8))
-    man = export.to_c(model, tmp_path, batch_shape=(2,), name="policy")
-    assert man["format"] == "liquidjax.c" and man["functions"]["step"]["symbol"] == "policy_step"
-    assert json.loads((tmp_path / "manifest.json").read_text()) == man
-    xs, dts = (np.asarray(a) for a in _data((2,)))  # (2, T, I), (2, T)
-    (tmp_path / "main.c").write_text(_MAIN.format(
-        T=T, xs=_c_array(xs.transpose(1, 0, 2).reshape(T, -1)), dts=_c_array(dts.T)))
-    cmd = ["cc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-O2", "main.c",
-           "policy.c", "-o", "main", "-lm"]
-    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True, check=True)
-    got = np.array([[float(v) for v in line.split()] for line in out.stdout.splitlines()])
-    assert got.shape == (T, 2 * 4)
-    for k in (1, T):  # the logits after k observations are the model's on the first k
-        ref = jax.vmap(lambda x, d: _call(model, x, d))(xs[:, :k], dts[:, :k])
-        np.testing.assert_allclose(got[k - 1].reshape(2, 4), ref, rtol=0, atol=1e-5)
+    return _randomise(model, jax.random.key(8))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on this machine")
+@pytest.mark.parametrize("case", ["ltc-classifier-batch2-float32", "mixed-cfc-float64"])
+def test_to_c_compiles_alone_with_warnings_as_errors(case, tmp_path):
+    f64 = case.endswith("float64")
+    with jax.enable_x64(f64):
+        if f64:  # a float32 model written as float64 C (to_c's dtype)
+            model, bs, dtype, tol = LiquidRNN(_randomise(CELLS["mixed-cfc"], KEY)), (), "f8", 1e-12
+        else:
+            model, bs, dtype, tol = _classifier(), (2,), None, 1e-5
+        man = export.to_c(model, tmp_path, batch_shape=bs, name="policy", dtype=dtype)
+        if f64:
+            model = jax.tree_util.tree_map(
+                lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, model)
+        assert man["format"] == "liquidjax.c"
+        assert man["functions"]["step"]["symbol"] == "policy_step"
+        assert json.loads((tmp_path / "manifest.json").read_text()) == man
+        xs, dts = (np.asarray(a, np.float64 if f64 else np.float32) for a in _data((2,)))
+        xs, dts = (xs, dts) if bs else (xs[0], dts[0])
+        flat_xs = xs.transpose(1, 0, 2).reshape(T, -1) if bs else xs
+        (tmp_path / "main.c").write_text(_MAIN.format(
+            real="double" if f64 else "float", T=T, xs=_c_array(flat_xs),
+            dts=_c_array(dts.T if bs else dts[:, None])))
+        cmd = ["cc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-O2", "main.c",
+               "policy.c", "-o", "main", "-lm"]
+        res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stderr[-3000:]
+        out = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True,
+                             check=True)
+        got = np.array([[float(v) for v in line.split()] for line in out.stdout.splitlines()])
+        if not bs:  # a LiquidRNN: its outputs over the whole sequence
+            ys_ref, _ = _call(model, jnp.asarray(xs), jnp.asarray(dts))
+            np.testing.assert_allclose(got, ys_ref, rtol=0, atol=tol)
+            return
+        assert got.shape == (T, 2 * 4)
+        for k in (1, T):  # the logits after k observations are the model's on the first k
+            ref = jax.vmap(lambda x, d: _call(model, x, d))(xs[:, :k], dts[:, :k])
+            np.testing.assert_allclose(got[k - 1].reshape(2, 4), ref, rtol=0, atol=tol)
