@@ -361,6 +361,26 @@ def test_missing_value_path_matches_np_interp_per_channel():
 # ------------------------------------------------------------------------------ tasks
 
 
+def _paper_xor_encode(bits, pad):
+    """The ODE-LSTM paper's per-sample loop (XORData.create_event_based_sample) on given bits,
+    rewritten here as a reference."""
+    events, elapsed, mask = np.zeros(pad), np.zeros(pad), np.zeros(pad, bool)
+    last, w, counter, label = -1, 0, 0, 0
+    for ch in bits.astype(int):
+        counter += 1
+        label += ch
+        if ch != last:
+            events[w], elapsed[w], mask[w] = ch, counter, True
+            w += 1
+            counter = 0
+            if w >= pad - 1:
+                break
+        last = ch
+    if counter > 0:
+        events[w], elapsed[w], mask[w] = ch, counter, True
+    return events, elapsed / pad, mask, label % 2
+
+
 def test_event_xor_labels_are_the_parity_of_the_decoded_stream():
     d = D.event_xor(300, seed=4, max_length=16)
     assert d.x.shape == (300, 16, 1) and set(np.unique(d.y)) == {0, 1}
@@ -374,6 +394,10 @@ def test_event_xor_labels_are_the_parity_of_the_decoded_stream():
             bits[pos[j] : end] = d.x[i, j, 0]
         assert 2 <= len(bits) <= 15
         assert int(bits.sum()) % 2 == d.y[i]
+        ev, el, m, label = _paper_xor_encode(bits, 16)  # the paper's encoding of these bits
+        assert m.sum() == k and label == d.y[i]
+        np.testing.assert_array_equal(d.x[i, :k, 0], ev[:k])
+        np.testing.assert_allclose(d.timespans[i, :k], el[:k])
         # An event at every change (the final one may repeat the last bit).
         assert np.all(d.x[i, 1 : k - 1, 0] != d.x[i, : k - 2, 0])
     assert 0.35 < d.y.mean() < 0.65
