@@ -61,11 +61,11 @@ class Config:
     units: int
     classes: int = 10
     backbone_units: int = 128
-    ncp_outputs: int | None = None  # LTC over AutoNCP(units, ncp_outputs) instead of dense
+    ncp_outputs: int | None = None  # the cell over AutoNCP(units, ncp_outputs), not dense
     description: str = ""
 
     def wiring(self, ncps_module=None):
-        """The LTC's ``units`` argument: an int, or ``AutoNCP(units, ncp_outputs)`` from ncps
+        """The cell's ``units`` argument: an int, or ``AutoNCP(units, ncp_outputs)`` from ncps
         (``ncps_module="ncps.wirings"``) or liquidjax (default)."""
         if self.ncp_outputs is None:
             return self.units
@@ -93,6 +93,9 @@ CONFIGS: dict[str, Config] = {
     "rowwise_cfc": Config("cfc", 128, 32, 96, 64,
                           description="row-wise image: B128 × 32 steps × 96 in, CfC-64, "
                                       "backbone 128"),
+    "rowwise_wired_cfc": Config("cfc", 128, 32, 96, 64, ncp_outputs=10,
+                                description="row-wise image: B128 × 32 steps × 96 in, wired CfC "
+                                            "AutoNCP(64, 10) (no backbone)"),
     "long_ltc": Config("ltc", 32, 256, 3, 32,
                        description="long sequence: B32 × 256 steps × 3 in, LTC-32 FC, 6 unfolds"),
     "long_cfc": Config("cfc", 32, 256, 3, 32,
@@ -172,8 +175,8 @@ def build_torch(cfg: Config, seed: int):
                 self.rnn = TLTC(cfg.inputs, cfg.wiring("ncps"), return_sequences=False,
                                 batch_first=True)
             else:
-                self.rnn = TCfC(cfg.inputs, cfg.units, return_sequences=False, batch_first=True,
-                                backbone_units=cfg.backbone_units, backbone_layers=1)
+                self.rnn = TCfC(cfg.inputs, cfg.wiring("ncps"), return_sequences=False,
+                                batch_first=True, **cfc_backbone(cfg))
             self.fc = torch.nn.Linear(cfg.rnn_outputs, cfg.classes)
 
         def forward(self, x):
@@ -204,20 +207,23 @@ def build_jax(cfg: Config, sd: dict | None, seed: int, synapses: str = "auto",
             y, _ = self.rnn(x)  # return_sequences=False: the last output
             return self.head(y)
 
-    kw = {} if cfg.kind == "ltc" else {"backbone_units": cfg.backbone_units, "backbone_layers": 1}
+    kw = {} if cfg.kind == "ltc" else cfc_backbone(cfg)
     if sd is None:  # no torch: liquidjax's own init
-        from liquidjax.cells import LTC
-        from liquidjax.cells._cfc import CfC
+        from liquidjax.cells import LTC, CfC, WiredCfC
         from liquidjax.layers import LiquidRNN
 
         k1, k2 = jax.random.split(jax.random.key(seed))
-        cell = (LTC(cfg.inputs, cfg.wiring(), key=k1) if cfg.kind == "ltc"
-                else CfC(cfg.inputs, cfg.units, key=k1, **kw))
+        if cfg.kind == "ltc":
+            cell = LTC(cfg.inputs, cfg.wiring(), key=k1)
+        elif cfg.ncp_outputs is None:
+            cell = CfC(cfg.inputs, cfg.units, key=k1, **kw)
+        else:
+            cell = WiredCfC(cfg.inputs, cfg.wiring(), key=k1)
         return Classifier(LiquidRNN(with_synapses(cell, synapses, kernel),
                                     return_sequences=False),
                           eqx.nn.Linear(cfg.rnn_outputs, cfg.classes, key=k2))
     rnn_sd = {k[len("rnn."):]: v for k, v in sd.items() if k.startswith("rnn.")}
-    units = cfg.wiring() if cfg.kind == "ltc" else cfg.units
+    units = cfg.wiring()
     rnn = from_ncps(rnn_sd, kind=cfg.kind, input_size=cfg.inputs, units=units,
                     return_sequences=False, **kw)
     rnn = eqx.tree_at(lambda r: r.cell, rnn, with_synapses(rnn.cell, synapses, kernel))
@@ -225,6 +231,14 @@ def build_jax(cfg: Config, sd: dict | None, seed: int, synapses: str = "auto",
     head = eqx.tree_at(lambda h: (h.weight, h.bias), head,
                        (jnp.asarray(sd["fc.weight"]), jnp.asarray(sd["fc.bias"])))
     return Classifier(rnn, head)
+
+
+def cfc_backbone(cfg: Config) -> dict:
+    """The ncps CfC's backbone arguments: one layer of ``backbone_units``; none for a wired CfC
+    (ncps refuses them)."""
+    if cfg.ncp_outputs is not None:
+        return {}
+    return {"backbone_units": cfg.backbone_units, "backbone_layers": 1}
 
 
 def with_synapses(cell, synapses: str, kernel: str = "auto"):
