@@ -12,9 +12,12 @@ import pytest
 from liquidjax.cells import _cfc_sequence
 from liquidjax.cells._cfc import CfC
 from liquidjax.cells._lstm import MixedMemory
+from liquidjax.cells._wired_cfc import WiredCfC
 from liquidjax.layers import LiquidRNN
+from liquidjax.wirings import AutoNCP
 
 B, T, I, H, U = 3, 6, 5, 4, 7
+WIRED_UNITS = 9  # AutoNCP(9, 3): layers of 4, 2 and 3 neurons
 
 
 def _cast(tree, dtype):
@@ -36,7 +39,7 @@ def _reference(rnn: LiquidRNN, x, ts, h0, mask):
         return h, h
 
     h, hs = jax.lax.scan(step, h0, (x, ts, mask))
-    read = (lambda s: s) if rnn.proj is None else rnn.proj
+    read = cell.output if rnn.proj is None else (lambda s: rnn.proj(cell.output(s)))
     if not rnn.return_sequences:
         return read(h), h
     return jnp.where(mask[:, None], jax.vmap(read)(hs), 0), h
@@ -72,18 +75,21 @@ def _assert_close(got, want, rtol):
 
 
 def _problem(dtype, *, mode="default", activation="lecun_tanh", sparse=False, proj=False,
-             return_sequences=True, steps_mask=False, unit_steps=False, seed=0):
+             return_sequences=True, steps_mask=False, unit_steps=False, wired=False, seed=0):
     k = jax.random.split(jax.random.key(seed), 6)
     sparsity = None
     if sparse:
         sparsity = np.asarray(jax.random.bernoulli(k[5], 0.5, (H, U)))
-    cell = CfC(I, H, mode=mode, activation=activation, backbone_units=U,
-               sparsity_mask=sparsity, key=k[0])
-    p = eqx.nn.Linear(H, 3, key=k[4]) if proj else None
+    if wired:
+        cell = WiredCfC(I, AutoNCP(WIRED_UNITS, 3), mode=mode, key=k[0])
+    else:
+        cell = CfC(I, H, mode=mode, activation=activation, backbone_units=U,
+                   sparsity_mask=sparsity, key=k[0])
+    p = eqx.nn.Linear(cell.output_size, 3, key=k[4]) if proj else None
     rnn = _cast(LiquidRNN(cell, p, return_sequences=return_sequences), dtype)
     x = jax.random.normal(k[1], (B, T, I), dtype)
     ts = jax.random.uniform(k[2], (B, T), dtype, 0.1, 3.0)
-    h0 = 0.5 * jax.random.normal(k[3], (B, H), dtype)
+    h0 = 0.5 * jax.random.normal(k[3], (B, cell.state_size), dtype)
     mask = None
     if steps_mask:  # gaps inside and padding at the end; one example with no valid step
         mask = jnp.asarray([[1, 0, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], bool)
@@ -119,9 +125,35 @@ def test_fast_path_matches_generic(dtype, rtol, case):
         _assert_close(fast, ref, rtol)  # loss, and d/d (weights, x, timespans, h0)
 
 
+_WIRED_CASES = [
+    dict(mode="default"),
+    dict(mode="no_gate", proj=True, return_sequences=False),
+    dict(mode="default", steps_mask=True, proj=True),
+    dict(mode="default", unit_steps=True),
+    dict(mode="no_gate", unit_steps=True, steps_mask=True, return_sequences=False),
+]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-6), (jnp.float64, 1e-12)])
+@pytest.mark.parametrize("case", _WIRED_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_wired_fast_path_matches_generic(dtype, rtol, case):
+    """A wired CfC's sequence (stacked heads per wiring layer; three with unit steps) against
+    the generic scan of ``WiredCfC.advance``: loss and every gradient."""
+    with jax.enable_x64(dtype == jnp.float64):
+        args = _problem(dtype, wired=True, **case)
+        rnn, x, _, h0, _ = args
+        assert _cfc_sequence.applies(rnn.cell, x[0], x[0, :, 0], h0[0])
+        # Not vacuous: the first layer's (4 neurons, 5 inputs + 4) heads are one product.
+        heads = 3 if case.get("unit_steps") else 4
+        jaxpr = str(jax.make_jaxpr(_loss, static_argnums=0)(_layer, args))
+        assert f"[{heads * 4},{I + 4}]" in jaxpr and f"[{(7 - heads) * 4},{I + 4}]" not in jaxpr
+        _assert_close(_value_and_grads(_layer, args), _value_and_grads(_reference, args), rtol)
+
+
 def test_fast_path_is_taken_only_where_it_applies():
     """Not vacuous: the recurrence primitive is in the graph of the plain call (masked or not), and
-    not with remat, another mode, another backbone depth, mixed memory or mixed dtypes."""
+    not with remat, another mode (a wired one too), another backbone depth, mixed memory or
+    mixed dtypes."""
     rnn, x, ts, h0, _ = _problem(jnp.float32)
     args = (x[0], ts[0])
 
@@ -132,6 +164,8 @@ def test_fast_path_is_taken_only_where_it_applies():
     assert uses_fast_path(rnn, *args, mask=jnp.ones(T, bool))
     assert not uses_fast_path(_with_remat(rnn), *args)
     key = jax.random.key(0)
+    pure_wired = WiredCfC(I, AutoNCP(WIRED_UNITS, 3), mode="pure", key=key)
+    assert not _cfc_sequence.applies(pure_wired, *args, pure_wired.init_state())
     for cell in (CfC(I, H, mode="pure", backbone_units=U, key=key),
                  CfC(I, H, backbone_units=U, backbone_layers=0, key=key),
                  CfC(I, H, backbone_units=U, backbone_layers=2, key=key),

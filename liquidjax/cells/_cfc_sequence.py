@@ -1,10 +1,11 @@
 """A CfC run over a whole held-input sequence at once: the fast path of ``LiquidRNN``.
 
 :class:`~liquidjax.layers.LiquidRNN` chooses it by itself (:func:`applies`) for a plain
-:class:`~liquidjax.cells.CfC` with one backbone layer in ``"default"`` or ``"no_gate"`` mode,
-without ``remat``; everything else goes through the generic ``lax.scan`` over
-``cell.advance``, which stays the reference (``tests/test_cfc_sequence.py`` holds the two equal,
-values and gradients, float32 and float64).
+:class:`~liquidjax.cells.CfC` with one backbone layer, and for a
+:class:`~liquidjax.cells.WiredCfC`, in ``"default"`` or ``"no_gate"`` mode, without ``remat``;
+everything else goes through the generic ``lax.scan`` over ``cell.advance``, which stays the
+reference (``tests/test_cfc_sequence.py`` holds the two equal, values and gradients, float32 and
+float64).
 
 The same numbers, arranged for the hardware:
 
@@ -16,6 +17,10 @@ The same numbers, arranged for the hardware:
   small matrix-vector products per step; every weight gradient is one product over the whole
   sequence afterwards (over batch × time once ``vmap`` adds the batch), instead of one small
   product per step and weight.
+
+A wired CfC gets only the stacked heads (one product per wiring layer; three heads with unit
+steps), in a plain scan that JAX differentiates: hoisting its first layer's input part out of
+the loop made its forward slower (measured; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -25,24 +30,33 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from .._batching import batch_aware_primitive
 from ._cfc import CfC
+from ._wired_cfc import WiredCfC
 
 _FAST_MODES = ("default", "no_gate")
 
 
 def applies(cell: object, x: Array, timespans: Array, state: object) -> bool:
     """Whether :func:`held_sequence` computes what a scan of ``cell.advance`` would."""
-    if type(cell) is not CfC or cell.mode not in _FAST_MODES or len(cell.backbone) != 1:
+    if type(cell) is CfC:
+        if cell.mode not in _FAST_MODES or len(cell.backbone) != 1:
+            return False
+        dtype = cell.ff1.weight.dtype
+    elif type(cell) is WiredCfC:
+        if cell.mode not in _FAST_MODES:
+            return False
+        dtype = cell.layers[0].ff1.weight.dtype
+    else:
         return False
-    dtype = cell.ff1.weight.dtype
     return all(jnp.result_type(a) == dtype for a in (x, timespans, state))
 
 
 def held_sequence(
-    cell: CfC,
+    cell: CfC | WiredCfC,
     x: Float[Array, "time input"],
     timespans: Float[Array, " time"] | None,
     h0: Float[Array, " units"],
@@ -52,22 +66,51 @@ def held_sequence(
     equal to ``lax.scan`` of ``cell.advance``; a masked step (``mask`` False) keeps the state.
     ``timespans=None`` means every ``Δt`` is 1: then ``time_a`` and ``time_b`` act as one head,
     ``(W_a + W_b) z + b_a + b_b``. Only where :func:`applies`."""
+    if isinstance(cell, WiredCfC):
+        return _wired_sequence(cell, x, timespans, h0, mask)
     (backbone,) = cell.backbone
     assert backbone.bias is not None
     w_x = backbone.weight[:, : cell.input_size]
     w_h = backbone.weight[:, cell.input_size :]
     u_x = x @ w_x.T + backbone.bias  # (T, U): the whole sequence's input part in one product
+    w_heads, b_heads = _stacked_heads(cell, unit_steps=timespans is None)
+    return _recurrence(cell.activation, cell.mode == "no_gate", w_h, w_heads, b_heads, u_x,
+                       timespans, h0, mask)
+
+
+def _stacked_heads(cell: CfC, *, unit_steps: bool) -> tuple[Array, Array]:
+    """The heads ``ff1, ff2, time_a, time_b`` as one ``(4H, z)`` weight and its bias; with
+    ``unit_steps`` (every ``Δt`` is 1) ``(3H, z)``, ``time_a + time_b`` acting as one head."""
     assert cell.ff2 is not None and cell.time_a is not None and cell.time_b is not None
     ff = [cell.masked_weight(cell.ff1), cell.masked_weight(cell.ff2)]
     ff_b = [cell.ff1.bias, cell.ff2.bias]
-    if timespans is None:
-        w_heads = jnp.concatenate([*ff, cell.time_a.weight + cell.time_b.weight])  # (3H, U)
-        b_heads = jnp.concatenate([*ff_b, cell.time_a.bias + cell.time_b.bias])
-    else:
-        w_heads = jnp.concatenate([*ff, cell.time_a.weight, cell.time_b.weight])  # (4H, U)
-        b_heads = jnp.concatenate([*ff_b, cell.time_a.bias, cell.time_b.bias])
-    return _recurrence(cell.activation, cell.mode == "no_gate", w_h, w_heads, b_heads, u_x,
-                       timespans, h0, mask)
+    if unit_steps:
+        return (jnp.concatenate([*ff, cell.time_a.weight + cell.time_b.weight]),
+                jnp.concatenate([*ff_b, cell.time_a.bias + cell.time_b.bias]))
+    return (jnp.concatenate([*ff, cell.time_a.weight, cell.time_b.weight]),
+            jnp.concatenate([*ff_b, cell.time_a.bias, cell.time_b.bias]))
+
+
+def _wired_sequence(cell: WiredCfC, x, dts, h0, mask):
+    """:func:`held_sequence` of a wired CfC: a plain ``lax.scan`` (differentiated by JAX) whose
+    step is one product per wiring layer with the heads stacked — with unit steps three heads,
+    not four, the part that pays (its layers are masked dense products: at these sizes the
+    wiring's sparsity leaves too little to skip for a sparse layout to pay; BENCHMARKS.md)."""
+    heads = [_stacked_heads(layer, unit_steps=dts is None) for layer in cell.layers]
+    bounds = np.cumsum((0,) + cell.layer_sizes)
+    no_gate = cell.mode == "no_gate"
+
+    def step(h, inp):
+        xk, dt, m = inp
+        new = [xk]
+        for (w, b), lo, hi in zip(heads, bounds[:-1], bounds[1:]):
+            new.append(_gate(w @ jnp.concatenate([new[-1], h[lo:hi]]) + b, dt, no_gate))
+        h_new = jnp.concatenate(new[1:])
+        if m is not None:
+            h_new = jnp.where(m, h_new, h)
+        return h_new, h_new
+
+    return jax.lax.scan(step, h0, (x, dts, mask))[1]
 
 
 def _gate(p, dt, no_gate):
