@@ -476,6 +476,10 @@ def _scan(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
                                           dyn=(*x.dyn, idx if step == 1 else f"{idx} * {step}")))
     outs = t.run(body.jaxpr, [*consts, *carry, *xs_now],
                  [t.const(np.asarray(c)) for c in body.consts])
+    for y, src in zip(ys, outs[nk:]):  # first: a y may be the carry before this step
+        step = _size(y.shape[1:])
+        t.copy(dataclasses.replace(y, shape=y.shape[1:],
+                                   dyn=(idx if step == 1 else f"{idx} * {step}",)), src)
     carry_blocks = {c.block for c in carry}
     moves = []
     for c, src in zip(carry, outs[:nk]):
@@ -490,10 +494,6 @@ def _scan(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
         moves.append((c, src))
     for c, src in moves:
         t.copy(c, src)
-    for y, src in zip(ys, outs[nk:]):
-        step = _size(y.shape[1:])
-        t.copy(dataclasses.replace(y, shape=y.shape[1:],
-                                   dyn=(idx if step == 1 else f"{idx} * {step}",)), src)
     for r in [*outs, *t.holds]:
         t.release(r)
     t.holds = []
@@ -858,25 +858,27 @@ def _reduce(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
         ct, whole = ctype(dtype), run // _LANES * _LANES
         tree = [f"{acc}[{k}]" for k in range(_LANES)]
         while len(tree) > 1:
-            tree = [combine(tree[k], tree[k + 1], dtype) for k in range(0, len(tree), 2)]
-            tree = [f"({x})" for x in tree]
+            tree = [f"({combine(tree[k], tree[k + 1], dtype)})" for k in range(0, len(tree), 2)]
+        # The run's elements: src[offset of the output's run + c + lane] (and + c in the tail).
+        in_lanes = dataclasses.replace(src, dyn=(*src.dyn, c, lane))
+        in_tail = dataclasses.replace(src, dyn=(*src.dyn, c))
 
         def reduce_run(e: list[str]) -> list[str]:
-            base = e[1][:-1]  # src[...] without its "]": the run's offset follows
             return [
                 f"{ct} {acc}[{_LANES}] = {{{', '.join([zero] * _LANES)}}};",
                 f"for (int {c} = 0; {c} < {whole}; {c} += {_LANES}) {{",
                 f"    for (int {lane} = 0; {lane} < {_LANES}; ++{lane}) {{",
-                f"        {acc}[{lane}] = {combine(f'{acc}[{lane}]', f'{base} + {c} + {lane}]', dtype)};",  # noqa: E501
+                f"        {acc}[{lane}] = {combine(f'{acc}[{lane}]', e[1], dtype)};",
                 "    }",
                 "}",
                 *([f"for (int {c} = {whole}; {c} < {run}; ++{c}) {{",
-                   f"    {acc}[0] = {combine(f'{acc}[0]', f'{base} + {c}]', dtype)};",
+                   f"    {acc}[0] = {combine(f'{acc}[0]', e[2], dtype)};",
                    "}"] if whole < run else []),
                 f"{e[0]} = {tree[0]};",
             ]
 
-        t.nest(shape, [(out, _row_major(shape)), (src, [run * s for s in _row_major(shape)])],
+        strides = [run * s for s in _row_major(shape)]
+        t.nest(shape, [(out, _row_major(shape)), (in_lanes, strides), (in_tail, strides)],
                reduce_run)
         return [out]
     t.nest(shape, [(out, _row_major(shape))], lambda e: f"{e[0]} = {zero};")

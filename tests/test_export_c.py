@@ -56,6 +56,9 @@ def _primitives(x, m, k):
         return (acc, n + 1), acc.sum()
 
     (acc, _), seq = jax.lax.scan(body, (jnp.zeros(4, x.dtype), k), x)
+    last, back = jax.lax.scan(lambda c, r: (c * 0.5 + r[:3], c), x[0, :3], x[:, 5:8],
+                              reverse=True)
+    loop = jax.lax.fori_loop(0, 3, lambda n, v: v * 0.5 + n, x[0])
     return (
         y, jax.nn.sigmoid(x), jnp.exp(-x), jnp.log1p(jnp.abs(x)), jnp.sqrt(jnp.abs(x)),
         jax.lax.rsqrt(1 + x * x), x ** 3, jnp.sign(x), jnp.maximum(x, 0.1), jnp.minimum(x, -0.1),
@@ -68,6 +71,10 @@ def _primitives(x, m, k):
         jax.lax.dynamic_slice(x, (k, k + 1), (2, 4)),
         jax.lax.dynamic_update_slice(x, -z, (k, k - 1)), i * 2, acc, seq, jnp.floor(x * 3),
         jnp.broadcast_to(x[:, :1], (5, 4)), x.astype(jnp.int32), jnp.cos(x) + jax.lax.erf(x),
+        last, back, loop, jnp.fmod(x, 0.7), jnp.arctan2(x, 1.5), jnp.round(x * 2),
+        jnp.isfinite(jnp.log(x)), jnp.logical_and(x > 0, x < 1), ~(x > 0.5),
+        jax.lax.select_n(jnp.clip(x * 2, 0, 2).astype(jnp.int32), x, -x, 2 * x),
+        (jnp.abs(x) * 7).astype(jnp.int32) % 3 + k, jnp.max(jnp.abs(x), axis=1) > 2,
     )
 
 
