@@ -10,7 +10,7 @@ advance the state across the elapsed time ``Δt``, emit an action. Four ways to 
 * :func:`to_onnx` — an ONNX graph, for ONNX Runtime and the toolchains that read ONNX
   (microcontrollers, C++, the browser);
 * :func:`to_c` — one dependency-free C99 function (a microcontroller, any C program), which
-  ``stepper(..., backend="c")`` also compiles and calls from Python (below a microsecond of
+  ``stepper(..., backend="c")`` also compiles and calls from Python (about a microsecond of
   call overhead).
 
 Every export has the same calling convention, per example (``batch_shape`` prefixes every
@@ -505,7 +505,7 @@ def stepper(
     compiled ahead of time for concrete shapes, with the parameters closed over, called with
     flat arrays: the call overhead is a few microseconds. With ``backend="c"`` the step is
     translated to C (as :func:`to_c` writes it), compiled by the system's C compiler into a
-    shared library (cached) and called through ``ctypes`` on buffers bound once: below a
+    shared library (cached) and called through ``ctypes`` on buffers bound once: about a
     microsecond of overhead, outputs as NumPy arrays.
 
     **Arguments:**
