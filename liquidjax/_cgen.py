@@ -10,7 +10,9 @@ source of ``void f(const T *in0, ..., T *out0, ...)``, equation by equation:
   and copy nothing;
 * elementwise operations are loops over the output, broadcast operands read with zero strides
   and adjacent dimensions merged, so that a plain elementwise operation is one flat loop the C
-  compiler vectorises; reductions and ``dot_general`` accumulate with the kept dimensions
+  compiler vectorises; a value read once by another elementwise operation is not stored but
+  computed inside its reader's loop (a chain ``0.5 * tanh(0.5 * w * x) + 0.5`` is one loop and
+  one stored value); reductions and ``dot_general`` accumulate with the kept dimensions
   innermost (independent sums side by side rather than one long dependency chain), a constant
   operand stored transposed to the order the loops read it;
 * ``scan`` becomes a ``for`` loop around its body; calls and custom-derivative wrappers
@@ -122,6 +124,9 @@ class _Ref:
     literal: str | None = None
     block: _Block | None = None
     value: np.ndarray | None = None  # known now: a constant or a literal
+    # Not stored: an elementwise expression of operands (same shape, or scalars), computed
+    # where its one reader reads it (fused into the reader's loop).
+    deferred: tuple[Callable[[list[str]], str], tuple[_Ref, ...]] | None = None
 
     def at(self, const: int = 0, terms: Sequence[str] = ()) -> str:
         if self.literal is not None:
@@ -211,6 +216,7 @@ class _Translator:
         self.read_consts: set[str] = set()
         self.names = itertools.count()
         self.holds: list[_Ref] = []  # released once an equation's outputs are bound
+        self.single_use = False  # the current equation's (first) output is read once
 
     # -- text
     def emit(self, line: str) -> None:
@@ -272,11 +278,27 @@ class _Translator:
         expression); an access is a value and its stride along each loop."""
         if any(n == 0 for n in sizes):
             return
+        # A deferred value read once per element is computed in these loops; read more often
+        # (broadcast, a product's operand) it is stored first.
+        accesses = [(self.materialize(r) if r.deferred is not None and not _once(r, s, sizes)
+                     else r, s) for r, s in accesses]
+        leaves: list[tuple[_Ref, Sequence[int]]] = []
+
+        def tree(ref: _Ref, strides: Sequence[int]) -> Any:
+            if ref.deferred is None:
+                leaves.append((ref, strides))
+                return len(leaves) - 1
+            fn, ops = ref.deferred
+            return fn, [tree(op, strides if op.shape == ref.shape else [0] * len(strides))
+                        for op in ops]
+
+        trees = [tree(r, s) for r, s in accesses]
+        consumed = [r for r, _ in accesses if r.deferred is not None]
         dims: list[tuple[int, list[int]]] = []
         for d, n in enumerate(sizes):
             if n == 1:
                 continue
-            strides = [s[d] for _, s in accesses]
+            strides = [s[d] for _, s in leaves]
             if dims and all(p == s * n for p, s in zip(dims[-1][1], strides)):
                 dims[-1] = (dims[-1][0] * n, strides)  # merge with the loop outside it
             else:
@@ -286,16 +308,48 @@ class _Translator:
             self.emit(f"for (int {v} = 0; {v} < {n}; ++{v}) {{")
             self.depth += 1
         exprs = []
-        for k, (ref, _) in enumerate(accesses):
+        for k, (ref, _) in enumerate(leaves):
             terms = [v if st[k] == 1 else f"{st[k]} * {v}"
                      for v, (_, st) in zip(loop_vars, dims) if st[k] != 0]
             exprs.append(self.read(ref, 0, terms))
-        body = statement(exprs)
+
+        def text(node: Any) -> str:
+            return exprs[node] if isinstance(node, int) else node[0]([text(n) for n in node[1]])
+
+        body = statement([text(node) for node in trees])
         for line in [body] if isinstance(body, str) else body:
             self.emit(line)
         for _ in dims:
             self.depth -= 1
             self.emit("}")
+        while consumed:  # their operands are read: let them go
+            ref = consumed.pop()
+            for op in ref.deferred[1]:
+                if op.deferred is not None:
+                    consumed.append(op)
+                else:
+                    self.release(op)
+
+    def defer(self, shape: Sequence[int], dtype: Any, fn: Callable[[list[str]], str],
+              operands: Sequence[_Ref]) -> _Ref:
+        """A value computed where it is read (see ``_Ref.deferred``); its operands are held
+        until then."""
+        for op in operands:
+            if op.block is not None:
+                op.block.users += 1
+        return _Ref(tuple(shape), np.dtype(dtype), deferred=(fn, tuple(operands)))
+
+    def materialize(self, ref: _Ref, hold: bool = True) -> _Ref:
+        """``ref`` stored (a deferred value computed now); with ``hold`` the storage is let go
+        after the current equation."""
+        if ref.deferred is None:
+            return ref
+        out = self.alloc(ref.shape, ref.dtype)
+        self.copy(out, ref)
+        if hold:
+            out.block.users += 1
+            self.holds.append(out)
+        return out
 
     def assign(self, out: _Ref, operands: Sequence[tuple[_Ref, Sequence[int]]],
                expr: Callable[..., str]) -> None:
@@ -324,6 +378,8 @@ class _Translator:
 
         for eqn in jaxpr.eqns:
             ins = [get(v) for v in eqn.invars]
+            self.single_use = uses.get(eqn.outvars[0], 0) == 1 and eqn.outvars[0] not in set(
+                jaxpr.outvars)
             outs = self.equation(eqn, ins)
             for v, r in zip(eqn.outvars, outs, strict=True):
                 self.bind(env, v, r, uses.get(v, 0))
@@ -337,6 +393,8 @@ class _Translator:
 
     def equation(self, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
         name = eqn.primitive.name
+        if name not in _FUSED:
+            ins = [self.materialize(r) for r in ins]
         if name in _CALL_PARAMS:
             return _inline(self, eqn, ins)
         rule = _RULES.get(name)
@@ -347,6 +405,13 @@ class _Translator:
             return [self.const(np.asarray(o), o.dtype)
                     for o in _bind(eqn, [r.value for r in ins])]
         return rule(self, eqn, ins)
+
+
+def _once(ref: _Ref, strides: Sequence[int], sizes: Sequence[int]) -> bool:
+    """Whether loops over ``sizes`` read each element of ``ref`` once (no dimension of the
+    loops that leaves it in place)."""
+    return all(s != 0 for s, n in zip(strides, sizes) if n != 1) and _size(sizes) == _size(
+        ref.shape)
 
 
 def _broadcast_strides(shape: Sequence[int], out: Sequence[int]) -> list[int]:
@@ -389,7 +454,7 @@ def translate(closed: Any, name: str, inputs: Sequence[str], outputs: Sequence[s
     args = [_Ref(tuple(v.aval.shape), np.dtype(v.aval.dtype), n) for v, n in
             zip(jaxpr.invars, inputs, strict=True)]
     consts = [t.const(np.asarray(c)) for c in closed.consts]
-    outs = t.run(jaxpr, args, consts)
+    outs = [t.materialize(r, hold=False) for r in t.run(jaxpr, args, consts)]
     # Outputs last, from scratch: an output buffer may be an input buffer (a state in place).
     staged = []
     for r in outs:
@@ -446,8 +511,18 @@ def _inline(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
         outs = t.run(inner.jaxpr, ins, [t.const(np.asarray(c)) for c in inner.consts])
     else:
         outs = t.run(inner, ins, [])
+    outs = _stored(t, outs)  # the caller may read them more than once
     t.holds.extend(outs)
     return outs
+
+
+def _stored(t: _Translator, outs: list[_Ref]) -> list[_Ref]:
+    """A jaxpr's outputs (each holding one use), deferred ones stored, holding theirs."""
+    stored = [t.materialize(o, hold=False) for o in outs]
+    for o, r in zip(outs, stored):
+        if r is not o:
+            r.block.users += 1
+    return stored
 
 
 def _scan(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
@@ -476,6 +551,7 @@ def _scan(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
                                           dyn=(*x.dyn, idx if step == 1 else f"{idx} * {step}")))
     outs = t.run(body.jaxpr, [*consts, *carry, *xs_now],
                  [t.const(np.asarray(c)) for c in body.consts])
+    outs = _stored(t, outs)  # now, before any carry is overwritten
     for y, src in zip(ys, outs[nk:]):  # first: a y may be the carry before this step
         step = _size(y.shape[1:])
         t.copy(dataclasses.replace(y, shape=y.shape[1:],
@@ -509,6 +585,8 @@ def _elementwise(expr: Callable[..., str]) -> Callable:
 
     def rule(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
         shape, dtype = _out(eqn)
+        if t.single_use and all(r.shape == shape or r.shape == () for r in ins):
+            return [t.defer(shape, dtype, lambda e: expr(*e, dtype=ins[0].dtype, eqn=eqn), ins)]
         out = t.alloc(shape, dtype)
         operands = [(r, _broadcast_strides(r.shape, shape)) for r in ins]
         t.assign(out, operands, lambda *e: expr(*e, dtype=ins[0].dtype, eqn=eqn))
@@ -968,3 +1046,5 @@ _RULES: dict[str, Callable[[_Translator, Any, list[_Ref]], list[_Ref]]] = {
 }
 # Rules that are not evaluated now even when every operand is a constant.
 _STRUCTURAL = {"scan"}
+# Rules that read deferred operands in their own loops (the others get them stored first).
+_FUSED = {*_UNARY, *_BINARY, "select_n", "clamp"}

@@ -75,6 +75,9 @@ def _primitives(x, m, k):
         jnp.isfinite(jnp.log(x)), jnp.logical_and(x > 0, x < 1), ~(x > 0.5),
         jax.lax.select_n(jnp.clip(x * 2, 0, 2).astype(jnp.int32), x, -x, 2 * x),
         (jnp.abs(x) * 7).astype(jnp.int32) % 3 + k, jnp.max(jnp.abs(x), axis=1) > 2,
+        # values read once are computed in their reader's loop; read otherwise, stored first:
+        jnp.exp(x[:1]) + x, jnp.sum(jnp.exp(x) * 2, axis=1), jnp.tanh(x) @ m,
+        jax.jit(lambda a: a * a + a)(x * 3),
     )
 
 
@@ -92,6 +95,20 @@ def test_translator_matches_jax_on_every_primitive(dtype):
     for n, (a, b) in enumerate(zip(got, want, strict=True)):
         assert a.shape == b.shape and a.dtype == b.dtype, (n, a.shape, b.shape)
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"output {n}")
+
+
+def test_an_elementwise_chain_is_one_loop():
+    x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+
+    def chain(x):
+        y = jnp.tanh(x * 2 + 1) * 3
+        return y, jnp.exp(-y)  # y read twice: stored, its chain in one loop, and exp in another
+
+    closed = jax.make_jaxpr(chain)(x)
+    assert len(closed.jaxpr.eqns) == 6
+    assert _cgen.translate(closed, "f", ["x"], ["y", "z"]).function.count("for (") == 2 + 2
+    for a, b in zip(_compiled(chain, x)(x), chain(x), strict=True):  # (+ 2 output copies)
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6)
 
 
 def test_float32_tanh_is_within_a_few_ulp():
