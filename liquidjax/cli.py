@@ -775,10 +775,12 @@ def main(argv: list[str] | None = None) -> int:
             parser._subparsers._group_actions[0].choices["train"].error(  # type: ignore
                 f"{', '.join(stray)} appl{'ies' if len(stray) == 1 else 'y'} to --dataset ts "
                 f"only, not --dataset {args.dataset}: drop {'it' if len(stray) == 1 else 'them'}")
-        if args.dataset == "ts" and args.cell == "grud" and args.missing != "features":
+        need = {"grud": ("features", "the GRU-D inputs [x~ | m | delta]"),
+                "gruode_bayes": ("path", "values and observation mask [x | m]")}
+        if args.dataset == "ts" and args.cell in need and args.missing != need[args.cell][0]:
             parser._subparsers._group_actions[0].choices["train"].error(  # type: ignore
-                f"--cell grud reads the GRU-D inputs [x~ | m | delta]: use --missing features "
-                f"(got --missing {args.missing})")
+                f"--cell {args.cell} reads {need[args.cell][1]}: use --missing "
+                f"{need[args.cell][0]} (got --missing {args.missing})")
         args = _with_recipe(args, argv)
     from ._platform import use_cpu_cores
 

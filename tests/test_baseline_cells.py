@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from liquidjax.cells import CTRNN, GRUD, GRUODE, ODERNN, NeuralCDE
+from liquidjax.cells import CTRNN, GRUD, GRUODE, ODERNN, GRUODEBayes, NeuralCDE
 from liquidjax.layers import LiquidRNN
 from liquidjax.solvers import FusedSemiImplicit, Integrator
 
@@ -85,6 +85,43 @@ def _gru_np(gru, x, h):
     z = _sig(gi[n : 2 * n] + gh[n : 2 * n])
     g = np.tanh(gi[2 * n :] + r * (gh[2 * n :] + _np(gru.bias_n)))
     return g + z * (h - g)
+
+
+def test_gru_ode_bayes_flow_then_jump_against_the_papers_equations():
+    cell = GRUODEBayes(2 * 3, 5, p_hidden=6, prep_hidden=3, integrator=TIGHT,
+                       key=jax.random.key(8))
+    (w0, b0), (w1, b1) = ((_np(lay.weight), _np(lay.bias)) for lay in cell.flow.predict.layers)
+
+    def predict(h):  # p_model: Linear, ReLU, Linear -> (mean, log-variance)
+        p = w1 @ np.maximum(w0 @ h + b0, 0) + b1
+        return p[:3], p[3:]
+
+    def rhs(t, h):  # GRU-ODE read by its own prediction (the paper's "impute")
+        z, _, g = _gates_np(cell.flow.gates, np.concatenate(predict(h)), h)
+        return (1 - z) * (g - h)
+
+    def jump(h, x, m):  # GRUObservationCellLogvar, then the GRU cell
+        mean, logvar = predict(h)
+        err = (x - mean) / np.exp(0.5 * logvar)
+        feats = np.stack([x, mean, logvar, err], axis=1)  # (channels, 4)
+        u = np.maximum(np.einsum("cf,cfp->cp", feats, _np(cell.w_prep)) + _np(cell.b_prep), 0)
+        return _gru_np(cell.gru, (u * m[:, None]).reshape(-1), h) if m.any() else h
+
+    h0 = np.linspace(-0.4, 0.6, 5)
+    x, m = np.array([0.7, 9.0, -1.2]), np.array([1.0, 0.0, 1.0])  # channel 1 not observed
+    flow = solve_ivp(rhs, (0.0, 1.5), h0, method="DOP853", rtol=1e-11, atol=1e-12).y[:, -1]
+    got = cell.advance(jnp.asarray(h0, jnp.float32), jnp.asarray(np.concatenate([x, m]),
+                                                                 jnp.float32), 0.0, 1.5)
+    np.testing.assert_allclose(got, jump(flow, x, m), rtol=1e-5, atol=1e-5)
+    assert np.abs(jump(flow, x, m) - flow).max() > 0.05  # the jump does something
+    # The value of an unobserved channel is never read; a step with nothing observed: no jump.
+    f32 = jnp.asarray(flow, jnp.float32)
+    other = jnp.asarray(np.concatenate([[0.7, -3.0, -1.2], m]), jnp.float32)
+    np.testing.assert_allclose(cell.jump(f32, other), jump(flow, x, m), rtol=1e-5, atol=1e-5)
+    nothing = jnp.asarray(np.concatenate([x, np.zeros(3)]), jnp.float32)
+    np.testing.assert_array_equal(cell.jump(f32, nothing), f32)
+    with pytest.raises(ValueError, match="2 × channels"):
+        GRUODEBayes(5, 3, key=jax.random.key(0))
 
 
 def test_ode_rnn_is_an_ode_solve_then_a_gru_jump():
@@ -223,11 +260,12 @@ def test_neural_cde_cubic_path_against_scipy():
 @pytest.mark.parametrize("make", [
     lambda k: CTRNN(3, 4, key=k), lambda k: GRUODE(3, 4, key=k), lambda k: ODERNN(3, 4, key=k),
     lambda k: GRUD(3, 4, key=k), lambda k: NeuralCDE(3, 4, key=k),
+    lambda k: GRUODEBayes(6, 4, key=k),
 ])
 def test_cells_run_batched_with_gradients(make):
     cell = make(jax.random.key(5))
     rnn = LiquidRNN(cell)
-    xs = jax.random.normal(jax.random.key(6), (2, 5, 3))
+    xs = jax.random.normal(jax.random.key(6), (2, 5, cell.input_size))
     dts = jax.random.uniform(jax.random.key(7), (2, 5), minval=0.1, maxval=1.0)
 
     def loss(r):
@@ -241,7 +279,7 @@ def test_cells_run_batched_with_gradients(make):
 
 
 
-@pytest.mark.parametrize("cell", ["ctrnn", "gruode", "odernn", "grud", "ncde"])
+@pytest.mark.parametrize("cell", ["ctrnn", "gruode", "gruode_bayes", "odernn", "grud", "ncde"])
 def test_model_config_builds_each_baseline(cell):
     from liquidjax.models import ModelConfig, build_model
 
@@ -262,6 +300,8 @@ def test_model_config_refuses_what_a_baseline_cannot_do():
         ModelConfig(input_size=3, num_classes=2, cell="grud", solver="tsit5")
     with pytest.raises(ValueError, match="multiple of 3"):
         ModelConfig(input_size=4, num_classes=2, cell="grud")
+    with pytest.raises(ValueError, match="is odd"):
+        ModelConfig(input_size=3, num_classes=2, cell="gruode_bayes")
     with pytest.raises(ValueError, match="needs an ODE cell"):
         ModelConfig(input_size=3, num_classes=2, cell="odernn", interpolation="linear")
     ModelConfig(input_size=3, num_classes=2, cell="ncde", interpolation="cubic")  # a path cell

@@ -10,6 +10,7 @@ from ._baselines import (
     GRUD as GRUD,
     GRUODE as GRUODE,
     ODERNN as ODERNN,
+    GRUODEBayes as GRUODEBayes,
     NeuralCDE as NeuralCDE,
 )
 from ._cfc import CfC as CfC

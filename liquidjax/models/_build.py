@@ -11,7 +11,7 @@ import jax
 from jaxtyping import PRNGKeyArray
 
 from ..cells._base import AbstractCell
-from ..cells._baselines import CTRNN, GRUD, GRUODE, ODERNN, NeuralCDE
+from ..cells._baselines import CTRNN, GRUD, GRUODE, ODERNN, GRUODEBayes, NeuralCDE
 from ..cells._cfc import CfC
 from ..cells._lstm import MixedMemory
 from ..cells._ltc import LTC
@@ -57,7 +57,8 @@ def _make_cell(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> Ab
                 diffrax.PIDController(rtol=config.adaptive_tol, atol=config.adaptive_tol)
                 if config.adaptive_tol is not None else diffrax.ConstantStepSize(),
                 ode_unfolds=config.ode_unfolds)
-        make = {"ctrnn": CTRNN, "gruode": GRUODE, "odernn": ODERNN, "ncde": NeuralCDE}
+        make = {"ctrnn": CTRNN, "gruode": GRUODE, "gruode_bayes": GRUODEBayes, "odernn": ODERNN,
+                "ncde": NeuralCDE}
         cell = make[config.cell](input_size, config.units, integrator=integrator, key=kcell)
     else:
         solver = solver_from_name(config.solver or "fused")

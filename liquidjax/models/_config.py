@@ -14,7 +14,7 @@ from ._classifier import Readout
 from ._conv_stem import ConvSequence, ConvStem, feature_map_shape
 
 ModelKind = Literal["sequence", "conv"]
-CellKind = Literal["cfc", "ltc", "ctrnn", "gruode", "odernn", "grud", "ncde"]
+CellKind = Literal["cfc", "ltc", "ctrnn", "gruode", "gruode_bayes", "odernn", "grud", "ncde"]
 WiringKind = Literal["fc", "ncp", "autoncp", "random"]
 Task = Literal["classification", "regression"]
 
@@ -27,9 +27,9 @@ TASKS: tuple[str, ...] = literal_choices(Task)
 # Cells with an ODE integrated by an Integrator (a solver choice applies), those whose state
 # itself is an ODE state (continuous input paths apply), and those in conductance form (the
 # fused semi-implicit solver applies).
-SOLVER_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode", "odernn", "ncde")
+SOLVER_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode", "gruode_bayes", "odernn", "ncde")
 PATH_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode", "ncde")
-FUSED_CELLS: tuple[str, ...] = ("ltc", "gruode")
+FUSED_CELLS: tuple[str, ...] = ("ltc", "gruode", "gruode_bayes")
 
 _RATE = dict(minimum=0.0, maximum=1.0, max_open=True)
 _POSITIVE = dict(minimum=1)
@@ -48,7 +48,8 @@ class ModelConfig:
     - `num_classes`: number of classes (classification; ignored for regression).
     - `kind`: ``"sequence"`` (liquid layers on the input sequence) or ``"conv"`` (conv stem).
     - `cell`: ``"cfc"`` or ``"ltc"``, or a continuous-time baseline: ``"ctrnn"``,
-      ``"gruode"``, ``"odernn"``, ``"grud"`` (needs the ``[x̃ | m | δ]`` inputs of
+      ``"gruode"``, ``"gruode_bayes"`` (GRU-ODE-Bayes: reads ``[x | m]``, e.g.
+      ``missing="path"``), ``"odernn"``, ``"grud"`` (needs the ``[x̃ | m | δ]`` inputs of
       :func:`liquidjax.data.missing_value_features`), ``"ncde"`` (see :mod:`liquidjax.cells`).
     - `units`: neurons per liquid layer.
     - `wiring`: ``"fc"`` (fully connected), ``"ncp"``/``"autoncp"`` (an AutoNCP wiring with
@@ -165,6 +166,11 @@ class ModelConfig:
                 f"cell='grud' reads [x~ | m | delta] inputs (3 per channel, "
                 f"liquidjax.data.missing_value_features); input_size {self.input_size} is not a "
                 "multiple of 3"
+            )
+        if self.cell == "gruode_bayes" and self.input_size % 2:
+            raise ValueError(
+                f"cell='gruode_bayes' reads [x | m] inputs (values and observation mask, 2 per "
+                f"channel, e.g. missing='path'); input_size {self.input_size} is odd"
             )
         default_solver = "fused" if self.cell == "ltc" else "tsit5"
         if self.adaptive_tol is not None and (
