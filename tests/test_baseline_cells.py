@@ -279,13 +279,15 @@ def test_cells_run_batched_with_gradients(make):
 
 
 
-@pytest.mark.parametrize("cell", ["ctrnn", "gruode", "gruode_bayes", "odernn", "grud", "ncde"])
+@pytest.mark.parametrize("cell", ["ctrnn", "gruode", "gruode_bayes", "odernn", "grud", "ncde",
+                                  "ncde:cubic"])
 def test_model_config_builds_each_baseline(cell):
     from liquidjax.models import ModelConfig, build_model
 
+    cell, _, interpolation = cell.partition(":")
     solver = "euler" if cell in ("ctrnn", "odernn") else None
     cfg = ModelConfig(input_size=6, num_classes=3, cell=cell, units=4, solver=solver,
-                      ode_unfolds=2)
+                      ode_unfolds=2, interpolation=interpolation or "hold")
     model = build_model(cfg, key=jax.random.key(0))
     logits = model(jnp.ones((3, 6)), jnp.array([0.5, 1.0, 0.2]))
     assert logits.shape == (3,) and np.isfinite(logits).all()
