@@ -426,20 +426,23 @@ class CStepper(_StepperBase):
 
     Built by ``stepper(model, backend="c")``. A call copies ``state``, ``x`` and ``dt`` into
     buffers whose addresses the library holds, runs the C step (:func:`to_c`'s code) in place
-    and returns new NumPy arrays (a CfC's output is its state: the same array twice). Calls take
-    turns (the step keeps its scratch in static memory; the call holds the GIL). The generated
-    sources and the library are in the folder ``source_dir``.
+    and returns new NumPy arrays (a CfC's output is its state: the same array twice). Calls from
+    several threads take turns (the step keeps its scratch in static memory, shared by the
+    steppers of one model). The generated sources and the library are in the folder
+    ``source_dir``.
 
     **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`,
     `source_dir`.
     """
 
-    # library path -> weak reference to the stepper whose buffers it holds (steppers of one
-    # model share one library, hence its bound buffers: the last to bind them wins)
+    # Steppers of one model share one library, hence its bound buffers and its scratch: per
+    # library, the (weak reference to the) stepper whose buffers it holds, and a lock.
     _bound: dict[str, Any] = {}
+    _locks: dict[str, Any] = {}
 
     def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
         import ctypes
+        import threading
         import weakref
 
         from . import _cbuild, _cgen
@@ -467,6 +470,7 @@ class CStepper(_StepperBase):
         self._pointers = [ctypes.c_void_p(a.ctypes.data)
                           for a in (self._state, self._x, self._dt, self._out)]
         self._me = weakref.ref(self)
+        self._lock = self._locks.setdefault(self._lib, threading.Lock())
         init = np.broadcast_to(plan.init, self._state_shape).astype(self.dtype)
         init.setflags(write=False)
         self._init = init
@@ -477,20 +481,21 @@ class CStepper(_StepperBase):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Advance ``state`` across ``dt`` with ``x`` held; arguments as
         :meth:`Stepper.__call__`, results new NumPy arrays."""
-        try:
-            if x.shape != self._x_shape or state.shape != self._state_shape:
-                raise ValueError("wrong shape")  # (NumPy would broadcast it)
-            self._state[...] = state
-            self._x[...] = x
-            self._dt[...] = dt
-        except (AttributeError, TypeError, ValueError) as e:  # ours, NumPy's
-            self._state[...], self._x[...], self._dt[...] = self._checked(state, x, dt, e)
-        if self._bound.get(self._lib) is not self._me:  # another stepper of this library ran
-            self._bind_fn(*self._pointers)
-            self._bound[self._lib] = self._me
-        self._call()
-        new = self._state.copy()
-        return (new, new) if self._output_is_state else (self._out.copy(), new)
+        with self._lock:  # one call at a time per library (threads take turns)
+            try:
+                if x.shape != self._x_shape or state.shape != self._state_shape:
+                    raise ValueError("wrong shape")  # (NumPy would broadcast it)
+                self._state[...] = state
+                self._x[...] = x
+                self._dt[...] = dt
+            except (AttributeError, TypeError, ValueError) as e:  # ours, NumPy's
+                self._state[...], self._x[...], self._dt[...] = self._checked(state, x, dt, e)
+            if self._bound.get(self._lib) is not self._me:  # another stepper of it ran
+                self._bind_fn(*self._pointers)
+                self._bound[self._lib] = self._me
+            self._call()
+            new = self._state.copy()
+            return (new, new) if self._output_is_state else (self._out.copy(), new)
 
 
 def stepper(
