@@ -139,6 +139,7 @@ def test_c_stepper_streams_like_the_sequence_layer(name):
     assert float(jnp.max(jnp.abs(ys_ref[-1] - ys_ref[0]))) > 1e-3  # the state really moves
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [
     dict(cell="ltc", layers=2, readout="last", ode_unfolds=2),
     dict(cell="cfc", wiring="ncp", units=10, mixed_memory=True, readout="mean"),
@@ -159,6 +160,7 @@ def test_c_stepper_classifier_logits(cfg):
                                    atol=1e-5)
 
 
+@pytest.mark.slow
 def test_c_stepper_float64():
     with jax.enable_x64(True):
         cell = _randomise(LTC(I, N, dtype=jnp.float64, key=KEY), jax.random.key(9))
