@@ -249,11 +249,12 @@ class LiquidRNN(eqx.Module):
     def _run_held(self, x, timespans, mask, state, key, unit_steps=False):
         if not self.remat and _cfc_sequence.applies(self.cell, x, timespans, state):
             # Same numbers as the scan below, arranged for speed (see _cfc_sequence).
+            last = not self.return_sequences
             hs = _cfc_sequence.held_sequence(self.cell, x, None if unit_steps else timespans,
-                                             state, mask)
-            h = hs[-1]
-            if not self.return_sequences:
-                return self._readout(h), h
+                                             state, mask, last=last)
+            if last:
+                return self._readout(hs), hs
+            h = jax.tree_util.tree_map(lambda a: a[-1], hs)
             ys = jax.vmap(self._readout)(hs)
             return (ys if mask is None else jnp.where(mask[:, None], ys, 0)), h
         n = x.shape[0]

@@ -91,11 +91,16 @@ class LSTMCell(eqx.Module):
         h, c = state
         if x.shape != (self.input_size,):
             raise ValueError(f"expected x of shape ({self.input_size},), got {x.shape}")
-        z = self.input_map(x) + self.recurrent_map(h)
-        i, ig, fg, og = jnp.split(z, 4)
-        new_c = c * jax.nn.sigmoid(fg + 1.0) + jnp.tanh(i) * jax.nn.sigmoid(ig)
-        new_h = jnp.tanh(new_c) * jax.nn.sigmoid(og)
-        return new_h, new_c
+        return lstm_gates(self.input_map(x) + self.recurrent_map(h), c)
+
+
+def lstm_gates(z: Float[Array, "*batch 4*hidden"], c: Float[Array, "*batch hidden"]
+               ) -> tuple[Float[Array, "*batch hidden"], Float[Array, "*batch hidden"]]:
+    """The LSTM's update from its gate pre-activations ``z = W_x x + b_x + W_h h``:
+    ``(h', c')`` (see :class:`LSTMCell`)."""
+    i, ig, fg, og = jnp.split(z, 4, axis=-1)
+    new_c = c * jax.nn.sigmoid(fg + 1.0) + jnp.tanh(i) * jax.nn.sigmoid(ig)
+    return jnp.tanh(new_c) * jax.nn.sigmoid(og), new_c
 
 
 class MixedMemory(AbstractCell):
