@@ -218,9 +218,9 @@ class GRUODEBayes(AbstractCell):
       h^+ = \mathrm{GRUCell}(u, h^-),$$
 
     per channel ``d`` (``W_d`` of shape ``4 × prep_hidden``; the paper's
-    ``GRUObservationCellLogvar``); a step where nothing was observed does not jump. The GRU-ODE
-    part is the same cell with a held input — this is it with the jump added (the GRU-ODE flow
-    is in conductance form: the fused solver applies).
+    ``GRUObservationCellLogvar``); a step where nothing was observed does not jump.
+    :class:`GRUODE` is the flow alone, read by a held input; here the flow reads ``p(h)``
+    instead, as in the paper. It is in conductance form, so the fused solver applies.
 
     The input of a step is ``[x | m]`` (``input_size = 2 C``, e.g. ``missing="path"`` from
     :func:`liquidjax.data.model_inputs`); values where ``m = 0`` are not read. :meth:`predict`
