@@ -455,6 +455,21 @@ class ChannelNormalizer:
 
 
 # ------------------------------------------------------------------------------ missing values
+def _observations(
+    x: np.ndarray, timespans: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, timespans, valid steps, observed values)`` as float64/bool arrays, shapes checked."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (n, length, channels), got {x.shape}")
+    n, length, _ = x.shape
+    ts = np.asarray(timespans, np.float64)
+    if ts.shape != (n, length):
+        raise ValueError(f"timespans must have shape {(n, length)}, got {ts.shape}")
+    valid = np.ones((n, length), bool) if mask is None else np.asarray(mask, bool)
+    return x, ts, valid, ~np.isnan(x) & valid[..., None]
+
+
 def missing_value_features(
     x: np.ndarray, timespans: np.ndarray, mask: np.ndarray | None = None
 ) -> np.ndarray:
@@ -483,15 +498,8 @@ def missing_value_features(
         >>> f[0].tolist()
         [[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [3.0, 1.0, 2.0]]
     """
-    x = np.asarray(x, np.float64)
-    if x.ndim != 3:
-        raise ValueError(f"x must have shape (n, length, channels), got {x.shape}")
+    x, ts, valid, seen = _observations(x, timespans, mask)
     n, length, c = x.shape
-    ts = np.asarray(timespans, np.float64)
-    if ts.shape != (n, length):
-        raise ValueError(f"timespans must have shape {(n, length)}, got {ts.shape}")
-    valid = np.ones((n, length), bool) if mask is None else np.asarray(mask, bool)
-    seen = ~np.isnan(x) & valid[..., None]
     steps = np.arange(length)[None, :, None]
     # Index of the last observation at or before t (-1: none yet): a running maximum.
     last = np.maximum.accumulate(np.where(seen, steps, -1), axis=1)
@@ -542,15 +550,8 @@ def missing_value_path(
         >>> f[0].tolist()
         [[1.0, 1.0], [2.0, 0.0], [4.0, 1.0]]
     """
-    x = np.asarray(x, np.float64)
-    if x.ndim != 3:
-        raise ValueError(f"x must have shape (n, length, channels), got {x.shape}")
+    x, ts, valid, seen = _observations(x, timespans, mask)
     n, length, c = x.shape
-    ts = np.asarray(timespans, np.float64)
-    if ts.shape != (n, length):
-        raise ValueError(f"timespans must have shape {(n, length)}, got {ts.shape}")
-    valid = np.ones((n, length), bool) if mask is None else np.asarray(mask, bool)
-    seen = ~np.isnan(x) & valid[..., None]
     steps = np.broadcast_to(np.arange(length)[None, :, None], x.shape)
     # The observations at or before (prev) and at or after (next) each step: running extrema.
     prev = np.maximum.accumulate(np.where(seen, steps, -1), axis=1)
