@@ -94,10 +94,10 @@ def compute_floor_us(step_model, xs, dts) -> float:
     import jax.numpy as jnp
     import numpy as np
 
-    from liquidjax import export
+    from liquidjax.export import _step
 
-    plan = export._plan(step_model)
-    seq = export._sequence_fn(plan.fn)
+    plan = _step._plan(step_model)
+    seq = _step._sequence_fn(plan.fn)
     n = 1000
     xs_long = jnp.asarray(np.resize(xs, (n, INPUTS)))
     dts_long = jnp.asarray(np.resize(dts, (n,)))

@@ -18,6 +18,7 @@ import pytest
 
 from liquidjax import export
 from liquidjax.cells import LTC, CfC, MixedMemory, WiredCfC
+from liquidjax.export import _fold, _step
 from liquidjax.layers import LiquidRNN
 from liquidjax.models import ModelConfig, build_model
 from liquidjax.wirings import AutoNCP
@@ -192,9 +193,9 @@ def test_stepper_runs_on_its_own_client_and_takes_arrays_from_anywhere():
 def test_stepper_merges_a_cfcs_head_products_and_returns_its_state_once(batch_shape):
     rnn = LiquidRNN(_randomise(CELLS["cfc-default"], jax.random.key(8)))
     step = export.stepper(rnn, batch_shape=batch_shape)
-    specs = export._step_specs(step._plan, batch_shape)
-    plain = export._folded(step._fn, specs, distinct=False)
-    merged = export._folded(step._fn, specs, distinct=False, merge_dots=True)
+    specs = _step._step_specs(step._plan, batch_shape)
+    plain = _fold._folded(step._fn, specs, distinct=False)
+    merged = _fold._folded(step._fn, specs, distinct=False, merge_dots=True)
 
     def products(fn):
         return sum(e.primitive.name == "dot_general" for e in jax.make_jaxpr(fn)(*specs).eqns)

@@ -1,0 +1,251 @@
+"""A model reduced to one example's pure step on a flat state vector (:class:`_StepPlan`), the
+shapes of its arguments, and the manifest every export writes to describe it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, PyTree
+
+from ..cells._base import AbstractCell
+from ..layers import LiquidRNN
+
+FORMAT_VERSION = 1
+"""Version of the exported artifacts' layout (the files and the manifest's fields)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepPlan:
+    """A model reduced to one example's pure step on a flat state vector."""
+
+    model_name: str
+    fn: Callable[[Array, Array, Array], tuple[Array, Array]]  # (S,), (I,), () -> (O,), (S,)
+    init: np.ndarray  # (S,)
+    unravel: Callable[[Array], PyTree[Array]]
+    input_size: int
+    output_size: int
+    dtype: np.dtype
+    cells: tuple[AbstractCell, ...]
+
+
+def _cell_step(cell: AbstractCell):
+    def advance(state, x, dt):
+        return cell.advance(state, x, jnp.zeros((), dt.dtype), dt)
+
+    return advance
+
+
+def _layer_readout(layer: LiquidRNN, state):
+    # LiquidRNN's per-step output (its ``return_sequences`` outputs).
+    if layer.readout_states:
+        return state[0] if isinstance(state, tuple) else state
+    y = layer.cell.output(state)
+    return y if layer.proj is None else layer.proj(y)
+
+
+def _check_layer(layer: LiquidRNN, where: str) -> None:
+    if layer.interpolation != "hold":
+        raise ValueError(
+            f"{where}: cannot stream a LiquidRNN with interpolation={layer.interpolation!r} "
+            f"({type(layer.cell).__name__} cell): a continuous input path between observations "
+            "needs the future observation; rebuild the layer with interpolation='hold'"
+        )
+
+
+def _plan(model: Any) -> _StepPlan:
+    """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``."""
+    from ..cells._ltc import portable_kernels
+    from ..models import SequenceClassifier
+
+    # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
+    # primitive (jax2onnx converts standard ones).
+    model = portable_kernels(model)
+
+    if isinstance(model, AbstractCell):
+        cell = model
+        advance = _cell_step(cell)
+
+        def step_tree(state, x, dt):
+            new = advance(state, x, dt)
+            return cell.output(new), new
+
+        state0 = cell.init_state()
+        cells, in_size, out_size = (cell,), cell.input_size, cell.output_size
+    elif isinstance(model, LiquidRNN):
+        _check_layer(model, "stepper")
+        layer = model
+        advance = _cell_step(layer.cell)
+
+        def step_tree(state, x, dt):
+            new = advance(state, x, dt)
+            return _layer_readout(layer, new), new
+
+        state0 = layer.cell.init_state()
+        cells = (layer.cell,)
+        in_size, out_size = layer.cell.input_size, layer.output_size
+    elif isinstance(model, SequenceClassifier):
+        for i, layer in enumerate(model.layers):
+            _check_layer(layer, f"stepper (SequenceClassifier layer {i})")
+        clf = model
+        layers = clf.layers
+        *inner, last = layers
+
+        def feats_of(layer, state):
+            # SequenceClassifier's "last" readout: the last layer's output for its final state.
+            if layer.return_sequences:
+                y = layer.cell.output(state)
+                return y if layer.proj is None else layer.proj(y)
+            return _layer_readout(layer, state)
+
+        def step_tree(state, x, dt):
+            states, acc = state
+            new_states = []
+            h = x
+            for layer, s in zip(inner, states[:-1]):
+                s = _cell_step(layer.cell)(s, h, dt)
+                new_states.append(s)
+                h = _layer_readout(layer, s)
+            s = _cell_step(last.cell)(states[-1], h, dt)
+            new_states.append(s)
+            if clf.per_step:  # a prediction per step: the head reads each step's output
+                feats, new_acc = _layer_readout(last, s), acc
+            elif clf.readout == "last":
+                feats, new_acc = feats_of(last, s), acc
+            else:  # "mean": running mean of the last layer's outputs
+                total, count = acc
+                total = total + _layer_readout(last, s)
+                count = count + 1
+                feats, new_acc = total / count, (total, count)
+            return clf.head(feats), (tuple(new_states), new_acc)
+
+        states0 = tuple(layer.cell.init_state() for layer in layers)
+        dtype0 = jax.tree_util.tree_leaves(states0)[0].dtype
+        if clf.readout == "mean" and not clf.per_step:
+            acc0 = (jnp.zeros((last.output_size,), dtype0), jnp.zeros((), dtype0))
+        else:
+            acc0 = ()
+        state0 = (states0, acc0)
+        cells = tuple(layer.cell for layer in layers)
+        in_size, out_size = clf.input_size, clf.num_classes
+    else:
+        raise ValueError(  # noqa: TRY004 - the library's one error type for bad arguments
+            f"cannot build a stepper for {type(model).__name__}: expected a liquid cell "
+            "(liquidjax.cells.AbstractCell), a liquidjax.LiquidRNN or a "
+            "liquidjax.models.SequenceClassifier"
+        )
+    leaves = jax.tree_util.tree_leaves(state0)
+    dtypes = {leaf.dtype for leaf in leaves}
+    if len(dtypes) != 1:
+        raise ValueError(
+            f"{type(model).__name__}: the state mixes dtypes {sorted(map(str, dtypes))}; "
+            "a stepper keeps the state as one flat array of one dtype"
+        )
+    flat0, unravel = ravel_pytree(state0)
+
+    def fn(flat, x, dt):
+        out, new = step_tree(unravel(flat), x, dt)
+        return out, ravel_pytree(new)[0]
+
+    return _StepPlan(
+        model_name=type(model).__name__, fn=fn, init=np.asarray(flat0), unravel=unravel,
+        input_size=int(in_size), output_size=int(out_size), dtype=np.dtype(flat0.dtype),
+        cells=cells,
+    )
+
+
+def _batched(fn: Callable, batch_shape: tuple[int, ...]) -> Callable:
+    for _ in batch_shape:
+        fn = jax.vmap(fn)
+    return fn
+
+
+def _sequence_fn(fn: Callable) -> Callable:
+    """One example's whole sequence: the step scanned over ``T`` observations."""
+
+    def sequence(flat, xs, dts):
+        def body(s, x_dt):
+            out, s = fn(s, *x_dt)
+            return s, out
+
+        new, outs = jax.lax.scan(body, flat, (xs, dts))
+        return outs, new
+
+    return sequence
+
+
+def _check_batch_shape(batch_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in batch_shape)
+    except TypeError:
+        raise ValueError(f"batch_shape must be a tuple of ints, got {batch_shape!r}") from None
+    if any(d < 1 for d in shape) or any(isinstance(d, bool) for d in batch_shape):
+        raise ValueError(f"batch_shape must hold positive ints, got {batch_shape!r}")
+    return shape
+
+
+def _step_specs(plan: _StepPlan, batch_shape: tuple[int, ...]):
+    s = jax.ShapeDtypeStruct
+    return (s(batch_shape + (plan.init.size,), plan.dtype),
+            s(batch_shape + (plan.input_size,), plan.dtype),
+            s(batch_shape, plan.dtype))
+
+
+def _sequence_specs(plan: _StepPlan, batch_shape: tuple[int, ...], length: int):
+    s = jax.ShapeDtypeStruct
+    return (s(batch_shape + (plan.init.size,), plan.dtype),
+            s(batch_shape + (length, plan.input_size), plan.dtype),
+            s(batch_shape + (length,), plan.dtype))
+
+
+def _describe(name: str, spec: Any) -> dict[str, Any]:
+    return {"name": name, "shape": list(spec.shape), "dtype": str(np.dtype(spec.dtype))}
+
+
+def _signature(plan, batch_shape, length=None) -> dict[str, Any]:
+    bs = tuple(batch_shape)
+    if length is None:
+        ins = _step_specs(plan, bs)
+        outs = (jax.ShapeDtypeStruct(bs + (plan.output_size,), plan.dtype), ins[0])
+        return {"inputs": [_describe(n, s) for n, s in zip(("state", "x", "dt"), ins)],
+                "outputs": [_describe(n, s) for n, s in zip(("output", "new_state"), outs)]}
+    ins = _sequence_specs(plan, bs, length)
+    outs = (jax.ShapeDtypeStruct(bs + (length, plan.output_size), plan.dtype), ins[0])
+    return {"inputs": [_describe(n, s) for n, s in zip(("state", "xs", "dts"), ins)],
+            "outputs": [_describe(n, s) for n, s in zip(("outputs", "new_state"), outs)]}
+
+
+def _manifest(plan: _StepPlan, fmt: str, batch_shape, functions: dict) -> dict[str, Any]:
+    from importlib import metadata
+
+    from .._version import __version__
+
+    return {
+        "format": fmt,
+        "format_version": FORMAT_VERSION,
+        "liquidjax_version": __version__,
+        "jax_version": metadata.version("jax"),
+        "model": plan.model_name,
+        "input_size": plan.input_size,
+        "output_size": plan.output_size,
+        "state_size": int(plan.init.size),
+        "dtype": str(plan.dtype),
+        "batch_shape": list(batch_shape),
+        "initial_state": [float(v) for v in plan.init],
+        "calling_convention": "step(state, x, dt) -> (output, new_state); "
+                              "sequence(state, xs, dts) -> (outputs, new_state)",
+        "functions": functions,
+    }
+
+
+def _check_length(seq_len: Any) -> int | None:
+    if seq_len is None:
+        return None
+    if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int (or None: step only), got {seq_len!r}")
+    return int(seq_len)
