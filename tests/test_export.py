@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from liquidjax import export
-from liquidjax.cells import LTC, CfC, MixedMemory, WiredCfC
+from liquidjax.cells import LTC, CfC, GRUODEBayes, MixedMemory, NeuralCDE, WiredCfC
 from liquidjax.export import _fold, _step
 from liquidjax.layers import LiquidRNN
 from liquidjax.models import ModelConfig, build_model
@@ -210,8 +210,71 @@ def test_stepper_merges_a_cfcs_head_products_and_returns_its_state_once(batch_sh
     np.testing.assert_allclose(h, plain(s, x, dt)[1], rtol=0, atol=1e-6)
 
 
+# Cells whose step is a diffrax solve (their default integrator, Tsit5): the XLA stepper streams
+# them; C and ONNX refuse the solve's loop, StableHLO its host callbacks, each naming the cell.
+BASELINES = {
+    "gru-ode-bayes": lambda key: GRUODEBayes(4, N, key=key),  # [x | m]: 2 channels
+    "ncde": lambda key: NeuralCDE(I, N, key=key),
+}
+
+
+def _baseline(name):
+    rnn = LiquidRNN(_randomise(BASELINES[name](jax.random.key(6)), jax.random.key(5)))
+    xs, dts = _data()
+    if name == "gru-ode-bayes":  # nothing observed at the 4th step: no jump there
+        mask = jnp.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 1]], xs.dtype)
+        xs = jnp.concatenate([xs[:, :2], mask], axis=1)
+    return rnn, xs, dts
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_stepper_streams_baseline_cells(name):
+    rnn, xs, dts = _baseline(name)
+    step = export.stepper(rnn)
+    ys, hT = _stream(step, xs, dts)
+    ys_ref, hT_ref = _call(rnn, xs, dts)
+    np.testing.assert_allclose(ys, ys_ref, rtol=0, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(step.unflatten_state(hT)),
+                    jax.tree_util.tree_leaves(hT_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert float(jnp.max(jnp.abs(ys_ref[-1] - ys_ref[0]))) > 1e-3  # the state really moves
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_fixed_size_exports_refuse_baseline_cells(name, tmp_path):
+    rnn, _, _ = _baseline(name)
+    cell = type(rnn.cell).__name__
+    with pytest.raises(ValueError, match=rf"cannot generate C for LiquidRNN \({cell}\).*while"):
+        export.to_c(rnn, tmp_path / "c")
+    with pytest.raises(ValueError, match=rf"cannot export LiquidRNN \({cell}\) to ONNX"):
+        export.to_onnx(rnn, tmp_path / "onnx")
+    with pytest.raises(ValueError, match=rf"LiquidRNN \({cell}\) to StableHLO.*EQX_ON_ERROR"):
+        export.to_stablehlo(rnn, tmp_path / "hlo")
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "cubic"])
+def test_exports_refuse_a_continuous_input_path(interpolation, tmp_path):
+    # A continuous path is one solve over the whole sequence: no step per observation gives it.
+    rnn = LiquidRNN(NeuralCDE(I, N, key=KEY), interpolation=interpolation)
+    exports = [("stepper", export.stepper),
+               ("stepper", lambda m: export.stepper(m, backend="c")),
+               ("to_stablehlo", lambda m: export.to_stablehlo(m, tmp_path)),
+               ("to_onnx", lambda m: export.to_onnx(m, tmp_path)),
+               ("to_c", lambda m: export.to_c(m, tmp_path))]
+    for where, fn in exports:
+        with pytest.raises(ValueError, match=rf"^{where}: cannot step a LiquidRNN with "
+                           rf"interpolation='{interpolation}' \(NeuralCDE cell\).*"
+                           "NeuralCDE with interpolation='hold' follows the same linear path"):
+            fn(rnn)
+    model = build_model(ModelConfig(input_size=I, num_classes=2, cell="ncde", units=N,
+                                    interpolation=interpolation), key=KEY)
+    with pytest.raises(ValueError, match=r"^to_c \(SequenceClassifier layer 0\): cannot step"):
+        export.to_c(model, tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
 def test_stepper_rejects_what_it_cannot_stream():
-    with pytest.raises(ValueError, match="interpolation='linear'.*LTC"):
+    with pytest.raises(ValueError, match=r"stepper: cannot step .*interpolation='linear' \(LTC"):
         export.stepper(LiquidRNN(LTC(I, N, key=KEY), interpolation="linear"))
     with pytest.raises(ValueError, match="cannot build a stepper for int"):
         export.stepper(3)

@@ -84,7 +84,7 @@ def to_c(
     bs = _check_batch_shape(batch_shape)
     if dtype is not None:
         model = _cast(model, dtype)
-    plan = _plan(model)
+    plan = _plan(model, "to_c")
     fn, _ = _c_step(plan, bs, name)
     header, source = _c_files(plan, bs, fn, name)
     out = Path(path)

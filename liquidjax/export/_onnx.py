@@ -142,7 +142,7 @@ def to_onnx(
     _require_onnx()
     from jax2onnx import to_onnx as j2o
 
-    plan = _plan(model)
+    plan = _plan(model, "to_onnx")
     bs = _check_batch_shape(batch_shape)
     length = _check_length(seq_len)
     if plan.dtype != np.float32:

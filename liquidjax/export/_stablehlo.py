@@ -56,7 +56,7 @@ def to_stablehlo(
 
     **Returns:** the manifest (a dict, also written as ``manifest.json``).
     """
-    plan = _plan(model)
+    plan = _plan(model, "to_stablehlo")
     bs = _check_batch_shape(batch_shape)
     length = _check_length(seq_len)
     out = Path(path)

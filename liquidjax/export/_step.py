@@ -13,6 +13,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
+from ..cells import NeuralCDE
 from ..cells._base import AbstractCell
 from ..layers import LiquidRNN
 
@@ -51,15 +52,20 @@ def _layer_readout(layer: LiquidRNN, state):
 
 def _check_layer(layer: LiquidRNN, where: str) -> None:
     if layer.interpolation != "hold":
+        same = (" (a NeuralCDE with interpolation='hold' follows the same linear path, one "
+                "interval at a time)" if isinstance(layer.cell, NeuralCDE) else "")
         raise ValueError(
-            f"{where}: cannot stream a LiquidRNN with interpolation={layer.interpolation!r} "
-            f"({type(layer.cell).__name__} cell): a continuous input path between observations "
-            "needs the future observation; rebuild the layer with interpolation='hold'"
+            f"{where}: cannot step a LiquidRNN with interpolation={layer.interpolation!r} "
+            f"({type(layer.cell).__name__} cell) one observation at a time: it integrates the "
+            "cell along a continuous path through all the observations, in one solve over the "
+            "whole sequence whose steps cross the observation times, which a step per "
+            "observation does not reproduce; rebuild the layer with interpolation='hold'" + same
         )
 
 
-def _plan(model: Any) -> _StepPlan:
-    """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``."""
+def _plan(model: Any, where: str = "stepper") -> _StepPlan:
+    """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``; `where`:
+    the public function asking (named in the errors)."""
     from ..cells._ltc import portable_kernels
     from ..models import SequenceClassifier
 
@@ -78,7 +84,7 @@ def _plan(model: Any) -> _StepPlan:
         state0 = cell.init_state()
         cells, in_size, out_size = (cell,), cell.input_size, cell.output_size
     elif isinstance(model, LiquidRNN):
-        _check_layer(model, "stepper")
+        _check_layer(model, where)
         layer = model
         advance = _cell_step(layer.cell)
 
@@ -91,7 +97,7 @@ def _plan(model: Any) -> _StepPlan:
         in_size, out_size = layer.cell.input_size, layer.output_size
     elif isinstance(model, SequenceClassifier):
         for i, layer in enumerate(model.layers):
-            _check_layer(layer, f"stepper (SequenceClassifier layer {i})")
+            _check_layer(layer, f"{where} (SequenceClassifier layer {i})")
         clf = model
         layers = clf.layers
         *inner, last = layers
