@@ -136,6 +136,11 @@ def _scan(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
     p = eqn.params
     body, n, nc, nk = p["jaxpr"], p["length"], p["num_consts"], p["num_carry"]
     consts, init, xs = ins[:nc], ins[nc:nc + nk], ins[nc + nk:]
+    # Read by every iteration: held through the loop (the body lets go of what it read once,
+    # and a block freed there would be reused, and overwritten, before the next iteration).
+    held = [r for r in [*consts, *xs] if r.block is not None]
+    for r in held:
+        r.block.users += 1
     carry = []
     for r in init:
         c = t.alloc(r.shape, r.dtype)
@@ -182,7 +187,7 @@ def _scan(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
     t.holds = []
     t.depth -= 1
     t.emit("}")
-    t.holds.extend([*carry, *ys])  # the loop's holds, released once the outputs are bound
+    t.holds.extend([*carry, *ys, *held])  # the loop's holds, released once the outputs are bound
     return [*carry, *ys]
 
 
@@ -264,6 +269,18 @@ def _concatenate(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
         region = t.view(out, shape, start * rm[dim])
         t.nest(r.shape, [(region, rm), (r, _row_major(r.shape))], lambda e: f"{e[0]} = {e[1]};")
         start += r.shape[dim]
+    return [out]
+
+
+def _stack(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
+    shape, dtype = _out(eqn)
+    axis = int(eqn.params["axis"])
+    out = t.alloc(shape, dtype)
+    rm = _row_major(shape)
+    into = rm[:axis] + rm[axis + 1:]  # where an operand's elements land, the new axis fixed
+    for k, r in enumerate(ins):
+        region = t.view(out, shape, k * rm[axis])
+        t.nest(r.shape, [(region, into), (r, _row_major(r.shape))], lambda e: f"{e[0]} = {e[1]};")
     return [out]
 
 
@@ -515,8 +532,8 @@ _RULES: dict[str, Callable[[_Translator, Any, list[_Ref]], list[_Ref]]] = {
     "copy": _alias, "copy_p": _alias, "optimization_barrier": _alias, "stop_gradient": _alias,
     "squeeze": _alias, "expand_dims": _alias, "reduce_precision": _reduce_precision,
     "reshape": _reshape, "broadcast_in_dim": _broadcast_in_dim, "transpose": _transpose,
-    "slice": _slice, "split": _split, "concatenate": _concatenate, "iota": _iota,
-    "dynamic_slice": _dynamic_slice, "dynamic_update_slice": _dynamic_update_slice,
+    "slice": _slice, "split": _split, "concatenate": _concatenate, "stack": _stack,
+    "iota": _iota, "dynamic_slice": _dynamic_slice, "dynamic_update_slice": _dynamic_update_slice,
     "gather": _gather, "dot_general": _dot_general, "scan": _scan,
     **{n: _reduce for n in _REDUCERS},
 }

@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_export import CELLS, KEY, I, N, T, _call, _data, _randomise, _stream
+from test_export import CELLS, KEY, I, N, T, _baseline, _call, _data, _randomise, _stream
 
 from liquidjax import _cbuild, _cgen, export
-from liquidjax.cells import LTC, MixedMemory
+from liquidjax.cells import LTC, GRUODEBayes, MixedMemory
 from liquidjax.layers import LiquidRNN
 from liquidjax.models import ModelConfig, build_model
+from liquidjax.solvers import Integrator
 from liquidjax.wirings import AutoNCP
 
 C_CELLS = ["ltc-fused", "ltc-sparse", "cfc-default", "cfc-no_gate", "cfc-pure", "wired-cfc",
@@ -66,6 +67,7 @@ def _primitives(x, m, k):
         jnp.power(jnp.abs(x) + 1, 0.7), x.sum(axis=1), x.sum(axis=0), x.max(axis=1),
         x.min(), jnp.prod(x[:, :3], axis=1), x @ m, x.T @ x[:, :2], jnp.einsum("ij,kj->ik", x, x),
         x.T, x.reshape(19, 5), jnp.concatenate([x, -x], axis=0), z,
+        jnp.stack([x, -x], axis=1), jnp.stack([x[0], x[2], -x[4]]), jnp.stack([x[0, 1], x[3, 2]]),
         jnp.take(x, jnp.array([[4, 0], [2, 7]]), axis=0),  # mode "fill": 7 is out of bounds
         x[:, jnp.array([18, -1, 0])], jnp.take(x, k + jnp.arange(3), axis=1, mode="clip"),
         jax.lax.dynamic_slice(x, (k, k + 1), (2, 4)),
@@ -95,6 +97,23 @@ def test_translator_matches_jax_on_every_primitive(dtype):
     for n, (a, b) in enumerate(zip(got, want, strict=True)):
         assert a.shape == b.shape and a.dtype == b.dtype, (n, a.shape, b.shape)
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=f"output {n}")
+
+
+def test_a_scan_keeps_what_every_iteration_reads():
+    # A computed const and sequence of a scan are read by every iteration: the body must not
+    # hand their scratch back after its first read (the GRU-ODE-Bayes fused step's step size).
+    def f(x, s):
+        scale, seq = s * 2, jnp.tanh(x)
+
+        def body(c, row):
+            c = c * 0.5 + scale * row
+            return c, c.sum() + 1  # a value born after the last read of scale and row
+
+        return jax.lax.scan(body, jnp.zeros(4, x.dtype), seq)
+
+    x, s = np.linspace(-1, 1, 20, dtype=np.float32).reshape(5, 4), np.float32(0.7)
+    for a, b in zip(_compiled(f, x, s)(x, s), f(x, s), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_an_elementwise_chain_is_one_loop():
@@ -136,6 +155,20 @@ def test_c_stepper_streams_like_the_sequence_layer(name):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
     ys_xla, _ = _stream(export.stepper(rnn), xs, dts)
     np.testing.assert_allclose(ys, ys_xla, rtol=0, atol=1e-5)
+    assert float(jnp.max(jnp.abs(ys_ref[-1] - ys_ref[0]))) > 1e-3  # the state really moves
+
+
+def test_c_stepper_streams_gru_ode_bayes_with_the_fused_solver():
+    # GRU-ODE-Bayes' flow is in conductance form: with the fused solver its step has a fixed
+    # size (jump included) and translates; its default Tsit5 solve is refused (test_export.py).
+    cell = GRUODEBayes(4, N, integrator=Integrator(ode_unfolds=3), key=KEY)
+    rnn = LiquidRNN(_randomise(cell, jax.random.key(5)))
+    _, xs, dts = _baseline("gru-ode-bayes")  # its [x | m] inputs, a step with nothing observed
+    xs, dts = np.asarray(xs), np.asarray(dts)
+    ys, hT = _stream(export.stepper(rnn, backend="c"), xs, dts)
+    ys_ref, hT_ref = _call(rnn, jnp.asarray(xs), jnp.asarray(dts))
+    np.testing.assert_allclose(ys, ys_ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(hT, hT_ref, rtol=0, atol=1e-5)
     assert float(jnp.max(jnp.abs(ys_ref[-1] - ys_ref[0]))) > 1e-3  # the state really moves
 
 
