@@ -292,7 +292,8 @@ def stepper(
     microsecond of overhead, outputs as NumPy arrays.
 
     **Arguments:**
-    - `model`: a cell (``LTC`` with any solver, ``CfC``, ``WiredCfC``, ``MixedMemory``), a
+    - `model`: a cell (``LTC`` with any solver, ``CfC``, ``WiredCfC``, ``MixedMemory``, the
+      baselines such as ``GRUODEBayes`` and ``NeuralCDE``), a
       :class:`~liquidjax.LiquidRNN` with ``interpolation="hold"`` (its `proj` applied), or a
       :class:`~liquidjax.models.SequenceClassifier` (the output of each step is the logits of
       the sequence seen so far: for ``readout="mean"`` the state carries the running mean;
