@@ -16,7 +16,7 @@ import pytest
 from test_export import CELLS, KEY, I, N, T, _baseline, _call, _data, _randomise, _stream
 
 from liquidjax import _cbuild, _cgen, export
-from liquidjax.cells import LTC, GRUODEBayes, MixedMemory
+from liquidjax.cells import GRUD, GRUODE, LTC, GRUODEBayes, MixedMemory
 from liquidjax.layers import LiquidRNN
 from liquidjax.models import ModelConfig, build_model
 from liquidjax.solvers import Integrator
@@ -158,12 +158,22 @@ def test_c_stepper_streams_like_the_sequence_layer(name):
     assert float(jnp.max(jnp.abs(ys_ref[-1] - ys_ref[0]))) > 1e-3  # the state really moves
 
 
-def test_c_stepper_streams_gru_ode_bayes_with_the_fused_solver():
-    # GRU-ODE-Bayes' flow is in conductance form: with the fused solver its step has a fixed
-    # size (jump included) and translates; its default Tsit5 solve is refused (test_export.py).
-    cell = GRUODEBayes(4, N, integrator=Integrator(ode_unfolds=3), key=KEY)
-    rnn = LiquidRNN(_randomise(cell, jax.random.key(5)))
-    _, xs, dts = _baseline("gru-ode-bayes")  # its [x | m] inputs, a step with nothing observed
+# Baseline cells whose step has a fixed size: no solve (GRU-D), or a flow in conductance form
+# with the fused solver, jump included (their default Tsit5 solve is refused: test_export.py).
+C_BASELINES = {
+    "gru-ode-bayes-fused": lambda: GRUODEBayes(4, N, integrator=Integrator(ode_unfolds=3),
+                                               key=KEY),
+    "gru-ode-fused": lambda: GRUODE(4, N, integrator=Integrator(ode_unfolds=3), key=KEY),
+    "gru-d": lambda: GRUD(6, N, key=KEY),  # [x | m | delta]
+}
+
+
+@pytest.mark.parametrize("name", list(C_BASELINES))
+def test_c_stepper_streams_baseline_cells(name):
+    rnn = LiquidRNN(_randomise(C_BASELINES[name](), jax.random.key(5)))
+    _, xs, dts = _baseline("gru-ode-bayes")  # [x | m], a step with nothing observed
+    if name == "gru-d":
+        xs = jnp.concatenate([xs, jnp.abs(xs[:, :2]) + 0.1], axis=1)
     xs, dts = np.asarray(xs), np.asarray(dts)
     ys, hT = _stream(export.stepper(rnn, backend="c"), xs, dts)
     ys_ref, hT_ref = _call(rnn, jnp.asarray(xs), jnp.asarray(dts))
