@@ -78,8 +78,8 @@ _RECIPES = (
         dict(kind="sequence", cell="cfc", units=128, mixed_memory=True, epochs=28, lr=2e-3,
              dropout=0.2, weight_decay=0.05, label_smoothing=0.1, augment=True,
              augment_padding=1, ema=0.999, batch_size=128, cpu_devices=1),
-        "Fashion-MNIST rows: 91.53 % test (best validation 91.62 %), 1876 s of training on a "
-        "loaded machine (2 CPU cores shared with other work)",
+        "Fashion-MNIST rows: 91.53 % test (best validation 91.62 %; seed 1: 91.47 %), 1876 s "
+        "of training on a loaded machine (2 CPU cores shared with other work)",
     ),
     Recipe(
         "ltc_rows", 1,
