@@ -21,6 +21,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -483,6 +484,23 @@ def _run_time_errors_as_nan() -> None:
     eqx_errors.EQX_ON_ERROR = "nan"
 
 
+@contextlib.contextmanager
+def _run_time_error_mode_restored():
+    """Leave equinox's run-time error mode as it was found when ``main`` returns.
+
+    ``main`` also runs in-process (notebooks, tests): :func:`_run_time_errors_as_nan` on several
+    devices must not turn every later ``eqx.error_if`` in the process (a solver's max_steps)
+    into a silent NaN.
+    """
+    import equinox._errors as eqx_errors
+
+    before = eqx_errors.EQX_ON_ERROR
+    try:
+        yield
+    finally:
+        eqx_errors.EQX_ON_ERROR = before
+
+
 def _train(args) -> int:
     import equinox as eqx
     import jax
@@ -806,7 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     from .train import CheckpointError, NonFiniteLossError, PeerFailureError, RunDirError
 
     try:
-        return _train(args) if args.command == "train" else _evaluate(args)
+        with _run_time_error_mode_restored():
+            return _train(args) if args.command == "train" else _evaluate(args)
     except _UsageError as e:
         sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
         sub.print_usage(sys.stderr)

@@ -271,6 +271,9 @@ def test_ltc_ncp_synthetic(tmp_path, capsys):
 
 
 def test_ema_is_trained_tested_and_evaluated(tmp_path, capsys):
+    import equinox._errors as eqx_errors
+
+    mode = eqx_errors.EQX_ON_ERROR
     out = tmp_path / "ema"
     code, stdout, err = _run_main(
         ["train", "--dataset", "two_spirals", "--limit-examples", "64", "--epochs", "2",
@@ -280,6 +283,7 @@ def test_ema_is_trained_tested_and_evaluated(tmp_path, capsys):
     tested = re.search(r"test accuracy (\S+) \(loss (\S+),", stdout)
     assert tested, stdout
     assert read_header(list_checkpoints(out / "checkpoints")[-1])["train_config"]["ema"] == 0.9
+    assert eqx_errors.EQX_ON_ERROR == mode  # an in-process run leaves the error mode as found
     losses = {}
     for flag in ([], ["--no-ema"]):
         code, stdout, err = _run_main(["evaluate", str(out), "--split", "test",
