@@ -205,7 +205,25 @@ class _PredictedGRUODE(AbstractConductanceCell):
         return state
 
 
-class GRUODEBayes(AbstractCell):
+class _AbstractFlowThenJump(AbstractCell):
+    """A cell that flows between observations (``flow``, an ODE cell whose state is the cell's)
+    and updates at each one: its integrator, initial state and output are the flow's state."""
+
+    flow: eqx.AbstractVar[AbstractODECell]
+
+    @property
+    def integrator(self) -> Integrator:
+        """The flow's integrator."""
+        return self.flow.integrator
+
+    def init_state(self):
+        return self.flow.init_state()
+
+    def output(self, state):
+        return state
+
+
+class GRUODEBayes(_AbstractFlowThenJump):
     r"""GRU-ODE-Bayes (De Brouwer et al. 2019, NeurIPS; section 4): a GRU-ODE between
     observations and the **GRU-Bayes jump** at each observation.
 
@@ -262,14 +280,6 @@ class GRUODEBayes(AbstractCell):
         self.gru = eqx.nn.GRUCell(c * prep_hidden, units, dtype=dtype, key=k3)
         self.input_size, self.state_size, self.output_size = input_size, units, units
 
-    @property
-    def integrator(self) -> Integrator:
-        """The GRU-ODE's integrator."""
-        return self.flow.integrator
-
-    def init_state(self):
-        return self.flow.init_state()
-
     def predict(self, state) -> tuple[Array, Array]:
         """``(μ, log σ²)``: the predicted distribution of each channel's next observation."""
         mean, logvar = jnp.split(self.flow.predict(state), 2)
@@ -290,8 +300,6 @@ class GRUODEBayes(AbstractCell):
         del key
         return self.jump(self.flow.advance(state, x, t0, t1), x)
 
-    def output(self, state):
-        return state
 
 
 # ----------------------------------------------------------------------------------------- ODE-RNN
@@ -319,7 +327,7 @@ class _LatentFlow(AbstractODECell):
         return state
 
 
-class ODERNN(AbstractCell):
+class ODERNN(_AbstractFlowThenJump):
     r"""ODE-RNN (Rubanova, Chen & Duvenaud 2019, "Latent ODEs for irregularly-sampled time
     series", NeurIPS; Algorithm 1): between observations the hidden state follows a learned
     ODE, at each observation a GRU cell updates it,
@@ -355,20 +363,9 @@ class ODERNN(AbstractCell):
         self.gru = eqx.nn.GRUCell(input_size, units, dtype=dtype, key=k2)
         self.input_size, self.state_size, self.output_size = input_size, units, units
 
-    @property
-    def integrator(self) -> Integrator:
-        """The latent ODE's integrator."""
-        return self.flow.integrator
-
-    def init_state(self):
-        return self.flow.init_state()
-
     def advance(self, state, x, t0, t1, *, key=None):
         del key
         return self.gru(x, self.flow.advance(state, x, t0, t1))
-
-    def output(self, state):
-        return state
 
 
 # ------------------------------------------------------------------------------------------ GRU-D
