@@ -15,8 +15,9 @@ For every configuration of issue 4 this script
 
    - ``interleaved`` (default): single calls round-robin (liquidjax train, liquidjax forward,
      ncps train, ncps forward, again ...), so a burst of background load hits both frameworks;
-     but the liquidjax call right after an ncps call pays for torch's OpenMP workers still
-     spinning after it;
+     but a liquidjax call right after an ncps call runs slower than in a run of its own
+     (row-wise CfC train step ≈ 9 ms against 6.4 ms; not torch's spinning OpenMP workers:
+     ``OMP_WAIT_POLICY=PASSIVE`` leaves it at 9 ms);
    - ``blocks``: blocks of ``--block-calls`` consecutive calls of one measurement (k × liquidjax
      train, k × liquidjax forward, k × ncps train, k × ncps forward), the order reversed every
      other round; each call mostly follows calls of its own kind, as in a program that runs only
