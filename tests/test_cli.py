@@ -270,6 +270,33 @@ def test_ltc_ncp_synthetic(tmp_path, capsys):
     json.dumps(header)  # the header is plain JSON
 
 
+def test_main_restores_the_run_time_error_mode(monkeypatch, capsys):
+    """On several devices ``_train``/``_evaluate`` switch equinox's run-time errors to NaN; an
+    in-process ``main`` must hand the process back as it found it, however the run ends. (The
+    suite's process has one device, so a real run would not switch it: the switch is forced.)"""
+    import equinox._errors as eqx_errors
+
+    from liquidjax import cli
+
+    mode = eqx_errors.EQX_ON_ERROR
+
+    def switched_then(code):
+        def run(args):
+            cli._run_time_errors_as_nan()
+            assert eqx_errors.EQX_ON_ERROR == "nan"
+            if code is None:
+                raise cli._CliError("the run failed")
+            return code
+        return run
+
+    for command, code in (("train", 0), ("evaluate", None)):
+        monkeypatch.setattr(cli, f"_{command}", switched_then(code))
+        argv = (["train", "--dataset", "two_spirals"] if command == "train"
+                else ["evaluate", "no-such-run"])
+        assert _run_main(argv, capsys)[0] == (0 if code == 0 else 1)
+        assert eqx_errors.EQX_ON_ERROR == mode
+
+
 def test_ema_is_trained_tested_and_evaluated(tmp_path, capsys):
     import equinox._errors as eqx_errors
 

@@ -114,10 +114,9 @@ def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
         fn = _cgen.translate(closed, f"{name}_step", ("state", "x", "dt"),
                              ("output", "new_state"))
     except _cgen.Unsupported as e:
-        cells = ", ".join(type(c).__name__ for c in plan.cells)
         what = "; ".join(f"{p} ({_NO_ONNX[p]})" if p in _NO_ONNX else p for p in e.primitives)
         raise ValueError(
-            f"cannot generate C for {plan.model_name} ({cells}): its step contains {what}"
+            f"cannot generate C for {plan.description}: its step contains {what}"
             f"{f' ({e.detail})' if e.detail else ''}, which has no C translation. Use a cell "
             "with a fixed-size step (CfC, WiredCfC, LTC with the default FusedSemiImplicit "
             "solver), or the XLA stepper (stepper(..., backend='xla')) / to_stablehlo"
@@ -130,8 +129,7 @@ def _c_files(plan: _StepPlan, batch_shape: tuple[int, ...], fn: _cgen.CFunction,
              name: str) -> tuple[str, str]:
     from .. import _cbuild
 
-    cells = ", ".join(type(c).__name__ for c in plan.cells)
-    return _cbuild.files(fn, name=name, model=f"{plan.model_name} ({cells})", dtype=plan.dtype,
+    return _cbuild.files(fn, name=name, model=plan.description, dtype=plan.dtype,
                          batch_shape=batch_shape, input_size=plan.input_size,
                          output_size=plan.output_size, init=plan.init)
 

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -20,6 +19,7 @@ from ._step import (
     _check_length,
     _manifest,
     _plan,
+    _sequence_fn,
     _sequence_specs,
     _signature,
     _step_specs,
@@ -41,16 +41,13 @@ def _quiet_loggers(*names: str):
 
 
 def _time_loop(step_fn: Callable, batch_dims: int) -> Callable:
-    """``sequence(state, xs, dts)`` as a ``lax.scan`` of an already batched, folded step (the
-    time axis follows the batch axes)."""
+    """``sequence(state, xs, dts)``: :func:`_sequence_fn` of an already batched, folded step
+    (whose time axis follows the batch axes)."""
+    time_major = _sequence_fn(step_fn)
 
     def sequence(state, xs, dts):
-        def body(s, x_dt):
-            out, s = step_fn(s, *x_dt)
-            return s, out
-
-        xs_t, dts_t = jnp.moveaxis(xs, batch_dims, 0), jnp.moveaxis(dts, batch_dims, 0)
-        new, outs = jax.lax.scan(body, state, (xs_t, dts_t))
+        outs, new = time_major(state, jnp.moveaxis(xs, batch_dims, 0),
+                               jnp.moveaxis(dts, batch_dims, 0))
         return jnp.moveaxis(outs, 0, batch_dims), new
 
     return sequence
@@ -156,9 +153,8 @@ def to_onnx(
     try:
         step_fn = _folded(_batched(plan.fn, bs), step_specs, onnx=True)
     except _NotExportable as e:
-        cells = ", ".join(type(c).__name__ for c in plan.cells)
         raise ValueError(
-            f"cannot export {plan.model_name} ({cells}) to ONNX: its step contains {e}. "
+            f"cannot export {plan.description} to ONNX: its step contains {e}. "
             "Use a cell with a fixed-size step (CfC, WiredCfC, LTC with the default "
             "FusedSemiImplicit solver and constant steps), or to_stablehlo"
         ) from None

@@ -72,7 +72,6 @@ def to_stablehlo(
         try:
             exported = jax.export.export(jax.jit(_folded(fn, specs)), **kw)(*specs)
         except Exception as e:  # re-raised with the model named
-            cells = ", ".join(type(c).__name__ for c in plan.cells)
             hint = ""
             if "callback" in str(e):
                 hint = (". The step checks values at run time with host callbacks (eqx.error_if, "
@@ -80,7 +79,7 @@ def to_stablehlo(
                         "set the environment variable EQX_ON_ERROR=nan before importing "
                         "liquidjax to export it with NaN outputs on failure instead")
             raise ValueError(
-                f"cannot export the {name} of {plan.model_name} ({cells}) to StableHLO: "
+                f"cannot export the {name} of {plan.description} to StableHLO: "
                 f"{type(e).__name__}: {e}{hint}"
             ) from e
         fname = f"{name}.jaxexport"

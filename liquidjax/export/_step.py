@@ -34,6 +34,11 @@ class _StepPlan:
     dtype: np.dtype
     cells: tuple[AbstractCell, ...]
 
+    @property
+    def description(self) -> str:
+        """The model and its cells, as the errors name them: ``"LiquidRNN (LTC)"``."""
+        return f"{self.model_name} ({', '.join(type(c).__name__ for c in self.cells)})"
+
 
 def _cell_step(cell: AbstractCell):
     def advance(state, x, dt):
