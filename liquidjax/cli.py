@@ -285,13 +285,14 @@ def _check_sizes(args) -> None:
     # mask), CfC ~ (U + B) B + (layers - 1) B^2 + 4 B U; x4 for gradients and Adam's moments.
     per_layer = 5 * u * u if args.cell == "ltc" else (
         (u + b) * b + max(args.backbone_layers - 1, 0) * b * b + 4 * b * u)
-    need = 4 * 4 * per_layer * args.layers
+    need = 4 * 4 * per_layer * args.layers * args.ensemble
     mem = _physical_memory()
     if mem is not None and need > _MEMORY_SHARE * mem:
         gib = 2.0 ** 30
         raise _UsageError(
             f"--units {u} --layers {args.layers}"
             + (f" --backbone-units {b}" if args.cell == "cfc" else "")
+            + (f" --ensemble {args.ensemble}" if args.ensemble > 1 else "")
             + f" needs about {need / gib:.1f} GiB for the parameters and optimiser state alone; "
             f"this machine has {mem / gib:.1f} GiB (limit {_MEMORY_SHARE * mem / gib:.1f} GiB): "
             "use fewer units or layers")
@@ -569,7 +570,9 @@ def _train(args) -> int:
     nparams = sum(x.size for x in jax.tree_util.tree_leaves(
         eqx.filter(model, eqx.is_inexact_array)))
     print(f"liquidjax: {args.dataset} ({data.info.get('source', 'synthetic')}), {data.task}, "
-          f"{args.kind}/{args.cell}/{args.wiring}, {args.units} units, {nparams} parameters, "
+          f"{args.kind}/{args.cell}/{args.wiring}, {args.units} units"
+          + (f", an ensemble of {args.ensemble}" if args.ensemble > 1 else "")
+          + f", {nparams} parameters, "
           f"recipe {args.recipe}, "
           f"{parallel.num_devices} device(s) [{jax.devices()[0].platform}], out dir {out_dir}",
           file=sys.stderr, flush=True)

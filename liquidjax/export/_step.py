@@ -72,7 +72,7 @@ def _plan(model: Any, where: str = "stepper") -> _StepPlan:
     """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``; `where`:
     the public function asking (named in the errors)."""
     from ..cells._ltc import portable_kernels
-    from ..models import SequenceClassifier
+    from ..models import Ensemble, SequenceClassifier
 
     # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
     # primitive (jax2onnx converts standard ones).
@@ -144,6 +144,11 @@ def _plan(model: Any, where: str = "stepper") -> _StepPlan:
         state0 = (states0, acc0)
         cells = tuple(layer.cell for layer in layers)
         in_size, out_size = clf.input_size, clf.num_classes
+    elif isinstance(model, Ensemble):
+        raise ValueError(
+            f"{where}: an Ensemble of {model.size} members has no single state to step; "
+            "export one member, model.member(i), or each member separately"
+        )
     else:
         raise ValueError(  # noqa: TRY004 - the library's one error type for bad arguments
             f"cannot build a stepper for {type(model).__name__}: expected a liquid cell "

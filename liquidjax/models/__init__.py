@@ -5,6 +5,7 @@
   ``(L, C)`` sequence with optional timespans and mask; ``jax.vmap`` adds the batch.
 * :class:`ConvLiquidClassifier` — a small convolutional stem whose feature-map rows (or columns)
   form the sequence read by a liquid layer (the "conv + NCP" design).
+* :class:`Ensemble` — independently trained copies of one model, their predictions averaged.
 * :class:`ModelConfig` and :func:`build_model` — the one place where names (cell, wiring, solver,
   readout) become objects.
 """
@@ -32,3 +33,4 @@ from ._conv_stem import (
     conv_stem_blocks as conv_stem_blocks,
     feature_map_shape as feature_map_shape,
 )
+from ._ensemble import Ensemble as Ensemble

@@ -22,6 +22,7 @@ from ..wirings import AutoNCP, FullyConnected, Random
 from ._classifier import AbstractClassifier, SequenceClassifier
 from ._config import ModelConfig
 from ._conv_stem import ConvLiquidClassifier, conv_stem_blocks, feature_map_shape
+from ._ensemble import Ensemble
 
 
 def _make_wiring(config: ModelConfig):
@@ -99,13 +100,21 @@ def build_model(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier
     - `config`: a :class:`ModelConfig`.
     - `key`: PRNG key for the initial parameters (keyword-only).
 
-    **Returns:** a :class:`SequenceClassifier` or a :class:`ConvLiquidClassifier`.
+    **Returns:** a :class:`SequenceClassifier` or a :class:`ConvLiquidClassifier`; with
+    ``config.ensemble > 1`` an :class:`Ensemble` of that many of them, each from its own key.
 
     **Example:**
     ```python
     model = build_model(ModelConfig(input_size=28, num_classes=10), key=jax.random.key(0))
     ```
     """
+    if config.ensemble > 1:
+        return Ensemble.create(lambda k: _build_one(config, key=k), config.ensemble, key=key,
+                               task=config.task, predict_variance=config.predict_variance)
+    return _build_one(config, key=key)
+
+
+def _build_one(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier:
     if config.kind == "sequence":
         return _make_body(config, config.input_size, key=key)
     assert config.image_shape is not None

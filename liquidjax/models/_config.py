@@ -93,6 +93,8 @@ class ModelConfig:
     - `predict_variance`: regression only: the head also predicts a variance per target
       (``2 · target_size`` outputs, trained by the Gaussian NLL; see
       :func:`liquidjax.train.split_gaussian`).
+    - `ensemble`: train this many independently initialised copies of the model at once, each
+      on its own loss, and predict with their average (:class:`Ensemble`; 1: one model).
 
     **Example:**
     ```python
@@ -133,6 +135,7 @@ class ModelConfig:
     per_step: bool = False
     target_size: int = config_field(1, minimum=1, from_data=True)
     predict_variance: bool = False
+    ensemble: int = config_field(1, minimum=1, maximum=64)
 
     def __post_init__(self):
         check_fields(self)

@@ -16,6 +16,7 @@ from ._checkpoint import (
 )
 from ._config import (
     TrainConfig as TrainConfig,
+    clip_by_member_norm as clip_by_member_norm,
     make_optimizer as make_optimizer,
     make_schedule as make_schedule,
 )

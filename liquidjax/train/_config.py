@@ -6,6 +6,8 @@ import dataclasses
 import functools
 from typing import Any, Literal
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from .._checks import check_fields, config_field
@@ -98,9 +100,35 @@ def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
     )
 
 
+def clip_by_member_norm(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` applied to each member of an
+    :class:`~liquidjax.models.Ensemble` on its own: every leaf's leading axis is the member, and
+    a member's update is scaled by its own norm only (one member's large gradient does not
+    shrink the others' steps)."""
+
+    def update(updates, state, params=None):
+        del params
+        leaves = jax.tree_util.tree_leaves(updates)
+        if not leaves:
+            return updates, state
+        sq = sum(jnp.sum(jnp.square(u).reshape(u.shape[0], -1), axis=1) for u in leaves)
+        norm = jnp.sqrt(sq)
+
+        def clip(u):
+            n = norm.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype)
+            return jnp.where(n < max_norm, u, u / n * max_norm)
+
+        return jax.tree_util.tree_map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 @functools.lru_cache(maxsize=64)
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, total_steps: int, *,
+                   members: bool = False) -> optax.GradientTransformation:
     """The default optimiser: global-norm clipping, then AdamW on the warm-up + cosine schedule.
+    With ``members`` (the parameters of an :class:`~liquidjax.models.Ensemble`) the clipping is
+    per member (:func:`clip_by_member_norm`), so each member trains as it would alone.
 
     Cached: the same arguments give the same object, so the jitted train step (which treats the
     optimiser as static) is not recompiled when training is restarted in the same process.
@@ -119,4 +147,5 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
     adamw = optax.adamw(make_schedule(config, total_steps), weight_decay=config.weight_decay)
     if config.clip_norm is None:
         return adamw
-    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
+    clip = clip_by_member_norm if members else optax.clip_by_global_norm
+    return optax.chain(clip(config.clip_norm), adamw)

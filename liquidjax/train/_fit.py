@@ -499,7 +499,9 @@ def fit(
     total_steps = config.epochs * steps_per_epoch
     schedule = None
     if optimizer is None:
-        optimizer = make_optimizer(config, total_steps)
+        from ..models import Ensemble
+
+        optimizer = make_optimizer(config, total_steps, members=isinstance(model, Ensemble))
         schedule = make_schedule(config, total_steps)
     optimizer = _chained(optimizer, tuple(extra_transforms))
 

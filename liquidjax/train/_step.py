@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -70,6 +71,12 @@ class TrainState(eqx.Module):
 
 
 def _forward(model, batch: dict[str, Array], key) -> Array:
+    """The model's outputs for a batch (``jax.vmap`` over its examples); an
+    :class:`~liquidjax.models.Ensemble`'s combined prediction."""
+    from ..models import Ensemble
+
+    if isinstance(model, Ensemble):
+        return _combine(model, _member_forward(model, batch, key), batch)
     x = batch["x"]
     ts = batch.get("timespans")
     mask = batch.get("mask")
@@ -79,6 +86,21 @@ def _forward(model, batch: dict[str, Array], key) -> Array:
         return model(x, ts, mask, key=k)
 
     return jax.vmap(one)(x, ts, mask, keys)
+
+
+def _member_forward(model, batch: dict[str, Array], key) -> Array:
+    """An ensemble's members' outputs ``(members, batch, ...)``: the members are mapped outside
+    the batch, so each member's batch goes through the cells' batched fast paths."""
+    keys = None if key is None else jax.random.split(key, model.size)
+    return eqx.filter_vmap(lambda member, k: _forward(member, batch, k))(model.members, keys)
+
+
+def _combine(model, member_outputs: Array, batch: dict[str, Array]) -> Array:
+    out = model.combine(member_outputs)
+    mask = batch.get("mask")
+    if out.ndim == 3 and mask is not None:  # per-step outputs: zero on masked steps
+        out = jnp.where(mask[..., None], out, 0)
+    return out
 
 
 def _losses(logits: Array, labels: Array, label_smoothing: float) -> Array:
@@ -161,10 +183,25 @@ def target_terms(
 
 
 def _loss_fn(params, static, batch, key, label_smoothing, regression_loss):
+    from ..models import Ensemble
+
     model = eqx.combine(params, static)
-    outputs = _forward(model, batch, key)
-    terms, w, hits = target_terms(outputs, batch, label_smoothing=label_smoothing,
-                                  regression_loss=regression_loss)
+    terms_of = functools.partial(target_terms, batch=batch, label_smoothing=label_smoothing,
+                                 regression_loss=regression_loss)
+    if isinstance(model, Ensemble):
+        # Each member learns from its own loss: the objective is the sum of the members' losses
+        # (each member's gradient is the one it would get alone), not the loss of the averaged
+        # prediction, which would train them jointly. The loss recorded is the members' mean;
+        # the hits are the ensemble's.
+        members = _member_forward(model, batch, key)
+        terms, w, _ = jax.vmap(terms_of)(members)
+        w = w[0]
+        count = jnp.sum(w)
+        member_sums = jnp.sum(w * terms, axis=tuple(range(1, terms.ndim)))
+        hits = terms_of(_combine(model, members, batch))[2]
+        return (jnp.sum(member_sums) / jnp.maximum(count, 1.0),
+                (jnp.mean(member_sums), jnp.sum(w * hits), count))
+    terms, w, hits = terms_of(_forward(model, batch, key))
     count = jnp.sum(w)
     loss_sum = jnp.sum(w * terms)
     return loss_sum / jnp.maximum(count, 1.0), (loss_sum, jnp.sum(w * hits), count)
