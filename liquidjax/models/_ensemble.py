@@ -9,9 +9,12 @@ et al. 2020 for time-series classification). ``docs/time_series.md`` has the mea
 
 The members are one model whose every array carries a leading member axis (``eqx.filter_vmap``
 of the single-model constructor), so the ensemble is one pytree: one optimiser state, one
-checkpoint, one ``jit``. Each member is trained on its own loss (the trainer averages the
-members' losses, :func:`member_outputs` — not the loss of the averaged prediction, which
-would train the members jointly and lose their independence); the ensemble predicts
+checkpoint, one ``jit``. Each member is trained on its own loss, exactly as it would be alone
+on the same batches: the trainer differentiates the sum of the members' losses (from
+:meth:`Ensemble.member_outputs`; it records their mean) and clips each member's gradient by its
+own norm (:func:`liquidjax.train.clip_by_member_norm`) — not the loss of the averaged
+prediction, which would train the members jointly and lose their independence. The ensemble
+predicts
 
 * class logits: ``log mean_k softmax(logits_k)`` — the log of the members' mean probability
   (so ``softmax`` of the output is that mean, and its ``argmax`` the ensemble's vote);
