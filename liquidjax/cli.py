@@ -542,7 +542,8 @@ def _train(args) -> int:
             # the data is read, placeholders let every other field be checked.
             if data is None:
                 found = {"input_size": 1, "num_classes": 10, "image_shape": (256, 256, 1),
-                         "task": "classification", "target_size": 1}
+                         "task": "regression" if values["predict_variance"] else "classification",
+                         "target_size": 1}
                 values.update({k: v for k, v in found.items() if values[k] is None})
             else:
                 found = {"input_size": data.input_size, "num_classes": data.num_classes,

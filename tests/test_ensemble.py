@@ -162,3 +162,40 @@ def test_refusals():
         stepper(ens)
     with pytest.raises(ValueError, match="leading"):
         Ensemble(build_model(_config(), key=jax.random.key(0)))
+
+
+def test_cli_regression_archive_with_variance_and_ensemble(tmp_path, capsys):
+    """`--predict-variance` on a regression archive (refused before the data was read, when the
+    flags were checked against a classification placeholder) and `--ensemble 2`: trains,
+    evaluates from the checkpoint, and a classification archive with `--predict-variance` gets
+    one clear line."""
+    from liquidjax.cli import main
+    from liquidjax.train import list_checkpoints, read_header
+
+    rng = np.random.default_rng(7)
+    for problem, target in (("Reg", "@targetLabel true"), ("Cls", "@classLabel true a b")):
+        lines = [f"@problemName {problem}", "@univariate true", "@equalLength true", target,
+                 "@data"]
+        for split, n in (("TRAIN", 16), ("TEST", 8)):
+            rows = []
+            for i in range(n):
+                v = rng.normal(size=6)
+                label = f"{v.mean():.4f}" if problem == "Reg" else "ab"[i % 2]
+                rows.append(",".join(f"{a:.3f}" for a in v) + ":" + label)
+            (tmp_path / f"{problem}_{split}.ts").write_text("\n".join(lines + rows) + "\n")
+    common = ["--data-dir", str(tmp_path), "--epochs", "2", "--units", "4",
+              "--backbone-units", "4", "--progress", "none", "--cpu-devices", "1",
+              "--predict-variance", "--ensemble", "2"]
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "ts", "--name", "Reg", "--out-dir", str(out),
+                 *common]) == 0
+    assert "test rmse" in capsys.readouterr().out
+    config = read_header(list_checkpoints(out / "checkpoints")[-1])["model_config"]
+    assert (config["task"], config["predict_variance"], config["ensemble"]) == (
+        "regression", True, 2)
+    assert main(["evaluate", str(out), "--batch-size", "8"]) == 0
+    assert "rmse" in capsys.readouterr().out
+    assert main(["train", "--dataset", "ts", "--name", "Cls", "--out-dir",
+                 str(tmp_path / "cls"), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("predict_variance applies to task='regression' only")

@@ -653,7 +653,8 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert main(["evaluate", str(out), "--split", "test", "--batch-size", "8"]) == 0
     assert "Wave" not in capsys.readouterr().err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
-    assert header["recipe"] == "ts_cfc@2"
+    assert header["recipe"] == "ts_cfc@3"
+    assert header["model_config"]["ensemble"] == 5
     assert header["data_config"]["patch_length"] == 1  # 8 observations at most: no patches
     assert header["data_config"]["val_fraction"] == 0.0  # the whole training file trains
     assert header["data_config"]["missing"] == "path"  # evaluate rebuilt the same inputs
@@ -681,7 +682,7 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
     err = capsys.readouterr().err
     # the longest series (70 observations) in ceil(70 / 3) = 24 steps of 3
     assert "patch length 3 (the longest training series, 70 observations, in 24 steps)" in err
-    assert "batch 8" in err and "no validation hold-out" in err and "recipe ts_cfc@2" in err
+    assert "batch 8" in err and "no validation hold-out" in err and "recipe ts_cfc@3" in err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
     assert header["data_config"]["patch_length"] == 3
     assert header["model_config"]["input_size"] == 3 * 3  # [x, mask, delta] x 3 observations
@@ -693,7 +694,7 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
         return _with_recipe(build_parser().parse_args(argv), argv)
 
     ltc = resolved("--cell", "ltc")
-    assert (ltc.recipe, ltc.mixed_memory, ltc.lr) == ("ts_ltc@1", True, 1e-2)
+    assert (ltc.recipe, ltc.mixed_memory, ltc.lr, ltc.ensemble) == ("ts_ltc@2", True, 1e-2, 5)
     assert resolved("--cell", "ltc", "--lr", "3e-3").lr == 3e-3  # explicit flags still win
     assert resolved("--cell", "gruode").recipe == "none"
     assert resolved("--patch-length", "5").patch_length == 5
