@@ -703,3 +703,45 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
     assert exit_.value.code == 2
     assert "--patch-length: expected 'auto' or an integer >= 1, got '0'" in (
         capsys.readouterr().err)
+
+
+def test_benchmark_dtw_baseline_matches_a_plain_dtw():
+    """`benchmarks/ts_archives.py`'s vectorised 1-NN-DTW (the baseline the defaults are held
+    to) against the textbook O(n·m) recursion, on unequal lengths and two channels: every
+    training series its own class, each test series labelled with its reference nearest
+    neighbour, so accuracy 1.0 means every nearest neighbour agrees."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ts_archives.py"
+    spec = importlib.util.spec_from_file_location("ts_archives_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    rng = np.random.default_rng(12)
+
+    def split(n, labels=None):
+        lengths = rng.integers(4, 11, n)
+        x = np.full((n, 10, 2), np.nan, np.float32)
+        for i, k in enumerate(lengths):
+            x[i, :k] = np.cumsum(rng.normal(size=(k, 2)), 0)
+        y = np.arange(n) if labels is None else labels
+        return x, lengths, y
+
+    def dtw(a, b):
+        d = np.full((len(a) + 1, len(b) + 1), np.inf)
+        d[0, 0] = 0.0
+        for i in range(1, len(a) + 1):
+            for j in range(1, len(b) + 1):
+                cost = float(np.sum((a[i - 1] - b[j - 1]) ** 2))
+                d[i, j] = cost + min(d[i - 1, j], d[i, j - 1], d[i - 1, j - 1])
+        return d[-1, -1]
+
+    xa, la, ya = split(9)
+    xb, lb, _ = split(7, labels=np.zeros(7, int))
+    nearest = np.array([np.argmin([dtw(xb[t, :lb[t]], xa[i, :la[i]]) for i in range(9)])
+                        for t in range(7)])
+    train = D.TimeSeriesData.from_arrays(xa, ya, lengths=la, num_classes=9)
+    test = D.TimeSeriesData.from_arrays(xb, nearest, lengths=lb, num_classes=9)
+    assert bench.dtw_1nn_accuracy(train, test, chunk=3) == 1.0
+    wrong = D.TimeSeriesData.from_arrays(xb, (nearest + 1) % 9, lengths=lb, num_classes=9)
+    assert bench.dtw_1nn_accuracy(train, wrong) == 0.0
