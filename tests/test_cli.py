@@ -461,6 +461,7 @@ def test_every_field_is_settable_from_the_command_line():
         "--cfc-mode", "no-gate", "--activation", "silu", "--backbone-units", "5",
         "--backbone-layers", "0", "--backbone-dropout", "0.2", "--conv-channels", "4,6",
         "--conv-sequence", "columns", "--conv-stem", "pooled", "--conv-dropout", "0.3",
+        "--ensemble", "3",
     ])
     want = dict(kind="sequence", task="regression", per_step=True, target_size=2,
                 predict_variance=True, image_shape=(8, 8, 1), input_size=8, num_classes=5,
@@ -471,7 +472,7 @@ def test_every_field_is_settable_from_the_command_line():
                 interpolation="cubic",
                 cfc_mode="no_gate", activation="silu", backbone_units=5, backbone_layers=0,
                 backbone_dropout=0.2, conv_channels=(4, 6), conv_sequence="columns",
-                conv_stem="pooled", conv_dropout=0.3)
+                conv_stem="pooled", conv_dropout=0.3, ensemble=3)
     import dataclasses
 
     assert set(want) == {f.name for f in dataclasses.fields(cfg)}  # the test covers them all
