@@ -128,8 +128,8 @@ _RECIPES = (
         "at their last state, lr 1e-2",
         dict(kind="sequence", cell="ltc", units=64, ltc_init="slow", mixed_memory=True,
              readout="last", lr=1e-2, ensemble=5),
-        "10 aeon UEA/UCR archives, 1 seed: at or above 1-NN-DTW on 10 (ArrowHead a tie; "
-        "docs/time_series.md)",
+        "10 aeon UEA/UCR archives: at or above 1-NN-DTW in 14 of 15 runs (seed 0 on all 10, "
+        "seed 1 on 5; docs/time_series.md)",
         data="ts",
     ),
 )
