@@ -85,7 +85,8 @@ def _cell_text(row: dict, cell: str) -> str:
     if cell not in row:
         return "–"
     seeds = row[cell].get("seeds") or {"0": row[cell]["test_accuracy"]}
-    return " / ".join(f"**{a:.3f}**" if a >= row["dtw_1nn"] else f"{a:.3f}"
+    # Rounded as stored: equal counts of correct series are a tie, not a miss.
+    return " / ".join(f"**{a:.3f}**" if round(a, 4) >= round(row["dtw_1nn"], 4) else f"{a:.3f}"
                       for _, a in sorted(seeds.items(), key=lambda kv: int(kv[0])))
 
 

@@ -199,3 +199,19 @@ def test_cli_regression_archive_with_variance_and_ensemble(tmp_path, capsys):
                  str(tmp_path / "cls"), *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("predict_variance applies to task='regression' only")
+
+
+def test_per_step_outputs_are_zero_on_masked_steps(batch):
+    """Per-step outputs of an ensemble, per example and through the trainer's batched path:
+    the members' mean probability on valid steps, zero on masked ones (as a single model's)."""
+    from liquidjax.train._step import _forward
+
+    ens = build_model(_config(per_step=True, ensemble=2), key=jax.random.key(6))
+    out = np.asarray(_forward(ens, batch, None))  # (batch, time, classes)
+    mask = np.asarray(batch["mask"])
+    assert out.shape == (5, 7, 4) and np.all(out[~mask] == 0)
+    probs = np.mean([np.asarray(jax.nn.softmax(jax.vmap(ens.member(i))(
+        batch["x"], batch["timespans"], batch["mask"]))) for i in range(2)], axis=0)
+    np.testing.assert_allclose(np.exp(out[mask]), probs[mask], rtol=1e-5, atol=1e-7)
+    one = np.asarray(ens(batch["x"][0], batch["timespans"][0], batch["mask"][0]))
+    np.testing.assert_allclose(one, out[0], rtol=1e-5, atol=1e-6)

@@ -10,8 +10,9 @@ et al. 2020 for time-series classification). ``docs/time_series.md`` has the mea
 The members are one model whose every array carries a leading member axis (``eqx.filter_vmap``
 of the single-model constructor), so the ensemble is one pytree: one optimiser state, one
 checkpoint, one ``jit``. Each member is trained on its own loss, exactly as it would be alone
-on the same batches: the trainer differentiates the sum of the members' losses (from
-:meth:`Ensemble.member_outputs`; it records their mean) and clips each member's gradient by its
+on the same batches: the trainer maps the members outside the batch (so each member's batch
+goes through the cells' batched fast paths), differentiates the sum of the members' losses (it
+records their mean) and clips each member's gradient by its
 own norm (:func:`liquidjax.train.clip_by_member_norm`) — not the loss of the averaged
 prediction, which would train the members jointly and lose their independence. The ensemble
 predicts
@@ -31,8 +32,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._classifier import AbstractClassifier
-
-_VAR_FLOOR = 1e-6  # split_gaussian's: variance = softplus(v) + 1e-6
 
 
 class Ensemble(AbstractClassifier):
@@ -97,39 +96,30 @@ class Ensemble(AbstractClassifier):
         arrays, static = eqx.partition(self.members, eqx.is_array)
         return eqx.combine(jax.tree_util.tree_map(lambda a: a[i], arrays), static)
 
-    def member_outputs(
-        self,
-        x: Array,
-        timespans: Float[Array, " time"] | None = None,
-        mask: Bool[Array, " time"] | None = None,
-        *,
-        key: PRNGKeyArray | None = None,
-    ) -> Array:
-        """Every member's outputs for one example, stacked: ``(size, *outputs)``."""
-        keys = None if key is None else jax.random.split(key, self.size)
+    def combine(self, outputs: Array, mask: Bool[Array, "*batch time"] | None = None) -> Array:
+        """The ensemble's prediction from its members' outputs stacked on axis 0 (one example,
+        or a batch); per-step outputs are zero on the steps `mask` marks invalid, as a single
+        model's are."""
+        out = self._average(jnp.asarray(outputs))
+        if mask is not None and out.ndim == mask.ndim + 1:  # per-step outputs
+            out = jnp.where(mask[..., None], out, 0)
+        return out
 
-        def one(member, k):
-            return member(x, timespans, mask, key=k)
-
-        return eqx.filter_vmap(one)(self.members, keys)
-
-    def combine(self, outputs: Array, axis: int = 0) -> Array:
-        """The ensemble's prediction from its members' outputs stacked on `axis`."""
-        outputs = jnp.asarray(outputs)
+    def _average(self, outputs: Array) -> Array:
         if self.task == "classification":
             logp = jax.nn.log_softmax(outputs.astype(jnp.float32), axis=-1)
-            out = jax.nn.logsumexp(logp, axis=axis) - jnp.log(float(outputs.shape[axis]))
+            out = jax.nn.logsumexp(logp, axis=0) - jnp.log(float(outputs.shape[0]))
             return out.astype(outputs.dtype)
         if not self.predict_variance:
-            return jnp.mean(outputs, axis=axis)
-        d = outputs.shape[-1] // 2
-        mu = outputs[..., :d]
-        var = jax.nn.softplus(outputs[..., d:]) + _VAR_FLOOR
-        mean = jnp.mean(mu, axis=axis)
-        spread = mu - jnp.expand_dims(mean, axis)
-        mix_var = jnp.mean(var, axis=axis) + jnp.mean(spread * spread, axis=axis)
-        # The inverse of softplus(v) + floor, stable for large variances.
-        v = jnp.maximum(mix_var - _VAR_FLOOR, jnp.finfo(outputs.dtype).tiny)
+            return jnp.mean(outputs, axis=0)
+        from ..train._metrics import VARIANCE_FLOOR, split_gaussian
+
+        mu, var = split_gaussian(outputs)
+        mean = jnp.mean(mu, axis=0)
+        spread = mu - mean
+        mix_var = jnp.mean(var, axis=0) + jnp.mean(spread * spread, axis=0)
+        # The inverse of split_gaussian's softplus(v) + floor, stable for large variances.
+        v = jnp.maximum(mix_var - VARIANCE_FLOOR, jnp.finfo(outputs.dtype).tiny)
         raw = v + jnp.log(-jnp.expm1(-v))
         return jnp.concatenate([mean, raw], axis=-1)
 
@@ -142,7 +132,7 @@ class Ensemble(AbstractClassifier):
         key: PRNGKeyArray | None = None,
     ) -> Array:
         """The ensemble's outputs for one example (see the module docs)."""
-        out = self.combine(self.member_outputs(x, timespans, mask, key=key))
-        if out.ndim == 2 and mask is not None:  # per-step outputs: zero on masked steps
-            out = jnp.where(mask[:, None], out, 0)
-        return out
+        keys = None if key is None else jax.random.split(key, self.size)
+        outputs = eqx.filter_vmap(lambda member, k: member(x, timespans, mask, key=k))(
+            self.members, keys)
+        return self.combine(outputs, mask)

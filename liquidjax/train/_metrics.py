@@ -154,6 +154,10 @@ def mae(pred, target, mask=None) -> Float[Array, ""]:
     return _mean(jnp.where(w > 0, jnp.abs(pred - target), 0.0), w)
 
 
+VARIANCE_FLOOR = 1e-6
+"""The smallest variance :func:`split_gaussian` gives."""
+
+
 def split_gaussian(outputs: Float[Array, "*b two_d"]) -> tuple[Array, Array]:
     """A model output ``[μ | v]`` of ``2D`` features as ``(mean μ, variance softplus(v) + 1e-6)``
     (the positive variance of a regression head that predicts its own uncertainty)."""
@@ -161,7 +165,7 @@ def split_gaussian(outputs: Float[Array, "*b two_d"]) -> tuple[Array, Array]:
     d = outputs.shape[-1]
     if d % 2:
         raise ValueError(f"a mean-and-variance output needs an even feature count, got {d}")
-    return outputs[..., : d // 2], jax.nn.softplus(outputs[..., d // 2 :]) + 1e-6
+    return outputs[..., : d // 2], jax.nn.softplus(outputs[..., d // 2 :]) + VARIANCE_FLOOR
 
 
 def gaussian_nll_terms(mean, var, target) -> Array:

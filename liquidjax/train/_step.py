@@ -76,7 +76,7 @@ def _forward(model, batch: dict[str, Array], key) -> Array:
     from ..models import Ensemble
 
     if isinstance(model, Ensemble):
-        return _combine(model, _member_forward(model, batch, key), batch)
+        return model.combine(_member_forward(model, batch, key), batch.get("mask"))
     x = batch["x"]
     ts = batch.get("timespans")
     mask = batch.get("mask")
@@ -93,14 +93,6 @@ def _member_forward(model, batch: dict[str, Array], key) -> Array:
     the batch, so each member's batch goes through the cells' batched fast paths."""
     keys = None if key is None else jax.random.split(key, model.size)
     return eqx.filter_vmap(lambda member, k: _forward(member, batch, k))(model.members, keys)
-
-
-def _combine(model, member_outputs: Array, batch: dict[str, Array]) -> Array:
-    out = model.combine(member_outputs)
-    mask = batch.get("mask")
-    if out.ndim == 3 and mask is not None:  # per-step outputs: zero on masked steps
-        out = jnp.where(mask[..., None], out, 0)
-    return out
 
 
 def _losses(logits: Array, labels: Array, label_smoothing: float) -> Array:
@@ -198,7 +190,7 @@ def _loss_fn(params, static, batch, key, label_smoothing, regression_loss):
         w = w[0]
         count = jnp.sum(w)
         member_sums = jnp.sum(w * terms, axis=tuple(range(1, terms.ndim)))
-        hits = terms_of(_combine(model, members, batch))[2]
+        hits = terms_of(model.combine(members, batch.get("mask")))[2]
         return (jnp.sum(member_sums) / jnp.maximum(count, 1.0),
                 (jnp.mean(member_sums), jnp.sum(w * hits), count))
     terms, w, hits = terms_of(_forward(model, batch, key))
