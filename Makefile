@@ -12,8 +12,9 @@ $(VENV)/.base: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The compiled CPU kernel of the LTC (C++ through jax.ffi), built against the installed jaxlib.
-$(VENV)/.native: $(VENV)/.base liquidjax/_native/ltc_cpu.cc
+# The compiled CPU kernels of the LTC and the CfC (C++ through jax.ffi), built against the
+# installed jaxlib.
+$(VENV)/.native: $(VENV)/.base $(wildcard liquidjax/_native/*.cc liquidjax/_native/*.h)
 	$(PY) -m liquidjax._native
 	touch $@
 

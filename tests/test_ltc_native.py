@@ -192,29 +192,38 @@ def _run_python(code, **env):
 CHECK = """
 import warnings, jax, jax.numpy as jnp
 from liquidjax import _native
-from liquidjax.cells import LTC
+from liquidjax.cells import LTC, CfC
+from liquidjax.layers import LiquidRNN
 cell = LTC(2, 4, key=jax.random.key(0))
 f = jax.jit(jax.grad(lambda c: jnp.sum(jax.vmap(lambda x: c.advance(c.init_state(), x, 0., 1.))(
     jnp.ones((3, 2))))))
+rnn = LiquidRNN(CfC(2, 4, backbone_units=5, key=jax.random.key(0)))
+f_cfc = jax.jit(jax.grad(lambda r: jnp.sum(jax.vmap(lambda x: r(x)[0])(jnp.ones((3, 4, 2))) ** 2)))
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     g = f(cell)
-print("available", _native.available(), "warnings", [str(x.message)[:60] for x in w],
-      "hlo_has_custom_call", "liquidjax_ltc" in f.lower(cell).as_text(), float(g.vleak[0]))
+    g_cfc = f_cfc(rnn)
+print("available", _native.available(), "warnings", [str(x.message)[:80] for x in w],
+      "hlo_has_custom_call", "liquidjax_ltc" in f.lower(cell).as_text(),
+      "cfc_hlo_has_custom_call", "liquidjax_cfc" in f_cfc.lower(rnn).as_text(),
+      float(g_cfc.cell.backbone[0].weight[0, 0]), float(g.vleak[0]))
 """
 
 
 def test_without_the_compiled_kernel_the_jax_path_runs():
-    """LIQUIDJAX_NATIVE=0: no custom call in the graph, same gradient; a failed build (no
-    compiler, nothing built) warns once, naming the cause, and falls back."""
+    """LIQUIDJAX_NATIVE=0: no custom call in the graph (LTC and CfC), same gradients; a failed
+    build (no compiler, nothing built) warns once, naming the cause, and falls back."""
     on = _run_python(CHECK)
     off = _run_python(CHECK, LIQUIDJAX_NATIVE="0")
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
-    assert "available True" in on.stdout and "hlo_has_custom_call True" in on.stdout
-    assert "available False" in off.stdout and "hlo_has_custom_call False" in off.stdout
+    assert "available True" in on.stdout and " hlo_has_custom_call True" in on.stdout
+    assert "cfc_hlo_has_custom_call True" in on.stdout
+    assert "available False" in off.stdout and " hlo_has_custom_call False" in off.stdout
+    assert "cfc_hlo_has_custom_call False" in off.stdout
     assert "warnings []" in off.stdout
-    g_on, g_off = float(on.stdout.split()[-1]), float(off.stdout.split()[-1])
-    assert abs(g_on - g_off) <= 1e-6 * max(1.0, abs(g_off))
+    for i in (-1, -2):  # the LTC's gradient, the CfC's
+        g_on, g_off = float(on.stdout.split()[i]), float(off.stdout.split()[i])
+        assert g_off != 0 and abs(g_on - g_off) <= 1e-6 * max(1.0, abs(g_off))
     # A build that cannot happen: point the library's candidates at an empty folder and the
     # compiler at nothing.
     broken = CHECK.replace(
@@ -224,5 +233,7 @@ def test_without_the_compiled_kernel_the_jax_path_runs():
         "_native._candidates = lambda: [d / 'k.so']\n")
     res = _run_python(broken, CXX="/nonexistent/c++")
     assert res.returncode == 0, res.stderr
-    assert "available False" in res.stdout and "compiled CPU kernel for the LTC" in res.stdout
-    assert "hlo_has_custom_call False" in res.stdout
+    assert "available False" in res.stdout
+    assert "compiled CPU kernels for the LTC and the CfC" in res.stdout
+    assert " hlo_has_custom_call False" in res.stdout
+    assert "cfc_hlo_has_custom_call False" in res.stdout

@@ -1,16 +1,22 @@
 """Compiled CPU kernels, called from JAX through the XLA FFI (``jax.ffi``).
 
-One C++ source, ``ltc_cpu.cc``: the LTC's fused semi-implicit step, forward and backward, for
-a batch held batch-minor (see :mod:`liquidjax.cells._ltc_batched`, which lowers to it on CPU and
-to its pure-JAX reference everywhere else). The shared library is built by
+Two C++ sources, one shared library:
+
+* ``ltc_cpu.cc``: the LTC's fused semi-implicit step, forward and backward, for a batch held
+  batch-minor (see :mod:`liquidjax.cells._ltc_batched`, which lowers to it on CPU and to its
+  pure-JAX reference everywhere else);
+* ``cfc_cpu.cc``: the CfC's recurrence over a held-input sequence, forward and backward scan,
+  for a batch held batch-major (see :mod:`liquidjax.cells._cfc_sequence`, likewise);
+
+and ``common.h``, what they share. The shared library is built by
 ``python -m liquidjax._native`` — which ``make`` runs when it sets up the environment — with the
 system's C++ compiler (``$CXX``, else ``g++``) against the headers JAX ships, next to the source
 (or in ``$XDG_CACHE_HOME/liquidjax`` when the package folder is read-only). Its name carries a
-hash of the source, the flags, the jaxlib version and the CPU's feature flags (it is built with
+hash of the sources, the flags, the jaxlib version and the CPU's feature flags (it is built with
 ``-march=native``), so an edit, an upgrade or another machine rebuilds it.
 
 If it is missing at first use it is built then (a couple of seconds). If it cannot be built (no
-compiler), the LTC runs its pure-JAX kernel — the same numbers, slower — and one
+compiler), the LTC and the CfC run their pure-JAX code — the same numbers, slower — and one
 :class:`NativeKernelWarning` says why. ``LIQUIDJAX_NATIVE=0`` turns the compiled kernel off.
 """
 
@@ -29,14 +35,21 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCE = Path(__file__).with_name("ltc_cpu.cc")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "ltc_cpu.cc", HERE / "cfc_cpu.cc")
+HEADERS = (HERE / "common.h",)
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17")
 TARGETS = {"liquidjax_ltc_forward": "LiquidjaxLtcForward",
-           "liquidjax_ltc_backward": "LiquidjaxLtcBackward"}
+           "liquidjax_ltc_backward": "LiquidjaxLtcBackward",
+           "liquidjax_cfc_forward": "LiquidjaxCfcForward",
+           "liquidjax_cfc_backward": "LiquidjaxCfcBackward"}
+# The CfC backbone activations the kernel computes, by the id it takes (cfc_cpu.cc, Activation).
+CFC_ACTIVATIONS = ("lecun_tanh", "silu", "relu", "tanh", "gelu")
+LIBRARY = "_cpu_kernels"
 
 
 class NativeKernelWarning(RuntimeWarning):
-    """The compiled kernel could not be built or loaded; the pure-JAX kernel runs instead."""
+    """The compiled kernels could not be built or loaded; the pure-JAX code runs instead."""
 
 
 def _compiler() -> str | None:
@@ -61,7 +74,9 @@ def _cpu_features() -> bytes:
 def _tag() -> str:
     import jaxlib
 
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256()
+    for path in SOURCES + HEADERS:
+        h.update(path.read_bytes())
     h.update(" ".join(FLAGS).encode())
     h.update(jaxlib.__version__.encode())
     h.update(_cpu_features())
@@ -69,13 +84,13 @@ def _tag() -> str:
 
 
 def _candidates() -> list[Path]:
-    name = f"_ltc_cpu.{_tag()}.so"
+    name = f"{LIBRARY}.{_tag()}.so"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liquidjax"
-    return [SOURCE.with_name(name), cache / name]
+    return [HERE / name, cache / name]
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile ``ltc_cpu.cc`` (if not already built for this source, flags and jaxlib) and return
+    """Compile the kernels (if not already built for these sources, flags and jaxlib) and return
     the library's path. Raises ``RuntimeError`` with the compiler's message if it fails."""
     for path in _candidates():
         if path.exists():
@@ -96,15 +111,16 @@ def build(verbose: bool = False) -> Path:
         except OSError as e:  # read-only package folder: try the cache
             errors.append(f"{path.parent}: {e}")
             continue
-        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+        cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", *map(str, SOURCES), "-o", tmp]
         if verbose:
             print(" ".join(cmd), file=sys.stderr)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             os.unlink(tmp)
-            raise RuntimeError(f"building {SOURCE.name} failed:\n{res.stderr[-4000:]}")
+            raise RuntimeError(f"building the CPU kernels failed:\n{res.stderr[-4000:]}")
         os.replace(tmp, path)  # atomic: concurrent builders each write their own temp file
-        for old in path.parent.glob("_ltc_cpu.*.so"):  # builds of older sources or jaxlibs
+        # builds of older sources or jaxlibs (and of the LTC-only library before the CfC's)
+        for old in [*path.parent.glob(f"{LIBRARY}.*.so"), *path.parent.glob("_ltc_cpu.*.so")]:
             if old != path:
                 old.unlink(missing_ok=True)
         return path
@@ -119,8 +135,9 @@ def _load() -> ctypes.CDLL | None:
         lib = ctypes.cdll.LoadLibrary(str(build()))
     except (RuntimeError, OSError) as e:
         warnings.warn(
-            f"liquidjax: the compiled CPU kernel for the LTC is unavailable ({e}); the pure-JAX "
-            "kernel runs instead (same numbers, slower). Set LIQUIDJAX_NATIVE=0 to silence.",
+            f"liquidjax: the compiled CPU kernels for the LTC and the CfC are unavailable ({e}); "
+            "the pure-JAX code runs instead (same numbers, slower). Set LIQUIDJAX_NATIVE=0 to "
+            "silence.",
             NativeKernelWarning, stacklevel=3)
         return None
     import jax.ffi
@@ -132,13 +149,13 @@ def _load() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether the compiled CPU kernel is built and registered (building it if needed)."""
+    """Whether the compiled CPU kernels are built and registered (building them if needed)."""
     return _load() is not None
 
 
 def _require() -> None:
     if _load() is None:
-        raise RuntimeError("the compiled LTC kernel is unavailable (see the NativeKernelWarning)")
+        raise RuntimeError("the compiled CPU kernels are unavailable (see the NativeKernelWarning)")
 
 
 def _indices(layout):
@@ -177,3 +194,47 @@ def ltc_backward(p, x, dt, vs, dens, g, *, layout, unfolds: int, epsilon: float)
     call = jax.ffi.ffi_call("liquidjax_ltc_backward", out, vmap_method="sequential")
     res = call(*p, *_indices(layout), x, dt, vs, dens, g, **_attrs(unfolds, epsilon))
     return tuple(res[: len(p)]), res[-3], res[-2], res[-1]
+
+
+def _flags_and_optional(dts, mask, like):
+    import jax.numpy as jnp
+
+    dts = jnp.zeros((0,), like.dtype) if dts is None else dts
+    mask = jnp.zeros((0,), jnp.uint8) if mask is None else mask.astype(jnp.uint8)
+    return dts, mask
+
+
+def cfc_forward(x, h0, w_in, b_in, w_h, w_heads, b_heads, dts, mask, *, activation: str,
+                no_gate: bool, last: bool, keep: bool):
+    """The CfC recurrence of a batch, time-major (``x (T, B, I)``, ``h0 (B, H)``, ``dts`` and
+    ``mask (T, B)`` or ``None``) → ``(hs, us, ps)``: the states ``(T, B, H)`` (with ``last``
+    ``(1, B, H)``) and, with ``keep``, the backbone and head pre-activations (else empty)."""
+    import jax
+
+    _require()
+    t, b, _ = x.shape
+    h, u, p = h0.shape[-1], w_h.shape[0], w_heads.shape[0]
+    sds = functools.partial(jax.ShapeDtypeStruct, dtype=x.dtype)
+    k = t if keep else 0
+    out = (sds((1 if last else t, b, h)), sds((k, b, u) if keep else (0,)),
+           sds((k, b, p) if keep else (0,)))
+    dts, mask = _flags_and_optional(dts, mask, x)
+    call = jax.ffi.ffi_call("liquidjax_cfc_forward", out, vmap_method="sequential")
+    return call(x, h0, w_in, b_in, w_h, w_heads, b_heads, dts, mask,
+                activation=np.int64(CFC_ACTIVATIONS.index(activation)), no_gate=bool(no_gate),
+                last=bool(last))
+
+
+def cfc_backward(ct, coef, dact, w_heads, w_h, mask, *, last: bool):
+    """The CfC's backward scan (time-major): ``ct (T, B, H)`` (with ``last`` ``(B, H)``: the
+    last state's only), the local factors ``coef (T, B, P)`` and ``dact (T, B, U)`` →
+    ``(dps, dus, dh0)``, as the scan of :func:`liquidjax.cells._cfc_sequence._cotangents`."""
+    import jax
+
+    _require()
+    b, h = ct.shape[-2:]
+    sds = functools.partial(jax.ShapeDtypeStruct, dtype=coef.dtype)
+    out = (sds(coef.shape), sds(dact.shape), sds((b, h)))
+    _, mask = _flags_and_optional(None, mask, coef)
+    call = jax.ffi.ffi_call("liquidjax_cfc_backward", out, vmap_method="sequential")
+    return call(ct, coef, dact, w_heads, w_h, mask, last=bool(last))

@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from .. import _native
 from .._batching import batch_aware_primitive
-from ._cfc import CfC
+from ._cfc import ACTIVATIONS, CfC
 from ._lstm import MixedMemory, lstm_gates
 from ._wired_cfc import WiredCfC
 
@@ -289,7 +290,47 @@ _memory_recurrence_p = _primitive("liquidjax_cfc_memory_recurrence", _N_SHARED)
 def _batched(activation: Callable[[Array], Array], no_gate: bool, last: bool, o: _Operands):
     """The recurrence of a batch (leading axis of the data) sharing the weights: states
     ``(B, T, H)`` (mixed memory: ``(B, T, 2H)``)."""
-    return _output(_scan(activation, no_gate, _time_major(o), save=False, last=last), last)
+    return _output(_states(activation, no_gate, _time_major(o), save=False, last=last), last)
+
+
+def _kernel_activation(activation: Callable[[Array], Array], o: _Operands) -> str | None:
+    """The activation's name when the compiled CPU kernel computes this recurrence (a plain CfC,
+    float32 or float64, an ncps activation, the kernel built), else ``None``."""
+    if o.w_lstm is not None or o.x.dtype not in (jnp.float32, jnp.float64):
+        return None
+    name = next((n for n, f in ACTIVATIONS.items() if f is activation), None)
+    if name not in _native.CFC_ACTIVATIONS or not _native.available():
+        return None
+    return name
+
+
+def _states(activation, no_gate, o: _Operands, *, save: bool, last: bool = False):
+    """:func:`_scan`, lowered on CPU to the compiled kernel where it applies
+    (:func:`_kernel_activation`; ``jax.lax.platform_dependent``: JAX's scan on other
+    backends)."""
+    name = _kernel_activation(activation, o)
+    if name is None:
+        return _scan(activation, no_gate, o, save=save, last=last)
+
+    def native(o):
+        hs, us, ps = _native.cfc_forward(o.x, o.h0, o.w_in, o.b_in, o.w_h, o.w_heads, o.b_heads,
+                                         o.dts, o.mask, activation=name, no_gate=no_gate,
+                                         last=last and not save, keep=save)
+        return (hs, us, ps, None) if save else hs
+
+    def portable(o):
+        return _scan(activation, no_gate, o, save=save, last=last)
+
+    return _on_cpu(native, portable, o)
+
+
+def _on_cpu(native, portable, *args):
+    """``native`` (a compiled kernel) when lowering for CPU, ``portable`` (its JAX definition)
+    elsewhere; differentiating ``native`` (higher-order derivatives through the hand-written
+    VJP) differentiates ``portable``."""
+    native = jax.custom_jvp(native)
+    native.defjvp(lambda primals, tangents: jax.jvp(portable, primals, tangents))
+    return jax.lax.platform_dependent(*args, cpu=native, default=portable)
 
 
 def _output(ss, last):
@@ -299,7 +340,7 @@ def _output(ss, last):
 
 def _batched_fwd(activation, no_gate, last, o: _Operands):
     o = _time_major(o)  # and so are the residuals
-    ss, us, ps, zs = _scan(activation, no_gate, o, save=True)
+    ss, us, ps, zs = _states(activation, no_gate, o, save=True)
     return _output(ss, last), (o, ss, us, ps, zs)
 
 
@@ -314,10 +355,11 @@ def _lstm_factors(z, c_prev, c):
     return k_in, tc * s_o * (1 - s_o), s_o * (1 - tc * tc), f, tc * s_o
 
 
-def _cotangents(activation, no_gate, o: _Operands, ss, us, ps, zs, ct):
+def _cotangents(activation, no_gate, last, o: _Operands, ss, us, ps, zs, ct):
     """The backward scan (time-major): the cotangents of the head pre-activations ``dps``, of
     the backbone pre-activations ``dus``, of the LSTM's gate pre-activations ``dzs`` (mixed
-    memory), of the timespans and of the initial state; and the LSTM's outputs ``h̃``."""
+    memory), of the timespans and of the initial state; and the LSTM's outputs ``h̃``. ``ct``
+    is the states' cotangent ``(T, B, ...)``, with ``last`` the last state's ``(B, ...)``."""
     dts, n = o.dts, o.h0.shape[-1]
     mask = None if o.mask is None else o.mask[..., None]
     # Every local derivative depends on the saved pre-activations only: computed for all steps
@@ -350,14 +392,40 @@ def _cotangents(activation, no_gate, o: _Operands, ss, us, ps, zs, ct):
         lstm = (k_in, k_o, k_c, f)
     if mask is not None:  # a masked step passes dh straight through, to nothing else
         coef = jnp.where(mask, coef, 0)
+    name = _kernel_activation(activation, o)
+    if name is None:
+        dps, dus, dzs, dh0, dc0 = _cotangent_scan(o.w_heads, o.w_h, o.w_lstm, ct_h, ct_c, coef,
+                                                  d_act, lstm, mask, k, last)
+    else:  # a plain CfC: on CPU the compiled kernel
+        def native(ct, coef, d_act, w_heads, w_h, mask):
+            return _native.cfc_backward(ct, coef, d_act, w_heads, w_h, mask, last=last)
+
+        def portable(ct, coef, d_act, w_heads, w_h, mask):
+            mask = None if mask is None else mask[..., None]
+            dps, dus, _, dh0, _ = _cotangent_scan(w_heads, w_h, None, ct, None, coef, d_act,
+                                                  None, mask, k, last)
+            return dps, dus, dh0
+
+        dps, dus, dh0 = _on_cpu(native, portable, ct, coef, d_act, o.w_heads, o.w_h, o.mask)
+        dzs = dc0 = None
+    d_dts = None if dts is None else jnp.sum(dps[..., 3 * n :] * ta, axis=-1)
+    return dps, dus, dzs, d_dts, dh0, dc0, h_in
+
+
+def _cotangent_scan(w_heads, w_h, w_lstm, ct_h, ct_c, coef, d_act, lstm, mask, k, last):
+    """The scan of :func:`_cotangents` in JAX: ``(dps, dus, dzs, dh0, dc0)``."""
+    n = w_h.shape[-1]
+    if last:  # only the last state has a cotangent
+        ct_h = jnp.zeros(coef.shape[:-1] + (n,), coef.dtype).at[-1].set(ct_h)
+        ct_c = None if ct_c is None else jnp.zeros_like(ct_h).at[-1].set(ct_c)
 
     def step(carry, inp):
         dh, dc = carry
         cth, ctc, cf, da, lf, m = inp
         dh = dh + cth
         dp = jnp.concatenate([dh] * k, axis=-1) * cf
-        du = (dp @ o.w_heads) * da
-        dh_prev = du @ o.w_h  # the cotangent of the CfC's input state h̃
+        du = (dp @ w_heads) * da
+        dh_prev = du @ w_h  # the cotangent of the CfC's input state h̃
         dz = None
         if lf is not None:
             k_in, k_o, k_c, f = lf
@@ -365,24 +433,24 @@ def _cotangents(activation, no_gate, o: _Operands, ss, us, ps, zs, ct):
             dz = jnp.concatenate([dc, dc, dc], axis=-1) * k_in
             dz = jnp.concatenate([dz, dh_prev * k_o], axis=-1)
             dc = dc * f
-            dh_prev = dz @ o.w_lstm
+            dh_prev = dz @ w_lstm
         if m is not None:
             dh_prev = jnp.where(m, dh_prev, dh)
         return (dh_prev, dc), (dp, du, dz)
 
-    zero = jnp.zeros_like(o.h0)
+    zero = jnp.zeros(coef.shape[1:-1] + (n,), coef.dtype)
     (dh0, dc0), (dps, dus, dzs) = jax.lax.scan(
-        step, (zero, None if o.c0 is None else zero), (ct_h, ct_c, coef, d_act, lstm, mask),
+        step, (zero, None if lstm is None else zero), (ct_h, ct_c, coef, d_act, lstm, mask),
         reverse=True,
     )
-    d_dts = None if dts is None else jnp.sum(dps[..., 3 * n :] * ta, axis=-1)
-    return dps, dus, dzs, d_dts, dh0, dc0, h_in
+    return dps, dus, dzs, dh0, dc0
 
 
 def _batched_bwd(activation, no_gate, last, res, ct):
     o, ss, us, ps, zs = res
-    ct = jnp.zeros_like(ss).at[-1].set(ct) if last else jnp.swapaxes(ct, 0, 1)
-    dps, dus, dzs, d_dts, dh0, dc0, h_in = _cotangents(activation, no_gate, o, ss, us, ps, zs, ct)
+    ct = ct if last else jnp.swapaxes(ct, 0, 1)
+    dps, dus, dzs, d_dts, dh0, dc0, h_in = _cotangents(activation, no_gate, last, o, ss, us, ps,
+                                                       zs, ct)
     # Every weight gradient: one product contracting over time × batch.
     n = o.h0.shape[-1]
     h_prev = jnp.concatenate([o.h0[None], ss[:-1, :, :n]])

@@ -1,0 +1,112 @@
+"""The compiled CPU kernel of the CfC's sequence recurrence (``_native/cfc_cpu.cc``) held to its
+pure-JAX definition (``cells/_cfc_sequence.py``): the forward (states, pre-activations) and the
+backward scan, float32 and float64, every activation, both modes, unit and timed steps, masks,
+batch sizes that leave partial register tiles and span both workers. The model-level tests in
+``test_cfc_sequence.py`` hold the whole fast path (this kernel on CPU) to the generic scan of
+``cell.advance``; this file also checks that they really run it."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from liquidjax import _native
+from liquidjax.cells import CfC
+from liquidjax.cells._cfc import ACTIVATIONS
+from liquidjax.cells._cfc_sequence import _cotangent_scan, _Operands, _scan
+from liquidjax.layers import LiquidRNN
+
+T, I, H, U = 5, 3, 6, 10  # H, U not multiples of a SIMD vector: the padded columns are exercised
+
+CONFIGS = [  # activation, no_gate, timed, masked
+    ("lecun_tanh", False, False, False),
+    ("silu", True, True, True),
+    ("relu", False, True, False),
+    ("tanh", True, False, True),
+    ("gelu", False, True, True),
+]
+
+
+def _close(got, want, tol):
+    for g, w in zip(got, want, strict=True):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape and g.dtype == w.dtype
+        scale = max(float(np.max(np.abs(w))), 1.0)
+        np.testing.assert_allclose(g, w, rtol=0, atol=tol * scale)
+
+
+def _operands(batch, dtype, timed, masked, seed):
+    k = jax.random.split(jax.random.key(seed), 9)
+    heads = 4 if timed else 3
+    mask = None
+    if masked:  # gaps, and one example with no valid step
+        mask = jax.random.bernoulli(k[7], 0.7, (T, batch)).at[:, 0].set(False)
+    return _Operands(
+        w_in=0.5 * jax.random.normal(k[0], (U, I), dtype),
+        b_in=0.1 * jax.random.normal(k[1], (U,), dtype),
+        w_h=0.5 * jax.random.normal(k[2], (U, H), dtype),
+        w_heads=0.5 * jax.random.normal(k[3], (heads * H, U), dtype),
+        b_heads=0.1 * jax.random.normal(k[4], (heads * H,), dtype),
+        w_lstm=None,
+        x=jax.random.normal(k[5], (T, batch, I), dtype),
+        h0=0.5 * jax.random.normal(k[6], (batch, H), dtype),
+        c0=None,
+        dts=jax.random.uniform(k[8], (T, batch), dtype, 0.2, 2.0) if timed else None,
+        mask=mask,
+    )
+
+
+def test_the_compiled_kernels_are_built_here():
+    assert _native.available(), "the compiled CPU kernels are not available: run make"
+    assert _native.CFC_ACTIVATIONS == tuple(ACTIVATIONS)  # the kernel's ids cover them all
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.float64, 1e-12)],
+                         ids=["f32", "f64"])
+def test_compiled_cfc_kernel_matches_its_jax_reference(dtype, tol):
+    with jax.enable_x64(dtype == jnp.float64):
+        for n, (activation, no_gate, timed, masked) in enumerate(CONFIGS):
+            act = ACTIVATIONS[activation]
+            for batch in ((1, 37) if n == 0 else (37,)):  # 37: two workers, tiles of 8, 4, 1
+                o = _operands(batch, dtype, timed, masked, seed=n)
+                args = (o.x, o.h0, o.w_in, o.b_in, o.w_h, o.w_heads, o.b_heads, o.dts, o.mask)
+                kw = dict(activation=activation, no_gate=no_gate)
+                ss, us, ps, _ = _scan(act, no_gate, o, save=True)
+                got = jax.jit(lambda *a: _native.cfc_forward(*a, **kw, last=False, keep=True))(
+                    *args)
+                _close(got, (ss, us, ps), tol)
+                last = jax.jit(lambda *a: _native.cfc_forward(*a, **kw, last=True, keep=False))(
+                    *args)
+                _close(last[:1], (ss[-1:],), tol)  # inference: no residuals
+                assert last[1].size == last[2].size == 0
+                # The backward scan, from the reference's residuals and random factors; with
+                # the last state's cotangent only, and with every state's.
+                kb = jax.random.split(jax.random.key(100 + n), 3)
+                coef = jax.random.normal(kb[0], ps.shape, dtype)
+                d_act = jax.random.normal(kb[1], us.shape, dtype)
+                ct = jax.random.normal(kb[2], ss.shape, dtype)
+                mask = None if o.mask is None else o.mask[..., None]
+                for only_last, c in ((True, ct[-1]), (False, ct)):
+                    dps, dus, _, dh0, _ = _cotangent_scan(o.w_heads, o.w_h, None, c, None, coef,
+                                                          d_act, None, mask, o.w_heads.shape[0]
+                                                          // H, only_last)
+                    got_b = jax.jit(lambda *a, last=only_last: _native.cfc_backward(
+                        *a, last=last))(c, coef, d_act, o.w_heads, o.w_h, o.mask)
+                    _close(got_b, (dps, dus, dh0), tol)
+                    assert float(jnp.max(jnp.abs(dh0))) > 0  # not vacuous
+
+
+def test_the_cfc_fast_path_runs_the_kernel_on_cpu():
+    """Not vacuous: ``test_cfc_sequence``'s fast path lowers to the compiled kernel here, forward
+    and backward; the kernel's JAX definition is what the other backends get."""
+    cell = CfC(I, H, backbone_units=U, key=jax.random.key(0))
+    rnn = LiquidRNN(cell, return_sequences=False)
+    x = jnp.ones((4, T, I))
+
+    def loss(r):
+        return jnp.sum(jax.vmap(lambda xi: r(xi)[0])(x) ** 2)
+
+    hlo = jax.jit(jax.grad(loss)).lower(rnn).as_text()
+    assert "liquidjax_cfc_forward" in hlo and "liquidjax_cfc_backward" in hlo
