@@ -128,6 +128,8 @@ _CASES = [
 def test_fast_path_matches_generic(dtype, rtol, case):
     if case.get("memory") and dtype == jnp.float32:
         rtol = 5e-6  # the LSTM's extra operations round differently in float32 (1.1e-6 seen)
+    elif dtype == jnp.float32:
+        rtol = 2e-6  # on CPU the compiled kernel sums its products in another order (1.3e-6 seen)
     with jax.enable_x64(dtype == jnp.float64):
         args = _problem(dtype, **case)
         rnn, x, _, h0, _ = args

@@ -167,7 +167,7 @@ void forward(const Shape<T>& s, const T* x, const T* h0, const T* win, const T* 
       for (int64_t r = 0; r < L; ++r)
         std::memcpy(hs + (r0 + r) * H, &z[r * Kin + I], H * sizeof(T));
   };
-  parallel_chunks(pool, chunks, workers_for(pool, chunks), body);
+  parallel_chunks(chunks, workers_for(pool, chunks), body);
 }
 
 template <typename T>
@@ -206,7 +206,7 @@ void backward(const Shape<T>& s, const T* ct, const T* coef, const T* dact, cons
     }
     std::memcpy(dh0 + r0 * H, dh.data(), L * H * sizeof(T));
   };
-  parallel_chunks(pool, chunks, workers_for(pool, chunks), body);
+  parallel_chunks(chunks, workers_for(pool, chunks), body);
 }
 
 // dst (rows, cols_p) = src (rows, cols) zero-padded to cols_p columns; with `transpose` src is

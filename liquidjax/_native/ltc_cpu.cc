@@ -141,7 +141,7 @@ void forward(const Params<T>& p, const T* x, const T* v0, const T* dt, T* v, T* 
     }
     for (int64_t j = 0; j < N; ++j) std::memcpy(v + j * B + b0, &cur[j * kChunk], L * sizeof(T));
   };
-  parallel_chunks(pool, chunks, workers_for(pool, chunks), body);
+  parallel_chunks(chunks, workers_for(pool, chunks), body);
 }
 
 // Gradients of one synapse block given the per-neuron cotangents gn (d/d numerator) and gd
@@ -282,7 +282,7 @@ void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T*
       }
     }
   };
-  parallel_chunks(pool, chunks, nthreads, body);
+  parallel_chunks(chunks, nthreads, body);
   for (int a = 0; a < 11; ++a) {
     const std::vector<T>& first = partial[0].all()[a];
     std::copy(first.begin(), first.end(), outs[a]);
