@@ -67,7 +67,9 @@ def test_the_compiled_kernels_are_built_here():
                          ids=["f32", "f64"])
 def test_compiled_cfc_kernel_matches_its_jax_reference(dtype, tol):
     with jax.enable_x64(dtype == jnp.float64):
-        for n, (activation, no_gate, timed, masked) in enumerate(CONFIGS):
+        # float64: the first config and the last (timed, masked); float32: every config
+        configs = CONFIGS if dtype == jnp.float32 else CONFIGS[:1] + CONFIGS[-1:]
+        for n, (activation, no_gate, timed, masked) in enumerate(configs):
             act = ACTIVATIONS[activation]
             for batch in ((1, 37) if n == 0 else (37,)):  # 37: two workers, tiles of 8, 4, 1
                 o = _operands(batch, dtype, timed, masked, seed=n)

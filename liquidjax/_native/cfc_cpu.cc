@@ -10,7 +10,7 @@
 // weight gradient as one product over time x batch) stays in JAX.
 //
 // Why a kernel: the batch's rows are independent through the whole sequence, so each worker
-// of XLA's intra-op pool runs every step of its own rows (no synchronisation per step, which
+// (common.h: parallel_chunks) runs every step of its own rows (no synchronisation per step, which
 // XLA:CPU pays for every small product of its scan), with the weights packed once per call and
 // held in cache, through a register-tiled product (kTileRows rows x kNV SIMD vectors).
 //

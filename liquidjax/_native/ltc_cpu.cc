@@ -4,8 +4,8 @@
 // The arithmetic is that of liquidjax/cells/_ltc_sparse.py (_forward, _backward), on the same
 // padded fan-in layout: slot (r, k) is the synapse pre[r, k] -> posts[r]; padding slots carry
 // zero weight. Every synapse loop runs along the batch (contiguous, vectorised); the batch is
-// split into chunks shared out over XLA's intra-op thread pool, each worker summing its own
-// parameter gradients, added at the end.
+// split into chunks shared out over the CPUs (common.h: parallel_chunks), each worker summing
+// its own parameter gradients, added at the end.
 //
 // Arguments (row-major, batch last):
 //   forward:  w sigma mu erev (P,K) | sw ssigma smu serev (Ps,Ks) | gleak vleak cm (N)

@@ -22,7 +22,11 @@ The same numbers, arranged for the hardware:
   for all steps before it; every weight gradient is one product over the whole sequence
   afterwards (over batch × time once ``vmap`` adds the batch), instead of one small product
   per step and weight;
-* without ``return_sequences`` only the last state leaves the loop.
+* without ``return_sequences`` only the last state leaves the loop;
+* on CPU, for a plain CfC, the forward loop and the backward scan are the compiled kernel of
+  :mod:`liquidjax._native` (``cfc_cpu.cc``; in the kernel the input part stays inside the loop),
+  the JAX scans below their definition everywhere else (``jax.lax.platform_dependent``) and for
+  higher-order derivatives.
 
 A wired CfC gets only the stacked heads (one product per wiring layer; three heads with unit
 steps), in a plain scan that JAX differentiates: hoisting its first layer's input part out of
