@@ -483,6 +483,10 @@ def main(argv=None):
     names = names or list(CONFIGS)
     info = _common.machine_info()
     print(f"machine: {_common.machine_line(info)}")
+    from liquidjax import _native
+
+    native = _native.available()
+    print(native_line(native))
     print(f"threads: {threads} (torch.set_num_threads and the CPU affinity XLA sizes its pool "
           f"from); jax devices {len(jax.devices())} (batch sharded); warm-up {warmup}, "
           f"repeats liquidjax {repeats}"
@@ -517,13 +521,17 @@ def main(argv=None):
                "repeats": repeats, "ncps_repeats": ncps_repeats if use_ncps else None,
                "ltc_synapses": args.ltc_synapses, "ltc_kernel": args.ltc_kernel,
                "protocol": args.protocol, "block_calls": args.block_calls,
-               "command": _common.command_line(), "results": results}
-    out = args.out or _common.RESULTS / f"vs_ncps{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(__import__("json").dumps(payload, indent=2, default=str) + "\n")
-    print(f"\nwrote {out}")
-    if (not args.quick and not args.no_md and use_ncps and args.config is None and not args.ltc
-            and args.ltc_synapses == "auto" and args.ltc_kernel == "auto"):
+               "native": native, "command": _common.command_line(), "results": results}
+    full = (not args.no_md and use_ncps and args.config is None and not args.ltc
+            and args.ltc_synapses == "auto" and args.ltc_kernel == "auto")
+    # The committed results file is the full table's: a partial or --no-md run writes only to --out.
+    out = args.out or (_common.RESULTS / f"vs_ncps{'_quick' if args.quick else ''}.json"
+                       if full or args.quick else None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(__import__("json").dumps(payload, indent=2, default=str) + "\n")
+        print(f"\nwrote {out}")
+    if full and not args.quick:
         write_md(payload)
         print(f"updated {_common.BENCHMARKS_MD}")
 
@@ -536,10 +544,18 @@ def protocol_line(protocol: str, block_calls: int | None) -> str:
     return "interleaved one call at a time (`--protocol interleaved`)"
 
 
+def native_line(native: bool | None) -> str:
+    if native is None:
+        return "compiled CPU kernels not recorded"
+    return ("liquidjax's compiled CPU kernels (LTC, CfC) in use" if native
+            else "liquidjax's compiled CPU kernels UNAVAILABLE: pure JAX measured")
+
+
 def write_md(payload):
     info = payload["machine"]
     body = (f"Measured {payload.get('date', '')} by `{payload['command']}` on "
-            f"{_common.machine_line(info)}; {payload['threads']} threads for both; medians (and "
+            f"{_common.machine_line(info)}; {payload['threads']} threads for both; "
+            f"{native_line(payload.get('native'))}; medians (and "
             f"minima) of {payload['repeats']} (liquidjax) / {payload['ncps_repeats']} (ncps) "
             f"calls after warm-up, "
             f"{protocol_line(payload.get('protocol', 'interleaved'), payload.get('block_calls'))}"

@@ -9,10 +9,10 @@
 // dh_prev = du W_h. Everything before and after the two scans (the local derivatives, every
 // weight gradient as one product over time x batch) stays in JAX.
 //
-// Why a kernel: the batch's rows are independent through the whole sequence, so each worker
-// (common.h: parallel_chunks) runs every step of its own rows (no synchronisation per step, which
-// XLA:CPU pays for every small product of its scan), with the weights packed once per call and
-// held in cache, through a register-tiled product (kTileRows rows x kNV SIMD vectors).
+// Why a kernel: the batch's rows are independent through the whole sequence, so each worker (a
+// pinned helper thread, common.h) runs every step of its own rows (no synchronisation per step,
+// which XLA:CPU pays for every small product of its scan), with the weights packed once per call
+// and held in cache, through a register-tiled product (kTileRows rows x kNV SIMD vectors).
 //
 // Arguments (row-major):
 //   forward:  x (T,B,I) h0 (B,H) w_in (U,I) b_in (U) w_h (U,H) w_heads (P,U) b_heads (P)
@@ -167,7 +167,7 @@ void forward(const Shape<T>& s, const T* x, const T* h0, const T* win, const T* 
       for (int64_t r = 0; r < L; ++r)
         std::memcpy(hs + (r0 + r) * H, &z[r * Kin + I], H * sizeof(T));
   };
-  parallel_chunks(chunks, workers_for(pool, chunks), body);
+  parallel_chunks(nullptr, chunks, workers_for(pool, chunks), body);
 }
 
 template <typename T>
@@ -206,7 +206,7 @@ void backward(const Shape<T>& s, const T* ct, const T* coef, const T* dact, cons
     }
     std::memcpy(dh0 + r0 * H, dh.data(), L * H * sizeof(T));
   };
-  parallel_chunks(chunks, workers_for(pool, chunks), body);
+  parallel_chunks(nullptr, chunks, workers_for(pool, chunks), body);
 }
 
 // dst (rows, cols_p) = src (rows, cols) zero-padded to cols_p columns; with `transpose` src is

@@ -4,8 +4,8 @@
 // The arithmetic is that of liquidjax/cells/_ltc_sparse.py (_forward, _backward), on the same
 // padded fan-in layout: slot (r, k) is the synapse pre[r, k] -> posts[r]; padding slots carry
 // zero weight. Every synapse loop runs along the batch (contiguous, vectorised); the batch is
-// split into chunks shared out over the CPUs (common.h: parallel_chunks), each worker summing
-// its own parameter gradients, added at the end.
+// split into chunks shared out over XLA's intra-op pool (common.h: parallel_chunks), each worker
+// summing its own parameter gradients, added at the end.
 //
 // Arguments (row-major, batch last):
 //   forward:  w sigma mu erev (P,K) | sw ssigma smu serev (Ps,Ks) | gleak vleak cm (N)
@@ -141,7 +141,7 @@ void forward(const Params<T>& p, const T* x, const T* v0, const T* dt, T* v, T* 
     }
     for (int64_t j = 0; j < N; ++j) std::memcpy(v + j * B + b0, &cur[j * kChunk], L * sizeof(T));
   };
-  parallel_chunks(chunks, workers_for(pool, chunks), body);
+  parallel_chunks(pool, chunks, workers_for(pool, chunks), body);
 }
 
 // Gradients of one synapse block given the per-neuron cotangents gn (d/d numerator) and gd
@@ -282,7 +282,7 @@ void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T*
       }
     }
   };
-  parallel_chunks(chunks, nthreads, body);
+  parallel_chunks(pool, chunks, nthreads, body);
   for (int a = 0; a < 11; ++a) {
     const std::vector<T>& first = partial[0].all()[a];
     std::copy(first.begin(), first.end(), outs[a]);
