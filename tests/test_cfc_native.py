@@ -1,7 +1,8 @@
 """The compiled CPU kernel of the CfC's sequence recurrence (``_native/cfc_cpu.cc``) held to its
 pure-JAX definition (``cells/_cfc_sequence.py``): the forward (states, pre-activations) and the
-backward scan, float32 and float64, every activation, both modes, unit and timed steps, masks,
-batch sizes that leave partial register tiles and span both workers. The model-level tests in
+backward (the VJP but the input's cotangent), float32 and float64, every activation, both modes,
+unit and timed steps, masks, batch sizes that leave partial register tiles and span both
+workers. The model-level tests in
 ``test_cfc_sequence.py`` hold the whole fast path (this kernel on CPU) to the generic scan of
 ``cell.advance``; this file also checks that they really run it."""
 
@@ -15,7 +16,7 @@ import pytest
 from liquidjax import _native
 from liquidjax.cells import CfC
 from liquidjax.cells._cfc import ACTIVATIONS
-from liquidjax.cells._cfc_sequence import _cotangent_scan, _Operands, _scan
+from liquidjax.cells._cfc_sequence import _grads, _Operands, _scan
 from liquidjax.layers import LiquidRNN
 
 T, I, H, U = 5, 3, 6, 10  # H, U not multiples of a SIMD vector: the padded columns are exercised
@@ -83,21 +84,20 @@ def test_compiled_cfc_kernel_matches_its_jax_reference(dtype, tol):
                     *args)
                 _close(last[:1], (ss[-1:],), tol)  # inference: no residuals
                 assert last[1].size == last[2].size == 0
-                # The backward scan, from the reference's residuals and random factors; with
-                # the last state's cotangent only, and with every state's.
-                kb = jax.random.split(jax.random.key(100 + n), 3)
-                coef = jax.random.normal(kb[0], ps.shape, dtype)
-                d_act = jax.random.normal(kb[1], us.shape, dtype)
-                ct = jax.random.normal(kb[2], ss.shape, dtype)
-                mask = None if o.mask is None else o.mask[..., None]
+                # The VJP but the input's cotangent, from the reference's residuals: with the last
+                # state's cotangent only, and with every state's.
+                ct = jax.random.normal(jax.random.key(100 + n), ss.shape, dtype)
                 for only_last, c in ((True, ct[-1]), (False, ct)):
-                    dps, dus, _, dh0, _ = _cotangent_scan(o.w_heads, o.w_h, None, c, None, coef,
-                                                          d_act, None, mask, o.w_heads.shape[0]
-                                                          // H, only_last)
-                    got_b = jax.jit(lambda *a, last=only_last: _native.cfc_backward(
-                        *a, last=last))(c, coef, d_act, o.w_heads, o.w_h, o.mask)
-                    _close(got_b, (dps, dus, dh0), tol)
-                    assert float(jnp.max(jnp.abs(dh0))) > 0  # not vacuous
+                    want = _grads(act, no_gate, only_last, o, ss, us, ps, None, c)
+                    got = jax.jit(lambda *a, last=only_last: _native.cfc_backward(
+                        *a, **kw, last=last))(c, o.x, o.h0, ss, us, ps, o.dts, o.mask,
+                                              o.w_heads, o.w_h)
+                    names = ("dus", "d_dts", "dh0", "d_w_in", "d_w_h", "d_b_in", "d_w_heads",
+                             "d_b_heads")
+                    assert (got[1] is None) == (not timed)
+                    pairs = [(g, getattr(want, k)) for g, k in zip(got, names) if g is not None]
+                    _close(*zip(*pairs), tol)
+                    assert all(float(jnp.max(jnp.abs(w))) > 0 for _, w in pairs)  # not vacuous
 
 
 def test_the_cfc_fast_path_runs_the_kernel_on_cpu():

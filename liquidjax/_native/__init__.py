@@ -225,16 +225,25 @@ def cfc_forward(x, h0, w_in, b_in, w_h, w_heads, b_heads, dts, mask, *, activati
                 last=bool(last))
 
 
-def cfc_backward(ct, coef, dact, w_heads, w_h, mask, *, last: bool):
-    """The CfC's backward scan (time-major): ``ct (T, B, H)`` (with ``last`` ``(B, H)``: the
-    last state's only), the local factors ``coef (T, B, P)`` and ``dact (T, B, U)`` →
-    ``(dps, dus, dh0)``, as the scan of :func:`liquidjax.cells._cfc_sequence._cotangents`."""
+def cfc_backward(ct, x, h0, hs, us, ps, dts, mask, w_heads, w_h, *, activation: str,
+                 no_gate: bool, last: bool):
+    """The CfC recurrence's VJP but the input's cotangent (time-major): ``ct (T, B, H)`` (with
+    ``last`` ``(B, H)``: the last state's only), the forward's ``x``, ``h0``, states ``hs`` and
+    pre-activations ``us``, ``ps`` → ``(dus, d_dts, dh0, d_w_in, d_w_h, d_b_in, d_w_heads,
+    d_b_heads)``: the backbone pre-activations' cotangents ``(T, B, U)``, the timespans' ``(T, B)``
+    (``None`` for unit steps), the initial state's, and the weight gradients summed over time
+    and batch."""
     import jax
 
     _require()
-    b, h = ct.shape[-2:]
-    sds = functools.partial(jax.ShapeDtypeStruct, dtype=coef.dtype)
-    out = (sds(coef.shape), sds(dact.shape), sds((b, h)))
-    _, mask = _flags_and_optional(None, mask, coef)
+    t, b, _ = x.shape
+    sds = functools.partial(jax.ShapeDtypeStruct, dtype=x.dtype)
+    out = (sds(us.shape), sds((t, b) if dts is not None else (0,)), sds(h0.shape),
+           sds((w_h.shape[0], x.shape[-1])), sds(w_h.shape), sds(w_h.shape[:1]),
+           sds(w_heads.shape), sds(w_heads.shape[:1]))
+    dts_, mask = _flags_and_optional(dts, mask, x)
     call = jax.ffi.ffi_call("liquidjax_cfc_backward", out, vmap_method="sequential")
-    return call(ct, coef, dact, w_heads, w_h, mask, last=bool(last))
+    res = call(ct, x, h0, hs, us, ps, dts_, mask, w_heads, w_h,
+               activation=np.int64(CFC_ACTIVATIONS.index(activation)), no_gate=bool(no_gate),
+               last=bool(last))
+    return (res[0], None if dts is None else res[1], *res[2:])

@@ -7,7 +7,10 @@
 // _cotangents): per step u = [x_t | h] W_in^T + b, p = act(u) W_heads^T + b_heads, h' = the
 // gate of p's heads; backward dp = [dh]*k * coef, du = (dp W_heads) * act'(u),
 // dh_prev = du W_h. Everything before and after the two scans (the local derivatives, every
-// weight gradient as one product over time x batch) stays in JAX.
+// weight gradient) is JAX's.
+// The backward also computes the local derivatives of each step (from the saved pre-activations)
+// and accumulates the weight gradients step by step, each worker its own, summed at the end:
+// everything the VJP needs but the input's cotangent (dus W_in, in JAX where it is wanted).
 //
 // Why a kernel: the batch's rows are independent through the whole sequence, so each worker (a
 // pinned helper thread, common.h) runs every step of its own rows (no synchronisation per step,
@@ -19,8 +22,11 @@
 //             dts (T,B) or (0) mask (T,B) uint8 or (0)
 //             -> hs (T,B,H) or with `last` (1,B,H), us (T,B,U) or (0), ps (T,B,P) or (0)
 //             P = 3H (unit steps: no dts, the time heads summed) or 4H
-//   backward: ct (T,B,H) or with `last` (B,H), coef (T,B,P), dact (T,B,U), w_heads (P,U),
-//             w_h (U,H), mask (T,B) uint8 or (0)  ->  dps (T,B,P), dus (T,B,U), dh0 (B,H)
+//   backward: ct (T,B,H) or with `last` (B,H), x (T,B,I), h0 (B,H), hs (T,B,H), us (T,B,U),
+//             ps (T,B,P), dts (T,B) or (0), mask (T,B) uint8 or (0), w_heads (P,U), w_h (U,H)
+//             -> dus (T,B,U), d_dts (T,B) or (0), dh0 (B,H), and the weight gradients summed over
+//                time and batch: d_w_in (U,I), d_w_h (U,H), d_b_in (U), d_w_heads (P,U),
+//                d_b_heads (P)
 #include <cstring>
 #include <vector>
 
@@ -88,6 +94,40 @@ void matmul(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* B
   }
 }
 
+// C[MR rows, kCols] += A[K, MR]^T B[K, kCols]: one register tile of a product contracting over
+// the rows of both (A row stride lda, B row stride ldb).
+template <typename T, int MR>
+inline void tile_t(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                   int64_t ldc) {
+  using V = typename Simd<T>::V;
+  V acc[MR][kNV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < kNV; ++v) std::memcpy(&acc[r][v], C + r * ldc + v * kLanes<T>, sizeof(V));
+  for (int64_t k = 0; k < K; ++k) {
+    V b[kNV];
+    for (int v = 0; v < kNV; ++v) std::memcpy(&b[v], B + k * ldb + v * kLanes<T>, sizeof(V));
+    for (int r = 0; r < MR; ++r) {
+      const T a = A[k * lda + r];
+      for (int v = 0; v < kNV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < kNV; ++v) std::memcpy(C + r * ldc + v * kLanes<T>, &acc[r][v], sizeof(V));
+}
+
+// C (M, N) += A (K, M)^T B (K, N); N and ldc multiples of kCols<T>.
+template <typename T>
+void matmul_t_acc(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* B,
+                  int64_t ldb, T* C, int64_t ldc) {
+  for (int64_t j = 0; j < N; j += kCols<T>) {
+    int64_t i = 0;
+    for (; i + kTileRows <= M; i += kTileRows)
+      tile_t<T, kTileRows>(K, A + i, lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; i + 4 <= M; i += 4) tile_t<T, 4>(K, A + i, lda, B + j, ldb, C + i * ldc + j, ldc);
+    for (; i < M; ++i) tile_t<T, 1>(K, A + i, lda, B + j, ldb, C + i * ldc + j, ldc);
+  }
+}
+
 // The backbone activations, as liquidjax.cells._cfc.ACTIVATIONS (same order as
 // liquidjax._native.CFC_ACTIVATIONS).
 enum Activation : int64_t { kLecunTanh = 0, kSilu = 1, kRelu = 2, kTanh = 3, kGelu = 4 };
@@ -99,6 +139,25 @@ inline T activate(T x) {
   if constexpr (A == kRelu) return x > T(0) ? x : T(0);
   if constexpr (A == kTanh) return tanh_(x);
   return x * (std::erf(x * T(0.70710678118654752440)) + T(1)) / T(2);  // kGelu (exact)
+}
+
+template <typename T, int64_t A>
+inline T activate_grad(T x) {
+  if constexpr (A == kLecunTanh) {
+    const T t = tanh_(T(0.666) * x);
+    return T(1.7159) * (T(1) - t * t) * T(0.666);
+  }
+  if constexpr (A == kSilu) {
+    const T s = sigmoid_(x);
+    return s * (T(1) + x * (T(1) - s));
+  }
+  if constexpr (A == kRelu) return x > T(0) ? T(1) : T(0);
+  if constexpr (A == kTanh) {
+    const T t = tanh_(x);
+    return T(1) - t * t;
+  }
+  return (std::erf(x * T(0.70710678118654752440)) + T(1)) / T(2) +  // kGelu (exact)
+         x * std::exp(-x * x / T(2)) * T(0.39894228040143267794);
 }
 
 // The new state h (H) of one example from its head pre-activations p = [f1 | f2 | t] (unit
@@ -170,43 +229,110 @@ void forward(const Shape<T>& s, const T* x, const T* h0, const T* win, const T* 
   parallel_chunks(nullptr, chunks, workers_for(pool, chunks), body);
 }
 
+// The cotangent of one example's head pre-activations dp (P) from that of its new state dh (H) and
+// its saved pre-activations p; returns the timespan's cotangent (timed steps). The two flags are
+// template parameters, so that the loop vectorises.
+template <typename T, bool kTimed, bool kNoGate>
+inline T head_cotangents(const T* __restrict__ p, const T* __restrict__ dh, T dt, int64_t H,
+                         T* __restrict__ dp) {
+  T d_dt = T(0);
+#pragma omp simd reduction(+ : d_dt)
+  for (int64_t j = 0; j < H; ++j) {
+    const T f1 = tanh_(p[j]), f2 = tanh_(p[H + j]);
+    const T pre = kTimed ? p[2 * H + j] * dt + p[3 * H + j] : p[2 * H + j];
+    const T sg = sigmoid_(pre);
+    dp[j] = dh[j] * ((T(1) - f1 * f1) * (kNoGate ? T(1) : T(1) - sg));
+    dp[H + j] = dh[j] * ((T(1) - f2 * f2) * sg);
+    const T d_pre = dh[j] * ((kNoGate ? f2 : f2 - f1) * sg * (T(1) - sg));
+    if constexpr (kTimed) {
+      dp[2 * H + j] = d_pre * dt;
+      dp[3 * H + j] = d_pre;
+      d_dt += d_pre * p[2 * H + j];
+    } else {
+      dp[2 * H + j] = d_pre;
+    }
+  }
+  return d_dt;
+}
+
 template <typename T>
-void backward(const Shape<T>& s, const T* ct, const T* coef, const T* dact, const T* wp2,
-              const T* wh2, const uint8_t* mask, bool last, T* dps, T* dus, T* dh0,
-              ffi::ThreadPool* pool) {
-  const int64_t B = s.B, H = s.H, U = s.U, P = s.P, Up = s.Up, Hp = s.Hp, k = P / H;
-  const int64_t cs = rows_per_chunk(pool, B), chunks = (B + cs - 1) / cs;
-  auto body = [&](int, int64_t c) {
+inline T head_cotangents(const T* p, const T* dh, T dt, bool timed, int64_t H, bool no_gate,
+                         T* dp) {
+  if (timed)
+    return no_gate ? head_cotangents<T, true, true>(p, dh, dt, H, dp)
+                   : head_cotangents<T, true, false>(p, dh, dt, H, dp);
+  return no_gate ? head_cotangents<T, false, true>(p, dh, dt, H, dp)
+                 : head_cotangents<T, false, false>(p, dh, dt, H, dp);
+}
+
+// Per-worker sums of the weight gradients, padded as the products write them.
+template <typename T>
+struct Grads {
+  std::vector<T> w_heads, b_heads, w_z, b_in;  // (P, Up), (P), (U, Kp): [W_in | W_h], (U)
+  Grads(int64_t P, int64_t Up, int64_t U, int64_t Kp)
+      : w_heads(P * Up, T(0)), b_heads(P, T(0)), w_z(U * Kp, T(0)), b_in(U, T(0)) {}
+};
+
+template <typename T, int64_t A>
+void backward(const Shape<T>& s, const T* ct, const T* x, const T* h0, const T* hs, const T* us,
+              const T* ps, const T* dts, const uint8_t* mask, const T* wp2, const T* wh2,
+              bool no_gate, bool last, T* dus, T* ddts, T* dh0, std::vector<Grads<T>>& grads,
+              int64_t chunks, int64_t cs) {
+  const int64_t B = s.B, I = s.I, H = s.H, U = s.U, P = s.P, Up = s.Up, Hp = s.Hp;
+  const int64_t Kp = padded(I + H, kCols<T>);
+  auto body = [&](int w, int64_t c) {
+    Grads<T>& g = grads[w];
     const int64_t r0 = c * cs, L = std::min(cs, B - r0);
-    std::vector<T> dh(L * H, T(0)), du(L * Up), dhp(L * Hp);
+    std::vector<T> dh(L * H, T(0)), dp(L * P), du(L * Up), dhp(L * Hp), a(L * Up, T(0)),
+        z(L * Kp, T(0));
     for (int64_t t = s.T_ - 1; t >= 0; --t) {
-      const int64_t row0 = t * B + r0;
+      const int64_t row0 = t * B + r0;  // this chunk's first row in the (T, B, .) arrays
       const T* ctt = last ? (t == s.T_ - 1 ? ct + r0 * H : nullptr) : ct + row0 * H;
-      T* dp = dps + row0 * P;  // this step's rows of dps, contiguous
       for (int64_t r = 0; r < L; ++r) {
         T* dhr = &dh[r * H];
         if (ctt)
           for (int64_t j = 0; j < H; ++j) dhr[j] += ctt[r * H + j];
-        const T* cf = coef + (row0 + r) * P;
-        for (int64_t q = 0; q < k; ++q)
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) dp[r * P + q * H + j] = dhr[j] * cf[q * H + j];
+        T* dpr = &dp[r * P];
+        T d_dt = T(0);
+        if (!mask || mask[row0 + r])
+          d_dt = head_cotangents(ps + (row0 + r) * P, dhr, dts ? dts[row0 + r] : T(0),
+                                 dts != nullptr, H, no_gate, dpr);
+        else  // a masked step passes dh straight through, to nothing else
+          std::fill(dpr, dpr + P, T(0));
+        if (ddts) ddts[row0 + r] = d_dt;
       }
-      matmul<T>(L, P, Up, dp, P, wp2, du.data(), Up, nullptr);
+      matmul<T>(L, P, Up, dp.data(), P, wp2, du.data(), Up, nullptr);
       for (int64_t r = 0; r < L; ++r) {
-        const T* da = dact + (row0 + r) * U;
+        const T* ur = us + (row0 + r) * U;
         T* dur = &du[r * Up];
+        T* ar = &a[r * Up];
 #pragma omp simd
-        for (int64_t j = 0; j < U; ++j) dur[j] *= da[j];
+        for (int64_t j = 0; j < U; ++j) {
+          ar[j] = activate<T, A>(ur[j]);
+          dur[j] *= activate_grad<T, A>(ur[j]);
+        }
         std::memcpy(dus + (row0 + r) * U, dur, U * sizeof(T));
+        // z = [x_t | h_{t-1}]: what the backbone's weights multiplied
+        std::memcpy(&z[r * Kp], x + (row0 + r) * I, I * sizeof(T));
+        const T* hp = t > 0 ? hs + (row0 - B + r) * H : h0 + (r0 + r) * H;
+        std::memcpy(&z[r * Kp + I], hp, H * sizeof(T));
+        T* __restrict__ gbp = g.b_heads.data();
+        T* __restrict__ gbi = g.b_in.data();
+        const T* dpr = &dp[r * P];
+#pragma omp simd
+        for (int64_t q = 0; q < P; ++q) gbp[q] += dpr[q];
+#pragma omp simd
+        for (int64_t j = 0; j < U; ++j) gbi[j] += dur[j];
       }
+      matmul_t_acc<T>(P, L, Up, dp.data(), P, a.data(), Up, g.w_heads.data(), Up);
+      matmul_t_acc<T>(U, L, Kp, du.data(), Up, z.data(), Kp, g.w_z.data(), Kp);
       matmul<T>(L, U, Hp, du.data(), Up, wh2, dhp.data(), Hp, nullptr);
       for (int64_t r = 0; r < L; ++r)
         if (!mask || mask[row0 + r]) std::memcpy(&dh[r * H], &dhp[r * Hp], H * sizeof(T));
     }
     std::memcpy(dh0 + r0 * H, dh.data(), L * H * sizeof(T));
   };
-  parallel_chunks(nullptr, chunks, workers_for(pool, chunks), body);
+  parallel_chunks(nullptr, chunks, static_cast<int>(grads.size()), body);
 }
 
 // dst (rows, cols_p) = src (rows, cols) zero-padded to cols_p columns; with `transpose` src is
@@ -270,28 +396,66 @@ ffi::Error forward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer x, ffi::AnyBuffer 
 }
 
 template <typename T>
-ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffer coef,
-                         ffi::AnyBuffer dact, ffi::AnyBuffer w_heads, ffi::AnyBuffer w_h,
-                         ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> dps,
-                         ffi::Result<ffi::AnyBuffer> dus, ffi::Result<ffi::AnyBuffer> dh0,
-                         bool last) {
+ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffer x,
+                         ffi::AnyBuffer h0, ffi::AnyBuffer hs, ffi::AnyBuffer us,
+                         ffi::AnyBuffer ps, ffi::AnyBuffer dts, ffi::AnyBuffer mask,
+                         ffi::AnyBuffer w_heads, ffi::AnyBuffer w_h, ffi::RemainingRets rets,
+                         int64_t activation, bool no_gate, bool last) {
   Shape<T> s{};
-  s.T_ = coef.dimensions()[0];
-  s.B = coef.dimensions()[1];
-  s.P = coef.dimensions()[2];
+  s.T_ = x.dimensions()[0];
+  s.B = x.dimensions()[1];
+  s.I = x.dimensions()[2];
+  s.H = h0.dimensions()[1];
   s.U = w_h.dimensions()[0];
-  s.H = w_h.dimensions()[1];
+  s.P = w_heads.dimensions()[0];
   s.Up = padded(s.U, kCols<T>);
   s.Hp = padded(s.H, kCols<T>);
-  if (s.P % s.H != 0)
-    return ffi::Error::InvalidArgument("liquidjax CfC kernel: heads must be a multiple of H");
+  if (s.P != (dts.element_count() ? 4 : 3) * s.H)
+    return ffi::Error::InvalidArgument("liquidjax CfC kernel: heads must be 3H (unit steps) or 4H");
   std::vector<T> wp2(s.P * s.Up), wh2(s.U * s.Hp);
   pack(w_heads.typed_data<T>(), s.P, s.U, s.Up, false, wp2.data());
   pack(w_h.typed_data<T>(), s.U, s.H, s.Hp, false, wh2.data());
+  T* out[8];
+  for (int i = 0; i < 8; ++i) {
+    auto r = rets.get<ffi::AnyBuffer>(i);
+    if (!r.has_value()) return r.error();
+    out[i] = (*r)->element_count() ? (*r)->typed_data<T>() : nullptr;
+  }
+  const int64_t Kp = padded(s.I + s.H, kCols<T>);
+  const int64_t cs = rows_per_chunk(pool, s.B), chunks = (s.B + cs - 1) / cs;
+  std::vector<Grads<T>> grads(workers_for(pool, chunks), Grads<T>(s.P, s.Up, s.U, Kp));
   const uint8_t* m = mask.element_count() ? mask.typed_data<uint8_t>() : nullptr;
-  backward<T>(s, ct.typed_data<T>(), coef.typed_data<T>(), dact.typed_data<T>(), wp2.data(),
-              wh2.data(), m, last, dps->typed_data<T>(), dus->typed_data<T>(),
-              dh0->typed_data<T>(), pool);
+  auto run = [&](auto f) {
+    f(s, ct.typed_data<T>(), x.typed_data<T>(), h0.typed_data<T>(), hs.typed_data<T>(),
+      us.typed_data<T>(), ps.typed_data<T>(), data_or_null<T>(dts), m, wp2.data(), wh2.data(),
+      no_gate, last, out[0], out[1], out[2], grads, chunks, cs);
+  };
+  switch (activation) {
+    case kLecunTanh: run(backward<T, kLecunTanh>); break;
+    case kSilu: run(backward<T, kSilu>); break;
+    case kRelu: run(backward<T, kRelu>); break;
+    case kTanh: run(backward<T, kTanh>); break;
+    case kGelu: run(backward<T, kGelu>); break;
+    default: return ffi::Error::InvalidArgument("liquidjax CfC kernel: unknown activation");
+  }
+  // The workers' sums, unpadded: d_w_in (U,I), d_w_h (U,H), d_b_in (U), d_w_heads (P,U),
+  // d_b_heads (P).
+  std::fill(out[3], out[3] + s.U * s.I, T(0));
+  std::fill(out[4], out[4] + s.U * s.H, T(0));
+  std::fill(out[5], out[5] + s.U, T(0));
+  std::fill(out[6], out[6] + s.P * s.U, T(0));
+  std::fill(out[7], out[7] + s.P, T(0));
+  for (const Grads<T>& g : grads) {
+    for (int64_t u = 0; u < s.U; ++u) {
+      for (int64_t i = 0; i < s.I; ++i) out[3][u * s.I + i] += g.w_z[u * Kp + i];
+      for (int64_t k = 0; k < s.H; ++k) out[4][u * s.H + k] += g.w_z[u * Kp + s.I + k];
+      out[5][u] += g.b_in[u];
+    }
+    for (int64_t q = 0; q < s.P; ++q) {
+      for (int64_t u = 0; u < s.U; ++u) out[6][q * s.U + u] += g.w_heads[q * s.Up + u];
+      out[7][q] += g.b_heads[q];
+    }
+  }
   return ffi::Error::Success();
 }
 
@@ -316,15 +480,17 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer h0, ff
   }
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer coef,
-                    ffi::AnyBuffer dact, ffi::AnyBuffer w_heads, ffi::AnyBuffer w_h,
-                    ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> dps,
-                    ffi::Result<ffi::AnyBuffer> dus, ffi::Result<ffi::AnyBuffer> dh0, bool last) {
-  switch (coef.element_type()) {
+ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer x, ffi::AnyBuffer h0,
+                    ffi::AnyBuffer hs, ffi::AnyBuffer us, ffi::AnyBuffer ps, ffi::AnyBuffer dts,
+                    ffi::AnyBuffer mask, ffi::AnyBuffer w_heads, ffi::AnyBuffer w_h,
+                    ffi::RemainingRets rets, int64_t activation, bool no_gate, bool last) {
+  switch (x.element_type()) {
     case ffi::DataType::F32:
-      return backward_impl<float>(&pool, ct, coef, dact, w_heads, w_h, mask, dps, dus, dh0, last);
+      return backward_impl<float>(&pool, ct, x, h0, hs, us, ps, dts, mask, w_heads, w_h, rets,
+                                  activation, no_gate, last);
     case ffi::DataType::F64:
-      return backward_impl<double>(&pool, ct, coef, dact, w_heads, w_h, mask, dps, dus, dh0, last);
+      return backward_impl<double>(&pool, ct, x, h0, hs, us, ps, dts, mask, w_heads, w_h, rets,
+                                   activation, no_gate, last);
     default: return wrong_dtype();
   }
 }
@@ -354,12 +520,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxCfcBackward, Backward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // ct
-                                  .Arg<ffi::AnyBuffer>()  // coef
-                                  .Arg<ffi::AnyBuffer>()  // dact
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // hs
+                                  .Arg<ffi::AnyBuffer>()  // us
+                                  .Arg<ffi::AnyBuffer>()  // ps
+                                  .Arg<ffi::AnyBuffer>()  // dts
+                                  .Arg<ffi::AnyBuffer>()  // mask
                                   .Arg<ffi::AnyBuffer>()  // w_heads
                                   .Arg<ffi::AnyBuffer>()  // w_h
-                                  .Arg<ffi::AnyBuffer>()  // mask
-                                  .Ret<ffi::AnyBuffer>()  // dps
-                                  .Ret<ffi::AnyBuffer>()  // dus
-                                  .Ret<ffi::AnyBuffer>()  // dh0
+                                  .RemainingRets()        // dus d_dts dh0 | the weight gradients
+                                  .Attr<int64_t>("activation")
+                                  .Attr<bool>("no_gate")
                                   .Attr<bool>("last"));

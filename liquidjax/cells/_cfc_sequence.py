@@ -396,22 +396,8 @@ def _cotangents(activation, no_gate, last, o: _Operands, ss, us, ps, zs, ct):
         lstm = (k_in, k_o, k_c, f)
     if mask is not None:  # a masked step passes dh straight through, to nothing else
         coef = jnp.where(mask, coef, 0)
-    name = _kernel_activation(activation, o)
-    if name is None:
-        dps, dus, dzs, dh0, dc0 = _cotangent_scan(o.w_heads, o.w_h, o.w_lstm, ct_h, ct_c, coef,
-                                                  d_act, lstm, mask, k, last)
-    else:  # a plain CfC: on CPU the compiled kernel
-        def native(ct, coef, d_act, w_heads, w_h, mask):
-            return _native.cfc_backward(ct, coef, d_act, w_heads, w_h, mask, last=last)
-
-        def portable(ct, coef, d_act, w_heads, w_h, mask):
-            mask = None if mask is None else mask[..., None]
-            dps, dus, _, dh0, _ = _cotangent_scan(w_heads, w_h, None, ct, None, coef, d_act,
-                                                  None, mask, k, last)
-            return dps, dus, dh0
-
-        dps, dus, dh0 = _on_cpu(native, portable, ct, coef, d_act, o.w_heads, o.w_h, o.mask)
-        dzs = dc0 = None
+    dps, dus, dzs, dh0, dc0 = _cotangent_scan(o.w_heads, o.w_h, o.w_lstm, ct_h, ct_c, coef, d_act,
+                                              lstm, mask, k, last)
     d_dts = None if dts is None else jnp.sum(dps[..., 3 * n :] * ta, axis=-1)
     return dps, dus, dzs, d_dts, dh0, dc0, h_in
 
@@ -453,9 +439,53 @@ def _cotangent_scan(w_heads, w_h, w_lstm, ct_h, ct_c, coef, d_act, lstm, mask, k
 def _batched_bwd(activation, no_gate, last, res, ct):
     o, ss, us, ps, zs = res
     ct = ct if last else jnp.swapaxes(ct, 0, 1)
+    name = _kernel_activation(activation, o)
+    if name is None:
+        g = _grads(activation, no_gate, last, o, ss, us, ps, zs, ct)
+    else:  # a plain CfC: on CPU the compiled kernel
+        def native(ct, x, h0, ss, us, ps, dts, mask, w_heads, w_h):
+            return _native.cfc_backward(ct, x, h0, ss, us, ps, dts, mask, w_heads, w_h,
+                                        activation=name, no_gate=no_gate, last=last)
+
+        def portable(ct, x, h0, ss, us, ps, dts, mask, w_heads, w_h):
+            plain = _Operands(None, None, w_h, w_heads, None, None, x, h0, None, dts, mask)
+            g = _grads(activation, no_gate, last, plain, ss, us, ps, None, ct)
+            return (g.dus, g.d_dts, g.dh0, g.d_w_in, g.d_w_h, g.d_b_in, g.d_w_heads,
+                    g.d_b_heads)
+
+        g = _Grads(*_on_cpu(native, portable, ct, o.x, o.h0, ss, us, ps, o.dts, o.mask,
+                            o.w_heads, o.w_h))
+    d_x = g.dus @ o.w_in[-g.dus.shape[-1] :]
+    if g.dzs is not None:
+        d_x = d_x + g.dzs @ o.w_in[: g.dzs.shape[-1]]
+    d_dts = None if g.d_dts is None else g.d_dts.T
+    return (_Operands(g.d_w_in, g.d_b_in, g.d_w_h, g.d_w_heads, g.d_b_heads, g.d_w_lstm,
+                      jnp.swapaxes(d_x, 0, 1), g.dh0, g.dc0, d_dts, None),)
+
+
+class _Grads(NamedTuple):
+    """What the recurrence's VJP computes but the input's cotangent (``dus @ W_in``): the
+    backbone (and LSTM gate) pre-activations' cotangents, the timespans', the initial state's
+    and the weight gradients (the LSTM's input map's stacked into ``d_w_in``)."""
+
+    dus: Array
+    d_dts: Array | None
+    dh0: Array
+    d_w_in: Array
+    d_w_h: Array
+    d_b_in: Array
+    d_w_heads: Array
+    d_b_heads: Array
+    dzs: Array | None = None
+    d_w_lstm: Array | None = None
+    dc0: Array | None = None
+
+
+def _grads(activation, no_gate, last, o: _Operands, ss, us, ps, zs, ct) -> _Grads:
+    """:class:`_Grads` in JAX (time-major): the backward scan, then every weight gradient as one
+    product contracting over time × batch."""
     dps, dus, dzs, d_dts, dh0, dc0, h_in = _cotangents(activation, no_gate, last, o, ss, us, ps,
                                                        zs, ct)
-    # Every weight gradient: one product contracting over time × batch.
     n = o.h0.shape[-1]
     h_prev = jnp.concatenate([o.h0[None], ss[:-1, :, :n]])
     d_w_heads = jnp.einsum("tbk,tbu->ku", dps, activation(us))
@@ -463,16 +493,13 @@ def _batched_bwd(activation, no_gate, last, res, ct):
     d_w_h = jnp.einsum("tbu,tbn->un", dus, h_prev if h_in is None else h_in)
     d_w_in = jnp.einsum("tbu,tbi->ui", dus, o.x)
     d_b_in = jnp.sum(dus, axis=(0, 1))
-    d_x = dus @ o.w_in[-dus.shape[-1] :]
     d_w_lstm = None
     if dzs is not None:
         d_w_lstm = jnp.einsum("tbz,tbn->zn", dzs, h_prev)
         d_w_in = jnp.concatenate([jnp.einsum("tbz,tbi->zi", dzs, o.x), d_w_in])
         d_b_in = jnp.concatenate([jnp.sum(dzs, axis=(0, 1)), d_b_in])
-        d_x = d_x + dzs @ o.w_in[: dzs.shape[-1]]
-    d_dts = None if d_dts is None else d_dts.T
-    return (_Operands(d_w_in, d_b_in, d_w_h, d_w_heads, d_b_heads, d_w_lstm,
-                      jnp.swapaxes(d_x, 0, 1), dh0, dc0, d_dts, None),)
+    return _Grads(dus, d_dts, dh0, d_w_in, d_w_h, d_b_in, d_w_heads, d_b_heads, dzs, d_w_lstm,
+                  dc0)
 
 
 _batched.defvjp(_batched_fwd, _batched_bwd)
