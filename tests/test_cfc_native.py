@@ -113,3 +113,25 @@ def test_the_cfc_fast_path_runs_the_kernel_on_cpu():
 
     hlo = jax.jit(jax.grad(loss)).lower(rnn).as_text()
     assert "liquidjax_cfc_forward" in hlo and "liquidjax_cfc_backward" in hlo
+
+
+def test_gradients_are_the_same_from_call_to_call():
+    """The kernels' weight gradients are summed per chunk in chunk order, not per worker: the
+    same bits whichever thread took which rows (calls after a pause, when the second worker
+    starts late and the caller takes every chunk, against calls back to back)."""
+    import time
+
+    from liquidjax.cells import LTC
+
+    x = jax.random.normal(jax.random.key(1), (128, T, I))
+    for cell in (CfC(I, H, backbone_units=U, key=jax.random.key(0)),
+                 LTC(I, H, ode_unfolds=2, key=jax.random.key(0))):
+        rnn = LiquidRNN(cell, return_sequences=False)
+        grad = jax.jit(jax.grad(lambda r: jnp.sum(jnp.sin(jax.vmap(lambda xi: r(xi)[0])(x)))))
+        first = jax.tree_util.tree_leaves(grad(rnn))
+        for i in range(12):
+            if i % 2:
+                time.sleep(0.01)
+            again = jax.tree_util.tree_leaves(grad(rnn))
+            for a, b in zip(first, again, strict=True):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

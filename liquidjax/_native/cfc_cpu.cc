@@ -265,7 +265,9 @@ inline T head_cotangents(const T* p, const T* dh, T dt, bool timed, int64_t H, b
                  : head_cotangents<T, false, false>(p, dh, dt, H, dp);
 }
 
-// Per-worker sums of the weight gradients, padded as the products write them.
+// One chunk's sums of the weight gradients, padded as the products write them. Per chunk, not per
+// worker, so that the result does not depend on which worker took which chunk: summed over the
+// chunks in order at the end, it is the same from one call to the next.
 template <typename T>
 struct Grads {
   std::vector<T> w_heads, b_heads, w_z, b_in;  // (P, Up), (P), (U, Kp): [W_in | W_h], (U)
@@ -277,11 +279,11 @@ template <typename T, int64_t A>
 void backward(const Shape<T>& s, const T* ct, const T* x, const T* h0, const T* hs, const T* us,
               const T* ps, const T* dts, const uint8_t* mask, const T* wp2, const T* wh2,
               bool no_gate, bool last, T* dus, T* ddts, T* dh0, std::vector<Grads<T>>& grads,
-              int64_t chunks, int64_t cs) {
+              int64_t chunks, int64_t cs, ffi::ThreadPool* pool) {
   const int64_t B = s.B, I = s.I, H = s.H, U = s.U, P = s.P, Up = s.Up, Hp = s.Hp;
   const int64_t Kp = padded(I + H, kCols<T>);
-  auto body = [&](int w, int64_t c) {
-    Grads<T>& g = grads[w];
+  auto body = [&](int, int64_t c) {
+    Grads<T>& g = grads[c];
     const int64_t r0 = c * cs, L = std::min(cs, B - r0);
     std::vector<T> dh(L * H, T(0)), dp(L * P), du(L * Up), dhp(L * Hp), a(L * Up, T(0)),
         z(L * Kp, T(0));
@@ -332,7 +334,7 @@ void backward(const Shape<T>& s, const T* ct, const T* x, const T* h0, const T* 
     }
     std::memcpy(dh0 + r0 * H, dh.data(), L * H * sizeof(T));
   };
-  parallel_chunks(nullptr, chunks, static_cast<int>(grads.size()), body);
+  parallel_chunks(nullptr, chunks, workers_for(pool, chunks), body);
 }
 
 // dst (rows, cols_p) = src (rows, cols) zero-padded to cols_p columns; with `transpose` src is
@@ -423,12 +425,12 @@ ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffe
   }
   const int64_t Kp = padded(s.I + s.H, kCols<T>);
   const int64_t cs = rows_per_chunk(pool, s.B), chunks = (s.B + cs - 1) / cs;
-  std::vector<Grads<T>> grads(workers_for(pool, chunks), Grads<T>(s.P, s.Up, s.U, Kp));
+  std::vector<Grads<T>> grads(chunks, Grads<T>(s.P, s.Up, s.U, Kp));
   const uint8_t* m = mask.element_count() ? mask.typed_data<uint8_t>() : nullptr;
   auto run = [&](auto f) {
     f(s, ct.typed_data<T>(), x.typed_data<T>(), h0.typed_data<T>(), hs.typed_data<T>(),
       us.typed_data<T>(), ps.typed_data<T>(), data_or_null<T>(dts), m, wp2.data(), wh2.data(),
-      no_gate, last, out[0], out[1], out[2], grads, chunks, cs);
+      no_gate, last, out[0], out[1], out[2], grads, chunks, cs, pool);
   };
   switch (activation) {
     case kLecunTanh: run(backward<T, kLecunTanh>); break;
@@ -438,7 +440,7 @@ ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffe
     case kGelu: run(backward<T, kGelu>); break;
     default: return ffi::Error::InvalidArgument("liquidjax CfC kernel: unknown activation");
   }
-  // The workers' sums, unpadded: d_w_in (U,I), d_w_h (U,H), d_b_in (U), d_w_heads (P,U),
+  // The chunks' sums, in chunk order, unpadded: d_w_in (U,I), d_w_h (U,H), d_b_in (U), d_w_heads (P,U),
   // d_b_heads (P).
   std::fill(out[3], out[3] + s.U * s.I, T(0));
   std::fill(out[4], out[4] + s.U * s.H, T(0));

@@ -215,12 +215,16 @@ void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T*
               ffi::ThreadPool* pool) {
   const int64_t N = p.n, I = p.inputs;
   const int64_t cs = chunk_size(pool, B), chunks = (B + cs - 1) / cs;
+  // The chunks in groups of consecutive chunks, each group summing its own parameter gradients
+  // in chunk order, the groups' sums added in group order at the end: the same result whichever
+  // worker takes which group (per worker, it depended on that from one call to the next). A
+  // few groups per worker keep the load balanced.
   const int nthreads = workers_for(pool, chunks);
+  const int64_t groups = std::min<int64_t>(chunks, 4 * nthreads);
   std::vector<Grads<T>> partial;
-  partial.reserve(nthreads);
-  for (int t = 0; t < nthreads; ++t) partial.emplace_back(p);
-  auto body = [&](int w, int64_t c) {
-    Grads<T>& G = partial[w];
+  partial.reserve(groups);
+  for (int64_t t = 0; t < groups; ++t) partial.emplace_back(p);
+  auto chunk_body = [&](Grads<T>& G, int64_t c) {
     std::vector<T> cmt(N * kChunk), gc(N * kChunk), gprev(N * kChunk), gn(N * kChunk),
         gd(N * kChunk), dnum(N * kChunk), dden(N * kChunk), dcmt(N * kChunk),
         v(N * kChunk), xin(I * kChunk), dxc(I * kChunk);
@@ -282,11 +286,15 @@ void backward(const Params<T>& p, const T* x, const T* dt, const T* vs, const T*
       }
     }
   };
-  parallel_chunks(pool, chunks, nthreads, body);
+  auto body = [&](int, int64_t group) {
+    for (int64_t c = group * chunks / groups; c < (group + 1) * chunks / groups; ++c)
+      chunk_body(partial[group], c);
+  };
+  parallel_chunks(pool, groups, nthreads, body);
   for (int a = 0; a < 11; ++a) {
     const std::vector<T>& first = partial[0].all()[a];
     std::copy(first.begin(), first.end(), outs[a]);
-    for (int t = 1; t < nthreads; ++t) {
+    for (int64_t t = 1; t < groups; ++t) {
       const std::vector<T>& more = partial[t].all()[a];
       for (size_t s = 0; s < more.size(); ++s) outs[a][s] += more[s];
     }
