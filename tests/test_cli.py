@@ -542,3 +542,26 @@ def test_documented_train_commands_parse():
             parser.parse_args(argv)
         except SystemExit as e:
             raise AssertionError(f"{where}: `liquidjax {' '.join(argv)}` does not parse") from e
+
+
+def test_a_model_on_a_compiled_kernel_trains_on_one_cpu_device():
+    """The compiled kernels use every core of their device and XLA's SPMD partitioner does not
+    split them, so a model that runs one (an LTC with the fused solver, a plain CfC) trains on
+    one CPU device unless --cpu-devices says otherwise; the others are split over the cores."""
+    from argparse import Namespace
+
+    from liquidjax.cli import _runs_compiled_kernel
+
+    def args(**kw):
+        base = dict(kind="sequence", cell="cfc", solver=None, mixed_memory=False, wiring="fc",
+                    cfc_mode="default", backbone_layers=1)
+        return Namespace(**{**base, **kw})
+
+    assert _runs_compiled_kernel(args())
+    assert _runs_compiled_kernel(args(cell="ltc")) and _runs_compiled_kernel(args(cell="ltc",
+                                                                                  wiring="ncp"))
+    assert _runs_compiled_kernel(args(kind="conv"))
+    for not_kernel in (args(mixed_memory=True), args(wiring="ncp"), args(cfc_mode="pure"),
+                       args(backbone_layers=2), args(cell="ltc", solver="tsit5"),
+                       args(cell="gru")):
+        assert not _runs_compiled_kernel(not_kernel)
