@@ -95,6 +95,9 @@ class Helpers {
   std::vector<Helper*> helpers_;
 };
 
+// Calls of parallel_chunks on the helpers running now (one counter for every kernel).
+inline std::atomic<int> helper_calls_in_flight{0};
+
 inline Helpers& helpers() {
   static std::mutex mu;
   static Helpers* h = nullptr;
@@ -146,10 +149,11 @@ void parallel_chunks(ffi::ThreadPool* pool, int64_t chunks, int workers, F& body
   // would only crowd them (measured: the row-wise CfC train step over 2 host devices took 9.0 ms
   // with helpers, against 3.5 ms on one device). A helper that starts after another call began
   // leaves the work to its caller.
-  static std::atomic<int> in_flight{0};
+  std::atomic<int>& in_flight = helper_calls_in_flight;
   if (in_flight.fetch_add(1, std::memory_order_acq_rel) == 0 && workers > 1)
     helpers().wake(workers - 1, [st, work] {
-      if (in_flight.load(std::memory_order_acquire) == 1) work(st->worker.fetch_add(1));
+      if (helper_calls_in_flight.load(std::memory_order_acquire) == 1)
+        work(st->worker.fetch_add(1));
     });
   work(0);
   while (st->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
