@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu-devices", type=int_arg(1), default=None,
                    help="CPU only: XLA host devices to shard the batch over (default: one per "
                         "core, as XLA:CPU runs each of its loops on one thread; one for an LTC "
-                        "with the fused solver or a plain CfC, whose compiled kernels use "
-                        "every core)")
+                        "with the fused solver or a CfC with one backbone layer, whose compiled "
+                        "kernels use every core)")
     g.add_argument("--max-steps", type=pos, default=None,
                    help="stop after N steps in total (quick runs)")
     g.add_argument("--checkpoint-every", type=pos, default=None,
@@ -269,16 +269,16 @@ def _physical_memory() -> int | None:
 
 def _runs_compiled_kernel(args) -> bool:
     """Whether the model's recurrence runs one of liquidjax's compiled CPU kernels (the LTC's
-    fused step; a plain CfC's sequence). Each uses every core of its device, and XLA's SPMD
-    partitioner does not split it: over several CPU devices each device ran the whole batch's
-    kernel (the row-wise LTC-64 train step: 147 ms over 2 devices, 70 ms on one; the CfC-64's
-    9.9 against 3.5 ms)."""
+    fused step; a CfC's sequence, with or without mixed memory). Each uses every core of its
+    device, and XLA's SPMD partitioner does not split it: over several CPU devices each device
+    ran the whole batch's kernel (the row-wise LTC-64 train step: 147 ms over 2 devices, 70 ms on
+    one; the CfC-64's 9.9 against 3.5 ms)."""
     if getattr(args, "kind", "sequence") not in ("sequence", "conv"):
         return False
     if args.cell == "ltc":
         return getattr(args, "solver", None) in (None, "fused")
     if args.cell == "cfc":
-        return (not getattr(args, "mixed_memory", False) and getattr(args, "wiring", "fc") == "fc"
+        return (getattr(args, "wiring", "fc") == "fc"
                 and getattr(args, "cfc_mode", "default") in ("default", "no_gate")
                 and getattr(args, "backbone_layers", 1) == 1)
     return False

@@ -1,10 +1,10 @@
 """The compiled CPU kernel of the CfC's sequence recurrence (``_native/cfc_cpu.cc``) held to its
 pure-JAX definition (``cells/_cfc_sequence.py``): the forward (states, pre-activations) and the
 backward (the VJP but the input's cotangent), float32 and float64, every activation, both modes,
-unit and timed steps, masks, batch sizes that leave partial register tiles and span both
-workers. The model-level tests in
-``test_cfc_sequence.py`` hold the whole fast path (this kernel on CPU) to the generic scan of
-``cell.advance``; this file also checks that they really run it."""
+with and without mixed memory, unit and timed steps, masks, batch sizes that leave partial
+register tiles and span both workers. The model-level tests in ``test_cfc_sequence.py`` hold the
+whole fast path (this kernel on CPU) to the generic scan of ``cell.advance``; this file also
+checks that they really run it."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from liquidjax.layers import LiquidRNN
 
 T, I, H, U = 5, 3, 6, 10  # H, U not multiples of a SIMD vector: the padded columns are exercised
 
-CONFIGS = [  # activation, no_gate, timed, masked
-    ("lecun_tanh", False, False, False),
-    ("silu", True, True, True),
-    ("relu", False, True, False),
-    ("tanh", True, False, True),
-    ("gelu", False, True, True),
+CONFIGS = [  # activation, no_gate, timed, masked, mixed memory
+    ("lecun_tanh", False, False, False, False),
+    ("silu", True, True, True, False),
+    ("relu", False, True, False, False),
+    ("tanh", True, False, True, False),
+    ("lecun_tanh", False, True, True, True),
+    ("gelu", True, False, False, True),
+    ("gelu", False, True, True, False),
 ]
 
 
@@ -38,22 +40,23 @@ def _close(got, want, tol):
         np.testing.assert_allclose(g, w, rtol=0, atol=tol * scale)
 
 
-def _operands(batch, dtype, timed, masked, seed):
-    k = jax.random.split(jax.random.key(seed), 9)
+def _operands(batch, dtype, timed, masked, memory, seed):
+    k = jax.random.split(jax.random.key(seed), 11)
+    z = 4 * H if memory else 0  # the LSTM's input map's rows come first in w_in
     heads = 4 if timed else 3
     mask = None
     if masked:  # gaps, and one example with no valid step
         mask = jax.random.bernoulli(k[7], 0.7, (T, batch)).at[:, 0].set(False)
     return _Operands(
-        w_in=0.5 * jax.random.normal(k[0], (U, I), dtype),
-        b_in=0.1 * jax.random.normal(k[1], (U,), dtype),
+        w_in=0.5 * jax.random.normal(k[0], (z + U, I), dtype),
+        b_in=0.1 * jax.random.normal(k[1], (z + U,), dtype),
         w_h=0.5 * jax.random.normal(k[2], (U, H), dtype),
         w_heads=0.5 * jax.random.normal(k[3], (heads * H, U), dtype),
         b_heads=0.1 * jax.random.normal(k[4], (heads * H,), dtype),
-        w_lstm=None,
+        w_lstm=0.5 * jax.random.normal(k[9], (z, H), dtype) if memory else None,
         x=jax.random.normal(k[5], (T, batch, I), dtype),
         h0=0.5 * jax.random.normal(k[6], (batch, H), dtype),
-        c0=None,
+        c0=0.5 * jax.random.normal(k[10], (batch, H), dtype) if memory else None,
         dts=jax.random.uniform(k[8], (T, batch), dtype, 0.2, 2.0) if timed else None,
         mask=mask,
     )
@@ -68,18 +71,21 @@ def test_the_compiled_kernels_are_built_here():
                          ids=["f32", "f64"])
 def test_compiled_cfc_kernel_matches_its_jax_reference(dtype, tol):
     with jax.enable_x64(dtype == jnp.float64):
-        # float64: the first config and the last (timed, masked); float32: every config
-        configs = CONFIGS if dtype == jnp.float32 else CONFIGS[:1] + CONFIGS[-1:]
-        for n, (activation, no_gate, timed, masked) in enumerate(configs):
+        # float64: the first config, one with mixed memory and the last; float32: every config
+        configs = CONFIGS if dtype == jnp.float32 else [CONFIGS[0], CONFIGS[4], CONFIGS[-1]]
+        for n, (activation, no_gate, timed, masked, memory) in enumerate(configs):
             act = ACTIVATIONS[activation]
             for batch in ((1, 37) if n == 0 else (37,)):  # 37: two workers, tiles of 8, 4, 1
-                o = _operands(batch, dtype, timed, masked, seed=n)
-                args = (o.x, o.h0, o.w_in, o.b_in, o.w_h, o.w_heads, o.b_heads, o.dts, o.mask)
+                o = _operands(batch, dtype, timed, masked, memory, seed=n)
+                args = (o.x, o.h0, o.c0, o.w_in, o.b_in, o.w_h, o.w_lstm, o.w_heads, o.b_heads,
+                        o.dts, o.mask)
                 kw = dict(activation=activation, no_gate=no_gate)
-                ss, us, ps, _ = _scan(act, no_gate, o, save=True)
+                ss, us, ps, zs = _scan(act, no_gate, o, save=True)
+                assert (zs is None) == (not memory)
                 got = jax.jit(lambda *a: _native.cfc_forward(*a, **kw, last=False, keep=True))(
                     *args)
-                _close(got, (ss, us, ps), tol)
+                _close([a for a in got if a is not None],
+                       [a for a in (ss, us, ps, zs) if a is not None], tol)
                 last = jax.jit(lambda *a: _native.cfc_forward(*a, **kw, last=True, keep=False))(
                     *args)
                 _close(last[:1], (ss[-1:],), tol)  # inference: no residuals
@@ -88,14 +94,13 @@ def test_compiled_cfc_kernel_matches_its_jax_reference(dtype, tol):
                 # state's cotangent only, and with every state's.
                 ct = jax.random.normal(jax.random.key(100 + n), ss.shape, dtype)
                 for only_last, c in ((True, ct[-1]), (False, ct)):
-                    want = _grads(act, no_gate, o, ss, us, ps, None, ct if not only_last
+                    want = _grads(act, no_gate, o, ss, us, ps, zs, ct if not only_last
                                   else jnp.zeros_like(ct).at[-1].set(c))
                     got = jax.jit(lambda *a, last=only_last: _native.cfc_backward(
-                        *a, **kw, last=last))(c, o.x, o.h0, ss, us, ps, o.dts, o.mask,
-                                              o.w_heads, o.w_h)
-                    names = ("dus", "d_dts", "dh0", "d_w_in", "d_w_h", "d_b_in", "d_w_heads",
-                             "d_b_heads")
-                    assert (got[1] is None) == (not timed)
+                        *a, **kw, last=last))(c, o.x, o.h0, o.c0, ss, us, ps, zs, o.dts, o.mask,
+                                              o.w_heads, o.w_h, o.w_lstm)
+                    names = want._fields
+                    assert (got[1] is None) == (not timed) and (got[-1] is None) == (not memory)
                     pairs = [(g, getattr(want, k)) for g, k in zip(got, names) if g is not None]
                     _close(*zip(*pairs), tol)
                     assert all(float(jnp.max(jnp.abs(w))) > 0 for _, w in pairs)  # not vacuous

@@ -204,46 +204,66 @@ def _flags_and_optional(dts, mask, like):
     return dts, mask
 
 
-def cfc_forward(x, h0, w_in, b_in, w_h, w_heads, b_heads, dts, mask, *, activation: str,
-                no_gate: bool, last: bool, keep: bool):
+def _empty_if_none(a, like):
+    import jax.numpy as jnp
+
+    return jnp.zeros((0,), like.dtype) if a is None else a
+
+
+def cfc_forward(x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads, b_heads, dts, mask, *,
+                activation: str, no_gate: bool, last: bool, keep: bool):
     """The CfC recurrence of a batch, time-major (``x (T, B, I)``, ``h0 (B, H)``, ``dts`` and
-    ``mask (T, B)`` or ``None``) → ``(hs, us, ps)``: the states ``(T, B, H)`` (with ``last``
-    ``(1, B, H)``) and, with ``keep``, the backbone and head pre-activations (else empty)."""
+    ``mask (T, B)`` or ``None``; with mixed memory the LSTM's ``c0 (B, H)`` and ``w_lstm (4H, H)``,
+    and ``w_in``, ``b_in`` stacked with the LSTM's input map first, else ``None``) → ``(hs, us,
+    ps, zs)``: the states ``(T, B, H)`` (mixed memory ``[h | c]``, ``(T, B, 2H)``; with ``last``
+    only the last, ``(1, B, ...)``) and, with ``keep``, the backbone, head and LSTM gate
+    pre-activations (else empty; ``zs`` ``None`` without mixed memory)."""
     import jax
 
     _require()
     t, b, _ = x.shape
     h, u, p = h0.shape[-1], w_h.shape[0], w_heads.shape[0]
+    memory = w_lstm is not None
     sds = functools.partial(jax.ShapeDtypeStruct, dtype=x.dtype)
-    k = t if keep else 0
-    out = (sds((1 if last else t, b, h)), sds((k, b, u) if keep else (0,)),
-           sds((k, b, p) if keep else (0,)))
-    dts, mask = _flags_and_optional(dts, mask, x)
+    width = 2 * h if memory else h
+    out = (sds((1 if last else t, b, width)), sds((t, b, u) if keep else (0,)),
+           sds((t, b, p) if keep else (0,)), sds((t, b, 4 * h) if keep and memory else (0,)))
+    dts_, mask = _flags_and_optional(dts, mask, x)
     call = jax.ffi.ffi_call("liquidjax_cfc_forward", out, vmap_method="sequential")
-    return call(x, h0, w_in, b_in, w_h, w_heads, b_heads, dts, mask,
-                activation=np.int64(CFC_ACTIVATIONS.index(activation)), no_gate=bool(no_gate),
-                last=bool(last))
+    hs, us, ps, zs = call(x, h0, _empty_if_none(c0, x), w_in, b_in, w_h,
+                          _empty_if_none(w_lstm, x), w_heads, b_heads, dts_, mask,
+                          activation=np.int64(CFC_ACTIVATIONS.index(activation)),
+                          no_gate=bool(no_gate), last=bool(last))
+    return hs, us, ps, (zs if memory else None)
 
 
-def cfc_backward(ct, x, h0, hs, us, ps, dts, mask, w_heads, w_h, *, activation: str,
-                 no_gate: bool, last: bool):
-    """The CfC recurrence's VJP but the input's cotangent (time-major): ``ct (T, B, H)`` (with
-    ``last`` ``(B, H)``: the last state's only), the forward's ``x``, ``h0``, states ``hs`` and
-    pre-activations ``us``, ``ps`` → ``(dus, d_dts, dh0, d_w_in, d_w_h, d_b_in, d_w_heads,
-    d_b_heads)``: the backbone pre-activations' cotangents ``(T, B, U)``, the timespans' ``(T, B)``
-    (``None`` for unit steps), the initial state's, and the weight gradients summed over time
-    and batch."""
+def cfc_backward(ct, x, h0, c0, hs, us, ps, zs, dts, mask, w_heads, w_h, w_lstm, *,
+                 activation: str, no_gate: bool, last: bool):
+    """The CfC recurrence's VJP but the input's cotangent (time-major): ``ct (T, B, W)`` (with
+    ``last`` ``(B, W)``: the last state's only; W = H, with mixed memory 2H), the forward's
+    ``x``, ``h0`` (and ``c0``), states ``hs`` and pre-activations ``us``, ``ps`` (and ``zs``) →
+    ``(dus, d_dts, dh0, d_w_in, d_w_h, d_b_in, d_w_heads, d_b_heads, dzs, d_w_lstm, dc0)``: the
+    backbone (and LSTM gate) pre-activations' cotangents, the timespans' ``(T, B)`` (``None`` for
+    unit steps), the initial state's, and the weight gradients summed over time and batch (the
+    LSTM's input map's rows first in ``d_w_in``, ``d_b_in``); the LSTM's ``None`` without mixed
+    memory."""
     import jax
 
     _require()
     t, b, _ = x.shape
+    memory = w_lstm is not None
+    z = 4 * h0.shape[-1] if memory else 0
     sds = functools.partial(jax.ShapeDtypeStruct, dtype=x.dtype)
     out = (sds(us.shape), sds((t, b) if dts is not None else (0,)), sds(h0.shape),
-           sds((w_h.shape[0], x.shape[-1])), sds(w_h.shape), sds(w_h.shape[:1]),
-           sds(w_heads.shape), sds(w_heads.shape[:1]))
+           sds((z + w_h.shape[0], x.shape[-1])), sds(w_h.shape), sds((z + w_h.shape[0],)),
+           sds(w_heads.shape), sds(w_heads.shape[:1]),
+           sds((t, b, z) if memory else (0,)), sds((z, h0.shape[-1]) if memory else (0,)),
+           sds(h0.shape if memory else (0,)))
     dts_, mask = _flags_and_optional(dts, mask, x)
     call = jax.ffi.ffi_call("liquidjax_cfc_backward", out, vmap_method="sequential")
-    res = call(ct, x, h0, hs, us, ps, dts_, mask, w_heads, w_h,
+    res = call(ct, x, h0, _empty_if_none(c0, x), hs, us, ps, _empty_if_none(zs, x), dts_, mask,
+               w_heads, w_h, _empty_if_none(w_lstm, x),
                activation=np.int64(CFC_ACTIVATIONS.index(activation)), no_gate=bool(no_gate),
                last=bool(last))
-    return (res[0], None if dts is None else res[1], *res[2:])
+    lstm = tuple(res[8:]) if memory else (None, None, None)
+    return (res[0], None if dts is None else res[1], *res[2:8], *lstm)

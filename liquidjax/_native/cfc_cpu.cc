@@ -183,10 +183,27 @@ inline void gate(const T* __restrict__ p, T dt, bool timed, int64_t H, bool no_g
   }
 }
 
-// Sizes and the per-call packed weights, shared read-only by the workers.
+// The LSTM's update of one example (cells/_lstm.py: lstm_gates) from its gate pre-activations
+// z = [i | ig | fg | og] and cell state c: the new cell state and the output h~.
+template <typename T>
+inline void lstm_update(const T* __restrict__ z, const T* __restrict__ c, int64_t H,
+                        T* __restrict__ c_new, T* __restrict__ h_in) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T cn = c[j] * sigmoid_(z[2 * H + j] + T(1)) + tanh_(z[j]) * sigmoid_(z[H + j]);
+    c_new[j] = cn;
+    h_in[j] = tanh_(cn) * sigmoid_(z[3 * H + j]);
+  }
+}
+
+// Sizes, shared read-only by the workers. With mixed memory (`memory`) the state is [h | c]
+// (width W = 2H) and an LSTM step (4H gates, Zp padded) comes first.
 template <typename T>
 struct Shape {
   int64_t T_, B, I, H, U, P, Up, Pp, Hp;
+  bool memory = false;
+  int64_t Zp = 0;
+  int64_t W() const { return memory ? 2 * H : H; }
 };
 
 // Rows per chunk: the batch split evenly over the workers, in whole register tiles.
@@ -197,34 +214,62 @@ inline int64_t rows_per_chunk(ffi::ThreadPool* pool, int64_t B) {
 }
 
 template <typename T, int64_t A>
-void forward(const Shape<T>& s, const T* x, const T* h0, const T* win, const T* bin,
-             const T* wp, const T* bp, const T* dts, const uint8_t* mask, bool no_gate,
-             bool last, T* hs, T* us, T* ps, ffi::ThreadPool* pool) {
-  const int64_t B = s.B, I = s.I, H = s.H, U = s.U, P = s.P, Up = s.Up, Pp = s.Pp;
+void forward(const Shape<T>& s, const T* x, const T* h0, const T* c0, const T* win,
+             const T* bin, const T* wl, const T* bl, const T* wp, const T* bp, const T* dts,
+             const uint8_t* mask, bool no_gate, bool last, T* hs, T* us, T* ps, T* zs,
+             ffi::ThreadPool* pool) {
+  const int64_t B = s.B, I = s.I, H = s.H, U = s.U, P = s.P, Up = s.Up, Pp = s.Pp, Zp = s.Zp;
   const int64_t Kin = I + H, cs = rows_per_chunk(pool, B), chunks = (B + cs - 1) / cs;
+  const int64_t W = s.W();
+  const bool memory = s.memory;
   auto body = [&](int, int64_t c) {
     const int64_t r0 = c * cs, L = std::min(cs, B - r0);
+    // z = [x_t | h]; with mixed memory zm = [x_t | h~] (the backbone's input), lz the LSTM's
+    // gates, cc its cell state and cn the new one.
     std::vector<T> z(L * Kin), u(L * Up), a(L * Up), p(L * Pp), pre(H);
-    for (int64_t r = 0; r < L; ++r) std::memcpy(&z[r * Kin + I], h0 + (r0 + r) * H, H * sizeof(T));
+    std::vector<T> zm(memory ? L * Kin : 0), lz(memory ? L * Zp : 0), cc(memory ? L * H : 0),
+        cn(memory ? L * H : 0);
+    for (int64_t r = 0; r < L; ++r) {
+      std::memcpy(&z[r * Kin + I], h0 + (r0 + r) * H, H * sizeof(T));
+      if (memory) std::memcpy(&cc[r * H], c0 + (r0 + r) * H, H * sizeof(T));
+    }
     for (int64_t t = 0; t < s.T_; ++t) {
       const int64_t row0 = t * B + r0;  // this chunk's first row in the (T, B, .) arrays
-      for (int64_t r = 0; r < L; ++r)
+      for (int64_t r = 0; r < L; ++r) {
         std::memcpy(&z[r * Kin], x + (row0 + r) * I, I * sizeof(T));
-      matmul<T>(L, Kin, Up, z.data(), Kin, win, u.data(), Up, bin);
+        if (memory) std::memcpy(&zm[r * Kin], x + (row0 + r) * I, I * sizeof(T));
+      }
+      const T* zin = z.data();
+      if (memory) {
+        matmul<T>(L, Kin, Zp, z.data(), Kin, wl, lz.data(), Zp, bl);
+        for (int64_t r = 0; r < L; ++r) {
+          if (zs) std::memcpy(zs + (row0 + r) * 4 * H, &lz[r * Zp], 4 * H * sizeof(T));
+          lstm_update(&lz[r * Zp], &cc[r * H], H, &cn[r * H], &zm[r * Kin + I]);
+        }
+        zin = zm.data();
+      }
+      matmul<T>(L, Kin, Up, zin, Kin, win, u.data(), Up, bin);
       for (int64_t e = 0; e < L * Up; ++e) a[e] = activate<T, A>(u[e]);
       matmul<T>(L, U, Pp, a.data(), Up, wp, p.data(), Pp, bp);
       for (int64_t r = 0; r < L; ++r) {
         if (us) std::memcpy(us + (row0 + r) * U, &u[r * Up], U * sizeof(T));
         if (ps) std::memcpy(ps + (row0 + r) * P, &p[r * Pp], P * sizeof(T));
         T* h = &z[r * Kin + I];
-        if (!mask || mask[row0 + r]) gate(&p[r * Pp], dts ? dts[row0 + r] : T(0), dts, H, no_gate,
-                                          pre.data(), h);
-        if (!last) std::memcpy(hs + (row0 + r) * H, h, H * sizeof(T));
+        if (!mask || mask[row0 + r]) {
+          gate(&p[r * Pp], dts ? dts[row0 + r] : T(0), dts, H, no_gate, pre.data(), h);
+          if (memory) std::memcpy(&cc[r * H], &cn[r * H], H * sizeof(T));
+        }
+        if (!last) {
+          std::memcpy(hs + (row0 + r) * W, h, H * sizeof(T));
+          if (memory) std::memcpy(hs + (row0 + r) * W + H, &cc[r * H], H * sizeof(T));
+        }
       }
     }
     if (last)
-      for (int64_t r = 0; r < L; ++r)
-        std::memcpy(hs + (r0 + r) * H, &z[r * Kin + I], H * sizeof(T));
+      for (int64_t r = 0; r < L; ++r) {
+        std::memcpy(hs + (r0 + r) * W, &z[r * Kin + I], H * sizeof(T));
+        if (memory) std::memcpy(hs + (r0 + r) * W + H, &cc[r * H], H * sizeof(T));
+      }
   };
   parallel_chunks(nullptr, chunks, workers_for(pool, chunks), body);
 }
@@ -265,35 +310,71 @@ inline T head_cotangents(const T* p, const T* dh, T dt, bool timed, int64_t H, b
                  : head_cotangents<T, false, false>(p, dh, dt, H, dp);
 }
 
+// The LSTM's part of one example's backward step (the scan of cells/_cfc_sequence.py:
+// _cotangents with mixed memory): from the cotangent dhi of its output h~ and its gates z, cell
+// states c (this step's, after the mask) and c_prev, updates the carried dc and writes the gates'
+// cotangent dz (4H) and h~ itself (the backbone's input, for its weight gradient). A masked step
+// passes dc through and gives dz = 0.
+template <typename T>
+inline void lstm_cotangents(const T* __restrict__ z, const T* __restrict__ c,
+                            const T* __restrict__ c_prev, const T* __restrict__ dhi, bool on,
+                            int64_t H, T* __restrict__ dc, T* __restrict__ dz,
+                            T* __restrict__ h_in) {
+  const T keep = on ? T(1) : T(0);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const T ti = tanh_(z[j]), s_i = sigmoid_(z[H + j]), f = sigmoid_(z[2 * H + j] + T(1));
+    const T s_o = sigmoid_(z[3 * H + j]), tc = tanh_(c[j]);
+    h_in[j] = tc * s_o;
+    const T dcr = dc[j] + dhi[j] * (keep * (s_o * (T(1) - tc * tc)));
+    dz[j] = dcr * (keep * (s_i * (T(1) - ti * ti)));
+    dz[H + j] = dcr * (keep * (ti * s_i * (T(1) - s_i)));
+    dz[2 * H + j] = dcr * (keep * (c_prev[j] * f * (T(1) - f)));
+    dz[3 * H + j] = dhi[j] * (keep * (tc * s_o * (T(1) - s_o)));
+    dc[j] = on ? dcr * f : dcr;
+  }
+}
+
 // One chunk's sums of the weight gradients, padded as the products write them. Per chunk, not per
 // worker, so that the result does not depend on which worker took which chunk: summed over the
 // chunks in order at the end, it is the same from one call to the next.
 template <typename T>
 struct Grads {
-  std::vector<T> w_heads, b_heads, w_z, b_in;  // (P, Up), (P), (U, Kp): [W_in | W_h], (U)
-  Grads(int64_t P, int64_t Up, int64_t U, int64_t Kp)
-      : w_heads(P * Up, T(0)), b_heads(P, T(0)), w_z(U * Kp, T(0)), b_in(U, T(0)) {}
+  // (P, Up), (P), (U, Kp): [W_in | W_h], (U); with mixed memory (4H, Kp): [W_x | W_lstm], (4H)
+  std::vector<T> w_heads, b_heads, w_z, b_in, w_l, b_l;
+  Grads(int64_t P, int64_t Up, int64_t U, int64_t Kp, int64_t Z)
+      : w_heads(P * Up, T(0)), b_heads(P, T(0)), w_z(U * Kp, T(0)), b_in(U, T(0)),
+        w_l(Z * Kp, T(0)), b_l(Z, T(0)) {}
 };
 
 template <typename T, int64_t A>
-void backward(const Shape<T>& s, const T* ct, const T* x, const T* h0, const T* hs, const T* us,
-              const T* ps, const T* dts, const uint8_t* mask, const T* wp2, const T* wh2,
-              bool no_gate, bool last, T* dus, T* ddts, T* dh0, std::vector<Grads<T>>& grads,
-              int64_t chunks, int64_t cs, ffi::ThreadPool* pool) {
+void backward(const Shape<T>& s, const T* ct, const T* x, const T* h0, const T* c0, const T* hs,
+              const T* us, const T* ps, const T* zs, const T* dts, const uint8_t* mask,
+              const T* wp2, const T* wh2, const T* wl2, bool no_gate, bool last, T* dus, T* ddts,
+              T* dh0, T* dzs, T* dc0, std::vector<Grads<T>>& grads, int64_t chunks, int64_t cs,
+              ffi::ThreadPool* pool) {
   const int64_t B = s.B, I = s.I, H = s.H, U = s.U, P = s.P, Up = s.Up, Hp = s.Hp;
-  const int64_t Kp = padded(I + H, kCols<T>);
+  const int64_t Kp = padded(I + H, kCols<T>), W = s.W(), Z = 4 * H;
+  const bool memory = s.memory;
   auto body = [&](int, int64_t c) {
     Grads<T>& g = grads[c];
     const int64_t r0 = c * cs, L = std::min(cs, B - r0);
+    // z: what the backbone's weights multiplied, [x_t | h_{t-1}] (with mixed memory
+    // [x_t | h~_t]); zl: what the LSTM's did, [x_t | h_{t-1}].
     std::vector<T> dh(L * H, T(0)), dp(L * P), du(L * Up), dhp(L * Hp), a(L * Up, T(0)),
         z(L * Kp, T(0));
+    std::vector<T> dc(memory ? L * H : 0, T(0)), dz(memory ? L * Z : 0), zl(memory ? L * Kp : 0),
+        dhl(memory ? L * Hp : 0);
     for (int64_t t = s.T_ - 1; t >= 0; --t) {
       const int64_t row0 = t * B + r0;  // this chunk's first row in the (T, B, .) arrays
-      const T* ctt = last ? (t == s.T_ - 1 ? ct + r0 * H : nullptr) : ct + row0 * H;
+      const T* ctt = last ? (t == s.T_ - 1 ? ct + r0 * W : nullptr) : ct + row0 * W;
       for (int64_t r = 0; r < L; ++r) {
         T* dhr = &dh[r * H];
-        if (ctt)
-          for (int64_t j = 0; j < H; ++j) dhr[j] += ctt[r * H + j];
+        if (ctt) {
+          for (int64_t j = 0; j < H; ++j) dhr[j] += ctt[r * W + j];
+          if (memory)
+            for (int64_t j = 0; j < H; ++j) dc[r * H + j] += ctt[r * W + H + j];
+        }
         T* dpr = &dp[r * P];
         T d_dt = T(0);
         if (!mask || mask[row0 + r])
@@ -314,10 +395,10 @@ void backward(const Shape<T>& s, const T* ct, const T* x, const T* h0, const T* 
           dur[j] *= activate_grad<T, A>(ur[j]);
         }
         std::memcpy(dus + (row0 + r) * U, dur, U * sizeof(T));
-        // z = [x_t | h_{t-1}]: what the backbone's weights multiplied
         std::memcpy(&z[r * Kp], x + (row0 + r) * I, I * sizeof(T));
-        const T* hp = t > 0 ? hs + (row0 - B + r) * H : h0 + (r0 + r) * H;
-        std::memcpy(&z[r * Kp + I], hp, H * sizeof(T));
+        const T* hp = t > 0 ? hs + (row0 - B + r) * W : h0 + (r0 + r) * H;
+        std::memcpy(memory ? &zl[r * Kp + I] : &z[r * Kp + I], hp, H * sizeof(T));
+        if (memory) std::memcpy(&zl[r * Kp], x + (row0 + r) * I, I * sizeof(T));
         T* __restrict__ gbp = g.b_heads.data();
         T* __restrict__ gbi = g.b_in.data();
         const T* dpr = &dp[r * P];
@@ -326,13 +407,30 @@ void backward(const Shape<T>& s, const T* ct, const T* x, const T* h0, const T* 
 #pragma omp simd
         for (int64_t j = 0; j < U; ++j) gbi[j] += dur[j];
       }
+      matmul<T>(L, U, Hp, du.data(), Up, wh2, dhp.data(), Hp, nullptr);
+      if (memory) {
+        for (int64_t r = 0; r < L; ++r) {
+          const T* c_t = hs + (row0 + r) * W + H;
+          const T* c_prev = t > 0 ? hs + (row0 - B + r) * W + H : c0 + (r0 + r) * H;
+          lstm_cotangents(zs + (row0 + r) * Z, c_t, c_prev, &dhp[r * Hp],
+                          !mask || mask[row0 + r], H, &dc[r * H], &dz[r * Z], &z[r * Kp + I]);
+          std::memcpy(dzs + (row0 + r) * Z, &dz[r * Z], Z * sizeof(T));
+          T* __restrict__ gbl = g.b_l.data();
+          const T* dzr = &dz[r * Z];
+#pragma omp simd
+          for (int64_t q = 0; q < Z; ++q) gbl[q] += dzr[q];
+        }
+        matmul<T>(L, Z, Hp, dz.data(), Z, wl2, dhl.data(), Hp, nullptr);
+        matmul_t_acc<T>(Z, L, Kp, dz.data(), Z, zl.data(), Kp, g.w_l.data(), Kp);
+      }
       matmul_t_acc<T>(P, L, Up, dp.data(), P, a.data(), Up, g.w_heads.data(), Up);
       matmul_t_acc<T>(U, L, Kp, du.data(), Up, z.data(), Kp, g.w_z.data(), Kp);
-      matmul<T>(L, U, Hp, du.data(), Up, wh2, dhp.data(), Hp, nullptr);
+      const T* dprev = memory ? dhl.data() : dhp.data();
       for (int64_t r = 0; r < L; ++r)
-        if (!mask || mask[row0 + r]) std::memcpy(&dh[r * H], &dhp[r * Hp], H * sizeof(T));
+        if (!mask || mask[row0 + r]) std::memcpy(&dh[r * H], &dprev[r * Hp], H * sizeof(T));
     }
     std::memcpy(dh0 + r0 * H, dh.data(), L * H * sizeof(T));
+    if (memory) std::memcpy(dc0 + r0 * H, dc.data(), L * H * sizeof(T));
   };
   parallel_chunks(nullptr, chunks, workers_for(pool, chunks), body);
 }
@@ -354,13 +452,11 @@ const T* data_or_null(ffi::AnyBuffer b) {
   return b.element_count() ? b.typed_data<T>() : nullptr;
 }
 
+// The sizes from the arguments (w_lstm empty: no mixed memory).
 template <typename T>
-ffi::Error forward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer x, ffi::AnyBuffer h0,
-                        ffi::AnyBuffer w_in, ffi::AnyBuffer b_in, ffi::AnyBuffer w_h,
-                        ffi::AnyBuffer w_heads, ffi::AnyBuffer b_heads, ffi::AnyBuffer dts,
-                        ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
-                        ffi::Result<ffi::AnyBuffer> us, ffi::Result<ffi::AnyBuffer> ps,
-                        int64_t activation, bool no_gate, bool last) {
+ffi::ErrorOr<Shape<T>> shape_of(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer w_h,
+                                ffi::AnyBuffer w_heads, ffi::AnyBuffer dts,
+                                ffi::AnyBuffer w_lstm) {
   Shape<T> s{};
   s.T_ = x.dimensions()[0];
   s.B = x.dimensions()[1];
@@ -370,21 +466,52 @@ ffi::Error forward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer x, ffi::AnyBuffer 
   s.P = w_heads.dimensions()[0];
   s.Up = padded(s.U, kCols<T>);
   s.Pp = padded(s.P, kCols<T>);
+  s.Hp = padded(s.H, kCols<T>);
+  s.memory = w_lstm.element_count() > 0;
+  s.Zp = s.memory ? padded(4 * s.H, kCols<T>) : 0;
   if (s.P != (dts.element_count() ? 4 : 3) * s.H)
-    return ffi::Error::InvalidArgument("liquidjax CfC kernel: heads must be 3H (unit steps) or 4H");
-  const int64_t Kin = s.I + s.H;
-  std::vector<T> win(Kin * s.Up), bin(s.Up), wp(s.U * s.Pp), bp(s.Pp);
-  pack(w_in.typed_data<T>(), s.I, s.U, s.Up, true, win.data());
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("liquidjax CfC kernel: heads must be 3H (unit steps) or 4H"));
+  return s;
+}
+
+template <typename T>
+T* out_or_null(ffi::Result<ffi::AnyBuffer>& r) {
+  return r->element_count() ? r->typed_data<T>() : nullptr;
+}
+
+template <typename T>
+ffi::Error forward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer x, ffi::AnyBuffer h0,
+                        ffi::AnyBuffer c0, ffi::AnyBuffer w_in, ffi::AnyBuffer b_in,
+                        ffi::AnyBuffer w_h, ffi::AnyBuffer w_lstm, ffi::AnyBuffer w_heads,
+                        ffi::AnyBuffer b_heads, ffi::AnyBuffer dts, ffi::AnyBuffer mask,
+                        ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> us,
+                        ffi::Result<ffi::AnyBuffer> ps, ffi::Result<ffi::AnyBuffer> zs,
+                        int64_t activation, bool no_gate, bool last) {
+  auto shape = shape_of<T>(x, h0, w_h, w_heads, dts, w_lstm);
+  if (!shape.has_value()) return shape.error();
+  const Shape<T> s = *shape;
+  const int64_t Kin = s.I + s.H, Z = s.memory ? 4 * s.H : 0;
+  // w_in (Z + U, I): with mixed memory the LSTM's input map's rows first.
+  std::vector<T> win(Kin * s.Up), bin(s.Up), wp(s.U * s.Pp), bp(s.Pp), wl(Kin * s.Zp),
+      bl(s.Zp);
+  const T* w_in_d = w_in.typed_data<T>();
+  const T* b_in_d = b_in.typed_data<T>();
+  pack(w_in_d + Z * s.I, s.I, s.U, s.Up, true, win.data());
   pack(w_h.typed_data<T>(), s.H, s.U, s.Up, true, win.data(), s.I);
-  pack(b_in.typed_data<T>(), 1, s.U, s.Up, false, bin.data());
+  pack(b_in_d + Z, 1, s.U, s.Up, false, bin.data());
   pack(w_heads.typed_data<T>(), s.U, s.P, s.Pp, true, wp.data());
   pack(b_heads.typed_data<T>(), 1, s.P, s.Pp, false, bp.data());
+  if (s.memory) {
+    pack(w_in_d, s.I, Z, s.Zp, true, wl.data());
+    pack(w_lstm.typed_data<T>(), s.H, Z, s.Zp, true, wl.data(), s.I);
+    pack(b_in_d, 1, Z, s.Zp, false, bl.data());
+  }
   const uint8_t* m = mask.element_count() ? mask.typed_data<uint8_t>() : nullptr;
-  T* us_data = us->element_count() ? us->typed_data<T>() : nullptr;
-  T* ps_data = ps->element_count() ? ps->typed_data<T>() : nullptr;
   auto run = [&](auto f) {
-    f(s, x.typed_data<T>(), h0.typed_data<T>(), win.data(), bin.data(), wp.data(), bp.data(),
-      data_or_null<T>(dts), m, no_gate, last, hs->typed_data<T>(), us_data, ps_data, pool);
+    f(s, x.typed_data<T>(), h0.typed_data<T>(), data_or_null<T>(c0), win.data(), bin.data(),
+      wl.data(), bl.data(), wp.data(), bp.data(), data_or_null<T>(dts), m, no_gate, last,
+      hs->typed_data<T>(), out_or_null<T>(us), out_or_null<T>(ps), out_or_null<T>(zs), pool);
   };
   switch (activation) {
     case kLecunTanh: run(forward<T, kLecunTanh>); break;
@@ -399,38 +526,35 @@ ffi::Error forward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer x, ffi::AnyBuffer 
 
 template <typename T>
 ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffer x,
-                         ffi::AnyBuffer h0, ffi::AnyBuffer hs, ffi::AnyBuffer us,
-                         ffi::AnyBuffer ps, ffi::AnyBuffer dts, ffi::AnyBuffer mask,
-                         ffi::AnyBuffer w_heads, ffi::AnyBuffer w_h, ffi::RemainingRets rets,
+                         ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer hs,
+                         ffi::AnyBuffer us, ffi::AnyBuffer ps, ffi::AnyBuffer zs,
+                         ffi::AnyBuffer dts, ffi::AnyBuffer mask, ffi::AnyBuffer w_heads,
+                         ffi::AnyBuffer w_h, ffi::AnyBuffer w_lstm, ffi::RemainingRets rets,
                          int64_t activation, bool no_gate, bool last) {
-  Shape<T> s{};
-  s.T_ = x.dimensions()[0];
-  s.B = x.dimensions()[1];
-  s.I = x.dimensions()[2];
-  s.H = h0.dimensions()[1];
-  s.U = w_h.dimensions()[0];
-  s.P = w_heads.dimensions()[0];
-  s.Up = padded(s.U, kCols<T>);
-  s.Hp = padded(s.H, kCols<T>);
-  if (s.P != (dts.element_count() ? 4 : 3) * s.H)
-    return ffi::Error::InvalidArgument("liquidjax CfC kernel: heads must be 3H (unit steps) or 4H");
-  std::vector<T> wp2(s.P * s.Up), wh2(s.U * s.Hp);
-  pack(w_heads.typed_data<T>(), s.P, s.U, s.Up, false, wp2.data());
-  pack(w_h.typed_data<T>(), s.U, s.H, s.Hp, false, wh2.data());
-  T* out[8];
-  for (int i = 0; i < 8; ++i) {
+  auto shape = shape_of<T>(x, h0, w_h, w_heads, dts, w_lstm);
+  if (!shape.has_value()) return shape.error();
+  const Shape<T> s = *shape;
+  const int64_t Z = s.memory ? 4 * s.H : 0, I = s.I, H = s.H, U = s.U, P = s.P;
+  std::vector<T> wp2(P * s.Up), wh2(U * s.Hp), wl2(Z * s.Hp);
+  pack(w_heads.typed_data<T>(), P, U, s.Up, false, wp2.data());
+  pack(w_h.typed_data<T>(), U, H, s.Hp, false, wh2.data());
+  if (s.memory) pack(w_lstm.typed_data<T>(), Z, H, s.Hp, false, wl2.data());
+  // dus d_dts dh0 d_w_in d_w_h d_b_in d_w_heads d_b_heads dzs d_w_lstm dc0
+  T* out[11];
+  for (int i = 0; i < 11; ++i) {
     auto r = rets.get<ffi::AnyBuffer>(i);
     if (!r.has_value()) return r.error();
     out[i] = (*r)->element_count() ? (*r)->typed_data<T>() : nullptr;
   }
-  const int64_t Kp = padded(s.I + s.H, kCols<T>);
+  const int64_t Kp = padded(I + H, kCols<T>);
   const int64_t cs = rows_per_chunk(pool, s.B), chunks = (s.B + cs - 1) / cs;
-  std::vector<Grads<T>> grads(chunks, Grads<T>(s.P, s.Up, s.U, Kp));
+  std::vector<Grads<T>> grads(chunks, Grads<T>(P, s.Up, U, Kp, Z));
   const uint8_t* m = mask.element_count() ? mask.typed_data<uint8_t>() : nullptr;
   auto run = [&](auto f) {
-    f(s, ct.typed_data<T>(), x.typed_data<T>(), h0.typed_data<T>(), hs.typed_data<T>(),
-      us.typed_data<T>(), ps.typed_data<T>(), data_or_null<T>(dts), m, wp2.data(), wh2.data(),
-      no_gate, last, out[0], out[1], out[2], grads, chunks, cs, pool);
+    f(s, ct.typed_data<T>(), x.typed_data<T>(), h0.typed_data<T>(), data_or_null<T>(c0),
+      hs.typed_data<T>(), us.typed_data<T>(), ps.typed_data<T>(), data_or_null<T>(zs),
+      data_or_null<T>(dts), m, wp2.data(), wh2.data(), wl2.data(), no_gate, last, out[0],
+      out[1], out[2], out[8], out[10], grads, chunks, cs, pool);
   };
   switch (activation) {
     case kLecunTanh: run(backward<T, kLecunTanh>); break;
@@ -440,22 +564,28 @@ ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffe
     case kGelu: run(backward<T, kGelu>); break;
     default: return ffi::Error::InvalidArgument("liquidjax CfC kernel: unknown activation");
   }
-  // The chunks' sums, in chunk order, unpadded: d_w_in (U,I), d_w_h (U,H), d_b_in (U), d_w_heads (P,U),
-  // d_b_heads (P).
-  std::fill(out[3], out[3] + s.U * s.I, T(0));
-  std::fill(out[4], out[4] + s.U * s.H, T(0));
-  std::fill(out[5], out[5] + s.U, T(0));
-  std::fill(out[6], out[6] + s.P * s.U, T(0));
-  std::fill(out[7], out[7] + s.P, T(0));
+  // The chunks' sums, in chunk order, unpadded: d_w_in (Z + U, I), d_w_h (U, H), d_b_in (Z + U),
+  // d_w_heads (P, U), d_b_heads (P), d_w_lstm (Z, H).
+  std::fill(out[3], out[3] + (Z + U) * I, T(0));
+  std::fill(out[4], out[4] + U * H, T(0));
+  std::fill(out[5], out[5] + Z + U, T(0));
+  std::fill(out[6], out[6] + P * U, T(0));
+  std::fill(out[7], out[7] + P, T(0));
+  if (s.memory) std::fill(out[9], out[9] + Z * H, T(0));
   for (const Grads<T>& g : grads) {
-    for (int64_t u = 0; u < s.U; ++u) {
-      for (int64_t i = 0; i < s.I; ++i) out[3][u * s.I + i] += g.w_z[u * Kp + i];
-      for (int64_t k = 0; k < s.H; ++k) out[4][u * s.H + k] += g.w_z[u * Kp + s.I + k];
-      out[5][u] += g.b_in[u];
+    for (int64_t u = 0; u < U; ++u) {
+      for (int64_t i = 0; i < I; ++i) out[3][(Z + u) * I + i] += g.w_z[u * Kp + i];
+      for (int64_t k = 0; k < H; ++k) out[4][u * H + k] += g.w_z[u * Kp + I + k];
+      out[5][Z + u] += g.b_in[u];
     }
-    for (int64_t q = 0; q < s.P; ++q) {
-      for (int64_t u = 0; u < s.U; ++u) out[6][q * s.U + u] += g.w_heads[q * s.Up + u];
+    for (int64_t q = 0; q < P; ++q) {
+      for (int64_t u = 0; u < U; ++u) out[6][q * U + u] += g.w_heads[q * s.Up + u];
       out[7][q] += g.b_heads[q];
+    }
+    for (int64_t q = 0; q < Z; ++q) {
+      for (int64_t i = 0; i < I; ++i) out[3][q * I + i] += g.w_l[q * Kp + i];
+      for (int64_t k = 0; k < H; ++k) out[9][q * H + k] += g.w_l[q * Kp + I + k];
+      out[5][q] += g.b_l[q];
     }
   }
   return ffi::Error::Success();
@@ -465,34 +595,35 @@ ffi::Error wrong_dtype() {
   return ffi::Error::InvalidArgument("liquidjax CfC kernel: float32 or float64 only");
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer w_in,
-                   ffi::AnyBuffer b_in, ffi::AnyBuffer w_h, ffi::AnyBuffer w_heads,
-                   ffi::AnyBuffer b_heads, ffi::AnyBuffer dts, ffi::AnyBuffer mask,
-                   ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> us,
-                   ffi::Result<ffi::AnyBuffer> ps, int64_t activation, bool no_gate,
-                   bool last) {
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
+                   ffi::AnyBuffer w_in, ffi::AnyBuffer b_in, ffi::AnyBuffer w_h,
+                   ffi::AnyBuffer w_lstm, ffi::AnyBuffer w_heads, ffi::AnyBuffer b_heads,
+                   ffi::AnyBuffer dts, ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
+                   ffi::Result<ffi::AnyBuffer> us, ffi::Result<ffi::AnyBuffer> ps,
+                   ffi::Result<ffi::AnyBuffer> zs, int64_t activation, bool no_gate, bool last) {
   switch (x.element_type()) {
     case ffi::DataType::F32:
-      return forward_impl<float>(&pool, x, h0, w_in, b_in, w_h, w_heads, b_heads, dts, mask, hs,
-                                 us, ps, activation, no_gate, last);
+      return forward_impl<float>(&pool, x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads, b_heads,
+                                 dts, mask, hs, us, ps, zs, activation, no_gate, last);
     case ffi::DataType::F64:
-      return forward_impl<double>(&pool, x, h0, w_in, b_in, w_h, w_heads, b_heads, dts, mask, hs,
-                                  us, ps, activation, no_gate, last);
+      return forward_impl<double>(&pool, x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads, b_heads,
+                                  dts, mask, hs, us, ps, zs, activation, no_gate, last);
     default: return wrong_dtype();
   }
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer x, ffi::AnyBuffer h0,
-                    ffi::AnyBuffer hs, ffi::AnyBuffer us, ffi::AnyBuffer ps, ffi::AnyBuffer dts,
-                    ffi::AnyBuffer mask, ffi::AnyBuffer w_heads, ffi::AnyBuffer w_h,
+                    ffi::AnyBuffer c0, ffi::AnyBuffer hs, ffi::AnyBuffer us, ffi::AnyBuffer ps,
+                    ffi::AnyBuffer zs, ffi::AnyBuffer dts, ffi::AnyBuffer mask,
+                    ffi::AnyBuffer w_heads, ffi::AnyBuffer w_h, ffi::AnyBuffer w_lstm,
                     ffi::RemainingRets rets, int64_t activation, bool no_gate, bool last) {
   switch (x.element_type()) {
     case ffi::DataType::F32:
-      return backward_impl<float>(&pool, ct, x, h0, hs, us, ps, dts, mask, w_heads, w_h, rets,
-                                  activation, no_gate, last);
+      return backward_impl<float>(&pool, ct, x, h0, c0, hs, us, ps, zs, dts, mask, w_heads, w_h,
+                                  w_lstm, rets, activation, no_gate, last);
     case ffi::DataType::F64:
-      return backward_impl<double>(&pool, ct, x, h0, hs, us, ps, dts, mask, w_heads, w_h, rets,
-                                   activation, no_gate, last);
+      return backward_impl<double>(&pool, ct, x, h0, c0, hs, us, ps, zs, dts, mask, w_heads,
+                                   w_h, w_lstm, rets, activation, no_gate, last);
     default: return wrong_dtype();
   }
 }
@@ -504,9 +635,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxCfcForward, Forward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // x
                                   .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // c0
                                   .Arg<ffi::AnyBuffer>()  // w_in
                                   .Arg<ffi::AnyBuffer>()  // b_in
                                   .Arg<ffi::AnyBuffer>()  // w_h
+                                  .Arg<ffi::AnyBuffer>()  // w_lstm
                                   .Arg<ffi::AnyBuffer>()  // w_heads
                                   .Arg<ffi::AnyBuffer>()  // b_heads
                                   .Arg<ffi::AnyBuffer>()  // dts
@@ -514,6 +647,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxCfcForward, Forward,
                                   .Ret<ffi::AnyBuffer>()  // hs
                                   .Ret<ffi::AnyBuffer>()  // us
                                   .Ret<ffi::AnyBuffer>()  // ps
+                                  .Ret<ffi::AnyBuffer>()  // zs
                                   .Attr<int64_t>("activation")
                                   .Attr<bool>("no_gate")
                                   .Attr<bool>("last"));
@@ -524,14 +658,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LiquidjaxCfcBackward, Backward,
                                   .Arg<ffi::AnyBuffer>()  // ct
                                   .Arg<ffi::AnyBuffer>()  // x
                                   .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // c0
                                   .Arg<ffi::AnyBuffer>()  // hs
                                   .Arg<ffi::AnyBuffer>()  // us
                                   .Arg<ffi::AnyBuffer>()  // ps
+                                  .Arg<ffi::AnyBuffer>()  // zs
                                   .Arg<ffi::AnyBuffer>()  // dts
                                   .Arg<ffi::AnyBuffer>()  // mask
                                   .Arg<ffi::AnyBuffer>()  // w_heads
                                   .Arg<ffi::AnyBuffer>()  // w_h
-                                  .RemainingRets()        // dus d_dts dh0 | the weight gradients
+                                  .Arg<ffi::AnyBuffer>()  // w_lstm
+                                  .RemainingRets()        // see backward_impl
                                   .Attr<int64_t>("activation")
                                   .Attr<bool>("no_gate")
                                   .Attr<bool>("last"));

@@ -23,9 +23,10 @@ The same numbers, arranged for the hardware:
   afterwards (over batch × time once ``vmap`` adds the batch), instead of one small product
   per step and weight;
 * without ``return_sequences`` only the last state leaves the loop;
-* on CPU, for a plain CfC, the forward loop and the backward scan are the compiled kernel of
-  :mod:`liquidjax._native` (``cfc_cpu.cc``; in the kernel the input part stays inside the loop),
-  the JAX scans below their definition everywhere else (``jax.lax.platform_dependent``) and for
+* on CPU (a CfC, with or without mixed memory) the forward loop and the whole backward but the
+  input's cotangent are the compiled kernel of :mod:`liquidjax._native` (``cfc_cpu.cc``; in the
+  kernel the input part stays inside the loop and every weight gradient is summed step by step),
+  the JAX code below their definition everywhere else (``jax.lax.platform_dependent``) and for
   higher-order derivatives.
 
 A wired CfC gets only the stacked heads (one product per wiring layer; three heads with unit
@@ -298,9 +299,10 @@ def _batched(activation: Callable[[Array], Array], no_gate: bool, last: bool, o:
 
 
 def _kernel_activation(activation: Callable[[Array], Array], o: _Operands) -> str | None:
-    """The activation's name when the compiled CPU kernel computes this recurrence (a plain CfC,
-    float32 or float64, an ncps activation, the kernel built), else ``None``."""
-    if o.w_lstm is not None or o.x.dtype not in (jnp.float32, jnp.float64):
+    """The activation's name when the compiled CPU kernel computes this recurrence (a CfC, with
+    or without mixed memory, float32 or float64, an ncps activation, the kernel built), else
+    ``None``."""
+    if o.x.dtype not in (jnp.float32, jnp.float64):
         return None
     name = next((n for n, f in ACTIVATIONS.items() if f is activation), None)
     if name not in _native.CFC_ACTIVATIONS or not _native.available():
@@ -317,10 +319,11 @@ def _states(activation, no_gate, o: _Operands, *, save: bool, last: bool = False
         return _scan(activation, no_gate, o, save=save, last=last)
 
     def native(o):
-        hs, us, ps = _native.cfc_forward(o.x, o.h0, o.w_in, o.b_in, o.w_h, o.w_heads, o.b_heads,
-                                         o.dts, o.mask, activation=name, no_gate=no_gate,
-                                         last=last and not save, keep=save)
-        return (hs, us, ps, None) if save else hs
+        hs, us, ps, zs = _native.cfc_forward(o.x, o.h0, o.c0, o.w_in, o.b_in, o.w_h, o.w_lstm,
+                                             o.w_heads, o.b_heads, o.dts, o.mask,
+                                             activation=name, no_gate=no_gate,
+                                             last=last and not save, keep=save)
+        return (hs, us, ps, zs) if save else hs
 
     def portable(o):
         return _scan(activation, no_gate, o, save=save, last=last)
@@ -439,19 +442,18 @@ def _batched_bwd(activation, no_gate, last, res, ct):
     name = _kernel_activation(activation, o)
     if name is None:
         g = _grads(activation, no_gate, o, ss, us, ps, zs, _every_state(ct, ss, last))
-    else:  # a plain CfC: on CPU the compiled kernel
-        def native(ct, x, h0, ss, us, ps, dts, mask, w_heads, w_h):
-            return _native.cfc_backward(ct, x, h0, ss, us, ps, dts, mask, w_heads, w_h,
-                                        activation=name, no_gate=no_gate, last=last)
+    else:  # on CPU the compiled kernel
+        def native(ct, x, h0, c0, ss, us, ps, zs, dts, mask, w_heads, w_h, w_lstm):
+            return _native.cfc_backward(ct, x, h0, c0, ss, us, ps, zs, dts, mask, w_heads, w_h,
+                                        w_lstm, activation=name, no_gate=no_gate, last=last)
 
-        def portable(ct, x, h0, ss, us, ps, dts, mask, w_heads, w_h):
-            plain = _Operands(None, None, w_h, w_heads, None, None, x, h0, None, dts, mask)
-            g = _grads(activation, no_gate, plain, ss, us, ps, None, _every_state(ct, ss, last))
-            return (g.dus, g.d_dts, g.dh0, g.d_w_in, g.d_w_h, g.d_b_in, g.d_w_heads,
-                    g.d_b_heads)
+        def portable(ct, x, h0, c0, ss, us, ps, zs, dts, mask, w_heads, w_h, w_lstm):
+            ops = _Operands(None, None, w_h, w_heads, None, w_lstm, x, h0, c0, dts, mask)
+            return tuple(_grads(activation, no_gate, ops, ss, us, ps, zs,
+                                _every_state(ct, ss, last)))
 
-        g = _Grads(*_on_cpu(native, portable, ct, o.x, o.h0, ss, us, ps, o.dts, o.mask,
-                            o.w_heads, o.w_h))
+        g = _Grads(*_on_cpu(native, portable, ct, o.x, o.h0, o.c0, ss, us, ps, zs, o.dts, o.mask,
+                            o.w_heads, o.w_h, o.w_lstm))
     d_x = g.dus @ o.w_in[-g.dus.shape[-1] :]
     if g.dzs is not None:
         d_x = d_x + g.dzs @ o.w_in[: g.dzs.shape[-1]]
