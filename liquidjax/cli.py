@@ -831,19 +831,18 @@ def main(argv: list[str] | None = None) -> int:
         parser._subparsers._group_actions[0].choices[args.command].error(  # type: ignore
             f"--cpu-devices {cpu_devices} is beyond the limit of {_max_cpu_devices()} for this "
             "machine (4 per core; more devices than cores gives no speed)")
-    if (cpu_devices is None and args.command == "train"
-            and "device_count" not in os.environ.get("XLA_FLAGS", "")
-            and _runs_compiled_kernel(args)):
+    kernel_alone = (cpu_devices is None and args.command == "train"
+                    and "device_count" not in os.environ.get("XLA_FLAGS", "")
+                    and _runs_compiled_kernel(args))
+    if kernel_alone:
         from . import _native
 
-        if _native.available():
-            cpu_devices = 1
-            if use_cpu_cores(1) == 1 and (os.cpu_count() or 1) > 1:
-                name = {"ltc": "LTC", "cfc": "CfC"}[args.cell]
-                print(f"liquidjax: one CPU device: the {name}'s compiled kernel uses every core "
-                      "(--cpu-devices N splits the batch over N devices)", file=sys.stderr,
-                      flush=True)
-    use_cpu_cores(cpu_devices)
+        kernel_alone = _native.available()
+    if (use_cpu_cores(1 if kernel_alone else cpu_devices) == 1 and kernel_alone
+            and (os.cpu_count() or 1) > 1):
+        name = {"ltc": "LTC", "cfc": "CfC"}[args.cell]
+        print(f"liquidjax: one CPU device: the {name}'s compiled kernel uses every core "
+              "(--cpu-devices N splits the batch over N devices)", file=sys.stderr, flush=True)
     if args.command == "train":
         multi = (args.coordinator, args.num_processes, args.process_id)
         if any(v is not None for v in multi):

@@ -5,8 +5,9 @@ Two C++ sources, one shared library:
 * ``ltc_cpu.cc``: the LTC's fused semi-implicit step, forward and backward, for a batch held
   batch-minor (see :mod:`liquidjax.cells._ltc_batched`, which lowers to it on CPU and to its
   pure-JAX reference everywhere else);
-* ``cfc_cpu.cc``: the CfC's recurrence over a held-input sequence, forward and backward scan,
-  for a batch held batch-major (see :mod:`liquidjax.cells._cfc_sequence`, likewise);
+* ``cfc_cpu.cc``: the CfC's recurrence over a held-input sequence (with or without mixed
+  memory), forward and backward, for a batch held batch-major (see
+  :mod:`liquidjax.cells._cfc_sequence`, likewise);
 
 and ``common.h``, what they share. The shared library is built by
 ``python -m liquidjax._native`` — which ``make`` runs when it sets up the environment — with the
@@ -158,6 +159,20 @@ def _require() -> None:
         raise RuntimeError("the compiled CPU kernels are unavailable (see the NativeKernelWarning)")
 
 
+def on_cpu(native, portable, *args):
+    """``native(*args)`` (a compiled kernel) when lowering for a CPU with the kernels built,
+    ``portable(*args)`` (its JAX definition) elsewhere (``jax.lax.platform_dependent``).
+    Differentiating ``native`` differentiates ``portable``, so that derivatives through a
+    hand-written VJP that calls a kernel (higher-order ones) still work."""
+    if not available():
+        return portable(*args)
+    import jax
+
+    native = jax.custom_jvp(native)
+    native.defjvp(lambda primals, tangents: jax.jvp(portable, primals, tangents))
+    return jax.lax.platform_dependent(*args, cpu=native, default=portable)
+
+
 def _indices(layout):
     import jax.numpy as jnp
 
@@ -196,18 +211,11 @@ def ltc_backward(p, x, dt, vs, dens, g, *, layout, unfolds: int, epsilon: float)
     return tuple(res[: len(p)]), res[-3], res[-2], res[-1]
 
 
-def _flags_and_optional(dts, mask, like):
+def _or_empty(a, dtype):
+    """``a`` as ``dtype``, or for ``None`` the empty array the kernels read as absent."""
     import jax.numpy as jnp
 
-    dts = jnp.zeros((0,), like.dtype) if dts is None else dts
-    mask = jnp.zeros((0,), jnp.uint8) if mask is None else mask.astype(jnp.uint8)
-    return dts, mask
-
-
-def _empty_if_none(a, like):
-    import jax.numpy as jnp
-
-    return jnp.zeros((0,), like.dtype) if a is None else a
+    return jnp.zeros((0,), dtype) if a is None else a.astype(dtype)
 
 
 def cfc_forward(x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads, b_heads, dts, mask, *,
@@ -228,10 +236,10 @@ def cfc_forward(x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads, b_heads, dts, mask,
     width = 2 * h if memory else h
     out = (sds((1 if last else t, b, width)), sds((t, b, u) if keep else (0,)),
            sds((t, b, p) if keep else (0,)), sds((t, b, 4 * h) if keep and memory else (0,)))
-    dts_, mask = _flags_and_optional(dts, mask, x)
     call = jax.ffi.ffi_call("liquidjax_cfc_forward", out, vmap_method="sequential")
-    hs, us, ps, zs = call(x, h0, _empty_if_none(c0, x), w_in, b_in, w_h,
-                          _empty_if_none(w_lstm, x), w_heads, b_heads, dts_, mask,
+    hs, us, ps, zs = call(x, h0, _or_empty(c0, x.dtype), w_in, b_in, w_h,
+                          _or_empty(w_lstm, x.dtype), w_heads, b_heads, _or_empty(dts, x.dtype),
+                          _or_empty(mask, np.uint8),
                           activation=np.int64(CFC_ACTIVATIONS.index(activation)),
                           no_gate=bool(no_gate), last=bool(last))
     return hs, us, ps, (zs if memory else None)
@@ -259,10 +267,10 @@ def cfc_backward(ct, x, h0, c0, hs, us, ps, zs, dts, mask, w_heads, w_h, w_lstm,
            sds(w_heads.shape), sds(w_heads.shape[:1]),
            sds((t, b, z) if memory else (0,)), sds((z, h0.shape[-1]) if memory else (0,)),
            sds(h0.shape if memory else (0,)))
-    dts_, mask = _flags_and_optional(dts, mask, x)
     call = jax.ffi.ffi_call("liquidjax_cfc_backward", out, vmap_method="sequential")
-    res = call(ct, x, h0, _empty_if_none(c0, x), hs, us, ps, _empty_if_none(zs, x), dts_, mask,
-               w_heads, w_h, _empty_if_none(w_lstm, x),
+    res = call(ct, x, h0, _or_empty(c0, x.dtype), hs, us, ps, _or_empty(zs, x.dtype),
+               _or_empty(dts, x.dtype), _or_empty(mask, np.uint8), w_heads, w_h,
+               _or_empty(w_lstm, x.dtype),
                activation=np.int64(CFC_ACTIVATIONS.index(activation)), no_gate=bool(no_gate),
                last=bool(last))
     lstm = tuple(res[8:]) if memory else (None, None, None)

@@ -1,33 +1,37 @@
-// The CfC's recurrence over a held-input sequence on CPU: the forward (states, and for training
-// the backbone and head pre-activations) and the backward scan (the cotangents of those
-// pre-activations), for a batch held batch-major and time-major, called from JAX through the
-// XLA FFI (liquidjax/_native/__init__.py, cells/_cfc_sequence.py).
+// The CfC's recurrence over a held-input sequence on CPU, with or without mixed memory (an LSTM
+// step in front of the CfC): the forward (the states, and for training the LSTM gate, backbone
+// and head pre-activations) and the backward (the whole VJP but the input's cotangent), for a
+// batch held batch-major and time-major, called from JAX through the XLA FFI
+// (liquidjax/_native/__init__.py, cells/_cfc_sequence.py).
 //
-// The arithmetic is that of liquidjax/cells/_cfc_sequence.py (_scan with save, the scan in
-// _cotangents): per step u = [x_t | h] W_in^T + b, p = act(u) W_heads^T + b_heads, h' = the
-// gate of p's heads; backward dp = [dh]*k * coef, du = (dp W_heads) * act'(u),
-// dh_prev = du W_h. Everything before and after the two scans (the local derivatives, every
-// weight gradient) is JAX's.
-// The backward also computes the local derivatives of each step (from the saved pre-activations)
-// and accumulates the weight gradients step by step, each worker its own, summed at the end:
-// everything the VJP needs but the input's cotangent (dus W_in, in JAX where it is wanted).
+// The arithmetic is that of liquidjax/cells/_cfc_sequence.py, its definition (_scan with save;
+// _grads): per step [with mixed memory z = [x_t | h] W_l^T + b_l, (c', h~) = the LSTM's update]
+// u = [x_t | h~] W_in^T + b (h~ = h without mixed memory), p = act(u) W_heads^T + b_heads,
+// h' = the gate of p's heads. The backward computes each step's local derivatives from the saved
+// pre-activations and accumulates every weight gradient step by step, per chunk of rows, the
+// chunks' sums added in order at the end (the same bits whichever worker took which chunk); the
+// input's cotangent (dus W_in + dzs W_l) is JAX's, where it is wanted.
 //
 // Why a kernel: the batch's rows are independent through the whole sequence, so each worker (a
 // pinned helper thread, common.h) runs every step of its own rows (no synchronisation per step,
 // which XLA:CPU pays for every small product of its scan), with the weights packed once per call
 // and held in cache, through a register-tiled product (kTileRows rows x kNV SIMD vectors).
 //
-// Arguments (row-major):
-//   forward:  x (T,B,I) h0 (B,H) w_in (U,I) b_in (U) w_h (U,H) w_heads (P,U) b_heads (P)
+// Arguments (row-major; "or (0)": an empty array for an absent operand), W = H, with mixed
+// memory 2H (the state [h | c]), Z = 4H (the LSTM's gates), P = 3H (unit steps: no dts, the
+// time heads summed) or 4H:
+//   forward:  x (T,B,I) h0 (B,H) c0 (B,H) or (0) w_in (Z+U,I) (the LSTM's input map's rows
+//             first) b_in (Z+U) w_h (U,H) w_lstm (Z,H) or (0) w_heads (P,U) b_heads (P)
 //             dts (T,B) or (0) mask (T,B) uint8 or (0)
-//             -> hs (T,B,H) or with `last` (1,B,H), us (T,B,U) or (0), ps (T,B,P) or (0)
-//             P = 3H (unit steps: no dts, the time heads summed) or 4H
-//   backward: ct (T,B,H) or with `last` (B,H), x (T,B,I), h0 (B,H), hs (T,B,H), us (T,B,U),
-//             ps (T,B,P), dts (T,B) or (0), mask (T,B) uint8 or (0), w_heads (P,U), w_h (U,H)
-//             -> dus (T,B,U), d_dts (T,B) or (0), dh0 (B,H), and the weight gradients summed over
-//                time and batch: d_w_in (U,I), d_w_h (U,H), d_b_in (U), d_w_heads (P,U),
-//                d_b_heads (P)
+//             -> hs (T,B,W) or with `last` (1,B,W), us (T,B,U) or (0), ps (T,B,P) or (0),
+//                zs (T,B,Z) or (0)
+//   backward: ct (T,B,W) or with `last` (B,W), x, h0, c0, hs, us, ps, zs, dts, mask as above,
+//             w_heads, w_h, w_lstm
+//             -> dus (T,B,U), d_dts (T,B) or (0), dh0 (B,H), the weight gradients summed over
+//                time and batch: d_w_in (Z+U,I), d_w_h (U,H), d_b_in (Z+U), d_w_heads (P,U),
+//                d_b_heads (P); and with mixed memory dzs (T,B,Z), d_w_lstm (Z,H), dc0 (B,H)
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -55,22 +59,26 @@ constexpr int64_t kCols = kNV * kLanes<T>;  // columns per block
 
 inline int64_t padded(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 
-// C[MR rows, kCols] = bias + A[MR, K] B[K, kCols] (bias null: zero); one register tile.
+// C[MR rows, kCols] = init + sum_k A(r, k) B[k, kCols], one register tile: A(r, k) is
+// A[r * ar + k * ak] (a row-major A: ar = lda, ak = 1; a transposed one: ar = 1, ak = lda); init is
+// `bias` (null: zero), or with `accumulate` C itself.
 template <typename T, int MR>
-inline void tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-                 const T* bias) {
+inline void tile(int64_t K, const T* A, int64_t ar, int64_t ak, const T* B, int64_t ldb, T* C,
+                 int64_t ldc, const T* bias, bool accumulate) {
   using V = typename Simd<T>::V;
   V acc[MR][kNV];
-  for (int v = 0; v < kNV; ++v) {
-    V b0 = V{};
-    if (bias) std::memcpy(&b0, bias + v * kLanes<T>, sizeof(V));
-    for (int r = 0; r < MR; ++r) acc[r][v] = b0;
-  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < kNV; ++v) {
+      acc[r][v] = V{};
+      const T* from = accumulate ? C + r * ldc + v * kLanes<T> : bias ? bias + v * kLanes<T>
+                                                                      : nullptr;
+      if (from) std::memcpy(&acc[r][v], from, sizeof(V));
+    }
   for (int64_t k = 0; k < K; ++k) {
     V b[kNV];
     for (int v = 0; v < kNV; ++v) std::memcpy(&b[v], B + k * ldb + v * kLanes<T>, sizeof(V));
     for (int r = 0; r < MR; ++r) {
-      const T a = A[r * lda + k];
+      const T a = A[r * ar + k * ak];
       for (int v = 0; v < kNV; ++v) acc[r][v] += a * b[v];
     }
   }
@@ -78,59 +86,55 @@ inline void tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T*
     for (int v = 0; v < kNV; ++v) std::memcpy(C + r * ldc + v * kLanes<T>, &acc[r][v], sizeof(V));
 }
 
-// C (M, N) = bias + A (M, K) B (K, N), B packed with row stride N; N and ldc multiples of
-// kCols<T>, bias (if any) padded to N.
+// C (M, N) = init + A B, A(i, k) = A[i * ar + k * ak] (M, K), B (K, N) with row stride ldb; N and
+// ldc multiples of kCols<T>, bias (if any) padded to N; init as for tile.
 template <typename T>
-void matmul(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* B, T* C,
-            int64_t ldc, const T* bias) {
+void product(int64_t M, int64_t K, int64_t N, const T* A, int64_t ar, int64_t ak, const T* B,
+             int64_t ldb, T* C, int64_t ldc, const T* bias, bool accumulate) {
   for (int64_t j = 0; j < N; j += kCols<T>) {
-    const T* bj = B + j;
     const T* biasj = bias ? bias + j : nullptr;
     int64_t i = 0;
     for (; i + kTileRows <= M; i += kTileRows)
-      tile<T, kTileRows>(K, A + i * lda, lda, bj, N, C + i * ldc + j, ldc, biasj);
-    for (; i + 4 <= M; i += 4) tile<T, 4>(K, A + i * lda, lda, bj, N, C + i * ldc + j, ldc, biasj);
-    for (; i < M; ++i) tile<T, 1>(K, A + i * lda, lda, bj, N, C + i * ldc + j, ldc, biasj);
+      tile<T, kTileRows>(K, A + i * ar, ar, ak, B + j, ldb, C + i * ldc + j, ldc, biasj,
+                         accumulate);
+    for (; i + 4 <= M; i += 4)
+      tile<T, 4>(K, A + i * ar, ar, ak, B + j, ldb, C + i * ldc + j, ldc, biasj, accumulate);
+    for (; i < M; ++i)
+      tile<T, 1>(K, A + i * ar, ar, ak, B + j, ldb, C + i * ldc + j, ldc, biasj, accumulate);
   }
 }
 
-// C[MR rows, kCols] += A[K, MR]^T B[K, kCols]: one register tile of a product contracting over
-// the rows of both (A row stride lda, B row stride ldb).
-template <typename T, int MR>
-inline void tile_t(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                   int64_t ldc) {
-  using V = typename Simd<T>::V;
-  V acc[MR][kNV];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < kNV; ++v) std::memcpy(&acc[r][v], C + r * ldc + v * kLanes<T>, sizeof(V));
-  for (int64_t k = 0; k < K; ++k) {
-    V b[kNV];
-    for (int v = 0; v < kNV; ++v) std::memcpy(&b[v], B + k * ldb + v * kLanes<T>, sizeof(V));
-    for (int r = 0; r < MR; ++r) {
-      const T a = A[k * lda + r];
-      for (int v = 0; v < kNV; ++v) acc[r][v] += a * b[v];
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < kNV; ++v) std::memcpy(C + r * ldc + v * kLanes<T>, &acc[r][v], sizeof(V));
+// C (M, N) = bias + A (M, K) B (K, N); B packed with row stride N.
+template <typename T>
+void matmul(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* B, T* C,
+            int64_t ldc, const T* bias) {
+  product(M, K, N, A, lda, 1, B, N, C, ldc, bias, false);
 }
 
-// C (M, N) += A (K, M)^T B (K, N); N and ldc multiples of kCols<T>.
+// C (M, N) += A (K, M)^T B (K, N): a product contracting over the rows of both.
 template <typename T>
 void matmul_t_acc(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* B,
                   int64_t ldb, T* C, int64_t ldc) {
-  for (int64_t j = 0; j < N; j += kCols<T>) {
-    int64_t i = 0;
-    for (; i + kTileRows <= M; i += kTileRows)
-      tile_t<T, kTileRows>(K, A + i, lda, B + j, ldb, C + i * ldc + j, ldc);
-    for (; i + 4 <= M; i += 4) tile_t<T, 4>(K, A + i, lda, B + j, ldb, C + i * ldc + j, ldc);
-    for (; i < M; ++i) tile_t<T, 1>(K, A + i, lda, B + j, ldb, C + i * ldc + j, ldc);
-  }
+  product(M, K, N, A, 1, lda, B, ldb, C, ldc, static_cast<const T*>(nullptr), true);
 }
 
 // The backbone activations, as liquidjax.cells._cfc.ACTIVATIONS (same order as
 // liquidjax._native.CFC_ACTIVATIONS).
 enum Activation : int64_t { kLecunTanh = 0, kSilu = 1, kRelu = 2, kTanh = 3, kGelu = 4 };
+
+// Runs run(std::integral_constant<int64_t, A>{}) for the activation id A.
+template <typename F>
+ffi::Error by_activation(int64_t activation, F&& run) {
+  switch (activation) {
+    case kLecunTanh: run(std::integral_constant<int64_t, kLecunTanh>{}); break;
+    case kSilu: run(std::integral_constant<int64_t, kSilu>{}); break;
+    case kRelu: run(std::integral_constant<int64_t, kRelu>{}); break;
+    case kTanh: run(std::integral_constant<int64_t, kTanh>{}); break;
+    case kGelu: run(std::integral_constant<int64_t, kGelu>{}); break;
+    default: return ffi::Error::InvalidArgument("liquidjax CfC kernel: unknown activation");
+  }
+  return ffi::Error::Success();
+}
 
 template <typename T, int64_t A>
 inline T activate(T x) {
@@ -198,9 +202,9 @@ inline void lstm_update(const T* __restrict__ z, const T* __restrict__ c, int64_
 
 // Sizes, shared read-only by the workers. With mixed memory (`memory`) the state is [h | c]
 // (width W = 2H) and an LSTM step (4H gates, Zp padded) comes first.
-template <typename T>
+// Up, Pp, Hp, Zp, Kp: U, P, H, 4H and I + H padded to whole column blocks.
 struct Shape {
-  int64_t T_, B, I, H, U, P, Up, Pp, Hp;
+  int64_t T_, B, I, H, U, P, Up, Pp, Hp, Kp;
   bool memory = false;
   int64_t Zp = 0;
   int64_t W() const { return memory ? 2 * H : H; }
@@ -214,7 +218,7 @@ inline int64_t rows_per_chunk(ffi::ThreadPool* pool, int64_t B) {
 }
 
 template <typename T, int64_t A>
-void forward(const Shape<T>& s, const T* x, const T* h0, const T* c0, const T* win,
+void forward(const Shape& s, const T* x, const T* h0, const T* c0, const T* win,
              const T* bin, const T* wl, const T* bl, const T* wp, const T* bp, const T* dts,
              const uint8_t* mask, bool no_gate, bool last, T* hs, T* us, T* ps, T* zs,
              ffi::ThreadPool* pool) {
@@ -348,13 +352,13 @@ struct Grads {
 };
 
 template <typename T, int64_t A>
-void backward(const Shape<T>& s, const T* ct, const T* x, const T* h0, const T* c0, const T* hs,
+void backward(const Shape& s, const T* ct, const T* x, const T* h0, const T* c0, const T* hs,
               const T* us, const T* ps, const T* zs, const T* dts, const uint8_t* mask,
               const T* wp2, const T* wh2, const T* wl2, bool no_gate, bool last, T* dus, T* ddts,
               T* dh0, T* dzs, T* dc0, std::vector<Grads<T>>& grads, int64_t chunks, int64_t cs,
               ffi::ThreadPool* pool) {
-  const int64_t B = s.B, I = s.I, H = s.H, U = s.U, P = s.P, Up = s.Up, Hp = s.Hp;
-  const int64_t Kp = padded(I + H, kCols<T>), W = s.W(), Z = 4 * H;
+  const int64_t B = s.B, I = s.I, H = s.H, U = s.U, P = s.P, Up = s.Up, Hp = s.Hp, Kp = s.Kp;
+  const int64_t W = s.W(), Z = 4 * H;
   const bool memory = s.memory;
   auto body = [&](int, int64_t c) {
     Grads<T>& g = grads[c];
@@ -454,10 +458,10 @@ const T* data_or_null(ffi::AnyBuffer b) {
 
 // The sizes from the arguments (w_lstm empty: no mixed memory).
 template <typename T>
-ffi::ErrorOr<Shape<T>> shape_of(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer w_h,
+ffi::ErrorOr<Shape> shape_of(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer w_h,
                                 ffi::AnyBuffer w_heads, ffi::AnyBuffer dts,
                                 ffi::AnyBuffer w_lstm) {
-  Shape<T> s{};
+  Shape s{};
   s.T_ = x.dimensions()[0];
   s.B = x.dimensions()[1];
   s.I = x.dimensions()[2];
@@ -467,6 +471,7 @@ ffi::ErrorOr<Shape<T>> shape_of(ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuf
   s.Up = padded(s.U, kCols<T>);
   s.Pp = padded(s.P, kCols<T>);
   s.Hp = padded(s.H, kCols<T>);
+  s.Kp = padded(s.I + s.H, kCols<T>);
   s.memory = w_lstm.element_count() > 0;
   s.Zp = s.memory ? padded(4 * s.H, kCols<T>) : 0;
   if (s.P != (dts.element_count() ? 4 : 3) * s.H)
@@ -490,7 +495,7 @@ ffi::Error forward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer x, ffi::AnyBuffer 
                         int64_t activation, bool no_gate, bool last) {
   auto shape = shape_of<T>(x, h0, w_h, w_heads, dts, w_lstm);
   if (!shape.has_value()) return shape.error();
-  const Shape<T> s = *shape;
+  const Shape s = *shape;
   const int64_t Kin = s.I + s.H, Z = s.memory ? 4 * s.H : 0;
   // w_in (Z + U, I): with mixed memory the LSTM's input map's rows first.
   std::vector<T> win(Kin * s.Up), bin(s.Up), wp(s.U * s.Pp), bp(s.Pp), wl(Kin * s.Zp),
@@ -507,21 +512,13 @@ ffi::Error forward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer x, ffi::AnyBuffer 
     pack(w_lstm.typed_data<T>(), s.H, Z, s.Zp, true, wl.data(), s.I);
     pack(b_in_d, 1, Z, s.Zp, false, bl.data());
   }
-  const uint8_t* m = mask.element_count() ? mask.typed_data<uint8_t>() : nullptr;
-  auto run = [&](auto f) {
-    f(s, x.typed_data<T>(), h0.typed_data<T>(), data_or_null<T>(c0), win.data(), bin.data(),
-      wl.data(), bl.data(), wp.data(), bp.data(), data_or_null<T>(dts), m, no_gate, last,
-      hs->typed_data<T>(), out_or_null<T>(us), out_or_null<T>(ps), out_or_null<T>(zs), pool);
-  };
-  switch (activation) {
-    case kLecunTanh: run(forward<T, kLecunTanh>); break;
-    case kSilu: run(forward<T, kSilu>); break;
-    case kRelu: run(forward<T, kRelu>); break;
-    case kTanh: run(forward<T, kTanh>); break;
-    case kGelu: run(forward<T, kGelu>); break;
-    default: return ffi::Error::InvalidArgument("liquidjax CfC kernel: unknown activation");
-  }
-  return ffi::Error::Success();
+  return by_activation(activation, [&](auto a) {
+    forward<T, decltype(a)::value>(
+        s, x.typed_data<T>(), h0.typed_data<T>(), data_or_null<T>(c0), win.data(), bin.data(),
+        wl.data(), bl.data(), wp.data(), bp.data(), data_or_null<T>(dts),
+        data_or_null<uint8_t>(mask), no_gate, last, hs->typed_data<T>(), out_or_null<T>(us),
+        out_or_null<T>(ps), out_or_null<T>(zs), pool);
+  });
 }
 
 template <typename T>
@@ -533,8 +530,8 @@ ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffe
                          int64_t activation, bool no_gate, bool last) {
   auto shape = shape_of<T>(x, h0, w_h, w_heads, dts, w_lstm);
   if (!shape.has_value()) return shape.error();
-  const Shape<T> s = *shape;
-  const int64_t Z = s.memory ? 4 * s.H : 0, I = s.I, H = s.H, U = s.U, P = s.P;
+  const Shape s = *shape;
+  const int64_t Z = s.memory ? 4 * s.H : 0, I = s.I, H = s.H, U = s.U, P = s.P, Kp = s.Kp;
   std::vector<T> wp2(P * s.Up), wh2(U * s.Hp), wl2(Z * s.Hp);
   pack(w_heads.typed_data<T>(), P, U, s.Up, false, wp2.data());
   pack(w_h.typed_data<T>(), U, H, s.Hp, false, wh2.data());
@@ -546,24 +543,16 @@ ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffe
     if (!r.has_value()) return r.error();
     out[i] = (*r)->element_count() ? (*r)->typed_data<T>() : nullptr;
   }
-  const int64_t Kp = padded(I + H, kCols<T>);
   const int64_t cs = rows_per_chunk(pool, s.B), chunks = (s.B + cs - 1) / cs;
   std::vector<Grads<T>> grads(chunks, Grads<T>(P, s.Up, U, Kp, Z));
-  const uint8_t* m = mask.element_count() ? mask.typed_data<uint8_t>() : nullptr;
-  auto run = [&](auto f) {
-    f(s, ct.typed_data<T>(), x.typed_data<T>(), h0.typed_data<T>(), data_or_null<T>(c0),
-      hs.typed_data<T>(), us.typed_data<T>(), ps.typed_data<T>(), data_or_null<T>(zs),
-      data_or_null<T>(dts), m, wp2.data(), wh2.data(), wl2.data(), no_gate, last, out[0],
-      out[1], out[2], out[8], out[10], grads, chunks, cs, pool);
-  };
-  switch (activation) {
-    case kLecunTanh: run(backward<T, kLecunTanh>); break;
-    case kSilu: run(backward<T, kSilu>); break;
-    case kRelu: run(backward<T, kRelu>); break;
-    case kTanh: run(backward<T, kTanh>); break;
-    case kGelu: run(backward<T, kGelu>); break;
-    default: return ffi::Error::InvalidArgument("liquidjax CfC kernel: unknown activation");
-  }
+  ffi::Error done = by_activation(activation, [&](auto a) {
+    backward<T, decltype(a)::value>(
+        s, ct.typed_data<T>(), x.typed_data<T>(), h0.typed_data<T>(), data_or_null<T>(c0),
+        hs.typed_data<T>(), us.typed_data<T>(), ps.typed_data<T>(), data_or_null<T>(zs),
+        data_or_null<T>(dts), data_or_null<uint8_t>(mask), wp2.data(), wh2.data(), wl2.data(),
+        no_gate, last, out[0], out[1], out[2], out[8], out[10], grads, chunks, cs, pool);
+  });
+  if (done.failure()) return done;
   // The chunks' sums, in chunk order, unpadded: d_w_in (Z + U, I), d_w_h (U, H), d_b_in (Z + U),
   // d_w_heads (P, U), d_b_heads (P), d_w_lstm (Z, H).
   std::fill(out[3], out[3] + (Z + U) * I, T(0));
@@ -591,25 +580,17 @@ ffi::Error backward_impl(ffi::ThreadPool* pool, ffi::AnyBuffer ct, ffi::AnyBuffe
   return ffi::Error::Success();
 }
 
-ffi::Error wrong_dtype() {
-  return ffi::Error::InvalidArgument("liquidjax CfC kernel: float32 or float64 only");
-}
-
 ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
                    ffi::AnyBuffer w_in, ffi::AnyBuffer b_in, ffi::AnyBuffer w_h,
                    ffi::AnyBuffer w_lstm, ffi::AnyBuffer w_heads, ffi::AnyBuffer b_heads,
                    ffi::AnyBuffer dts, ffi::AnyBuffer mask, ffi::Result<ffi::AnyBuffer> hs,
                    ffi::Result<ffi::AnyBuffer> us, ffi::Result<ffi::AnyBuffer> ps,
                    ffi::Result<ffi::AnyBuffer> zs, int64_t activation, bool no_gate, bool last) {
-  switch (x.element_type()) {
-    case ffi::DataType::F32:
-      return forward_impl<float>(&pool, x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads, b_heads,
-                                 dts, mask, hs, us, ps, zs, activation, no_gate, last);
-    case ffi::DataType::F64:
-      return forward_impl<double>(&pool, x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads, b_heads,
-                                  dts, mask, hs, us, ps, zs, activation, no_gate, last);
-    default: return wrong_dtype();
-  }
+  return by_dtype(x.element_type(), "CfC", [&](auto zero) {
+    return forward_impl<decltype(zero)>(&pool, x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads,
+                                        b_heads, dts, mask, hs, us, ps, zs, activation, no_gate,
+                                        last);
+  });
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer x, ffi::AnyBuffer h0,
@@ -617,15 +598,10 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::AnyBuffer ct, ffi::AnyBuffer x, f
                     ffi::AnyBuffer zs, ffi::AnyBuffer dts, ffi::AnyBuffer mask,
                     ffi::AnyBuffer w_heads, ffi::AnyBuffer w_h, ffi::AnyBuffer w_lstm,
                     ffi::RemainingRets rets, int64_t activation, bool no_gate, bool last) {
-  switch (x.element_type()) {
-    case ffi::DataType::F32:
-      return backward_impl<float>(&pool, ct, x, h0, c0, hs, us, ps, zs, dts, mask, w_heads, w_h,
-                                  w_lstm, rets, activation, no_gate, last);
-    case ffi::DataType::F64:
-      return backward_impl<double>(&pool, ct, x, h0, c0, hs, us, ps, zs, dts, mask, w_heads,
-                                   w_h, w_lstm, rets, activation, no_gate, last);
-    default: return wrong_dtype();
-  }
+  return by_dtype(x.element_type(), "CfC", [&](auto zero) {
+    return backward_impl<decltype(zero)>(&pool, ct, x, h0, c0, hs, us, ps, zs, dts, mask, w_heads,
+                                         w_h, w_lstm, rets, activation, no_gate, last);
+  });
 }
 
 }  // namespace

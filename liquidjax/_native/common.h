@@ -1,5 +1,6 @@
-// What the compiled CPU kernels share (ltc_cpu.cc, cfc_cpu.cc): the work split over XLA's
-// threads (XLA's pool sizes it; helper threads of our own run it) and the float tanh XLA:CPU uses.
+// What the compiled CPU kernels share (ltc_cpu.cc, cfc_cpu.cc): the work split over threads
+// (XLA's intra-op pool, or pinned helper threads of our own), the dispatch on the float type,
+// and the float tanh XLA:CPU uses.
 #pragma once
 
 #include <pthread.h>
@@ -16,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -138,26 +140,24 @@ void parallel_chunks(ffi::ThreadPool* pool, int64_t chunks, int workers, F& body
       st->done.fetch_add(1, std::memory_order_release);
     }
   };
-  if (workers > 1 && pool != nullptr) {
-    for (int t = 1; t < workers; ++t) pool->Schedule([st, work] { work(st->worker.fetch_add(1)); });
-    work(0);
-    while (st->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
-    return;
-  }
   // On the helpers: only while no other such call runs. Two at once (a program sharded over
   // several XLA CPU devices, each running its shard's kernel) already use the CPUs, and helpers
   // would only crowd them (measured: the row-wise CfC train step over 2 host devices took 9.0 ms
   // with helpers, against 3.5 ms on one device). A helper that starts after another call began
   // leaves the work to its caller.
-  std::atomic<int>& in_flight = helper_calls_in_flight;
-  if (in_flight.fetch_add(1, std::memory_order_acq_rel) == 0 && workers > 1)
+  const bool on_helpers = pool == nullptr;
+  const bool alone =
+      on_helpers && helper_calls_in_flight.fetch_add(1, std::memory_order_acq_rel) == 0;
+  if (workers > 1 && !on_helpers)
+    for (int t = 1; t < workers; ++t) pool->Schedule([st, work] { work(st->worker.fetch_add(1)); });
+  else if (workers > 1 && alone)
     helpers().wake(workers - 1, [st, work] {
       if (helper_calls_in_flight.load(std::memory_order_acquire) == 1)
         work(st->worker.fetch_add(1));
     });
   work(0);
   while (st->done.load(std::memory_order_acquire) < chunks) std::this_thread::yield();
-  in_flight.fetch_sub(1, std::memory_order_acq_rel);
+  if (on_helpers) helper_calls_in_flight.fetch_sub(1, std::memory_order_acq_rel);
 }
 
 // The chunk size for a batch of B: kChunk, halved (down to 16 lanes) while that gives fewer chunks
@@ -173,6 +173,19 @@ inline int workers_for(ffi::ThreadPool* pool, int64_t chunks) {
   int64_t n = pool == nullptr ? 1 : std::max<int64_t>(1, pool->num_threads());
   if (const char* env = std::getenv("LIQUIDJAX_NATIVE_THREADS")) n = std::max(1, std::atoi(env));
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n, chunks)));
+}
+
+// Runs run(T{}) for the float type `type` (float32 or float64); `kernel` names the kernel in the
+// error otherwise.
+template <typename F>
+ffi::Error by_dtype(ffi::DataType type, const char* kernel, F&& run) {
+  switch (type) {
+    case ffi::DataType::F32: return run(float{});
+    case ffi::DataType::F64: return run(double{});
+    default:
+      return ffi::Error::InvalidArgument(std::string("liquidjax ") + kernel +
+                                         " kernel: float32 or float64 only");
+  }
 }
 
 // tanh: for float the rational approximation Eigen and XLA:CPU use (clamped, exact for tiny

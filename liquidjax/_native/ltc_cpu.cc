@@ -4,8 +4,9 @@
 // The arithmetic is that of liquidjax/cells/_ltc_sparse.py (_forward, _backward), on the same
 // padded fan-in layout: slot (r, k) is the synapse pre[r, k] -> posts[r]; padding slots carry
 // zero weight. Every synapse loop runs along the batch (contiguous, vectorised); the batch is
-// split into chunks shared out over XLA's intra-op pool (common.h: parallel_chunks), each worker
-// summing its own parameter gradients, added at the end.
+// split into chunks shared out over XLA's intra-op pool (common.h: parallel_chunks); the
+// parameter gradients are summed per group of consecutive chunks, the groups' sums added in order
+// at the end (the same bits whichever worker took which group).
 //
 // Arguments (row-major, batch last):
 //   forward:  w sigma mu erev (P,K) | sw ssigma smu serev (Ps,Ks) | gleak vleak cm (N)
@@ -373,11 +374,7 @@ template <typename F>
 ffi::Error by_dtype(const ffi::RemainingArgs& args, F&& run) {
   auto first = args.get<ffi::AnyBuffer>(0);
   if (!first.has_value()) return first.error();
-  switch (first->element_type()) {
-    case ffi::DataType::F32: return run(float{});
-    case ffi::DataType::F64: return run(double{});
-    default: return ffi::Error::InvalidArgument("liquidjax LTC kernel: float32 or float64 only");
-  }
+  return liquidjax_native::by_dtype(first->element_type(), "LTC", run);
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,

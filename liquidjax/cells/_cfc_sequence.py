@@ -47,7 +47,7 @@ from jaxtyping import Array, Bool, Float
 
 from .. import _native
 from .._batching import batch_aware_primitive
-from ._cfc import ACTIVATIONS, CfC
+from ._cfc import CfC, activation_name
 from ._lstm import MixedMemory, lstm_gates
 from ._wired_cfc import WiredCfC
 
@@ -304,10 +304,11 @@ def _kernel_activation(activation: Callable[[Array], Array], o: _Operands) -> st
     ``None``."""
     if o.x.dtype not in (jnp.float32, jnp.float64):
         return None
-    name = next((n for n, f in ACTIVATIONS.items() if f is activation), None)
-    if name not in _native.CFC_ACTIVATIONS or not _native.available():
+    try:
+        name = activation_name(activation)
+    except ValueError:  # a callable of the user's own
         return None
-    return name
+    return name if name in _native.CFC_ACTIVATIONS and _native.available() else None
 
 
 def _states(activation, no_gate, o: _Operands, *, save: bool, last: bool = False):
@@ -328,16 +329,7 @@ def _states(activation, no_gate, o: _Operands, *, save: bool, last: bool = False
     def portable(o):
         return _scan(activation, no_gate, o, save=save, last=last)
 
-    return _on_cpu(native, portable, o)
-
-
-def _on_cpu(native, portable, *args):
-    """``native`` (a compiled kernel) when lowering for CPU, ``portable`` (its JAX definition)
-    elsewhere; differentiating ``native`` (higher-order derivatives through the hand-written
-    VJP) differentiates ``portable``."""
-    native = jax.custom_jvp(native)
-    native.defjvp(lambda primals, tangents: jax.jvp(portable, primals, tangents))
-    return jax.lax.platform_dependent(*args, cpu=native, default=portable)
+    return _native.on_cpu(native, portable, o)
 
 
 def _output(ss, last):
@@ -399,23 +391,14 @@ def _cotangents(activation, no_gate, o: _Operands, ss, us, ps, zs, ct):
         lstm = (k_in, k_o, k_c, f)
     if mask is not None:  # a masked step passes dh straight through, to nothing else
         coef = jnp.where(mask, coef, 0)
-    dps, dus, dzs, dh0, dc0 = _cotangent_scan(o.w_heads, o.w_h, o.w_lstm, ct_h, ct_c, coef, d_act,
-                                              lstm, mask, k)
-    d_dts = None if dts is None else jnp.sum(dps[..., 3 * n :] * ta, axis=-1)
-    return dps, dus, dzs, d_dts, dh0, dc0, h_in
-
-
-def _cotangent_scan(w_heads, w_h, w_lstm, ct_h, ct_c, coef, d_act, lstm, mask, k):
-    """The scan of :func:`_cotangents` in JAX: ``(dps, dus, dzs, dh0, dc0)``."""
-    n = w_h.shape[-1]
 
     def step(carry, inp):
         dh, dc = carry
         cth, ctc, cf, da, lf, m = inp
         dh = dh + cth
         dp = jnp.concatenate([dh] * k, axis=-1) * cf
-        du = (dp @ w_heads) * da
-        dh_prev = du @ w_h  # the cotangent of the CfC's input state h̃
+        du = (dp @ o.w_heads) * da
+        dh_prev = du @ o.w_h  # the cotangent of the CfC's input state h̃
         dz = None
         if lf is not None:
             k_in, k_o, k_c, f = lf
@@ -423,17 +406,18 @@ def _cotangent_scan(w_heads, w_h, w_lstm, ct_h, ct_c, coef, d_act, lstm, mask, k
             dz = jnp.concatenate([dc, dc, dc], axis=-1) * k_in
             dz = jnp.concatenate([dz, dh_prev * k_o], axis=-1)
             dc = dc * f
-            dh_prev = dz @ w_lstm
+            dh_prev = dz @ o.w_lstm
         if m is not None:
             dh_prev = jnp.where(m, dh_prev, dh)
         return (dh_prev, dc), (dp, du, dz)
 
-    zero = jnp.zeros(coef.shape[1:-1] + (n,), coef.dtype)
+    zero = jnp.zeros_like(o.h0)
     (dh0, dc0), (dps, dus, dzs) = jax.lax.scan(
-        step, (zero, None if lstm is None else zero), (ct_h, ct_c, coef, d_act, lstm, mask),
+        step, (zero, None if o.c0 is None else zero), (ct_h, ct_c, coef, d_act, lstm, mask),
         reverse=True,
     )
-    return dps, dus, dzs, dh0, dc0
+    d_dts = None if dts is None else jnp.sum(dps[..., 3 * n :] * ta, axis=-1)
+    return dps, dus, dzs, d_dts, dh0, dc0, h_in
 
 
 def _batched_bwd(activation, no_gate, last, res, ct):
@@ -452,8 +436,8 @@ def _batched_bwd(activation, no_gate, last, res, ct):
             return tuple(_grads(activation, no_gate, ops, ss, us, ps, zs,
                                 _every_state(ct, ss, last)))
 
-        g = _Grads(*_on_cpu(native, portable, ct, o.x, o.h0, o.c0, ss, us, ps, zs, o.dts, o.mask,
-                            o.w_heads, o.w_h, o.w_lstm))
+        g = _Grads(*_native.on_cpu(native, portable, ct, o.x, o.h0, o.c0, ss, us, ps, zs, o.dts,
+                                   o.mask, o.w_heads, o.w_h, o.w_lstm))
     d_x = g.dus @ o.w_in[-g.dus.shape[-1] :]
     if g.dzs is not None:
         d_x = d_x + g.dzs @ o.w_in[: g.dzs.shape[-1]]

@@ -70,13 +70,6 @@ def _xla_backward(p, x, dt, vs, dens, g, *, layout, unfolds, epsilon):
     return tuple(jnp.sum(a, axis=-1) for a in grads), dx, dv0, ddt
 
 
-def _on_cpu_natively(native, portable, *args):
-    """``native`` when lowering for a CPU with the C++ kernel built, ``portable`` elsewhere."""
-    if not _native.available():
-        return portable(*args)
-    return jax.lax.platform_dependent(*args, cpu=native, default=portable)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def batched_step(p: LTCSparseParams, x, v0, dt, layout: SynapseLayout, unfolds: int,
                  epsilon: float):
@@ -84,7 +77,7 @@ def batched_step(p: LTCSparseParams, x, v0, dt, layout: SynapseLayout, unfolds: 
     ``v0 (N, B)``, ``dt (B,)`` → ``v (N, B)``, parameters shared by the batch. Its VJP returns
     the parameter gradients summed over the batch."""
     kw = dict(layout=layout, unfolds=unfolds, epsilon=epsilon, keep=False)
-    return _on_cpu_natively(functools.partial(_native.ltc_forward, **kw),
+    return _native.on_cpu(functools.partial(_native.ltc_forward, **kw),
                             functools.partial(_xla_forward, **kw), p, x, v0, dt)
 
 
@@ -92,7 +85,7 @@ def _fwd(p, x, v0, dt, layout, unfolds, epsilon):
     native = functools.partial(_native.ltc_forward, layout=layout, unfolds=unfolds,
                                epsilon=epsilon)
     portable = functools.partial(_xla_forward, layout=layout, unfolds=unfolds, epsilon=epsilon)
-    v, vs, dens = _on_cpu_natively(native, portable, p, x, v0, dt)
+    v, vs, dens = _native.on_cpu(native, portable, p, x, v0, dt)
     return v, (p, x, dt, vs, dens)
 
 
@@ -102,7 +95,7 @@ def _bwd(layout, unfolds, epsilon, res, g):
                                epsilon=epsilon)
     portable = functools.partial(_xla_backward, layout=layout, unfolds=unfolds,
                                  epsilon=epsilon)
-    grads, dx, dv0, ddt = _on_cpu_natively(native, portable, p, x, dt, vs, dens, g)
+    grads, dx, dv0, ddt = _native.on_cpu(native, portable, p, x, dt, vs, dens, g)
     return LTCSparseParams(*grads), dx, dv0, ddt.astype(dt.dtype)
 
 
