@@ -5,15 +5,11 @@ from ._base import (
     AbstractPathCell as AbstractPathCell,
     AbstractWiredCell as AbstractWiredCell,
 )
-from ._baselines import (
-    CTRNN as CTRNN,
-    GRUD as GRUD,
-    GRUODE as GRUODE,
-    ODERNN as ODERNN,
-    GRUODEBayes as GRUODEBayes,
-    NeuralCDE as NeuralCDE,
-)
 from ._cfc import CfC as CfC
+from ._ctrnn import CTRNN as CTRNN
+from ._gru_ode import GRUODE as GRUODE
+from ._gru_ode_bayes import GRUODEBayes as GRUODEBayes
+from ._grud import GRUD as GRUD
 from ._lstm import LSTMCell as LSTMCell, MixedMemory as MixedMemory
 from ._ltc import (
     LTC as LTC,
@@ -21,4 +17,6 @@ from ._ltc import (
     nonnegative_projection as nonnegative_projection,
     project_nonnegative as project_nonnegative,
 )
+from ._ncde import NeuralCDE as NeuralCDE
+from ._ode_rnn import ODERNN as ODERNN
 from ._wired_cfc import WiredCfC as WiredCfC

@@ -10,8 +10,8 @@ import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray
 
+from ..cells import CTRNN, GRUD, GRUODE, ODERNN, GRUODEBayes, NeuralCDE
 from ..cells._base import AbstractCell
-from ..cells._baselines import CTRNN, GRUD, GRUODE, ODERNN, GRUODEBayes, NeuralCDE
 from ..cells._cfc import CfC
 from ..cells._lstm import MixedMemory
 from ..cells._ltc import LTC
