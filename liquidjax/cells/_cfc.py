@@ -18,6 +18,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from .._checks import check_int
 from .._static import StaticArray
 from ._base import AbstractCell
 
@@ -147,18 +148,12 @@ class CfC(AbstractCell):
             raise _choice_error("mode", mode, _MODES)
         if activation not in ACTIVATIONS:
             raise _choice_error("activation", activation, list(ACTIVATIONS))
-        for name, value in (("input_size", input_size), ("units", units)):
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(backbone_layers, (int, np.integer)) or backbone_layers < 0:
-            raise ValueError(f"backbone_layers must be an int >= 0, got {backbone_layers!r}")
-        if backbone_layers > 0 and (
-            not isinstance(backbone_units, (int, np.integer)) or backbone_units < 1
-        ):
-            raise ValueError(
-                f"backbone_units must be a positive int when backbone_layers > 0, "
-                f"got {backbone_units!r}"
-            )
+        check_int("input_size", input_size, minimum=1)
+        check_int("units", units, minimum=1)
+        check_int("backbone_layers", backbone_layers, minimum=0)
+        if backbone_layers > 0:
+            check_int("backbone_units", backbone_units, minimum=1,
+                      expected="a positive integer when backbone_layers > 0")
         if not 0.0 <= backbone_dropout < 1.0:
             raise ValueError(f"backbone_dropout must lie in [0, 1), got {backbone_dropout!r}")
 

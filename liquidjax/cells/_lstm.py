@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .._checks import check_int
 from ._base import AbstractCell, State
 
 
@@ -46,9 +47,8 @@ class LSTMCell(eqx.Module):
     hidden_size: int = eqx.field(static=True)
 
     def __init__(self, input_size: int, hidden_size: int, *, key: PRNGKeyArray):
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        input_size = check_int("input_size", input_size, minimum=1)
+        hidden_size = check_int("hidden_size", hidden_size, minimum=1)
         self.input_size = input_size
         self.hidden_size = hidden_size
         k_in, k_w, k_b, k_rec, k_r = jr.split(key, 5)
