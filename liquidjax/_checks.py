@@ -105,7 +105,8 @@ def check_real(name: str, value: Any, *, minimum: float | None = None,
 def spec(*, minimum: float | None = None, maximum: float | None = None, min_open: bool = False,
          max_open: bool = False, choices: tuple[str, ...] | None = None,
          flags: tuple[str, ...] | None = None, aliases: Mapping[str, str] | None = None,
-         cli_default: str | None = None, from_data: bool = False) -> dict[str, Any]:
+         cli_default: str | None = None, from_data: bool = False,
+         parse: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Field metadata read by :func:`check_fields` and by the command line.
 
     **Arguments:**
@@ -117,13 +118,16 @@ def spec(*, minimum: float | None = None, maximum: float | None = None, min_open
     - `cli_default`: what the command line shows as the default when it is not the field's.
     - `from_data`: the command line fills this field in from the data (its flag defaults to
       ``None``; a value given must agree with the data).
+    - `parse`: checks and normalises the value of a field whose valid values no fixed list
+      holds (a ``ValueError`` names what is wrong); it replaces the `choices` check, in the
+      config and on the command line alike (`choices` then only lists the names in the help).
     """
     if from_data:
         cli_default = "from the data"
     return {"liquidjax": dict(minimum=minimum, maximum=maximum, min_open=min_open,
                               max_open=max_open, choices=choices, flags=flags,
                               aliases=dict(aliases or {}), cli_default=cli_default,
-                              from_data=from_data)}
+                              from_data=from_data, parse=parse)}
 
 
 _NO_SPEC = spec()["liquidjax"]
@@ -188,6 +192,8 @@ def check_value(name: str, value: Any, ft: FieldType, sp: Mapping[str, Any]) -> 
             return None
         raise ValueError(f"{name} must not be None")
     bounds = {k: sp[k] for k in ("minimum", "maximum")}
+    if sp["parse"] is not None:
+        return sp["parse"](value)
     if ft.choices is not None:
         check_choice(name.replace("_", " "), value, ft.choices)
         return value
@@ -304,6 +310,18 @@ def int_tuple_arg(minimum: int | None = 1, length: int | None = None):
         return values
 
     return _argtype(parse, "integers")
+
+
+def parsed_arg(parse: Callable[[str], Any], name: str = "value"):
+    """An argparse ``type`` from a function that raises ``ValueError`` on a bad value."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return _argtype(convert, name)
 
 
 def choice_arg(valid: tuple[str, ...], aliases: Mapping[str, str] | None = None):

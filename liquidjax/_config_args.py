@@ -26,6 +26,7 @@ from ._checks import (
     float_arg,
     int_arg,
     int_tuple_arg,
+    parsed_arg,
 )
 
 _ROLES = re.compile(r":(class|func|data|meth|mod):")
@@ -37,6 +38,8 @@ def flag_names(field: dataclasses.Field) -> tuple[str, ...]:
 
 
 def _arg_type(ft: FieldType, sp: dict[str, Any]):
+    if sp["parse"] is not None:
+        return parsed_arg(sp["parse"])
     if ft.choices is not None:
         return choice_arg(ft.choices, sp["aliases"])
     if ft.base is int:

@@ -19,4 +19,9 @@ from ._ltc import (
 )
 from ._ncde import NeuralCDE as NeuralCDE
 from ._ode_rnn import ODERNN as ODERNN
+from ._registry import (
+    CellKind as CellKind,
+    cell_kinds as cell_kinds,
+    register_cell as register_cell,
+)
 from ._wired_cfc import WiredCfC as WiredCfC

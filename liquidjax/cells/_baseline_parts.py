@@ -1,7 +1,10 @@
 """Pieces shared by the continuous-time baseline cells: their default integrator, their
-uniform initialisation, the GRU gates and the flow-then-jump pattern."""
+uniform initialisation, the GRU gates, the flow-then-jump pattern and the description of an
+input read in per-channel blocks."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import diffrax
 import equinox as eqx
@@ -25,6 +28,30 @@ def check_sizes(**sizes: int) -> None:
     """Each size a positive integer, or ``ValueError`` naming it."""
     for name, v in sizes.items():
         check_int(name, v, minimum=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputLayout:
+    """An input made of per-channel blocks (``input_size = blocks × channels``), as written by
+    :func:`liquidjax.data.model_inputs` with ``missing=missing``.
+
+    **Arguments:**
+    - `blocks`: values per channel.
+    - `missing`: the ``missing`` mode of the data that writes this layout.
+    - `description`: what the blocks are, for messages.
+    """
+
+    blocks: int
+    missing: str
+    description: str
+
+    def check(self, who: str, input_size: int) -> None:
+        """``ValueError`` unless `input_size` is a multiple of `blocks`; `who` names the reader."""
+        if input_size % self.blocks:
+            raise ValueError(
+                f"{who} reads {self.description} (missing={self.missing!r} data): input_size "
+                f"must be {self.blocks} × channels, a multiple of {self.blocks}; got {input_size}"
+            )
 
 
 def uniform_init(key, shape, fan_in: int, dtype) -> Array:

@@ -12,7 +12,16 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..solvers import Integrator
 from ._base import AbstractConductanceCell
-from ._baseline_parts import AbstractFlowThenJump, GRUGates, check_sizes, default_integrator
+from ._baseline_parts import (
+    AbstractFlowThenJump,
+    GRUGates,
+    InputLayout,
+    check_sizes,
+    default_integrator,
+)
+
+GRUODE_BAYES_INPUTS = InputLayout(
+    2, "path", "[x | m] blocks (values and observation mask)")
 
 
 class _PredictedGRUODE(AbstractConductanceCell):
@@ -86,11 +95,7 @@ class GRUODEBayes(AbstractFlowThenJump):
                  prep_hidden: int = 4, integrator: Integrator | None = None,
                  dtype: Any = jnp.float32, key: PRNGKeyArray):
         check_sizes(input_size=input_size, units=units, prep_hidden=prep_hidden)
-        if input_size % 2:
-            raise ValueError(
-                f"GRU-ODE-Bayes reads [x | m] blocks (values and observation mask, e.g. "
-                f"missing='path'): input_size must be 2 × channels, got {input_size}"
-            )
+        GRUODE_BAYES_INPUTS.check("GRU-ODE-Bayes", input_size)
         c = input_size // 2
         k1, k2, k3 = jax.random.split(key, 3)
         self.flow = _PredictedGRUODE(c, units, p_hidden or units, default_integrator(integrator),

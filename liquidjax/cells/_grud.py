@@ -11,7 +11,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._base import AbstractCell
-from ._baseline_parts import GRUGates, check_sizes, uniform_init
+from ._baseline_parts import GRUGates, InputLayout, check_sizes, uniform_init
+
+GRUD_INPUTS = InputLayout(
+    3, "features", "[x~ | m | delta] blocks (liquidjax.data.missing_value_features)")
 
 
 class GRUD(AbstractCell):
@@ -53,11 +56,7 @@ class GRUD(AbstractCell):
     def __init__(self, input_size: int, units: int, *, dtype: Any = jnp.float32,
                  key: PRNGKeyArray):
         check_sizes(input_size=input_size, units=units)
-        if input_size % 3:
-            raise ValueError(
-                f"GRU-D reads [x̃ | m | δ] blocks (liquidjax.data.missing_value_features): "
-                f"input_size must be 3 × channels, got {input_size}"
-            )
+        GRUD_INPUTS.check("GRU-D", input_size)
         c = input_size // 3
         k1, k2, k3 = jax.random.split(key, 3)
         self.decay_x_w = uniform_init(k1, (c,), c, dtype)

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import diffrax
 import equinox as eqx
 import jax
 from jaxtyping import PRNGKeyArray
 
-from ..cells import CTRNN, GRUD, GRUODE, ODERNN, GRUODEBayes, NeuralCDE
 from ..cells._base import AbstractCell
-from ..cells._cfc import CfC
 from ..cells._lstm import MixedMemory
-from ..cells._ltc import LTC
-from ..cells._wired_cfc import WiredCfC
+from ..cells._registry import cell_kind
 from ..layers import LiquidRNN
-from ..solvers import Integrator, solver_from_name
-from ..wirings import AutoNCP, FullyConnected, Random
+from ..wirings import AutoNCP, FullyConnected, Random, Wiring
 from ._classifier import AbstractClassifier, SequenceClassifier
 from ._config import ModelConfig
 from ._conv_stem import ConvLiquidClassifier, conv_stem_blocks, feature_map_shape
@@ -38,40 +32,8 @@ def _make_wiring(config: ModelConfig):
 
 def _make_cell(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> AbstractCell:
     kcell, kmem = jax.random.split(key)
-    cell: AbstractCell
-    if config.cell == "cfc":
-        if config.wiring == "fc":
-            cell = CfC(input_size, config.units, mode=config.cfc_mode,  # type: ignore[arg-type]
-                       activation=config.activation, backbone_units=config.backbone_units,
-                       backbone_layers=config.backbone_layers,
-                       backbone_dropout=config.backbone_dropout, key=kcell)
-        else:
-            cell = WiredCfC(input_size, _make_wiring(config), mode=config.cfc_mode,  # type: ignore[arg-type]
-                            key=kcell)
-    elif config.cell == "grud":
-        cell = GRUD(input_size, config.units, key=kcell)
-    elif config.cell != "ltc":
-        integrator = None
-        if config.solver is not None or config.adaptive_tol is not None:
-            integrator = Integrator(
-                solver_from_name(config.solver or "tsit5"),
-                diffrax.PIDController(rtol=config.adaptive_tol, atol=config.adaptive_tol)
-                if config.adaptive_tol is not None else diffrax.ConstantStepSize(),
-                ode_unfolds=config.ode_unfolds)
-        make = {"ctrnn": CTRNN, "gruode": GRUODE, "gruode_bayes": GRUODEBayes, "odernn": ODERNN,
-                "ncde": NeuralCDE}
-        cell = make[config.cell](input_size, config.units, integrator=integrator, key=kcell)
-    else:
-        solver = solver_from_name(config.solver or "fused")
-        controller = (
-            diffrax.PIDController(rtol=config.adaptive_tol, atol=config.adaptive_tol)
-            if config.adaptive_tol is not None else None
-        )
-        units: Any = config.units if config.wiring == "fc" else _make_wiring(config)
-        cell = LTC(input_size, units, ode_unfolds=config.ode_unfolds, solver=solver,
-                   stepsize_controller=controller,
-                   implicit_param_constraints=config.implicit_param_constraints,
-                   init=config.ltc_init, key=kcell)
+    units: int | Wiring = config.units if config.wiring == "fc" else _make_wiring(config)
+    cell = cell_kind(config.cell).build(config, input_size, units, key=kcell)
     if config.mixed_memory:
         cell = MixedMemory(cell, key=kmem)
     return cell

@@ -8,28 +8,29 @@ from typing import Any, Literal
 from .._checks import check_fields, config_field, literal_choices
 from ..cells._cfc import ACTIVATIONS, Mode as CfCMode
 from ..cells._ltc import Init as LTCInit
+from ..cells._registry import (
+    CELL_KINDS,
+    cell_kind,
+    cell_kind_name,
+    fused_cells,
+    path_cells,
+    solver_cells,
+    wired_cells,
+)
 from ..layers import Interpolation
 from ..solvers import SOLVER_NAMES, is_adaptive, solver_from_name
 from ._classifier import Readout
 from ._conv_stem import ConvSequence, ConvStem, feature_map_shape
 
 ModelKind = Literal["sequence", "conv"]
-CellKind = Literal["cfc", "ltc", "ctrnn", "gruode", "gruode_bayes", "odernn", "grud", "ncde"]
 WiringKind = Literal["fc", "ncp", "autoncp", "random"]
 Task = Literal["classification", "regression"]
 
 MODEL_KINDS: tuple[str, ...] = literal_choices(ModelKind)
-CELL_KINDS: tuple[str, ...] = literal_choices(CellKind)
 WIRINGS: tuple[str, ...] = literal_choices(WiringKind)
 CFC_MODES: tuple[str, ...] = literal_choices(CfCMode)
 INTERPOLATIONS: tuple[str, ...] = literal_choices(Interpolation)
 TASKS: tuple[str, ...] = literal_choices(Task)
-# Cells with an ODE integrated by an Integrator (a solver choice applies), those whose state
-# itself is an ODE state (continuous input paths apply), and those in conductance form (the
-# fused semi-implicit solver applies).
-SOLVER_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode", "gruode_bayes", "odernn", "ncde")
-PATH_CELLS: tuple[str, ...] = ("ltc", "ctrnn", "gruode", "ncde")
-FUSED_CELLS: tuple[str, ...] = ("ltc", "gruode", "gruode_bayes")
 
 _RATE = dict(minimum=0.0, maximum=1.0, max_open=True)
 _POSITIVE = dict(minimum=1)
@@ -50,7 +51,9 @@ class ModelConfig:
     - `cell`: ``"cfc"`` or ``"ltc"``, or a continuous-time baseline: ``"ctrnn"``,
       ``"gruode"``, ``"gruode_bayes"`` (GRU-ODE-Bayes: reads ``[x | m]``, e.g.
       ``missing="path"``), ``"odernn"``, ``"grud"`` (needs the ``[x̃ | m | δ]`` inputs of
-      :func:`liquidjax.data.missing_value_features`), ``"ncde"`` (see :mod:`liquidjax.cells`).
+      :func:`liquidjax.data.missing_value_features`), ``"ncde"`` (see :mod:`liquidjax.cells`);
+      a kind added by :func:`liquidjax.cells.register_cell`; or your own cell class written
+      ``module.path:ClassName`` (see ``docs/custom_cells.md``).
     - `units`: neurons per liquid layer.
     - `wiring`: ``"fc"`` (fully connected), ``"ncp"``/``"autoncp"`` (an AutoNCP wiring with
       `motor_neurons` outputs and `sparsity`), ``"random"`` (random sparse, `sparsity`).
@@ -105,7 +108,7 @@ class ModelConfig:
     input_size: int = config_field(minimum=1, from_data=True)
     num_classes: int = config_field(minimum=0, from_data=True)
     kind: ModelKind = config_field("sequence", flags=("--model", "--kind"))
-    cell: CellKind = "cfc"
+    cell: str = config_field("cfc", choices=CELL_KINDS, parse=cell_kind_name)
     units: int = config_field(64, **_POSITIVE)
     wiring: WiringKind = "fc"
     motor_neurons: int | None = config_field(None, **_POSITIVE)
@@ -146,39 +149,31 @@ class ModelConfig:
                 raise ValueError("predict_variance applies to task='regression' only")
         if self.per_step and self.kind != "sequence":
             raise ValueError("per_step outputs need kind='sequence'")
+        cell = cell_kind(self.cell)
         if self.solver is not None:
-            if self.cell not in SOLVER_CELLS:
+            if not cell.solver:
                 raise ValueError(
                     f"solver={self.solver!r} applies only to ODE cells "
-                    f"({', '.join(SOLVER_CELLS)}); a {self.cell} cell advances in closed form"
+                    f"({', '.join(solver_cells())}); a {self.cell} cell advances in closed form"
                 )
-            if self.solver == "fused" and self.cell not in FUSED_CELLS:
+            if self.solver == "fused" and not cell.fused:
                 raise ValueError(
                     f"the fused semi-implicit solver needs a cell in conductance form "
-                    f"({', '.join(FUSED_CELLS)}); choose another solver for {self.cell!r}"
+                    f"({', '.join(fused_cells())}); choose another solver for {self.cell!r}"
                 )
-        if self.interpolation != "hold" and self.cell not in PATH_CELLS:
+        if self.interpolation != "hold" and not cell.path:
             raise ValueError(
                 f"interpolation={self.interpolation!r} needs an ODE cell "
-                f"({', '.join(PATH_CELLS)})"
+                f"({', '.join(path_cells())})"
             )
-        if self.cell not in ("cfc", "ltc") and self.wiring != "fc":
-            raise ValueError(f"wiring={self.wiring!r} applies to cfc and ltc cells only")
-        if self.cell == "grud" and self.input_size % 3:
+        if self.wiring != "fc" and not cell.wired:
             raise ValueError(
-                f"cell='grud' reads [x~ | m | delta] inputs (3 per channel, "
-                f"liquidjax.data.missing_value_features); input_size {self.input_size} is not a "
-                "multiple of 3"
-            )
-        if self.cell == "gruode_bayes" and self.input_size % 2:
-            raise ValueError(
-                f"cell='gruode_bayes' reads [x | m] inputs (values and observation mask, 2 per "
-                f"channel, e.g. missing='path'); input_size {self.input_size} is odd"
-            )
-        default_solver = "fused" if self.cell == "ltc" else "tsit5"
+                f"wiring={self.wiring!r} applies to {' and '.join(wired_cells())} cells only")
+        if cell.inputs is not None:
+            cell.inputs.check(f"cell={self.cell!r}", self.input_size)
         if self.adaptive_tol is not None and (
-            self.cell not in SOLVER_CELLS
-            or not is_adaptive(solver_from_name(self.solver or default_solver))
+            not cell.solver
+            or not is_adaptive(solver_from_name(self.solver or cell.default_solver))
         ):
             raise ValueError(
                 "adaptive_tol needs an ODE cell and an adaptive solver (e.g. tsit5, dopri5, "
