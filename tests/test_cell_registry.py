@@ -20,7 +20,8 @@ CELL = "_custom_cell:Leaky"  # tests/_custom_cell.py (pytest puts tests/ on sys.
 
 @pytest.fixture
 def fresh_registry(monkeypatch):
-    monkeypatch.setattr(_registry, "_KINDS", dict(_registry._KINDS))
+    """The built-in kinds alone (another test may have registered one), restored after."""
+    monkeypatch.setattr(_registry, "_KINDS", {k.name: k for k in _registry._BUILTIN})
     monkeypatch.setattr(_registry, "_IMPORTED", {})
 
 
@@ -28,7 +29,7 @@ def _cfg(**kw):
     return ModelConfig(**{"input_size": 3, "num_classes": 2, "units": 4, **kw})
 
 
-def test_model_config_accepts_exactly_the_registry():
+def test_model_config_accepts_exactly_the_registry(fresh_registry):
     field = {f.name: f for f in dataclasses.fields(ModelConfig)}["cell"]
     assert field.metadata["liquidjax"]["choices"] == CELL_KINDS == cell_kinds()
     for name in cell_kinds():
@@ -38,7 +39,7 @@ def test_model_config_accepts_exactly_the_registry():
         _cfg(cell="gru")
 
 
-def test_rules_follow_the_table():
+def test_rules_follow_the_table(fresh_registry):
     """Each kind's flags agree with what its built cell is and what ModelConfig allows."""
     for name in cell_kinds():
         kind = _registry.cell_kind(name)

@@ -252,3 +252,12 @@ def test_ltc_kernel_equals_conductance_loop():
         num, den, cm = ltc.conductances(0.0, v, x)
         v = (cm / h * v + num) / (cm / h + den + 1e-8)
     np.testing.assert_allclose(ltc.advance(v0, x, 0.0, dt), v, rtol=1e-6, atol=1e-7)
+
+
+def test_guide_registered_cell_builds_from_model_config(guide):
+    # The guide's own CTRNN, registered by name: ModelConfig's solver reaches its integrator.
+    cell = guide["registered"].layers[0].cell
+    assert type(cell) is guide["CTRNN"]
+    assert type(cell.integrator.solver) is lj.FusedSemiImplicit
+    assert cell.integrator.ode_unfolds == 2
+    assert guide["logits"].shape == (2,) and np.isfinite(guide["logits"]).all()
