@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..models import ModelConfig
 from ._checkpoint import (
     CheckpointError,
     check_model_identity,
@@ -87,12 +88,9 @@ def evaluated(state: TrainState) -> Any:
     return state.model if state.ema_model is None else state.ema_model
 
 
-def _config_dict(model_config: Any) -> dict[str, Any]:
-    return model_config if isinstance(model_config, dict) else model_config.to_dict()
-
-
 def restore_model(path: str | os.PathLike, like: Any, *, ema: bool | None = None,
-                  model_config: Any = None) -> tuple[Any, dict[str, Any]]:
+                  model_config: ModelConfig | dict[str, Any] | None = None,
+                  ) -> tuple[Any, dict[str, Any]]:
     """Load only the model from a checkpoint written by :func:`fit` (any optimiser).
 
     Before any array is read, the checkpoint is compared with `like`: the model configuration
@@ -122,7 +120,9 @@ def restore_model(path: str | os.PathLike, like: Any, *, ema: bool | None = None
     header = read_header(path)
     saved = header.get("model_config")
     if model_config is not None and isinstance(saved, dict):
-        diff = config_mismatches(saved, _config_dict(model_config), style="short")
+        wanted = (model_config.to_dict() if isinstance(model_config, ModelConfig)
+                  else model_config)
+        diff = config_mismatches(saved, wanted, style="short")
         if diff:
             raise CheckpointError(path, "it was written for a different model (checkpoint vs "
                                   "the model to load into): " + "; ".join(diff))
