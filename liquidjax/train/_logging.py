@@ -136,7 +136,7 @@ class RunLogger:
                 view = memoryview(line)
                 while view:
                     view = view[os.write(fd, view):]
-            except OSError:
+            except BaseException:  # a full disk, an interrupt: no half line is left behind
                 try:
                     os.ftruncate(fd, start)
                 except OSError:
