@@ -950,8 +950,12 @@ def test_keep_best_returns_the_best_validation_epoch(tmp_path, reference_run, mo
 
     monkeypatch.setattr(_fit, "evaluate", worse_later)
     cfg = dataclasses.replace(TCFG, keep_best=True)
+    # stopped in epoch 2 and resumed: the best epoch so far travels with the checkpoint
+    part = fit(model, data, dataclasses.replace(cfg, max_steps=10), val_data=data,
+               out_dir=tmp_path, model_config=CFG.to_dict(), progress="none")
+    assert part.best_epoch == 1 and part.stop_reason == "max_steps"
     best = fit(model, data, cfg, val_data=data, out_dir=tmp_path, model_config=CFG.to_dict(),
-               progress="plain")
+               resume=True, progress="plain")
     monkeypatch.setattr(_fit, "evaluate", real_evaluate)
     assert best.best_epoch == 1 and best.stop_reason == "epochs"
     assert "best validation epoch: 1" in capsys.readouterr().err
