@@ -795,3 +795,185 @@ def test_run_time_check_on_two_devices_does_not_hang(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "NONFINITE non-finite loss or gradient at step 1" in proc.stdout
     assert time.monotonic() - t0 < 120
+
+
+# ------------------------------------------------------------------ issue 24: checkpoints, faults
+def test_restore_model_names_a_different_model(reference_run, model):
+    _, ref = reference_run
+    relu_config = dataclasses.replace(CFG, activation="relu")
+    relu = build_model(relu_config, key=jax.random.key(0))
+    assert [a.shape for a in _leaves(relu)] == [a.shape for a in _leaves(model)]  # same shapes
+    # from the model alone (its recorded identity) and from its config
+    with pytest.raises(CheckpointError, match=r"activation lecun_tanh vs relu"):
+        restore_model(ref.checkpoint, relu)
+    with pytest.raises(CheckpointError, match=r"model \(checkpoint vs the model to load into\): "
+                       r"activation lecun_tanh vs relu$"):
+        restore_model(ref.checkpoint, model, model_config=relu_config)
+    with pytest.raises(CheckpointError, match=r"units 8 vs 16"):
+        restore_model(ref.checkpoint, model, model_config=CFG.to_dict() | {"units": 16})
+    ltc = build_model(dataclasses.replace(CFG, cell="ltc"), key=jax.random.key(0))
+    with pytest.raises(CheckpointError, match=r"model\.layers\[0\]\.cell CfC vs LTC$"):
+        restore_model(ref.checkpoint, ltc)
+    big = build_model(dataclasses.replace(CFG, units=64), key=jax.random.key(0))
+    with pytest.raises(CheckpointError, match=r"more than the checkpoint's whole payload"):
+        restore_model(ref.checkpoint, big)
+    restored, _ = restore_model(ref.checkpoint, model, model_config=CFG)  # the same model loads
+    _assert_trees_equal(restored, ref.model)
+
+
+def test_appended_junk_and_absurd_sizes_are_named(tmp_path, reference_run):
+    _, ref = reference_run
+    raw = ref.checkpoint.read_bytes()
+    junk = tmp_path / "junk.ljx"
+    junk.write_bytes(raw + b"appended!")
+    for read in (read_header, lambda p: load_checkpoint(p, ref.state)):
+        with pytest.raises(CheckpointError, match=r"9 unexpected bytes after the payload"):
+            read(junk)
+    # a crafted header claims a huge model: refused from the payload size, before any model
+    # could be built from it
+    header, payload = _split_checkpoint(raw)
+    header["model_config"] = dict(header["model_config"], units=10**9)
+    with pytest.raises(CheckpointError, match=r"units=1000000000, which needs at least "
+                       r"2000000000 bytes"):
+        read_header(_write_checkpoint(tmp_path / "huge.ljx", header, payload))
+
+
+def _fd_path(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_disk_full_names_the_file_and_keeps_what_was_written(tmp_path, model, data,
+                                                             monkeypatch):
+    import errno
+
+    from liquidjax.train import RunWriteError
+
+    real_fsync, real_write = os.fsync, os.write
+
+    def full_at_step_10(fd):  # the 2nd checkpoint (step 10) hits a full disk
+        if _fd_path(fd).endswith(".ckpt-000000010.ljx.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_at_step_10)
+    run = tmp_path / "a"
+    with pytest.raises(RunWriteError, match=r"ckpt-000000010\.ljx could not be written \(No "
+                       r"space left on device\); training stopped, the last good checkpoint is "
+                       r".*ckpt-000000008\.ljx$") as e:
+        fit(model, data, TCFG, out_dir=run, model_config=CFG.to_dict(), progress="none")
+    assert e.value.checkpoint.name == "ckpt-000000008.ljx"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "ckpt-000000005.ljx", "ckpt-000000008.ljx"]  # no partial .tmp
+    load_checkpoint(run / "checkpoints" / "ckpt-000000008.ljx", TrainState.create(
+        model, make_optimizer(TCFG, 16), jax.random.key(0)))  # intact
+    monkeypatch.setattr(os, "fsync", real_fsync)
+
+    def full_at_epoch_record(fd, data):  # half a line is written, then the disk is full
+        if _fd_path(fd).endswith("metrics.jsonl") and b'"event": "epoch"' in bytes(data):
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_at_epoch_record)
+    run = tmp_path / "b"
+    with pytest.raises(RunWriteError, match=r"metrics\.jsonl could not be written.*the last "
+                       r"good checkpoint is .*ckpt-000000008\.ljx$"):
+        fit(model, data, TCFG, out_dir=run, model_config=CFG.to_dict(), progress="none")
+    monkeypatch.setattr(os, "write", real_write)
+    text = (run / "metrics.jsonl").read_text()
+    assert text.endswith("\n")
+    events = [json.loads(line)["event"] for line in text.splitlines()]
+    assert events[0] == "start" and "train" in events and "epoch" not in events
+
+
+def test_metrics_file_is_strict_json(tmp_path):
+    from liquidjax.train import RunLogger
+
+    logger = RunLogger(tmp_path, progress="none")
+    logger.record("epoch", val_accuracy=float("nan"), losses=[1.0, float("inf")],
+                  nested={"x": float("-inf")})
+
+    def no_constants(name):
+        raise AssertionError(f"bare {name} in metrics.jsonl")
+
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=no_constants)
+    assert rec["val_accuracy"] is None and rec["losses"] == [1.0, None]
+    assert rec["nested"] == {"x": None}
+
+
+def test_interrupt_checkpoints_and_resume_is_bit_identical(tmp_path, reference_run, model,
+                                                           data, monkeypatch):
+    from liquidjax.train import TrainingInterrupted, _fit
+
+    _, ref = reference_run
+    real_step, calls = _fit.train_step, []
+
+    def interrupted_at_7(*args, **kwargs):  # Ctrl-C arrives while step 7 runs
+        calls.append(1)
+        out = real_step(*args, **kwargs)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)  # the KeyboardInterrupt lands here, or just after
+        return out
+
+    monkeypatch.setattr(_fit, "train_step", interrupted_at_7)
+    with pytest.raises(TrainingInterrupted) as e:
+        fit(model, data, TCFG, val_data=data, out_dir=tmp_path, model_config=CFG.to_dict(),
+            progress="none")
+    monkeypatch.setattr(_fit, "train_step", real_step)
+    assert isinstance(e.value, KeyboardInterrupt) and e.value.step in (6, 7)
+    ckpt = e.value.checkpoint
+    assert ckpt == latest_checkpoint(tmp_path / "checkpoints")
+    header = read_header(ckpt)
+    assert header["step"] == e.value.step and header["data"]["batch"] == e.value.step
+    assert f"after step {e.value.step}" in str(e.value) and str(ckpt) in str(e.value)
+    assert read_metrics(tmp_path / "metrics.jsonl")[-1]["event"] == "interrupted"
+    done = fit(model, data, TCFG, val_data=data, out_dir=tmp_path, resume=True,
+               model_config=CFG.to_dict(), progress="none")
+    _assert_trees_equal(done.state, ref.state)
+
+
+# --------------------------------------------------- issue 22: selection by validation, budget
+def test_keep_best_returns_the_best_validation_epoch(tmp_path, reference_run, model, data,
+                                                     monkeypatch, capsys):
+    from liquidjax.train import _fit
+
+    _, ref = reference_run
+    real_evaluate, scripted = _fit.evaluate, iter([0.9, 0.5])
+
+    def worse_later(*args, **kwargs):  # epoch 1 scores best, whatever the real figures
+        return dict(real_evaluate(*args, **kwargs), accuracy=next(scripted))
+
+    monkeypatch.setattr(_fit, "evaluate", worse_later)
+    cfg = dataclasses.replace(TCFG, keep_best=True)
+    # stopped in epoch 2 and resumed: the best epoch so far travels with the checkpoint
+    part = fit(model, data, dataclasses.replace(cfg, max_steps=10), val_data=data,
+               out_dir=tmp_path, model_config=CFG.to_dict(), progress="none")
+    assert part.best_epoch == 1 and part.stop_reason == "max_steps"
+    best = fit(model, data, cfg, val_data=data, out_dir=tmp_path, model_config=CFG.to_dict(),
+               resume=True, progress="plain")
+    monkeypatch.setattr(_fit, "evaluate", real_evaluate)
+    assert best.best_epoch == 1 and best.stop_reason == "epochs"
+    assert "best validation epoch: 1" in capsys.readouterr().err
+    _assert_trees_equal(best.state, ref.state)  # selection does not change training
+    first = fit(model, data, dataclasses.replace(TCFG, max_steps=8), progress="none")
+    _assert_trees_equal(best.model, first.model)  # the model after epoch 1 (8 steps)
+    assert best.best_checkpoint == tmp_path / "checkpoints" / "best.ljx"
+    _assert_trees_equal(restore_model(best.best_checkpoint, model)[0], first.model)
+    assert not any(np.array_equal(a, b) for a, b in zip(_leaves(best.model), _leaves(ref.model))
+                   if a.size > 1)
+    with pytest.raises(ValueError, match="keep_best=True selects the model by its validation"):
+        fit(model, data, cfg, progress="none")
+
+
+def test_time_budget_stops_at_an_epoch_end(model, data, capsys):
+    cfg = dataclasses.replace(TCFG, time_budget=1e-6)
+    result = fit(model, data, cfg, progress="plain")
+    assert len(result.history) == 1 and result.stop_reason == "time_budget"
+    assert int(jax.device_get(result.state.step)) == 8
+    assert "time budget of 0 s reached after epoch 1 of 2" in capsys.readouterr().err
+    assert TrainConfig(time_budget=300).time_budget == 300

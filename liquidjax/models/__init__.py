@@ -33,4 +33,4 @@ from ._conv_stem import (
     conv_stem_blocks as conv_stem_blocks,
     feature_map_shape as feature_map_shape,
 )
-from ._ensemble import Ensemble as Ensemble
+from ._ensemble import AbstractEnsemble as AbstractEnsemble, Ensemble as Ensemble

@@ -26,15 +26,43 @@ predicts
 
 from __future__ import annotations
 
+import abc
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from .._metrics import VARIANCE_FLOOR, split_gaussian
 from ._classifier import AbstractClassifier
 
 
-class Ensemble(AbstractClassifier):
+class AbstractEnsemble(AbstractClassifier):
+    """The contract of a model made of independently trained members: how the trainer maps and
+    combines them.
+
+    A model that is not an ensemble needs nothing: the trainer calls it on each example of a
+    batch and trains it on the mean loss. An ensemble declares instead
+
+    * `members`: the members as one model whose every array carries a leading member axis;
+    * `size`: how many members;
+    * :meth:`combine`: its prediction from the members' outputs stacked on axis 0;
+
+    and the trainer then runs each member on the whole batch (members mapped outside the batch),
+    trains each on its own loss (the objective is the sum of the members' mean losses, so each
+    member's gradient is the one it would get alone; the loss recorded is their mean), clips each
+    member's gradient by its own norm, and scores the combined prediction.
+    """
+
+    members: eqx.AbstractVar[AbstractClassifier]
+    size: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def combine(self, outputs: Array, mask: Bool[Array, "*batch time"] | None = None) -> Array:
+        """The ensemble's prediction from its members' outputs stacked on axis 0."""
+
+
+class Ensemble(AbstractEnsemble):
     """``size`` copies of one classifier (stacked on a leading axis) whose predictions are
     averaged; see the module docs for how.
 
@@ -112,8 +140,6 @@ class Ensemble(AbstractClassifier):
             return out.astype(outputs.dtype)
         if not self.predict_variance:
             return jnp.mean(outputs, axis=0)
-        from ..train._metrics import VARIANCE_FLOOR, split_gaussian
-
         mu, var = split_gaussian(outputs)
         mean = jnp.mean(mu, axis=0)
         spread = mu - mean

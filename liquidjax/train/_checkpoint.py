@@ -40,19 +40,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import diffrax
 import equinox as eqx
 import jax
 import numpy as np
 
 from ..wirings import Wiring
+from ._step import TrainState
 
 MAGIC = b"LIQUIDJAX-CKP2\n"
 MAGIC_V1 = b"LIQUIDJAX-CKPT\n"  # format 1: the header was not covered by a checksum
 FORMAT_VERSION = 2
 _DIGEST = 32
+_MIN_PARAM_BYTES = 2  # every unit has at least one parameter, of at least 16 bits
 SUFFIX = ".ljx"
 _NAME = re.compile(r"^ckpt-(\d+)\.ljx$")
-_TMP = re.compile(r"^\.ckpt-(\d+)\.ljx\.tmp$")
+_TMP = re.compile(r"^\..+\.ljx\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -132,12 +135,85 @@ def wiring_signature(tree: Any) -> list[str]:
     return sorted(found)
 
 
+# Integration settings are configuration, not identity: weights load across solvers.
+_SETTINGS = (diffrax.AbstractSolver, diffrax.AbstractStepSizeController, diffrax.AbstractAdjoint)
+
+
+def _callable_name(fn: Any) -> str:
+    inner = getattr(fn, "func", None)  # functools.partial
+    if inner is not None and callable(inner):
+        return f"partial({_callable_name(inner)})"
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def model_signature(model: Any) -> dict[str, str]:
+    """What a model *is*, beyond its array shapes: the class of every Module in it and the name
+    of every function it holds (activations), by path, e.g. ``{"model.layers[0].cell": "CfC",
+    "model.layers[0].cell.activation": "lecun_tanh", ...}``. Integration settings (diffrax
+    solvers, step-size controllers, adjoints) are left out: weights load across them."""
+    out: dict[str, str] = {}
+
+    def walk(x: Any, path: str) -> None:
+        if isinstance(x, _SETTINGS):
+            return
+        if isinstance(x, eqx.Module):
+            out[path] = type(x).__name__
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name, None), f"{path}.{f.name}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{path}[{k!r}]")
+        elif callable(x) and not isinstance(x, type) and not eqx.is_array(x):
+            out[path] = _callable_name(x)
+
+    walk(model, "model")
+    return out
+
+
+def _model_of(tree: Any) -> Any:
+    return tree.model if isinstance(tree, TrainState) else tree
+
+
+def _array_bytes(tree: Any) -> int:
+    return sum(int(x.size) * x.dtype.itemsize
+               for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array)))
+
+
+def check_model_identity(path: str | os.PathLike, header: dict[str, Any], like: Any) -> None:
+    """Refuse `path` for the model `like` (or the model of a :class:`TrainState`) when its
+    parameters need more bytes than the checkpoint's payload holds, or when the classes or
+    functions recorded in the header (:func:`model_signature`) differ from `like`'s, naming
+    each difference (``activation lecun_tanh vs relu``)."""
+    model = _model_of(like)
+    need = _array_bytes(model)
+    if need > header["payload_bytes"]:
+        raise CheckpointError(
+            path, f"the model to load into has {need} bytes of parameters, more than the "
+            f"checkpoint's whole payload ({header['payload_bytes']} bytes): it was written for "
+            "a smaller model")
+    saved = header.get("model_signature")
+    if not isinstance(saved, dict):  # written before signatures were recorded
+        return
+    mine = model_signature(model)
+    diff = [p for p in sorted(saved.keys() & mine.keys()) if saved[p] != mine[p]]
+    # A different class at a path makes what lies below it differ too: name only the topmost.
+    top = [f"{p} {saved[p]} vs {mine[p]}" for p in diff
+           if not any(p.startswith((o + ".", o + "[")) for o in diff)]
+    if top:
+        raise CheckpointError(path, "it was written for a different model (checkpoint vs the "
+                              "model to load into): " + "; ".join(top))
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     state: Any,
     header: dict[str, Any],
     *,
     keep: int = 3,
+    name: str | None = None,
 ) -> Path:
     """Atomically write `state` (a pytree, e.g. a :class:`TrainState`) with `header` metadata.
 
@@ -147,6 +223,11 @@ def save_checkpoint(
     - `header`: JSON-serialisable metadata (must contain ``"step"``).
     - `keep`: keep this many newest checkpoints; older ones are removed after the new one is
       complete.
+    - `name`: write ``<name>.ljx`` instead of ``ckpt-<step>.ljx`` (e.g. ``"best"``); such a
+      file is neither listed by :func:`list_checkpoints` nor pruned.
+
+    A failed write (e.g. a full disk) removes its partial temporary file and re-raises; the
+    checkpoints written before are untouched.
 
     **Returns:** the path written. Only process 0 writes in a multi-process run.
 
@@ -156,7 +237,7 @@ def save_checkpoint(
     ```
     """
     d = Path(directory)
-    path = checkpoint_path(d, header["step"])
+    path = checkpoint_path(d, header["step"]) if name is None else d / f"{name}{SUFFIX}"
     host_state = _to_host(state)
     if jax.process_index() != 0:
         return path
@@ -168,6 +249,7 @@ def save_checkpoint(
     full.update(
         payload="arrays",
         wirings=wiring_signature(state),
+        model_signature=model_signature(_model_of(state)),
         format_version=FORMAT_VERSION,
         payload_bytes=len(payload),
         payload_sha256=hashlib.sha256(payload).hexdigest(),
@@ -175,22 +257,24 @@ def save_checkpoint(
     )
     head = json.dumps(full, sort_keys=True).encode()
     tmp = d / f".{path.name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(MAGIC)
-        f.write(struct.pack("<Q", len(head)))
-        f.write(hashlib.sha256(head).digest())
-        f.write(head)
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<Q", len(head)) + hashlib.sha256(head).digest() + head)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no partial file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(d)
-    for old in list_checkpoints(d)[:-keep] if keep > 0 else []:
-        if old != path:
-            old.unlink(missing_ok=True)
-    for name in os.listdir(d):  # temporaries of a killed earlier save
-        if _TMP.match(name) and name != tmp.name:
-            (d / name).unlink(missing_ok=True)
+    if name is None:
+        for old in list_checkpoints(d)[:-keep] if keep > 0 else []:
+            if old != path:
+                old.unlink(missing_ok=True)
+    for other in os.listdir(d):  # temporaries of a killed earlier save
+        if _TMP.match(other) and other != tmp.name:
+            (d / other).unlink(missing_ok=True)
     return path
 
 
@@ -241,6 +325,15 @@ def _check_header(p: Path, header: Any, version: int) -> dict[str, Any]:
            if not isinstance(header.get(k), t) or isinstance(header.get(k), bool)]
     if bad or header["payload_bytes"] < 0 or header["step"] < 0:
         raise CheckpointError(p, "corrupt header: " + (", ".join(bad) or "negative sizes"))
+    config = header.get("model_config")
+    units = config.get("units") if isinstance(config, dict) else None
+    if isinstance(units, int) and units * _MIN_PARAM_BYTES > header["payload_bytes"]:
+        # Checked before any model is built from the header: a crafted size must not make the
+        # reader allocate (or initialise) a huge model first.
+        raise CheckpointError(
+            p, f"corrupt header: its model_config says units={units}, which needs at least "
+            f"{units * _MIN_PARAM_BYTES} bytes of parameters, but the payload holds "
+            f"{header['payload_bytes']}")
     return header
 
 
@@ -283,13 +376,15 @@ def _read_open(p: Path, f, size: int, with_payload: bool) -> tuple[dict[str, Any
     except ValueError as e:
         raise CheckpointError(p, f"corrupt header ({e})") from None
     header = _check_header(p, header, version)
-    payload = f.read() if with_payload else b""
+    want, have = header["payload_bytes"], size - f.tell()
+    if have < want:
+        raise CheckpointError(p, f"truncated payload: expected {want} bytes, the file has {have}")
+    if have > want:
+        raise CheckpointError(
+            p, f"{have - want} unexpected bytes after the payload (the header says {want}): "
+            "something was appended to the file")
+    payload = f.read(want) if with_payload else b""
     if with_payload:
-        want = header["payload_bytes"]
-        if len(payload) != want:
-            raise CheckpointError(
-                p, f"truncated payload: expected {want} bytes, got {len(payload)}"
-            )
         digest = hashlib.sha256(payload).hexdigest()
         if digest != header["payload_sha256"]:
             raise CheckpointError(
@@ -299,16 +394,23 @@ def _read_open(p: Path, f, size: int, with_payload: bool) -> tuple[dict[str, Any
     return header, payload
 
 
-def config_mismatches(saved: dict[str, Any], wanted: dict[str, Any], fields=None) -> list[str]:
-    """``"name: checkpoint has A, requested B"`` for each differing field."""
+def config_mismatches(saved: dict[str, Any], wanted: dict[str, Any], fields=None, *,
+                      style: str = "long") -> list[str]:
+    """``"name: checkpoint has A, requested B"`` for each differing field (``style="short"``:
+    ``"name A vs B"``)."""
     saved = saved if isinstance(saved, dict) else {}  # a malformed header differs everywhere
     names = sorted(set(saved) | set(wanted)) if fields is None else list(fields)
     out = []
     for k in names:
         a, b = saved.get(k), wanted.get(k)
         if json.loads(json.dumps(a)) != json.loads(json.dumps(b)):
-            out.append(f"{k}: checkpoint has {a!r}, requested {b!r}")
+            out.append(f"{k} {_plain(a)} vs {_plain(b)}" if style == "short"
+                       else f"{k}: checkpoint has {a!r}, requested {b!r}")
     return out
+
+
+def _plain(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
 
 
 def load_checkpoint(
@@ -341,6 +443,7 @@ def load_checkpoint(
     ```
     """
     header, payload = _read_or_point_elsewhere(path, with_payload=True)
+    check_model_identity(path, header, like)
     if model_config is not None:
         diff = config_mismatches(header.get("model_config") or {}, model_config)
         if diff:

@@ -53,6 +53,11 @@ class TrainConfig:
     - `max_steps`: stop after this many steps in total (quick runs; the schedule still spans
       `epochs`).
     - `eval_batch_size`: batch size for evaluation (default `batch_size`).
+    - `time_budget`: seconds (``None``: no limit); training stops at the first epoch end past
+      it and says so. The learning-rate schedule still spans `epochs`.
+    - `keep_best`: return (and write as ``checkpoints/best.ljx``) the model of the epoch with
+      the best validation figures — accuracy, then loss, for labels; the loss for real targets
+      — instead of the last one; needs validation data.
 
     **Example:**
     ```python
@@ -76,6 +81,8 @@ class TrainConfig:
     keep_checkpoints: int = config_field(3, **_POSITIVE)
     max_steps: int | None = config_field(None, **_POSITIVE)
     eval_batch_size: int | None = config_field(None, **_POSITIVE)
+    time_budget: float | None = config_field(None, minimum=0.0, min_open=True)
+    keep_best: bool = False
 
     def __post_init__(self):
         check_fields(self)

@@ -4,6 +4,7 @@ file (figures of it: :func:`liquidjax.plot.training_curves`)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import jax
+from tqdm.auto import tqdm
 
 
 class RunDirError(RuntimeError):
@@ -75,6 +77,17 @@ def check_run_dir(out_dir: str | os.PathLike) -> Path:
     return run
 
 
+def _finite(v: Any) -> Any:
+    """`v` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
@@ -109,12 +122,28 @@ class RunLogger:
 
     # ----------------------------------------------------------------------------- records
     def record(self, event: str, **fields: Any) -> None:
-        """Append ``{"event": event, "time": ..., **fields}`` to the JSONL file."""
+        """Append ``{"event": event, "time": ..., **fields}`` to the JSONL file, as one line of
+        valid JSON (a NaN or infinite value is written as ``null``). A failed write (e.g. a full
+        disk) cuts the file back to its last complete line and raises the ``OSError``."""
         if self.path is None or not self.main:
             return
         rec = {"event": event, "time": round(time.time(), 3), **fields}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec, allow_nan=True) + "\n")
+        line = (json.dumps(_finite(rec), allow_nan=False) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+            except BaseException:  # a full disk, an interrupt: no half line is left behind
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
 
     def message(self, text: str) -> None:
         """A line for the user (above the bar if one is shown)."""
@@ -128,8 +157,6 @@ class RunLogger:
     # ----------------------------------------------------------------------------- progress
     def start_epoch(self, epoch: int, epochs: int, total: int, initial: int = 0) -> None:
         if self.progress == "bar":
-            from tqdm.auto import tqdm
-
             # A pseudo-terminal may report a 0×0 size, with which tqdm draws nothing.
             size = shutil.get_terminal_size((100, 24))
             self._bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}",

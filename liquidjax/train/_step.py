@@ -12,6 +12,8 @@ import optax
 from jaxtyping import Array, Float, Int, PyTree, UInt32
 
 from .._checks import literal_choices
+from .._metrics import confusion_matrix, gaussian_nll_terms, split_gaussian
+from ..models import AbstractEnsemble
 from ._config import RegressionLoss
 
 
@@ -71,11 +73,9 @@ class TrainState(eqx.Module):
 
 
 def _forward(model, batch: dict[str, Array], key) -> Array:
-    """The model's outputs for a batch (``jax.vmap`` over its examples); an
-    :class:`~liquidjax.models.Ensemble`'s combined prediction."""
-    from ..models import Ensemble
-
-    if isinstance(model, Ensemble):
+    """The model's outputs for a batch (``jax.vmap`` over its examples); for a model made of
+    members (:class:`~liquidjax.models.AbstractEnsemble`), their combined prediction."""
+    if isinstance(model, AbstractEnsemble):
         return model.combine(_member_forward(model, batch, key), batch.get("mask"))
     x = batch["x"]
     ts = batch.get("timespans")
@@ -131,8 +131,6 @@ def target_terms(
     **Returns:** ``(terms, weights, hits)`` of shape ``(B,)`` or ``(B, L)``; ``hits`` is 0 for
     regression.
     """
-    from ._metrics import gaussian_nll_terms, split_gaussian
-
     y = batch["y"]
     per_step = outputs.ndim == 3
     lead = outputs.shape[:-1]
@@ -175,12 +173,10 @@ def target_terms(
 
 
 def _loss_fn(params, static, batch, key, label_smoothing, regression_loss):
-    from ..models import Ensemble
-
     model = eqx.combine(params, static)
     terms_of = functools.partial(target_terms, batch=batch, label_smoothing=label_smoothing,
                                  regression_loss=regression_loss)
-    if isinstance(model, Ensemble):
+    if isinstance(model, AbstractEnsemble):
         # Each member learns from its own loss: the objective is the sum of the members' losses
         # (each member's gradient is the one it would get alone), not the loss of the averaged
         # prediction, which would train them jointly. The loss recorded is the members' mean;
@@ -311,8 +307,6 @@ def eval_step(model, batch: dict[str, Array], sums: dict[str, Array],
     padding rows): ``loss``, ``correct``, ``count`` and, for real targets, ``sq_err`` and
     ``abs_err`` of the predicted mean; for labels the ``confusion`` matrix. Start from
     :func:`eval_sums`. Returns ``(sums, outputs)``."""
-    from ._metrics import split_gaussian
-
     outputs = _forward(model, batch, None)
     terms, w, hits = target_terms(outputs, batch, regression_loss=regression_loss)
     new = dict(sums)
@@ -321,8 +315,6 @@ def eval_step(model, batch: dict[str, Array], sums: dict[str, Array],
     new["count"] = sums["count"] + jnp.sum(w)
     y = batch["y"]
     if jnp.issubdtype(y.dtype, jnp.integer):
-        from ._metrics import confusion_matrix
-
         new["confusion"] = sums["confusion"] + confusion_matrix(
             jnp.argmax(outputs, -1), y, outputs.shape[-1], w)
     else:

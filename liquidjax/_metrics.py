@@ -1,4 +1,6 @@
-"""Losses and metrics for sequence- and step-level targets, as pure JAX functions.
+"""Losses and metrics for sequence- and step-level targets, as pure JAX functions (below both
+the models, whose ensembles combine predicted variances, and the trainer; re-exported by
+:mod:`liquidjax.train`).
 
 Every function takes an optional boolean (or 0/1 float) ``mask`` that says which targets count:
 for labels it has the labels' shape (``(B,)`` per sequence, ``(B, L)`` per step); for real
