@@ -100,3 +100,120 @@ def test_npz_with_whole_float_labels_is_refused_not_silently_regression(tmp_path
     assert D.TimeSeriesData.load_npz(tmp_path / "i.npz").task == "classification"
     np.savez(tmp_path / "g.npz", x=x, y=np.array([0.5, 1.0, 1.0, 0.0]))
     assert D.TimeSeriesData.load_npz(tmp_path / "g.npz").task == "regression"
+
+
+# ------------------------------------------------------------------------------ the stepper
+
+
+def _stepper_model():
+    import jax
+
+    from liquidjax import LiquidRNN
+    from liquidjax.cells import LTC
+
+    return LiquidRNN(LTC(3, 5, key=jax.random.key(0)))
+
+
+@pytest.mark.parametrize("backend", ["xla", "c"])
+def test_stepper_refuses_bad_dt_and_x_unless_check_false(backend):
+    """What LiquidRNN refuses (dt <= 0, NaN in x) the stepper refuses by default, naming the
+    value and the example; check=False passes them through, as the layer's own step does."""
+    import jax
+
+    from liquidjax import export
+
+    model = _stepper_model()
+    checked = export.stepper(model, backend=backend, batch_shape=(2,))
+    raw = export.stepper(model, backend=backend, batch_shape=(2,), check=False)
+    assert checked.check and not raw.check
+    s0 = checked.initial_state()
+    x = np.array([[0.5, -1.0, 2.0], [1.0, 0.0, -0.5]], np.float32)
+    y, s1 = checked(s0, x, 0.5)
+    y_raw, s1_raw = raw(s0, x, 0.5)
+    np.testing.assert_array_equal(np.asarray(s1), np.asarray(s1_raw))  # the check changes nothing
+    nan_x = x.copy()
+    nan_x[1, 2] = np.nan
+    bad = [((x, np.array([0.5, -1.0], np.float32)), r"dt must be positive and finite, got -1\.0 "
+                                                    r"at example 1"),
+           ((x, 0.0), r"dt must be positive and finite, got 0\.0 at example 0"),
+           ((x, np.inf), "dt must be positive and finite, got inf"),
+           ((nan_x, 0.5), r"x must be finite, got x\[2\] = nan at example 1")]
+    for (xb, dtb), words in bad:
+        with pytest.raises(ValueError, match=words) as e:
+            checked(s1, xb, dtb)
+        assert "\n" not in str(e.value) and "check=False" in str(e.value)
+        _, s_raw = raw(s1, xb, dtb)  # unchecked: what the cell computes from it
+        cell_step = jax.vmap(lambda s, xx, d: model.cell.advance(s, xx, 0.0, d))
+        ref = cell_step(np.asarray(s1), xb, np.broadcast_to(np.float32(dtb), (2,)))
+        np.testing.assert_allclose(np.asarray(s_raw), np.asarray(ref), rtol=1e-4, atol=1e-5)
+    assert np.isnan(np.asarray(raw(s1, nan_x, 0.5)[1])[1]).all()  # one NaN poisons the state
+    assert np.isfinite(np.asarray(checked(s1, x, 0.5)[1])).all()  # the checked one goes on
+
+
+def test_generated_c_returns_an_error_code_and_writes_nothing_on_bad_input(tmp_path):
+    """The C export's <name>_step checks x and dt (bit tests, so -ffast-math keeps them) and
+    returns <NAME>_BAD_DT / <NAME>_BAD_X without writing; <name>_step_unchecked does not."""
+    import shutil
+    import subprocess
+
+    from liquidjax import export
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    export.to_c(_stepper_model(), tmp_path / "c", name="pol")
+    main = r"""
+#include <math.h>
+#include <stdio.h>
+#include "pol.h"
+int main(void) {
+    float s[POL_STATE_SIZE], out[POL_OUTPUT_SIZE], x[POL_INPUT_SIZE] = {0.5f, -1.0f, 2.0f};
+    float good = 0.5f, neg = -0.5f, s0;
+    pol_init_state(s);
+    s[0] = 0.25f; s0 = s[0]; out[0] = 7.0f;
+    int a = pol_step(s, x, &neg, out, s);
+    int unchanged = s[0] == s0 && out[0] == 7.0f;
+    x[1] = NAN;
+    int b = pol_step(s, x, &good, out, s);
+    unchanged = unchanged && s[0] == s0 && out[0] == 7.0f;
+    x[1] = 1.0f / 0.0f;
+    int c = pol_step(s, x, &good, out, s);
+    x[1] = -1.0f;
+    int d = pol_step(s, x, &good, out, s);
+    printf("%d %d %d %d %d %d %d\n", a == POL_BAD_DT, b == POL_BAD_X, c == POL_BAD_X,
+           d == POL_OK, unchanged, s[0] != s0, POL_OK == 0);
+    return 0;
+}
+"""
+    (tmp_path / "c" / "main.c").write_text(main)
+    for flags in (["-O2"], ["-O2", "-ffast-math"]):
+        exe = tmp_path / "a.out"
+        subprocess.run([cc, "-std=c99", *flags, str(tmp_path / "c" / "main.c"),
+                        str(tmp_path / "c" / "pol.c"), "-o", str(exe), "-lm"], check=True)
+        assert subprocess.run([str(exe)], capture_output=True, text=True,
+                              check=True).stdout.split() == ["1"] * 7, flags
+
+
+@pytest.mark.parametrize("export_name", ["to_c", "to_stablehlo", "to_onnx"])
+def test_a_failed_export_leaves_no_folder_behind(tmp_path, export_name, monkeypatch):
+    from liquidjax import export
+
+    if export_name == "to_onnx":
+        pytest.importorskip("jax2onnx")
+    model = _stepper_model()
+    target = tmp_path / "new" / "deeper"
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pathlib.Path.write_text", fail)
+    monkeypatch.setattr("pathlib.Path.write_bytes", fail)
+    if export_name == "to_onnx":
+        monkeypatch.setattr("liquidjax.export._onnx._drop_unused_initializers", fail)
+    with pytest.raises(OSError, match="No space left"):
+        getattr(export, export_name)(model, target)
+    assert list(tmp_path.iterdir()) == []  # both folders it created are gone
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        getattr(export, export_name)(model, tmp_path / "kept")
+    assert (tmp_path / "kept").is_dir()  # a folder that was there stays

@@ -16,6 +16,7 @@ from ._step import (
     _batched,
     _check_batch_shape,
     _manifest,
+    _output_folder,
     _plan,
     _signature,
     _step_specs,
@@ -87,23 +88,23 @@ def to_c(
     plan = _plan(model, "to_c")
     fn, _ = _c_step(plan, bs, name)
     header, source = _c_files(plan, bs, fn, name)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {f"{name}.h": header, f"{name}.c": source}
-    for fname, text in files.items():
-        (out / fname).write_text(text)
-    functions = {"step": {"files": list(files), "symbol": f"{name}_step",
-                          "init_state_symbol": f"{name}_init_state",
-                          "scratch_bytes": fn.scratch_bytes,
-                          "constant_bytes": fn.constant_bytes, **_signature(plan, bs)}}
-    manifest = _manifest(plan, "liquidjax.c", bs, functions)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    with _output_folder(path) as out:
+        files = {f"{name}.h": header, f"{name}.c": source}
+        for fname, text in files.items():
+            (out / fname).write_text(text)
+        functions = {"step": {"files": list(files), "symbol": f"{name}_step",
+                              "init_state_symbol": f"{name}_init_state",
+                              "scratch_bytes": fn.scratch_bytes,
+                              "constant_bytes": fn.constant_bytes, **_signature(plan, bs)}}
+        manifest = _manifest(plan, "liquidjax.c", bs, functions)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return manifest
 
 
 def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
             name: str) -> tuple[_cgen.CFunction, bool]:
-    """The step translated to C, ``<name>_step(state, x, dt, output, new_state)``, and whether
+    """The step translated to C, ``<name>_step_unchecked(state, x, dt, output, new_state)``
+    (:func:`liquidjax._cbuild.files` adds the checking ``<name>_step``), and whether
     its output is its new state (a cell without readout)."""
     from .. import _cgen
 
@@ -111,7 +112,7 @@ def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
     folded = _folded(_batched(plan.fn, batch_shape), specs, distinct=False, merge_dots=True)
     closed = jax.make_jaxpr(folded)(*specs)
     try:
-        fn = _cgen.translate(closed, f"{name}_step", ("state", "x", "dt"),
+        fn = _cgen.translate(closed, f"{name}_step_unchecked", ("state", "x", "dt"),
                              ("output", "new_state"))
     except _cgen.Unsupported as e:
         what = "; ".join(f"{p} ({_NO_ONNX[p]})" if p in _NO_ONNX else p for p in e.primitives)
