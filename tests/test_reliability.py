@@ -217,3 +217,68 @@ def test_a_failed_export_leaves_no_folder_behind(tmp_path, export_name, monkeypa
     with pytest.raises(OSError, match="No space left"):
         getattr(export, export_name)(model, tmp_path / "kept")
     assert (tmp_path / "kept").is_dir()  # a folder that was there stays
+
+
+# ------------------------------------------------------------------------------ solver advice
+
+
+def _adaptive_ltc(max_steps):
+    import diffrax
+    import jax
+
+    from liquidjax.cells import LTC
+
+    return LTC(2, 3, key=jax.random.key(0)).with_solver(
+        diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(rtol=1e-4, atol=1e-6),
+        max_steps=max_steps)
+
+
+def test_a_solve_that_rejects_every_step_on_non_finite_values_says_so():
+    """A first step that overflows (an interval of 1e37 in float32) makes the PID controller's
+    next step NaN: every step is rejected whatever max_steps is. The error says so, instead of
+    diffrax's "Try increasing max_steps"; solver_trace returns the steps instead of raising."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from liquidjax import LiquidRNN
+    from liquidjax.inspect import solver_trace
+
+    cell = _adaptive_ltc(200)
+    x, dts = jnp.ones((2, 2)), jnp.array([1.0, 1e37])
+    with pytest.raises(eqx.EquinoxRuntimeError) as e:
+        LiquidRNN(cell)(x, dts)
+    msg = str(e.value)
+    assert "rejected all of its max_steps=200 steps" in msg and "non-finite" in msg
+    assert "more ode_unfolds" in msg and "dtmax" in msg and "Kvaerno5" in msg
+    assert "Try increasing `max_steps`" not in msg
+    trace = solver_trace(cell, x, dts)
+    np.testing.assert_array_equal(trace.succeeded, [True, False])
+    assert int(trace.num_accepted[0]) > 0 and int(trace.num_rejected[1]) == 200
+    assert int(trace.num_accepted[1]) == 0 and np.isinf(np.asarray(trace.ts[1])).all()
+    np.testing.assert_array_equal(trace.states[1], trace.states[0])  # the last state reached
+    # a plain budget overrun (too few steps for the accuracy) keeps diffrax's own advice
+    with pytest.raises(eqx.EquinoxRuntimeError, match="Try increasing `max_steps`"):
+        LiquidRNN(_adaptive_ltc(3))(jnp.ones((1, 2)), jnp.array([50.0]))
+
+
+def test_constant_steps_beyond_max_steps_are_refused_when_the_integrator_is_built():
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    from liquidjax import LiquidRNN
+    from liquidjax.cells import LTC
+    from liquidjax.solvers import Integrator
+
+    with pytest.raises(ValueError, match=r"ode_unfolds=10 constant steps per interval exceed "
+                                         r"max_steps=5"):
+        Integrator(diffrax.Euler(), ode_unfolds=10, max_steps=5)
+    cell = LTC(2, 3, key=jax.random.key(0), solver=diffrax.Euler())
+    with pytest.raises(ValueError, match=r"ode_unfolds=6 .* max_steps=4"):
+        cell.with_solver(max_steps=4)
+    assert cell.with_solver(max_steps=6).max_steps == 6  # exactly enough is fine
+    # with continuous inputs the budget covers the whole sequence: checked when traced
+    rnn = LiquidRNN(cell.with_solver(max_steps=10), interpolation="linear")
+    with pytest.raises(ValueError, match=r"3 x ode_unfolds=6 = 18 constant steps, more than "
+                                         r"max_steps=10"):
+        rnn(jnp.ones((3, 2)))
