@@ -94,8 +94,8 @@ int {name}_step(const {ct} *state, const {ct} *x, const {ct} *dt, {ct} *output,
 
 #endif
 """
-    bits, width, mask = (("uint32_t", 32, "0x7f800000u") if ct == "float"
-                         else ("uint64_t", 64, "0x7ff0000000000000u"))
+    bits, mask = (("uint32_t", "0x7f800000u") if ct == "float"
+                  else ("uint64_t", "0x7ff0000000000000u"))
     items = [_cgen.literal(v, dtype) for v in init]
     rows = ",\n    ".join(", ".join(items[k:k + 8]) for k in range(0, len(items), 8))
     source = f"""\

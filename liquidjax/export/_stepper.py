@@ -88,6 +88,7 @@ class _StepperBase:
         x = np.asarray(x, np.float64).reshape(-1, self.input_size)
         dt = np.broadcast_to(np.asarray(dt, np.float64), self.batch_shape).reshape(-1)
         bad_dt = ~(np.isfinite(dt) & (dt > 0))
+
         def where(i: int) -> str:
             at = [int(k) for k in np.unravel_index(i, self.batch_shape)]
             return "" if not at else f" at example {at[0] if len(at) == 1 else tuple(at)}"
