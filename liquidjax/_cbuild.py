@@ -30,12 +30,14 @@ def check_name(name: Any) -> str:
 def files(fn: _cgen.CFunction, *, name: str, model: str, dtype: np.dtype,
           batch_shape: tuple[int, ...], input_size: int, output_size: int,
           init: np.ndarray) -> tuple[str, str]:
-    """``<name>.h`` and ``<name>.c`` around ``fn`` (``<name>_step(state, x, dt, output,
-    new_state)``), with ``<name>_init_state(state)`` writing ``init`` to every example."""
+    """``<name>.h`` and ``<name>.c`` around ``fn`` (``<name>_step_unchecked(state, x, dt,
+    output, new_state)``): ``<name>_step``, which checks ``x`` and ``dt`` first and returns an
+    error code, and ``<name>_init_state(state)`` writing ``init`` to every example."""
     from ._version import __version__
 
     ct = _cgen.ctype(dtype)
     upper = name.upper()
+    pad = " " * len(f"int {name}_step(")
     batch = int(np.prod(batch_shape, dtype=np.int64))
     bs_text = " x ".join(map(str, batch_shape)) if batch_shape else "none"
     header = f"""\
@@ -46,10 +48,15 @@ def files(fn: _cgen.CFunction, *, name: str, model: str, dtype: np.dtype,
  * with the observation x held, and writes the model's output after the step:
  *
  *   state      [{upper}_BATCH * {upper}_STATE_SIZE]   from {name}_init_state or the last step
- *   x          [{upper}_BATCH * {upper}_INPUT_SIZE]
- *   dt         [{upper}_BATCH]                      elapsed time, > 0 (one per example)
+ *   x          [{upper}_BATCH * {upper}_INPUT_SIZE]   finite
+ *   dt         [{upper}_BATCH]                      elapsed time, > 0 and finite (one per example)
  *   output     [{upper}_BATCH * {upper}_OUTPUT_SIZE]
  *   new_state  [{upper}_BATCH * {upper}_STATE_SIZE]   may be `state` itself (in place)
+ *
+ * It first checks x and dt (a bit test, valid under -ffast-math too): on a non-finite x it
+ * returns {upper}_BAD_X, on a dt not positive or not finite {upper}_BAD_DT, without writing
+ * output or new_state (the state stays the last good one); otherwise it steps and returns
+ * {upper}_OK. {name}_step_unchecked steps without checking (NaN in, NaN state for good).
  *
  * Arrays are row-major with the batch dimensions ({bs_text}) first. The weights are static
  * constants ({fn.constant_bytes} bytes); the scratch memory is static
@@ -67,10 +74,18 @@ extern "C" {{
 #define {upper}_INPUT_SIZE {input_size}
 #define {upper}_OUTPUT_SIZE {output_size}
 
+#define {upper}_OK 0
+#define {upper}_BAD_DT 1
+#define {upper}_BAD_X 2
+
 /* Write the initial state (zeros for every liquidjax cell). */
 void {name}_init_state({ct} *state);
 
-/* One step; see above. */
+/* One step after checking x and dt; returns {upper}_OK, {upper}_BAD_DT or {upper}_BAD_X. */
+int {name}_step(const {ct} *state, const {ct} *x, const {ct} *dt, {ct} *output,
+{pad}{ct} *new_state);
+
+/* One step, unchecked; see above. */
 {fn.prototype};
 
 #ifdef __cplusplus
@@ -79,6 +94,8 @@ void {name}_init_state({ct} *state);
 
 #endif
 """
+    bits, mask = (("uint32_t", "0x7f800000u") if ct == "float"
+                  else ("uint64_t", "0x7ff0000000000000u"))
     items = [_cgen.literal(v, dtype) for v in init]
     rows = ",\n    ".join(", ".join(items[k:k + 8]) for k in range(0, len(items), 8))
     source = f"""\
@@ -93,6 +110,31 @@ void {name}_init_state({ct} *state);
 static const {ct} {name}_initial[{init.size}] = {{
     {rows}
 }};
+
+/* Whether v is finite, from its bits: a comparison would be folded away under -ffast-math. */
+static int {name}_finite({ct} v)
+{{
+    union {{ {ct} f; {bits} u; }} b;
+    b.f = v;
+    return (b.u & {mask}) != {mask};
+}}
+
+int {name}_step(const {ct} *state, const {ct} *x, const {ct} *dt, {ct} *output,
+{pad}{ct} *new_state)
+{{
+    for (int b = 0; b < {upper}_BATCH; ++b) {{
+        if (!{name}_finite(dt[b]) || !(dt[b] > 0)) {{
+            return {upper}_BAD_DT;
+        }}
+    }}
+    for (int i = 0; i < {upper}_BATCH * {upper}_INPUT_SIZE; ++i) {{
+        if (!{name}_finite(x[i])) {{
+            return {upper}_BAD_X;
+        }}
+    }}
+    {name}_step_unchecked(state, x, dt, output, new_state);
+    return {upper}_OK;
+}}
 
 void {name}_init_state({ct} *state)
 {{
@@ -177,8 +219,12 @@ BINDER = "lj_bind"
 CALL = "lj_call"
 
 
-def glue(name: str, ct: str) -> str:
-    """Entry points for ctypes: the buffers' addresses are bound once, a call takes none."""
+def glue(name: str, ct: str, check: bool = True) -> str:
+    """Entry points for ctypes: the buffers' addresses are bound once, a call takes none; the
+    call returns ``<name>_step``'s code (``check``) or 0 (``<name>_step_unchecked``)."""
+    call = (f"return {name}_step(lj_state, lj_x, lj_dt, lj_output, lj_new_state);" if check
+            else f"{name}_step_unchecked(lj_state, lj_x, lj_dt, lj_output, lj_new_state);\n"
+                 "    return 0;")
     return f"""
 static const {ct} *lj_state, *lj_x, *lj_dt;
 static {ct} *lj_output, *lj_new_state;
@@ -192,8 +238,8 @@ void {BINDER}({ct} *state, {ct} *x, {ct} *dt, {ct} *output)
     lj_new_state = state;
 }}
 
-void {CALL}(void)
+int {CALL}(void)
 {{
-    {name}_step(lj_state, lj_x, lj_dt, lj_output, lj_new_state);
+    {call}
 }}
 """

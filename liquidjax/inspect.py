@@ -153,7 +153,11 @@ class SolverTrace(NamedTuple):
     - `num_accepted`: ``(L,)`` accepted steps per interval.
     - `num_rejected`: ``(L,)`` rejected steps per interval (adaptive controllers only).
     - `observation_times`: ``(L,)`` the times ``T_k``.
-    - `states`: ``(L, state_size)`` the state at every ``T_k``.
+    - `states`: ``(L, state_size)`` the state at every ``T_k`` (for a failed interval: the
+      last state reached).
+    - `succeeded`: ``(L,)`` whether the interval's solve succeeded (``False``: e.g. it ran out
+      of `max_steps`, or rejected every step on non-finite values — ``num_accepted`` 0 and
+      ``num_rejected`` ``max_steps``).
     """
 
     ts: Float[Array, "time max_steps"]
@@ -162,6 +166,7 @@ class SolverTrace(NamedTuple):
     num_rejected: Int[Array, " time"]
     observation_times: Float[Array, " time"]
     states: Float[Array, "time state"]
+    succeeded: Bool[Array, " time"]
 
 
 def solver_trace(
@@ -189,7 +194,9 @@ def solver_trace(
     - `max_steps`: step budget per interval, and the padded length of the outputs (default:
       the cell's ``max_steps``; memory grows as ``L × max_steps × state_size``).
 
-    **Returns:** a [`SolverTrace`][liquidjax.inspect.SolverTrace].
+    **Returns:** a [`SolverTrace`][liquidjax.inspect.SolverTrace]. A failed solve does not
+    raise here (as it does in the layer): its interval is marked ``succeeded=False`` with the
+    steps it accepted and rejected, so that the trace shows where and how a solve fails.
 
     **Example:**
     ```python
@@ -219,16 +226,18 @@ def solver_trace(
 
     def step(h, inp):
         xk, t0, t1 = inp
-        sol = solve(cell, h, xk, t0, t1, saveat=diffrax.SaveAt(steps=True))
+        sol = solve(cell, h, xk, t0, t1, saveat=diffrax.SaveAt(steps=True), throw=False)
         ts = sol.ts
         n = sol.stats["num_accepted_steps"]
-        h1 = jax.tree_util.tree_map(lambda a: a[jnp.maximum(n - 1, 0)], sol.ys)
+        last = jax.tree_util.tree_map(lambda a: a[jnp.maximum(n - 1, 0)], sol.ys)
+        h1 = jax.tree_util.tree_map(lambda a, b: jnp.where(n > 0, a, b), last, h)
         prev = jnp.concatenate([t0[None], ts[:-1]])
         sizes = jnp.where(jnp.isfinite(ts), ts - prev, jnp.nan)
-        return h1, (ts, sizes, n, sol.stats["num_rejected_steps"], h1)
+        ok = diffrax.is_successful(sol.result)
+        return h1, (ts, sizes, n, sol.stats["num_rejected_steps"], h1, ok)
 
-    _, (ts, sizes, n_acc, n_rej, hs) = jax.lax.scan(step, y0, (x, t_start, t_end))
-    return SolverTrace(ts, sizes, n_acc, n_rej, t_end, hs)
+    _, (ts, sizes, n_acc, n_rej, hs, ok) = jax.lax.scan(step, y0, (x, t_start, t_end))
+    return SolverTrace(ts, sizes, n_acc, n_rej, t_end, hs, ok)
 
 
 def confusion_matrix(

@@ -294,6 +294,13 @@ class Integrator(eqx.Module):
                 f"(e.g. diffrax.Tsit5(), diffrax.Kvaerno5()); {type(self.solver).__name__} "
                 "has none: use constant steps (diffrax.ConstantStepSize())"
             )
+        if (isinstance(self.stepsize_controller, diffrax.ConstantStepSize)
+                and self.ode_unfolds > self.max_steps):
+            raise ValueError(
+                f"ode_unfolds={self.ode_unfolds} constant steps per interval exceed "
+                f"max_steps={self.max_steps}, the step budget of a solve: every solve would "
+                f"fail; raise max_steps to at least {self.ode_unfolds} or lower ode_unfolds"
+            )
 
     @property
     def is_adaptive(self) -> bool:
@@ -328,6 +335,7 @@ def solve(
     saveat: diffrax.SaveAt | None = None,
     observation_times: Any = None,
     term: diffrax.AbstractTerm | None = None,
+    throw: bool = True,
 ) -> diffrax.Solution:
     """Integrate an ODE cell from ``t0`` to ``t1`` with its :class:`Integrator` — the single
     ``diffrax.diffeqsolve`` set-up of the library.
@@ -346,6 +354,12 @@ def solve(
       a state saved at ``T_k`` never depends on later inputs.
     - `term`: the diffrax term to integrate (default the cell's own ODE, :func:`make_term`;
       a controlled differential equation passes :func:`make_control_term`).
+    - `throw`: raise (``eqx.error_if``) when the solve fails; ``False`` returns the solution
+      with its ``result`` (as ``diffrax.diffeqsolve(..., throw=False)``).
+
+    A failed solve raises diffrax's own message, except an adaptive solve that rejected every
+    step: its step-size controller met non-finite values (see :func:`_all_rejected`) and the
+    message says so, since diffrax's advice (a larger ``max_steps``) cannot help there.
 
     Constant steps on one interval take ``ode_unfolds`` steps of ``(t1 − t0) / ode_unfolds``; an
     adaptive controller starts from that step size. Implicit solvers with constant steps get
@@ -368,6 +382,14 @@ def solve(
         knots = jnp.asarray(observation_times, dtype)
         spans = knots[1:] - knots[:-1]
         if isinstance(controller, diffrax.ConstantStepSize):
+            if spans.shape[0] * unfolds > integ.max_steps:
+                raise ValueError(
+                    f"a continuous-input solve over {spans.shape[0]} observations takes "
+                    f"{spans.shape[0]} x ode_unfolds={unfolds} = {spans.shape[0] * unfolds} "
+                    f"constant steps, more than max_steps={integ.max_steps} (the budget of the "
+                    f"whole sequence here): raise max_steps to at least "
+                    f"{spans.shape[0] * unfolds}"
+                )
             frac = jnp.arange(unfolds, dtype=dtype) / unfolds
             grid = (knots[:-1, None] + frac[None, :] * spans[:, None]).reshape(-1)
             grid = jnp.concatenate([grid, knots[-1:]])  # ends at t1 = T_L
@@ -388,10 +410,52 @@ def solve(
                 "stepsize_controller": diffrax.ConstantStepSize(),
             })
     solver = with_root_finder_tols(integ.solver, controller, dtype)
-    return diffrax.diffeqsolve(
+    sol = diffrax.diffeqsolve(
         make_term(cell) if term is None else term, solver, t0, t1, dt0, y0, x,
         saveat=saveat, stepsize_controller=controller, adjoint=adjoint,
-        max_steps=integ.max_steps,
+        max_steps=integ.max_steps, throw=False,
+    )
+    if not throw:
+        return sol
+    advice = _all_rejected(integ, controller)
+    if advice is not None:
+        rejected_all = ((sol.result == diffrax.RESULTS.max_steps_reached)
+                        & (sol.stats["num_accepted_steps"] == 0))
+        sol = eqx.error_if(sol, rejected_all, advice)
+    # What diffeqsolve(throw=True) does (the adjoints ignore `throw`).
+    return sol.result.error_if(sol, jnp.invert(diffrax.is_okay(sol.result)))
+
+
+def _all_rejected(integ: Integrator, controller: Any) -> str | None:
+    """The message for an adaptive solve that rejected all of its ``max_steps`` steps, when that
+    can only mean non-finite values; ``None`` when it could be plain accuracy (too few steps).
+
+    A rejected step shrinks the next one by at least the PID controller's ``safety`` factor
+    (0.9): ``max_steps`` rejections in a row on finite errors would shrink the first step below
+    a millionth of itself, where an error estimate is tiny. So when ``safety ** max_steps <
+    1e-6`` an all-rejected solve met NaN or inf — the first step overflowed (the controller's
+    next step size is then NaN and every later step is rejected too), or the vector field is
+    not finite at the initial state — and a larger ``max_steps`` fails the same way."""
+    inner = controller
+    while isinstance(inner, diffrax.ClipStepSizeController):
+        inner = inner.controller
+    if not isinstance(inner, diffrax.PIDController):
+        return None
+    safety = float(inner.safety)
+    if not 0 < safety < 1 or safety ** integ.max_steps >= 1e-6:
+        return None
+    remedies = [f"more ode_unfolds (the first step is the interval / ode_unfolds, now "
+                f"{integ.ode_unfolds})", "PIDController(dtmax=...) to bound every step"]
+    if not isinstance(integ.solver, diffrax.AbstractImplicitSolver):
+        remedies.append("an implicit solver for a stiff cell (diffrax.Kvaerno5(), in float64)")
+    return (
+        f"the adaptive solve rejected all of its max_steps={integ.max_steps} steps, from the "
+        "first: the solver met non-finite values (NaN or inf: its first step overflowed, or the "
+        "vector field is not finite at the state and input), from which the step-size "
+        "controller cannot recover, so a larger max_steps fails the same way. Take a smaller "
+        f"first step: {'; '.join(remedies)}; or look for huge inputs or states. "
+        "liquidjax.inspect.solver_trace(cell, x, timespans) returns the solve's steps without "
+        "raising"
     )
 
 

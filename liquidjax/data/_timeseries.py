@@ -259,6 +259,11 @@ class TimeSeriesData:
         kw = {k: arrays[k] for k in ("times", "timespans", "lengths", "y_mask") if k in arrays}
         if "task" in arrays:
             kw["task"] = str(arrays["task"])
+        elif _whole_floats(arrays["y"]):  # 0.0/1.0: class labels or real targets? Not a guess.
+            raise DatasetFormatError(str(path), "y holds floats that are all whole numbers "
+                                                f"({np.unique(arrays['y'])[:4].tolist()}...): "
+                                                "store class labels as integers, or add an array "
+                                                "task='regression' to the file")
         if "num_classes" in arrays and int(arrays["num_classes"]) > 0:
             kw["num_classes"] = int(arrays["num_classes"])
         try:
@@ -691,3 +696,9 @@ def make_time_series_task(
         fit_part, val, test = (
             dataclasses.replace(d, timespans=d.timespans / scale) for d in (fit_part, val, test))
     return TimeSeriesTask(fit_part, val, test, norm, missing, scale, patch_length)
+
+
+def _whole_floats(y: np.ndarray) -> bool:
+    """Whether ``y`` is a float array of whole numbers only (the task it encodes is ambiguous)."""
+    return (np.issubdtype(y.dtype, np.floating) and y.size > 0 and bool(np.isfinite(y).all())
+            and bool((y == np.round(y)).all()))

@@ -21,6 +21,15 @@ regression). With ``@timeStamps true`` each value is written ``(time,value)`` (a
 date/time read in seconds); the union of every channel's times becomes the example's time axis, NaN
 where a channel has no value at a time, and the first observation's timespan is the example's median
 gap. Unequal lengths are padded with NaN after each example's end.
+
+What the reader refuses, naming the file and line: a value, time stamp or regression target whose
+magnitude exceeds :data:`MAX_ABS_VALUE` (``1e20``; ``inf`` included) — the arrays are float32,
+whose range ends at 3.4e38 and whose squares (a variance) overflow above 1.8e19, so such a number
+is a sentinel or a corrupt field, never a measurement (write ``?`` for a missing value); and a
+header that contradicts itself or the data: ``@classLabel true`` with ``@targetLabel true``, a
+tag declared twice, a class listed twice, ``@univariate true`` with ``@dimensions`` above 1,
+``@equalLength true`` (or ``@seriesLength N``) with an example or a channel of another length,
+``@missing false`` with a missing value.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from ._timeseries import MissingMode, TimeSeriesData, TimeSeriesTask, make_time_
 
 _BOOL = {"true": True, "false": False}
 _STAMP = re.compile(r"\(\s*([^,()]+?)\s*,\s*([^()]*?)\s*\)")
+MAX_ABS_VALUE = 1e20
+"""The largest magnitude a ``.ts`` value, time stamp or regression target may have."""
 _KNOWN_TAGS = ("problemname", "timestamps", "missing", "univariate", "dimensions",
                "dimension", "equallength", "serieslength", "classlabel", "targetlabel", "data")
 
@@ -53,10 +64,23 @@ def _values(text: str, where: str) -> np.ndarray:
         return np.zeros(0)
     tokens = [t.strip() for t in text.split(",")]
     try:
-        return np.array([np.nan if t in ("?", "", "NaN", "nan") else float(t) for t in tokens])
+        values = np.array([np.nan if t in ("?", "", "NaN", "nan") else float(t) for t in tokens])
     except ValueError:
         bad = next(t for t in tokens if not _is_float(t))
         raise DatasetFormatError(where, f"not a number: {bad!r}") from None
+    _check_magnitude(values, tokens, where, "value")
+    return values
+
+
+def _check_magnitude(values: np.ndarray, tokens, where: str, what: str) -> None:
+    """Refuse a number beyond :data:`MAX_ABS_VALUE` (before any cast to float32)."""
+    big = np.abs(values) > MAX_ABS_VALUE  # NaN compares False: missing values pass
+    if big.any():
+        k = int(np.argmax(big))
+        raise DatasetFormatError(
+            where, f"{what} {tokens[k]!r} has a magnitude above {MAX_ABS_VALUE:g}, the largest "
+                   "read (float32 data and its squares overflow near it): a sentinel or a corrupt "
+                   "field? Write ? for a missing value")
 
 
 def _is_float(t: str) -> bool:
@@ -86,6 +110,7 @@ def _stamped(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     except ValueError:
         raise DatasetFormatError(where, "time stamps must be numbers or ISO dates "
                                         f"(YYYY-MM-DD[ hh:mm:ss]), got {pairs[0][0]!r}") from None
+    _check_magnitude(t, [a for a, _ in pairs], where, "time stamp")
     v = _values(",".join(b for _, b in pairs), where)
     return t, v
 
@@ -103,6 +128,19 @@ def _split_fields(line: str) -> list[str]:
             start = i + 1
     fields.append(line[start:])
     return fields
+
+
+def _check_header(where, labels, regression, univariate, dims, seen) -> None:
+    """Refuse a header that contradicts itself (at its ``@data`` line)."""
+    if labels is not None and regression:
+        raise DatasetFormatError(where, f"the header declares both @classLabel true (line "
+                                        f"{seen['classlabel']}) and @targetLabel true (line "
+                                        f"{seen['targetlabel']}): a file is classification or "
+                                        "regression; set the other false")
+    if univariate and dims is not None and dims != 1:
+        raise DatasetFormatError(where, f"the header declares @univariate true (line "
+                                        f"{seen['univariate']}) and @dimensions {dims} (line "
+                                        f"{seen['dimensions']}): write @univariate false")
 
 
 def read_ts(
@@ -125,7 +163,9 @@ def read_ts(
 
     **Raises:** :class:`~liquidjax.data.DatasetFormatError` naming the file and line of the
     first problem (unknown or malformed header, wrong number of channels, a label that the
-    header does not declare, a value that is not a number, a file without ``@data``).
+    header does not declare, a value that is not a number or whose magnitude exceeds
+    :data:`MAX_ABS_VALUE`, a header that contradicts itself or the data — see the module's
+    docs —, a file without ``@data``).
 
     Example:
         >>> train = read_ts("data/BasicMotions/BasicMotions_TRAIN.ts")  # doctest: +SKIP
@@ -144,6 +184,11 @@ def read_ts(
     regression = False
     label_declared = False
     in_data = False
+    seen: dict[str, int] = {}  # header tag -> its line
+    univariate: bool | None = None
+    missing: bool | None = None
+    equal_length: bool | None = None
+    series_length: int | None = None
     rows: list[tuple[list, str, int]] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -161,32 +206,50 @@ def read_ts(
                                                 "@problemName, @timeStamps, @missing, "
                                                 "@univariate, @dimensions, @equalLength, "
                                                 "@seriesLength, @classLabel, @targetLabel, @data")
+            key = "dimensions" if low == "dimension" else low
+            if key in seen:
+                raise DatasetFormatError(where, f"@{tag} is declared twice (first on line "
+                                                f"{seen[key]}): keep one")
+            seen[key] = lineno
             if low == "problemname" and words:
                 name = words[0]
             elif low == "timestamps":
                 timestamps = _bool(where, lineno, tag, words)
-            elif low in ("dimensions", "dimension"):
+            elif key == "dimensions":
                 if len(words) != 1 or not words[0].isdigit() or int(words[0]) < 1:
                     raise DatasetFormatError(where, f"@{tag} needs a positive integer, got "
                                                     f"{' '.join(words)!r}")
                 dims = int(words[0])
+            elif low == "serieslength":
+                if len(words) != 1 or not words[0].isdigit() or int(words[0]) < 1:
+                    raise DatasetFormatError(where, f"@{tag} needs a positive integer, got "
+                                                    f"{' '.join(words)!r}")
+                series_length = int(words[0])
             elif low == "univariate":
-                if _bool(where, lineno, tag, words) and dims is None:
-                    dims = 1
-            elif low in ("missing", "equallength"):
-                _bool(where, lineno, tag, words)
+                univariate = _bool(where, lineno, tag, words)
+            elif low == "missing":
+                missing = _bool(where, lineno, tag, words)
+            elif low == "equallength":
+                equal_length = _bool(where, lineno, tag, words)
             elif low == "classlabel":
                 if _bool(where, lineno, tag, words):
                     if len(words) < 3:
                         raise DatasetFormatError(where, "@classLabel true needs the class labels "
                                                         "(at least two) after it")
                     labels = words[1:]
+                    twice = sorted({c for c in labels if labels.count(c) > 1})
+                    if twice:
+                        raise DatasetFormatError(where, f"@classLabel lists {twice} more than "
+                                                        "once: each class once")
                 label_declared = True
             elif low == "targetlabel":
                 regression = _bool(where, lineno, tag, words)
                 label_declared = True
             elif low == "data":
                 in_data = True
+                _check_header(where, labels, regression, univariate, dims, seen)
+                if univariate and dims is None:
+                    dims = 1
             continue
         fields = _split_fields(line) if timestamps else line.split(":")
         if line.endswith(":") and (labels or regression):
@@ -207,6 +270,22 @@ def read_ts(
             parsed = [_stamped(c, where) for c in chans]
         else:
             parsed = [_values(c, where) for c in chans]
+        values = [v for _, v in parsed] if timestamps else parsed
+        if missing is False and any(np.isnan(v).any() for v in values):
+            raise DatasetFormatError(where, f"a missing value (? or NaN) but the header says "
+                                            f"@missing false (line {seen['missing']}): write "
+                                            "@missing true")
+        if equal_length and not timestamps:
+            want = series_length if series_length is not None else (
+                len(rows[0][0][0]) if rows else len(values[0]))
+            odd = [len(v) for v in values if len(v) != want]
+            if odd:
+                said = (f"@seriesLength {series_length} (line {seen['serieslength']})"
+                        if series_length is not None else "the first example's length")
+                raise DatasetFormatError(where, f"a channel of {odd[0]} value(s), but "
+                                                f"@equalLength true (line {seen['equallength']})"
+                                                f" and {said} say {want}: write @equalLength "
+                                                "false, or fix the row")
         rows.append((parsed, label, lineno))
     if not in_data:
         raise DatasetFormatError(str(path), "no @data line: not a .ts file")
@@ -254,11 +333,15 @@ def read_ts(
         timespans = np.ones((n, length), np.float32)
     if regression:
         try:
-            y = np.array([float(lab) for _, lab, _ in rows], np.float32)
+            y64 = np.array([float(lab) for _, lab, _ in rows], np.float64)
         except ValueError:
             i = next(i for i, (_, lab, _) in enumerate(rows) if not _is_float(lab))
             raise DatasetFormatError(f"{path}:{rows[i][2]}", f"regression target "
                                                              f"{rows[i][1]!r} is not a number")
+        for _, lab, lineno in rows:  # before the cast to float32
+            _check_magnitude(np.array([float(lab)]), [lab], f"{path}:{lineno}",
+                             "regression target")
+        y = y64.astype(np.float32)
         bad = ~np.isfinite(y)
         if bad.any():
             raise DatasetFormatError(f"{path}:{rows[int(np.argmax(bad))][2]}",

@@ -16,6 +16,7 @@ from ._step import (
     _batched,
     _check_batch_shape,
     _manifest,
+    _output_folder,
     _plan,
     _signature,
     _step_specs,
@@ -41,11 +42,18 @@ def to_c(
 
     ```c
     void <name>_init_state(float *state);
-    void <name>_step(const float *state, const float *x, const float *dt,
-                     float *output, float *new_state);
+    int <name>_step(const float *state, const float *x, const float *dt,
+                    float *output, float *new_state);
+    void <name>_step_unchecked(const float *state, const float *x, const float *dt,
+                               float *output, float *new_state);
     ```
 
-    (``double`` for a float64 model), with the calling convention of :func:`stepper`: ``dt``
+    (``double`` for a float64 model). ``<name>_step`` first checks every ``dt`` (positive and
+    finite) and ``x`` (finite), with bit tests that ``-ffast-math`` keeps: on bad input it
+    returns ``<NAME>_BAD_DT`` (1) or ``<NAME>_BAD_X`` (2) and writes nothing (a state updated in
+    place stays the last good one); otherwise it steps and returns ``<NAME>_OK`` (0).
+    ``<name>_step_unchecked`` is the step alone. Both follow the calling convention of
+    :func:`stepper`: ``dt``
     one per example, every array row-major with ``batch_shape`` first, ``new_state`` may be
     ``state`` itself. ``<NAME>_STATE_SIZE``, ``<NAME>_INPUT_SIZE``, ``<NAME>_OUTPUT_SIZE`` and
     ``<NAME>_BATCH`` give the sizes. The weights are ``static const`` arrays (in flash on a
@@ -63,7 +71,8 @@ def to_c(
       diffrax solver (its ``diffeqsolve`` is a ``while`` loop with host callbacks) is refused
       with a ``ValueError`` naming the cell and what it contains (use the default
       ``FusedSemiImplicit`` solver, or :func:`to_stablehlo` / the XLA stepper).
-    - `path`: the folder to write (created if needed; existing files are replaced).
+    - `path`: the folder to write (created if needed, and removed again if the export fails;
+      existing files are replaced).
     - `batch_shape`: leading batch dimensions of every argument (fixed sizes).
     - `dtype`: ``float32`` or ``float64`` to cast the parameters to first (default: the model's
       own dtype).
@@ -75,7 +84,7 @@ def to_c(
     ```python
     liquidjax.export.to_c(model, "policy_c", name="policy")
     # cc -O2 -c policy_c/policy.c   and in the controller:
-    #   policy_step(state, x, &dt, action, state);
+    #   if (policy_step(state, x, &dt, action, state) != POLICY_OK) { /* bad x or dt */ }
     ```
     """
     from .. import _cbuild
@@ -87,23 +96,23 @@ def to_c(
     plan = _plan(model, "to_c")
     fn, _ = _c_step(plan, bs, name)
     header, source = _c_files(plan, bs, fn, name)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {f"{name}.h": header, f"{name}.c": source}
-    for fname, text in files.items():
-        (out / fname).write_text(text)
-    functions = {"step": {"files": list(files), "symbol": f"{name}_step",
-                          "init_state_symbol": f"{name}_init_state",
-                          "scratch_bytes": fn.scratch_bytes,
-                          "constant_bytes": fn.constant_bytes, **_signature(plan, bs)}}
-    manifest = _manifest(plan, "liquidjax.c", bs, functions)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    with _output_folder(path) as out:
+        files = {f"{name}.h": header, f"{name}.c": source}
+        for fname, text in files.items():
+            (out / fname).write_text(text)
+        functions = {"step": {"files": list(files), "symbol": f"{name}_step",
+                              "init_state_symbol": f"{name}_init_state",
+                              "scratch_bytes": fn.scratch_bytes,
+                              "constant_bytes": fn.constant_bytes, **_signature(plan, bs)}}
+        manifest = _manifest(plan, "liquidjax.c", bs, functions)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return manifest
 
 
 def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
             name: str) -> tuple[_cgen.CFunction, bool]:
-    """The step translated to C, ``<name>_step(state, x, dt, output, new_state)``, and whether
+    """The step translated to C, ``<name>_step_unchecked(state, x, dt, output, new_state)``
+    (:func:`liquidjax._cbuild.files` adds the checking ``<name>_step``), and whether
     its output is its new state (a cell without readout)."""
     from .. import _cgen
 
@@ -111,7 +120,7 @@ def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
     folded = _folded(_batched(plan.fn, batch_shape), specs, distinct=False, merge_dots=True)
     closed = jax.make_jaxpr(folded)(*specs)
     try:
-        fn = _cgen.translate(closed, f"{name}_step", ("state", "x", "dt"),
+        fn = _cgen.translate(closed, f"{name}_step_unchecked", ("state", "x", "dt"),
                              ("output", "new_state"))
     except _cgen.Unsupported as e:
         what = "; ".join(f"{p} ({_NO_ONNX[p]})" if p in _NO_ONNX else p for p in e.primitives)

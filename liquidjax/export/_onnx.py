@@ -18,6 +18,7 @@ from ._step import (
     _check_batch_shape,
     _check_length,
     _manifest,
+    _output_folder,
     _plan,
     _sequence_fn,
     _sequence_specs,
@@ -147,32 +148,32 @@ def to_onnx(
             f"to_onnx exports float32 models; {plan.model_name} has {plan.dtype} parameters "
             "(cast them with jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), model))"
         )
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    step_specs = _step_specs(plan, bs)
-    try:
-        step_fn = _folded(_batched(plan.fn, bs), step_specs, onnx=True)
-    except _NotExportable as e:
-        raise ValueError(
-            f"cannot export {plan.description} to ONNX: its step contains {e}. "
-            "Use a cell with a fixed-size step (CfC, WiredCfC, LTC with the default "
-            "FusedSemiImplicit solver and constant steps), or to_stablehlo"
-        ) from None
-    todo = [("step", step_fn, step_specs, None, ("state", "x", "dt"), ("output", "new_state"))]
-    if length is not None:
-        # The time loop stays a loop (an ONNX Loop around the step's graph): the graph's size
-        # does not grow with seq_len.
-        todo.append(("sequence", _time_loop(step_fn, len(bs)), _sequence_specs(plan, bs, length),
-                     length, ("state", "xs", "dts"), ("outputs", "new_state")))
-    functions = {}
-    for name, fn, specs, n, in_names, out_names in todo:
-        fname = f"{name}.onnx"
-        with _quiet_loggers("onnx_ir", "jax2onnx"):
-            j2o(fn, list(specs), model_name=f"liquidjax_{plan.model_name}_{name}",
-                opset=opset, input_names=list(in_names), output_names=list(out_names),
-                return_mode="file", output_path=str(out / fname))
-        _drop_unused_initializers(out / fname)
-        functions[name] = {"file": fname, "opset": opset, **_signature(plan, bs, n)}
-    manifest = _manifest(plan, "liquidjax.onnx", bs, functions)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    with _output_folder(path) as out:
+        step_specs = _step_specs(plan, bs)
+        try:
+            step_fn = _folded(_batched(plan.fn, bs), step_specs, onnx=True)
+        except _NotExportable as e:
+            raise ValueError(
+                f"cannot export {plan.description} to ONNX: its step contains {e}. "
+                "Use a cell with a fixed-size step (CfC, WiredCfC, LTC with the default "
+                "FusedSemiImplicit solver and constant steps), or to_stablehlo"
+            ) from None
+        todo = [("step", step_fn, step_specs, None, ("state", "x", "dt"), ("output", "new_state"))]
+        if length is not None:
+            # The time loop stays a loop (an ONNX Loop around the step's graph): the graph's size
+            # does not grow with seq_len.
+            todo.append(("sequence", _time_loop(step_fn, len(bs)),
+                         _sequence_specs(plan, bs, length), length, ("state", "xs", "dts"),
+                         ("outputs", "new_state")))
+        functions = {}
+        for name, fn, specs, n, in_names, out_names in todo:
+            fname = f"{name}.onnx"
+            with _quiet_loggers("onnx_ir", "jax2onnx"):
+                j2o(fn, list(specs), model_name=f"liquidjax_{plan.model_name}_{name}",
+                    opset=opset, input_names=list(in_names), output_names=list(out_names),
+                    return_mode="file", output_path=str(out / fname))
+            _drop_unused_initializers(out / fname)
+            functions[name] = {"file": fname, "opset": opset, **_signature(plan, bs, n)}
+        manifest = _manifest(plan, "liquidjax.onnx", bs, functions)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return manifest

@@ -15,6 +15,7 @@ from ._step import (
     _check_batch_shape,
     _check_length,
     _manifest,
+    _output_folder,
     _plan,
     _sequence_fn,
     _sequence_specs,
@@ -59,37 +60,37 @@ def to_stablehlo(
     plan = _plan(model, "to_stablehlo")
     bs = _check_batch_shape(batch_shape)
     length = _check_length(seq_len)
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    kw = {} if platforms is None else {"platforms": tuple(platforms)}
-    step_fn = _batched(plan.fn, bs)
-    todo = [("step", step_fn, _step_specs(plan, bs), None)]
-    if length is not None:
-        seq_fn = _batched(_sequence_fn(plan.fn), bs)
-        todo.append(("sequence", seq_fn, _sequence_specs(plan, bs, length), length))
-    functions = {}
-    for name, fn, specs, n in todo:
-        try:
-            exported = jax.export.export(jax.jit(_folded(fn, specs)), **kw)(*specs)
-        except Exception as e:  # re-raised with the model named
-            hint = ""
-            if "callback" in str(e):
-                hint = (". The step checks values at run time with host callbacks (eqx.error_if, "
-                        "e.g. inside diffrax's diffeqsolve), which jax.export cannot serialise: "
-                        "set the environment variable EQX_ON_ERROR=nan before importing "
-                        "liquidjax to export it with NaN outputs on failure instead")
-            raise ValueError(
-                f"cannot export the {name} of {plan.description} to StableHLO: "
-                f"{type(e).__name__}: {e}{hint}"
-            ) from e
-        fname = f"{name}.jaxexport"
-        (out / fname).write_bytes(exported.serialize())
-        functions[name] = {
-            "file": fname,
-            "platforms": list(exported.platforms),
-            "calling_convention_version": exported.calling_convention_version,
-            **_signature(plan, bs, n),
-        }
-    manifest = _manifest(plan, "liquidjax.stablehlo", bs, functions)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    with _output_folder(path) as out:
+        kw = {} if platforms is None else {"platforms": tuple(platforms)}
+        step_fn = _batched(plan.fn, bs)
+        todo = [("step", step_fn, _step_specs(plan, bs), None)]
+        if length is not None:
+            seq_fn = _batched(_sequence_fn(plan.fn), bs)
+            todo.append(("sequence", seq_fn, _sequence_specs(plan, bs, length), length))
+        functions = {}
+        for name, fn, specs, n in todo:
+            try:
+                exported = jax.export.export(jax.jit(_folded(fn, specs)), **kw)(*specs)
+            except Exception as e:  # re-raised with the model named
+                hint = ""
+                if "callback" in str(e):
+                    hint = (". The step checks values at run time with host callbacks "
+                            "(eqx.error_if, e.g. inside diffrax's diffeqsolve), which jax.export "
+                            "cannot serialise: set the environment variable EQX_ON_ERROR=nan "
+                            "before importing liquidjax to export it with NaN outputs on failure "
+                            "instead")
+                raise ValueError(
+                    f"cannot export the {name} of {plan.description} to StableHLO: "
+                    f"{type(e).__name__}: {e}{hint}"
+                ) from e
+            fname = f"{name}.jaxexport"
+            (out / fname).write_bytes(exported.serialize())
+            functions[name] = {
+                "file": fname,
+                "platforms": list(exported.platforms),
+                "calling_convention_version": exported.calling_convention_version,
+                **_signature(plan, bs, n),
+            }
+        manifest = _manifest(plan, "liquidjax.stablehlo", bs, functions)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return manifest

@@ -3,8 +3,11 @@ shapes of its arguments, and the manifest every export writes to describe it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -257,6 +260,25 @@ def _manifest(plan: _StepPlan, fmt: str, batch_shape, functions: dict) -> dict[s
                               "sequence(state, xs, dts) -> (outputs, new_state)",
         "functions": functions,
     }
+
+
+@contextlib.contextmanager
+def _output_folder(path: Any) -> Iterator[Path]:
+    """The folder an export writes, created if needed; if the export fails, the folders this
+    created (the highest one missing before) are removed: a failed export leaves nothing."""
+    out = Path(path)
+    created = None
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        created = folder
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def _check_length(seq_len: Any) -> int | None:

@@ -49,7 +49,10 @@ class _StepperBase:
 
     device: Any = None  # the JAX device it runs on (None: not JAX, the C backend)
 
-    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
+    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...], check: bool = True):
+        if not isinstance(check, bool):
+            raise TypeError(f"check must be True or False, got {check!r}")
+        self.check = check
         self._plan = plan
         self.batch_shape = batch_shape
         self.input_size = plan.input_size
@@ -78,6 +81,27 @@ class _StepperBase:
                 ) from error
             arrays.append(a.astype(self.dtype, copy=False))
         return arrays
+
+    def _bad_input(self, x: Any, dt: Any) -> ValueError:
+        """The one-line error for a step refused by the run-time check: the first example whose
+        ``dt`` is not positive and finite, or whose ``x`` is not finite."""
+        x = np.asarray(x, np.float64).reshape(-1, self.input_size)
+        dt = np.broadcast_to(np.asarray(dt, np.float64), self.batch_shape).reshape(-1)
+        bad_dt = ~(np.isfinite(dt) & (dt > 0))
+
+        def where(i: int) -> str:
+            at = [int(k) for k in np.unravel_index(i, self.batch_shape)]
+            return "" if not at else f" at example {at[0] if len(at) == 1 else tuple(at)}"
+
+        if bad_dt.any():
+            i = int(np.argmax(bad_dt))
+            what = f"dt must be positive and finite, got {dt[i]}"
+        else:
+            i = int(np.argmax(~np.isfinite(x).all(axis=1)))
+            j = int(np.argmax(~np.isfinite(x[i])))
+            what = f"x must be finite, got x[{j}] = {x[i, j]}"
+        return ValueError(f"{type(self).__name__}: {what}{where(i)}; the state is unchanged "
+                          "(stepper(..., check=False) skips this check)")
 
     def initial_state(self) -> Float[Array, "*batch state"]:
         """The model's initial (zero) state, flat, of shape ``batch_shape + (state_size,)``."""
@@ -115,7 +139,8 @@ class _StepperBase:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self._plan.model_name}, input_size={self.input_size}, "
                 f"output_size={self.output_size}, state_size={self.state_size}, "
-                f"batch_shape={self.batch_shape}, dtype={self.dtype})")
+                f"batch_shape={self.batch_shape}, dtype={self.dtype}"
+                + ("" if self.check else ", check=False") + ")")
 
 
 class Stepper(_StepperBase):
@@ -130,11 +155,18 @@ class Stepper(_StepperBase):
     them as on any array, and ``jax.device_put(y, jax.devices()[0])`` moves one to the default
     device where an operation mixes it with arrays placed there explicitly.
 
-    **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`, `device`.
+    With ``check=True`` (the default) the executable also tests that every ``dt`` is positive and
+    finite and every ``x`` finite, and the call raises ``ValueError`` naming the value and the
+    example instead of returning the step (the caller's state is left as it was). The test is a
+    flag the call reads, not an ``eqx.error_if``: a host callback in the executable would take
+    the call off JAX's fast dispatch path. On an accelerator reading it waits for the step.
+
+    **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`, `device`,
+    `check`.
     """
 
-    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
-        super().__init__(plan, batch_shape)
+    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...], check: bool = True):
+        super().__init__(plan, batch_shape, check)
         self.device = _stepper_device()
         self._fn = _batched(plan.fn, batch_shape)
         specs = _step_specs(plan, batch_shape)
@@ -150,7 +182,13 @@ class Stepper(_StepperBase):
             # When the output is the new state itself (a cell without readout: CfC), the
             # executable returns it once: a second result would cost a copy and a buffer.
             same.append(out is new)
-            return (new,) if same[-1] else (out, new)
+            results = (new,) if same[-1] else (out, new)
+            if check:
+                # A flag the caller reads, not eqx.error_if: a host callback in the executable
+                # takes JAX's call off its C++ fast path (measured 7x slower).
+                ok = jnp.all(jnp.isfinite(xdt)) & jnp.all(xdt[..., n_in] > 0)
+                results += (ok,)
+            return results
 
         # x and dt travel to the device as one array: one host-to-device transfer per call
         # instead of two (each costs about a microsecond, as much as a CfC's arithmetic).
@@ -173,10 +211,12 @@ class Stepper(_StepperBase):
         - `state`: ``batch_shape + (state_size,)``, from :meth:`initial_state` or a previous step.
         - `x`: ``batch_shape + (input_size,)``, any real array (NumPy, JAX; cast to `dtype`).
         - `dt`: elapsed time since the previous observation, shape ``batch_shape`` or one that
-          broadcasts to it (a Python float: the same for every example); must be positive (not
-          checked: a stepper does no host syncs).
+          broadcasts to it (a Python float: the same for every example); must be positive.
 
         **Returns:** ``(output, new_state)``.
+
+        **Raises:** ``ValueError`` (one line) for a ``dt`` that is not positive and finite or an
+        ``x`` that is not finite, unless the stepper was built with ``check=False``.
         """
         xdt = np.empty(self._xdt_shape, self.dtype)  # a new one each call: the device may alias it
         try:
@@ -187,7 +227,11 @@ class Stepper(_StepperBase):
             results = self._compiled(state, xdt)
         except (AttributeError, TypeError, ValueError) as e:  # ours, NumPy's, the executable's
             results = self._compiled(*self._placed(state, x, dt, e))
-        return (results[0], results[0]) if self._output_is_state else results
+        if self.check:
+            *results, ok = results
+            if not np.asarray(ok):  # (NumPy's view of the flag: the quickest read, not bool())
+                raise self._bad_input(x, dt)
+        return (results[0], results[0]) if self._output_is_state else tuple(results)
 
     def _placed(self, state: Any, x: Any, dt: Any, error: Exception) -> tuple[Array, np.ndarray]:
         """``(state, xdt)`` for the executable, with the state on the stepper's device (the fast
@@ -209,8 +253,13 @@ class CStepper(_StepperBase):
     steppers of one model). The generated sources and the library are in the folder
     ``source_dir``.
 
+    With ``check=True`` (the default) the C code tests ``dt`` (positive and finite) and ``x``
+    (finite) before the step and returns an error code without writing anything
+    (:func:`to_c`'s ``<name>_step``); the call then raises ``ValueError`` naming the value and
+    the example. ``check=False`` calls ``<name>_step_unchecked``.
+
     **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`,
-    `source_dir`.
+    `source_dir`, `check`.
     """
 
     # Steppers of one model share one library, hence its bound buffers and its scratch: per
@@ -218,19 +267,19 @@ class CStepper(_StepperBase):
     _bound: dict[str, Any] = {}
     _locks: dict[str, Any] = {}
 
-    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...]):
+    def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...], check: bool = True):
         import ctypes
         import threading
         import weakref
 
         from .. import _cbuild, _cgen
 
-        super().__init__(plan, batch_shape)
+        super().__init__(plan, batch_shape, check)
         fn, self._output_is_state = _c_step(plan, batch_shape, "liquidjax")
         ct = _cgen.ctype(plan.dtype)
         header, source = _c_files(plan, batch_shape, fn, "liquidjax")
         path = _cbuild.build({"liquidjax.h": header,
-                              "liquidjax.c": source + _cbuild.glue("liquidjax", ct)},
+                              "liquidjax.c": source + _cbuild.glue("liquidjax", ct, check)},
                              "liquidjax.c")
         self.source_dir = path.parent
         self._lib = str(path)
@@ -238,7 +287,7 @@ class CStepper(_StepperBase):
         self._bind_fn = getattr(lib, _cbuild.BINDER)
         self._bind_fn.restype = None
         self._call = getattr(lib, _cbuild.CALL)
-        self._call.restype = None
+        self._call.restype = ctypes.c_int
         self._call.argtypes = ()
         self._state_shape = batch_shape + (self.state_size,)
         self._state = np.zeros(self._state_shape, self.dtype)
@@ -271,13 +320,14 @@ class CStepper(_StepperBase):
             if self._bound.get(self._lib) is not self._me:  # another stepper of it ran
                 self._bind_fn(*self._pointers)
                 self._bound[self._lib] = self._me
-            self._call()
+            if self._call():  # the check refused x or dt: nothing was written
+                raise self._bad_input(self._x, self._dt)
             new = self._state.copy()
             return (new, new) if self._output_is_state else (self._out.copy(), new)
 
 
 def stepper(
-    model: Any, *, batch_shape: Sequence[int] = (), backend: str = "xla"
+    model: Any, *, batch_shape: Sequence[int] = (), backend: str = "xla", check: bool = True,
 ) -> Stepper | CStepper:
     """Compile a model for streaming, one observation at a time.
 
@@ -304,6 +354,11 @@ def stepper(
       size: not a diffrax solver's loop, see :func:`to_c`; needs a C compiler, ``$CC`` or
       ``cc``). The C stepper returns NumPy arrays (new ones each call) and runs one call at a
       time (its scratch memory is static; calls from several threads take turns).
+    - `check`: refuse, at every call, a ``dt`` that is not positive and finite or an ``x``
+      that is not finite (``ValueError``, the state not advanced) — what
+      :class:`~liquidjax.LiquidRNN` refuses; one NaN would otherwise poison the state for good.
+      It costs a test of each value per call (see docs/troubleshooting.md for its measured
+      cost); ``check=False`` skips it.
 
     **Returns:** a :class:`Stepper` (``step(state, x, dt)``, ``step.initial_state()``,
     ``step.unflatten_state(state)`` to read the model's own state pytree); for ``backend="c"``
@@ -320,4 +375,4 @@ def stepper(
     backends: dict[str, type[_StepperBase]] = {"xla": Stepper, "c": CStepper}
     if backend not in backends:
         raise ValueError(f"backend must be one of {sorted(backends)}, got {backend!r}")
-    return backends[backend](_plan(model), _check_batch_shape(batch_shape))
+    return backends[backend](_plan(model), _check_batch_shape(batch_shape), check)
