@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from test_export import CELLS, KEY, I, N, T, _baseline, _call, _data, _randomise, _stream
 
-from liquidjax import _cbuild, _cgen, export
+from liquidjax import export
+from liquidjax.export._c import _cbuild, _cgen
 from liquidjax.cells import GRUD, GRUODE, LTC, GRUODEBayes, MixedMemory
 from liquidjax.layers import LiquidRNN
 from liquidjax.models import ModelConfig, build_model

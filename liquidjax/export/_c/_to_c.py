@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from ._fold import _NO_ONNX, _folded
-from ._step import (
+from .._fold import _NO_ONNX, _folded
+from .._step import (
     _batched,
     _check_batch_shape,
     _manifest,
@@ -23,7 +23,7 @@ from ._step import (
 )
 
 if TYPE_CHECKING:
-    from .. import _cgen
+    from . import _cgen
 
 
 def to_c(
@@ -78,7 +78,7 @@ def to_c(
     #   policy_step(state, x, &dt, action, state);
     ```
     """
-    from .. import _cbuild
+    from . import _cbuild
 
     name = _cbuild.check_name(name)
     bs = _check_batch_shape(batch_shape)
@@ -105,7 +105,7 @@ def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
             name: str) -> tuple[_cgen.CFunction, bool]:
     """The step translated to C, ``<name>_step(state, x, dt, output, new_state)``, and whether
     its output is its new state (a cell without readout)."""
-    from .. import _cgen
+    from . import _cgen
 
     specs = _step_specs(plan, batch_shape)
     folded = _folded(_batched(plan.fn, batch_shape), specs, distinct=False, merge_dots=True)
@@ -127,7 +127,7 @@ def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
 
 def _c_files(plan: _StepPlan, batch_shape: tuple[int, ...], fn: _cgen.CFunction,
              name: str) -> tuple[str, str]:
-    from .. import _cbuild
+    from . import _cbuild
 
     return _cbuild.files(fn, name=name, model=plan.description, dtype=plan.dtype,
                          batch_shape=batch_shape, input_size=plan.input_size,

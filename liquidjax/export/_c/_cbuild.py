@@ -32,7 +32,7 @@ def files(fn: _cgen.CFunction, *, name: str, model: str, dtype: np.dtype,
           init: np.ndarray) -> tuple[str, str]:
     """``<name>.h`` and ``<name>.c`` around ``fn`` (``<name>_step(state, x, dt, output,
     new_state)``), with ``<name>_init_state(state)`` writing ``init`` to every example."""
-    from ._version import __version__
+    from ..._version import __version__
 
     ct = _cgen.ctype(dtype)
     upper = name.upper()
@@ -136,7 +136,7 @@ def build(sources: dict[str, str], main: str) -> Path:
     """Compile ``sources[main]`` (the other files beside it, e.g. its header) into a shared
     library in the cache folder, named by a hash of the files, the flags and the CPU's feature
     flags (``-march=native``); reused when it exists. Raises ``RuntimeError`` if it fails."""
-    from ._native import _cpu_features
+    from ..._native import _cpu_features
 
     h = hashlib.sha256()
     for fname in sorted(sources):
