@@ -266,7 +266,7 @@ for name, model in models.items():
 
     step = jax.jit(jax.value_and_grad(loss))
     one = step(params, x, ts, mask)
-    with jax.set_mesh(dp.mesh):
+    with dp.context():
         data = (jax.device_put(a, dp.batch_sharding) for a in (x, ts, mask))
         args = (dp.replicate(params), *data)
         two = step(*args)
