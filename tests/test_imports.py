@@ -1,4 +1,4 @@
-"""The package's import graph points down (DESIGN.md): no cycle among liquidjax modules, counting
+"""The package's import graph points down: no cycle among liquidjax modules, counting
 imports inside functions too, and `train/` imports no cell code and draws nothing."""
 
 from __future__ import annotations
