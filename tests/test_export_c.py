@@ -280,8 +280,8 @@ def test_c_refuses_what_has_no_fixed_size_naming_the_cell(tmp_path):
 def test_the_build_cache_keeps_the_recently_used_builds(tmp_path, monkeypatch):
     """Every C/C++ library (the C stepper's, the CPU kernels') is built by liquidjax._clib: a
     build is reused while it exists and marked used; after a new build only the KEEP most
-    recently used builds of its stem stay (the others are stale: older sources), and no
-    temporary file is left behind."""
+    recently used builds of its stem stay (the others are stale: older sources), each a folder
+    with its sources, and no temporary file is left behind."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(_cbuild, "KEEP", 2)
 
@@ -294,8 +294,10 @@ def test_the_build_cache_keeps_the_recently_used_builds(tmp_path, monkeypatch):
     os.utime(b, (2, 2))
     assert build(1) == a  # reused, and now the most recently used
     c = build(3)
-    assert a.exists() and c.exists() and not b.exists()
-    assert sorted(p.name for p in a.parent.iterdir()) == sorted([a.name, c.name])
+    assert a.exists() and c.exists() and not b.parent.exists()
+    assert sorted(p.name for p in a.parent.parent.iterdir()) == sorted([a.parent.name,
+                                                                       c.parent.name])
+    assert (c.parent / "f.c").read_text() == "int f(void) { return 3; }\n"
     assert ctypes.CDLL(str(a)).f() == 1 and ctypes.CDLL(str(c)).f() == 3
 
 

@@ -109,8 +109,8 @@ KEEP = 16  # the most recently used C stepper builds kept in the cache folder
 def build(sources: dict[str, str], main: str) -> Path:
     """Compile ``sources[main]`` (the other files beside it, e.g. its header) into a shared
     library in the cache folder (``$XDG_CACHE_HOME/liquidjax/c``; :mod:`liquidjax._clib`),
-    reused while it exists; the :data:`KEEP` most recently used builds stay. Raises
-    ``RuntimeError`` if it fails."""
+    beside its sources, reused while it exists; the :data:`KEEP` most recently used builds
+    stay. Raises ``RuntimeError`` if it fails."""
     if _clib.compiler("c") is None:
         raise RuntimeError(
             "stepper(..., backend='c') compiles the generated C with the system's C compiler, "
@@ -118,7 +118,7 @@ def build(sources: dict[str, str], main: str) -> Path:
             "gcc) or use backend='xla'")
     try:
         return _clib.build("step", sources, [main], language="c", flags=FLAGS, link=("-lm",),
-                           folders=[_clib.cache_dir() / "c"], keep=KEEP)
+                           folders=[_clib.cache_dir() / "c"], keep=KEEP, keep_sources=True)
     except RuntimeError as e:
         raise RuntimeError(f"building the generated C failed ({e}); set $XDG_CACHE_HOME to a "
                            "writable folder if it names none, or use backend='xla'") from None
