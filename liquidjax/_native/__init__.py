@@ -17,6 +17,13 @@ to the source (or in ``$XDG_CACHE_HOME/liquidjax`` when the package folder is re
 the CPU's feature flags (it is built with ``-march=native``), so an edit, an upgrade or another
 machine rebuilds it, and the build of the older ones is removed.
 
+Under data parallelism each device runs the kernels on its own rows of the batch: a step traced
+inside ``jax.set_mesh(mesh)`` (:meth:`liquidjax.train.DataParallel.context`), ``mesh`` having the
+axis :data:`DATA_AXIS`, wraps every kernel call in a ``jax.shard_map`` over that axis (the
+weights replicated, their gradients summed over the devices). XLA does not split a custom call
+by itself: without the context mesh, every device would run the whole batch's kernel. With
+several processes (``jax.distributed``) each process computes its own devices' rows only.
+
 If it is missing at first use it is built then (a couple of seconds). If it cannot be built (no
 compiler), the LTC and the CfC run their pure-JAX code — the same numbers, slower — and one
 :class:`NativeKernelWarning` says why. ``LIQUIDJAX_NATIVE=0`` turns the compiled kernel off.
