@@ -37,7 +37,12 @@ import os
 import warnings
 from pathlib import Path
 
+import jax
+import jax.ffi
+import jax.numpy as jnp
+import jaxlib
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from .. import _clib
 
@@ -71,9 +76,6 @@ def build(verbose: bool = False) -> Path:
     """Compile the kernels (if not already built for these sources, flags, jaxlib and CPU; the
     builds of older ones are removed, :mod:`liquidjax._clib`) and return the library's path.
     Raises ``RuntimeError`` with the compiler's message if it fails."""
-    import jax.ffi
-    import jaxlib
-
     try:
         return _clib.build(LIBRARY, _sources(), [p.name for p in SOURCES], language="c++",
                            flags=(*FLAGS, f"-I{jax.ffi.include_dir()}"), folders=_folders(),
@@ -95,8 +97,6 @@ def _load() -> ctypes.CDLL | None:
             "silence.",
             NativeKernelWarning, stacklevel=3)
         return None
-    import jax.ffi
-
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                     platform="cpu")
@@ -120,8 +120,6 @@ def on_cpu(native, portable, *args):
     hand-written VJP that calls a kernel (higher-order ones) still work."""
     if not available():
         return portable(*args)
-    import jax
-
     native = jax.custom_jvp(native)
     native.defjvp(lambda primals, tangents: jax.jvp(portable, primals, tangents))
     return jax.lax.platform_dependent(*args, cpu=native, default=portable)
@@ -136,8 +134,6 @@ def _shards(batch: int) -> int:
     """Over how many shards of the batch a kernel runs: the size of the context mesh's
     :data:`DATA_AXIS` (``jax.set_mesh``; 1 without one, inside a ``shard_map`` over it already,
     or when it does not divide the batch)."""
-    import jax
-
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or DATA_AXIS not in mesh.axis_names or DATA_AXIS in mesh.manual_axes:
         return 1
@@ -153,9 +149,6 @@ def _per_shard(call, operands, in_axes, out_axes):
     ``None`` (shared: the weights, or ``None`` itself); ``out_axes``: each output's batch axis,
     ``None`` (no batch axis, the same on every shard) or :data:`SUM` (summed over the batch: the
     shards' sums are summed, ``psum``)."""
-    import jax
-    from jax.sharding import PartitionSpec
-
     batch = next(a.shape[d] for a, d in zip(operands, in_axes) if a is not None and d is not None)
     if _shards(batch) == 1:
         return call(*operands)
@@ -179,8 +172,6 @@ def _per_shard(call, operands, in_axes, out_axes):
 
 
 def _indices(layout):
-    import jax.numpy as jnp
-
     r, s = layout.recurrent, layout.sensory
     return tuple(jnp.asarray(a, jnp.int32) for a in (r.pre, r.posts, s.pre, s.posts))
 
@@ -193,8 +184,6 @@ def ltc_forward(p, x, v0, dt, *, layout, unfolds: int, epsilon: float, keep: boo
     """The batched forward (``x (I, B)``, ``v0 (N, B)``, ``dt (B,)``) → ``(v, vs, dens)``, as
     :func:`liquidjax.cells._ltc_sparse._forward`; with ``keep=False`` only ``v``. Per shard of
     the batch under data parallelism (:func:`_per_shard`)."""
-    import jax
-
     _require()
     k = 1 if keep else 0
 
@@ -213,8 +202,6 @@ def ltc_backward(p, x, dt, vs, dens, g, *, layout, unfolds: int, epsilon: float)
     """The batched backward → ``(parameter gradients summed over the batch, dx, dv0, ddt)``. Per
     shard of the batch under data parallelism (:func:`_per_shard`; the gradients summed over
     the shards)."""
-    import jax
-
     _require()
 
     def call(x, dt, vs, dens, g, *p):
@@ -230,8 +217,6 @@ def ltc_backward(p, x, dt, vs, dens, g, *, layout, unfolds: int, epsilon: float)
 
 def _or_empty(a, dtype):
     """``a`` as ``dtype``, or for ``None`` the empty array the kernels read as absent."""
-    import jax.numpy as jnp
-
     return jnp.zeros((0,), dtype) if a is None else a.astype(dtype)
 
 
@@ -244,8 +229,6 @@ def cfc_forward(x, h0, c0, w_in, b_in, w_h, w_lstm, w_heads, b_heads, dts, mask,
     only the last, ``(1, B, ...)``) and, with ``keep``, the backbone, head and LSTM gate
     pre-activations (else empty; ``zs`` ``None`` without mixed memory). Per shard of the batch
     under data parallelism (:func:`_per_shard`)."""
-    import jax
-
     _require()
     memory = w_lstm is not None
 
@@ -281,8 +264,6 @@ def cfc_backward(ct, x, h0, c0, hs, us, ps, zs, dts, mask, w_heads, w_h, w_lstm,
     LSTM's input map's rows first in ``d_w_in``, ``d_b_in``); the LSTM's ``None`` without mixed
     memory. Per shard of the batch under data parallelism (:func:`_per_shard`; the weight
     gradients summed over the shards)."""
-    import jax
-
     _require()
     memory = w_lstm is not None
     unit = dts is None
