@@ -9,8 +9,8 @@ Two measurements behind ``docs/solvers.md`` ("Threads", "One device") and BENCHM
   worker has slept is slow after a pause unless that worker is woken on another CPU.
 * **devices**: the train step (value-and-grad + Adam of a 10-class head) of the row-wise CfC-64
   and LTC-64 over 1 and 2 XLA CPU devices (``--xla_force_host_platform_device_count``, the batch
-  sharded as ``liquidjax train`` shards it). XLA's SPMD partitioner does not split an FFI call,
-  so over 2 devices each device runs the whole batch's kernel.
+  sharded as ``liquidjax train`` shards it: ``DataParallel``, its step traced inside
+  ``DataParallel.context()``, so that each device runs the kernels on its own rows).
 
     python benchmarks/cpu_devices.py            # both, ≈ 1 min
     python benchmarks/cpu_devices.py --part gaps
@@ -35,7 +35,7 @@ import json, os, sys, time
 sys.path.insert(0, {here!r})
 import _common
 import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from liquidjax.train import DataParallel
 from liquidjax.cells import CfC, LTC
 from liquidjax.layers import LiquidRNN
 
@@ -68,9 +68,9 @@ if part == "gaps":
     res = dict(back_to_back=timed(run), after_sleep=timed(run, lambda: time.sleep(0.005)),
                after_numpy=timed(run, lambda: a @ a))
 else:
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    xs = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
-    ys = jax.device_put(y, NamedSharding(mesh, PartitionSpec("data")))
+    dp = DataParallel.create()
+    xs, ys = (jax.device_put(a, dp.batch_sharding) for a in (x, y))
+    model = dp.replicate(model)
     opt = optax.adam(1e-3)
     state = opt.init(eqx.filter(model, eqx.is_array))
 
@@ -81,7 +81,8 @@ else:
         u, s = opt.update(g, s)
         return eqx.apply_updates(m, u), s, l
 
-    res = dict(train=timed(lambda: jax.block_until_ready(step(model, state, xs, ys)), n=20))
+    with dp.context():
+        res = dict(train=timed(lambda: jax.block_until_ready(step(model, state, xs, ys)), n=20))
 print("RESULT", json.dumps(res))
 """
 

@@ -143,3 +143,17 @@ def test_gradients_are_the_same_from_call_to_call():
             again = jax.tree_util.tree_leaves(grad(rnn))
             for a, b in zip(first, again, strict=True):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_kernels_run_per_shard_under_data_parallelism():
+    """Over 2 devices each device's CfC kernel (forward and backward) sees its own half of the
+    batch; loss and weight gradients equal the one-device step's (test_ltc_native.SHARDED): the
+    last state with timespans and a mask, and mixed memory's every state."""
+    from test_ltc_native import check_sharded, run_sharded
+
+    out = run_sharded('{"cfc": LiquidRNN(CfC(I, H, backbone_units=7, key=jax.random.key(0)), '
+                      'return_sequences=False), "memory": LiquidRNN(MixedMemory(CfC(I, H, '
+                      'backbone_units=7, key=jax.random.key(0)), key=jax.random.key(4)))}')
+    assert set(out) == {"cfc", "memory"}
+    for name in out:
+        check_sharded(out[name], calls=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import shutil
 import subprocess
 
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 from test_export import CELLS, KEY, I, N, T, _baseline, _call, _data, _randomise, _stream
 
-from liquidjax import _cbuild, _cgen, export
+from liquidjax import export
 from liquidjax.cells import GRUD, GRUODE, LTC, GRUODEBayes, MixedMemory
+from liquidjax.export._c import _cbuild, _cgen
 from liquidjax.layers import LiquidRNN
 from liquidjax.models import ModelConfig, build_model
 from liquidjax.solvers import Integrator
@@ -273,6 +275,30 @@ def test_c_refuses_what_has_no_fixed_size_naming_the_cell(tmp_path):
         export.to_c(CELLS["cfc-pure"], tmp_path, dtype=jnp.float64)
     with pytest.raises(_cgen.Unsupported, match="cumsum"):
         _cgen.translate(jax.make_jaxpr(jnp.cumsum)(np.ones(3, np.float32)), "f", ["x"], ["y"])
+
+
+def test_the_build_cache_keeps_the_recently_used_builds(tmp_path, monkeypatch):
+    """Every C/C++ library (the C stepper's, the CPU kernels') is built by liquidjax._clib: a
+    build is reused while it exists and marked used; after a new build only the KEEP most
+    recently used builds of its stem stay (the others are stale: older sources), each a folder
+    with its sources, and no temporary file is left behind."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_cbuild, "KEEP", 2)
+
+    def build(k):
+        return _cbuild.build({"f.c": f"int f(void) {{ return {k}; }}\n"}, "f.c")
+
+    a = build(1)
+    os.utime(a, (1, 1))  # as if built long ago
+    b = build(2)
+    os.utime(b, (2, 2))
+    assert build(1) == a  # reused, and now the most recently used
+    c = build(3)
+    assert a.exists() and c.exists() and not b.parent.exists()
+    assert sorted(p.name for p in a.parent.parent.iterdir()) == sorted([a.parent.name,
+                                                                       c.parent.name])
+    assert (c.parent / "f.c").read_text() == "int f(void) { return 3; }\n"
+    assert ctypes.CDLL(str(a)).f() == 1 and ctypes.CDLL(str(c)).f() == 3
 
 
 def test_c_stepper_without_a_compiler_says_so(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """The LTC's batch-aware fused step: one primitive whose ``vmap`` takes the whole batch.
 
-Cells are written per example and models are ``jax.vmap``-ed over the batch (DESIGN.md). For a
+Cells act on one example; models ``jax.vmap`` them over the batch (docs/custom_cells.md). For a
 step with a hand-written VJP that has a price: under ``jax.grad(jax.vmap(...))`` JAX runs the
 backward pass per example and only then sums the parameter cotangents over the batch, so every
 training step writes and reads one copy of every synapse's four parameter gradients **per

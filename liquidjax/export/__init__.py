@@ -27,7 +27,7 @@ whole-sequence function
 step scanned over ``T`` observations.
 """
 
-from ._c import to_c as to_c
+from ._c._to_c import to_c as to_c
 from ._onnx import to_onnx as to_onnx
 from ._stablehlo import to_stablehlo as to_stablehlo
 from ._step import FORMAT_VERSION as FORMAT_VERSION

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._jaxpr import CALL_PARAMS as _CALL_PARAMS, bind as _bind
+from ._c._jaxpr import CALL_PARAMS as _CALL_PARAMS, bind as _bind
 
 
 class _NotExportable(Exception):

@@ -12,7 +12,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from ._c import _c_files, _c_step
+from ._c._to_c import _c_files, _c_step
 from ._fold import _folded
 from ._step import _batched, _check_batch_shape, _plan, _step_specs, _StepPlan
 
@@ -272,7 +272,7 @@ class CStepper(_StepperBase):
         import threading
         import weakref
 
-        from .. import _cbuild, _cgen
+        from ._c import _cbuild, _cgen
 
         super().__init__(plan, batch_shape, check)
         fn, self._output_is_state = _c_step(plan, batch_shape, "liquidjax")

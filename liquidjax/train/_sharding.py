@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-DATA_AXIS = "data"
+from .._native import DATA_AXIS  # the axis the compiled kernels split their batch over
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -51,6 +51,18 @@ class DataParallel:
     @property
     def batch_sharding(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+    def context(self) -> Any:
+        """``jax.set_mesh(self.mesh)``: the jitted steps traced inside run the compiled CPU
+        kernels per device on its rows of the batch (outside, XLA runs each kernel on the whole
+        batch on every device).
+
+        ```python
+        with dp.context():
+            state, loss = train_step(state, dp.shard_batch(batch, batch_size))
+        ```
+        """
+        return jax.set_mesh(self.mesh)
 
     def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
         """Raise ``ValueError`` unless `batch_size` splits evenly over the devices and hosts."""

@@ -4,17 +4,14 @@ writes, their build into a cached shared library, and the entry points the ``cty
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ... import _clib
+from ..._version import __version__
 from . import _cgen
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -33,7 +30,7 @@ def files(fn: _cgen.CFunction, *, name: str, model: str, dtype: np.dtype,
     """``<name>.h`` and ``<name>.c`` around ``fn`` (``<name>_step_unchecked(state, x, dt,
     output, new_state)``): ``<name>_step``, which checks ``x`` and ``dt`` first and returns an
     error code, and ``<name>_init_state(state)`` writing ``init`` to every example."""
-    from ._version import __version__
+
 
     ct = _cgen.ctype(dtype)
     upper = name.upper()
@@ -149,69 +146,25 @@ void {name}_init_state({ct} *state)
 
 
 # --------------------------------------------------------------------------------------- building
-def compiler() -> str:
-    """The C compiler: ``$CC``, else ``cc``, else ``gcc``."""
-    for cc in ([os.environ["CC"]] if os.environ.get("CC") else []) + ["cc", "gcc"]:
-        path = shutil.which(cc)
-        if path:
-            return path
-    raise RuntimeError(
-        "stepper(..., backend='c') compiles the generated C with the system's C compiler, and "
-        "none was found ($CC, cc, gcc): install one (e.g. apt install gcc) or use "
-        "backend='xla'"
-    )
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "liquidjax" / "c"
-
-
-def _write(path: Path, data: str) -> None:
-    """Write ``path`` atomically: a concurrent build never reads a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=path.suffix + ".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
+KEEP = 16  # the most recently used C stepper builds kept in the cache folder
 
 
 def build(sources: dict[str, str], main: str) -> Path:
     """Compile ``sources[main]`` (the other files beside it, e.g. its header) into a shared
-    library in the cache folder, named by a hash of the files, the flags and the CPU's feature
-    flags (``-march=native``); reused when it exists. Raises ``RuntimeError`` if it fails."""
-    from ._native import _cpu_features
-
-    h = hashlib.sha256()
-    for fname in sorted(sources):
-        h.update(fname.encode() + b"\0" + sources[fname].encode() + b"\0")
-    h.update(" ".join(FLAGS).encode())
-    h.update(_cpu_features())
-    folder = _cache_dir() / h.hexdigest()[:20]
-    lib = folder / "step.so"
-    if lib.exists():
-        return lib
-    cc = compiler()
+    library in the cache folder (``$XDG_CACHE_HOME/liquidjax/c``; :mod:`liquidjax._clib`),
+    beside its sources, reused while it exists; the :data:`KEEP` most recently used builds
+    stay. Raises ``RuntimeError`` if it fails."""
+    if _clib.compiler("c") is None:
+        raise RuntimeError(
+            "stepper(..., backend='c') compiles the generated C with the system's C compiler, "
+            f"and none was found ({_clib.compiler_names('c')}): install one (e.g. apt install "
+            "gcc) or use backend='xla'")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for fname, text in sources.items():
-            _write(folder / fname, text)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise RuntimeError(f"cannot write the generated C to {folder} ({e}); set "
-                           "$XDG_CACHE_HOME to a writable folder") from e
-    flags = list(FLAGS)
-    while True:
-        res = subprocess.run([cc, *flags, str(folder / main), "-o", tmp, "-lm"],
-                             capture_output=True, text=True)
-        if res.returncode == 0 or "-march=native" not in flags or "march" not in res.stderr:
-            break
-        flags.remove("-march=native")  # a compiler that does not know it: build generic code
-    if res.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"compiling the generated C ({folder / main}) with {cc} failed:\n"
-                           f"{res.stderr[-4000:]}")
-    os.replace(tmp, lib)  # atomic: concurrent builders each write their own temp file
-    return lib
+        return _clib.build("step", sources, [main], language="c", flags=FLAGS, link=("-lm",),
+                           folders=[_clib.cache_dir() / "c"], keep=KEEP, keep_sources=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"building the generated C failed ({e}); set $XDG_CACHE_HOME to a "
+                           "writable folder if it names none, or use backend='xla'") from None
 
 
 # ---------------------------------------------------------------------------------------- stepper

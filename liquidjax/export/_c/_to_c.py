@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 
-from ._fold import _NO_ONNX, _folded
-from ._step import (
+from .._fold import _NO_ONNX, _folded
+from .._step import (
     _batched,
     _check_batch_shape,
     _manifest,
@@ -22,9 +23,7 @@ from ._step import (
     _step_specs,
     _StepPlan,
 )
-
-if TYPE_CHECKING:
-    from .. import _cgen
+from . import _cbuild, _cgen
 
 
 def to_c(
@@ -87,8 +86,6 @@ def to_c(
     #   if (policy_step(state, x, &dt, action, state) != POLICY_OK) { /* bad x or dt */ }
     ```
     """
-    from .. import _cbuild
-
     name = _cbuild.check_name(name)
     bs = _check_batch_shape(batch_shape)
     if dtype is not None:
@@ -114,8 +111,6 @@ def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
     """The step translated to C, ``<name>_step_unchecked(state, x, dt, output, new_state)``
     (:func:`liquidjax._cbuild.files` adds the checking ``<name>_step``), and whether
     its output is its new state (a cell without readout)."""
-    from .. import _cgen
-
     specs = _step_specs(plan, batch_shape)
     folded = _folded(_batched(plan.fn, batch_shape), specs, distinct=False, merge_dots=True)
     closed = jax.make_jaxpr(folded)(*specs)
@@ -136,16 +131,12 @@ def _c_step(plan: _StepPlan, batch_shape: tuple[int, ...],
 
 def _c_files(plan: _StepPlan, batch_shape: tuple[int, ...], fn: _cgen.CFunction,
              name: str) -> tuple[str, str]:
-    from .. import _cbuild
-
     return _cbuild.files(fn, name=name, model=plan.description, dtype=plan.dtype,
                          batch_shape=batch_shape, input_size=plan.input_size,
                          output_size=plan.output_size, init=plan.init)
 
 
 def _cast(model: Any, dtype: Any) -> Any:
-    import equinox as eqx
-
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
