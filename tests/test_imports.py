@@ -148,9 +148,6 @@ OPTIONAL_MODULES = {"onnx", "onnxruntime", "jax2onnx", "torch", "ncps", "scipy",
 # rule was written; other parts of the package are being reworked in parallel). Shrink this list
 # as they are cleaned up; never add to it. train/ and models/ have none.
 LOCAL_IMPORTS_ALLOWED = {
-    "liquidjax/_cbuild.py",
-    "liquidjax/_cgen.py",
-    "liquidjax/_ctranslator.py",
     "liquidjax/_native/__init__.py",
     "liquidjax/_platform.py",
     "liquidjax/_static.py",
@@ -159,7 +156,6 @@ LOCAL_IMPORTS_ALLOWED = {
     "liquidjax/data/_load.py",
     "liquidjax/data/_tfds.py",
     "liquidjax/data/_timeseries.py",
-    "liquidjax/export/_c.py",
     "liquidjax/export/_fold.py",
     "liquidjax/export/_step.py",
     "liquidjax/export/_stepper.py",

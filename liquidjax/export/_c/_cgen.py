@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from jax.extend.core import ClosedJaxpr
+from jax.lax import GatherScatterMode
 
 from ._celementwise import (
     _BINARY,
@@ -67,8 +69,6 @@ from ._jaxpr import CALL_PARAMS as _CALL_PARAMS
 def unsupported_primitives(jaxpr: Any) -> set[str]:
     """Names of the primitives in ``jaxpr`` (and in the sub-jaxprs of the ones translated) that
     have no C translation."""
-    from jax.extend.core import ClosedJaxpr
-
     found: set[str] = set()
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
@@ -369,8 +369,6 @@ def _dynamic_update_slice(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Re
 
 def _gather(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
     """``jnp.take(operand, indices, axis)`` (``x[idx]``, and its vmapped forms) only."""
-    from jax.lax import GatherScatterMode
-
     src, idx = ins
     p = eqn.params
     dn = p["dimension_numbers"]

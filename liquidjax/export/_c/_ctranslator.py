@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from jax.extend.core import ClosedJaxpr, Literal
 
 from ._jaxpr import CALL_PARAMS as _CALL_PARAMS, bind as _bind
 
@@ -327,8 +328,6 @@ class _Translator:
     # -- equations
     def run(self, jaxpr: Any, args: Sequence[_Ref], consts: Sequence[_Ref]) -> list[_Ref]:
         """Emit ``jaxpr``'s equations; its outputs each hold one use (the caller releases)."""
-        from jax.extend.core import Literal
-
         uses = Counter(v for eqn in jaxpr.eqns for v in eqn.invars
                        if not isinstance(v, Literal))
         uses.update(v for v in jaxpr.outvars if not isinstance(v, Literal))
@@ -398,8 +397,6 @@ def _out(eqn: Any, k: int = 0) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _inline(t: _Translator, eqn: Any, ins: list[_Ref]) -> list[_Ref]:
-    from jax.extend.core import ClosedJaxpr
-
     param = _CALL_PARAMS[eqn.primitive.name]
     if param not in eqn.params:
         raise Unsupported([eqn.primitive.name])
