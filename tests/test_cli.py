@@ -271,27 +271,29 @@ def test_ltc_ncp_synthetic(tmp_path, capsys):
 
 
 def test_main_restores_the_run_time_error_mode(monkeypatch, capsys):
-    """On several devices ``_train``/``_evaluate`` switch equinox's run-time errors to NaN; an
+    """On several devices train and evaluate switch equinox's run-time errors to NaN; an
     in-process ``main`` must hand the process back as it found it, however the run ends. (The
     suite's process has one device, so a real run would not switch it: the switch is forced.)"""
     import equinox._errors as eqx_errors
 
-    from liquidjax import cli
+    from liquidjax.cli import _devices, _evaluate, _train
+    from liquidjax.cli._errors import CliError
 
     mode = eqx_errors.EQX_ON_ERROR
 
     def switched_then(code):
         def run(args):
-            cli._run_time_errors_as_nan()
-            assert eqx_errors.EQX_ON_ERROR == "nan"
-            if code is None:
-                raise cli._CliError("the run failed")
-            return code
+            with _devices.run_time_errors_as_nan():
+                assert eqx_errors.EQX_ON_ERROR == "nan"
+                if code is None:
+                    raise CliError("the run failed")
+                return code
         return run
 
-    for command, code in (("train", 0), ("evaluate", None)):
-        monkeypatch.setattr(cli, f"_{command}", switched_then(code))
-        argv = (["train", "--dataset", "two_spirals"] if command == "train"
+    for module, name, code in ((_train, "train_command", 0),
+                               (_evaluate, "evaluate_command", None)):
+        monkeypatch.setattr(module, name, switched_then(code))
+        argv = (["train", "--dataset", "two_spirals"] if name == "train_command"
                 else ["evaluate", "no-such-run"])
         assert _run_main(argv, capsys)[0] == (0 if code == 0 else 1)
         assert eqx_errors.EQX_ON_ERROR == mode
@@ -542,27 +544,3 @@ def test_documented_train_commands_parse():
             parser.parse_args(argv)
         except SystemExit as e:
             raise AssertionError(f"{where}: `liquidjax {' '.join(argv)}` does not parse") from e
-
-
-def test_a_model_on_a_compiled_kernel_trains_on_one_cpu_device():
-    """The compiled kernels use every core of their device and XLA's SPMD partitioner does not
-    split them, so a model that runs one (an LTC with the fused solver, a plain CfC) trains on
-    one CPU device unless --cpu-devices says otherwise; the others are split over the cores."""
-    from argparse import Namespace
-
-    from liquidjax.cli import _runs_compiled_kernel
-
-    def args(**kw):
-        base = dict(kind="sequence", cell="cfc", solver=None, mixed_memory=False, wiring="fc",
-                    cfc_mode="default", backbone_layers=1)
-        return Namespace(**{**base, **kw})
-
-    assert _runs_compiled_kernel(args())
-    assert _runs_compiled_kernel(args(cell="ltc")) and _runs_compiled_kernel(args(cell="ltc",
-                                                                                  wiring="ncp"))
-    assert _runs_compiled_kernel(args(kind="conv"))
-    assert _runs_compiled_kernel(args(mixed_memory=True))
-    for not_kernel in (args(wiring="ncp"), args(cfc_mode="pure"),
-                       args(backbone_layers=2), args(cell="ltc", solver="tsit5"),
-                       args(cell="gru")):
-        assert not _runs_compiled_kernel(not_kernel)
