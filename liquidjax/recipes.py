@@ -1,9 +1,10 @@
 """Named, versioned training recipes: data, not prose.
 
 A recipe is a set of ``liquidjax train`` settings (argument names as the parser stores them,
-the config fields: ``units``, ``mixed_memory``, ``learning_rate``, ...) with a name, a version and the figure it was measured
-to reach. The command line applies one with ``--recipe NAME`` (explicit flags still win), and
-``benchmarks/fashion_mnist.py`` runs the same objects, so the documented figures are what a user
+the config fields: ``units``, ``mixed_memory``, ``learning_rate``, ...) with a name, a version
+and the figure it was measured to reach. The command line applies one with ``--recipe NAME``
+(explicit flags still win), and ``benchmarks/fashion_mnist.py`` runs the same objects, so the
+documented figures are what a user
 gets. Change a recipe's settings only together with its version.
 
 With no ``--recipe``, an image dataset read as sequences gets :data:`DEFAULT_IMAGE_RECIPE` (the

@@ -59,7 +59,8 @@ def _cores() -> int:
 
 def _sizes_flags(args) -> str:
     return (f"--units {args.units} --layers {args.layers}"
-            + (f" --backbone-units {args.backbone_units}" if args.cell == "cfc" else "")
+            + (f" --backbone-units {args.backbone_units} --backbone-layers "
+               f"{args.backbone_layers}" if args.cell == "cfc" else "")
             + (f" --ensemble {args.ensemble}" if args.ensemble > 1 else ""))
 
 
@@ -284,8 +285,8 @@ def _interrupted(out_dir: Path, created: Path | None, saved) -> RunInterrupted:
 
 def _train(args, tconfig: lt.TrainConfig, parallel, dconfig: ld.DataConfig, eval_batch: int,
            out_dir: Path, resume: Path | None) -> int:
-    import equinox as eqx
     import jax
+    import jax.numpy as jnp
 
     data = build_data(dconfig, download=not args.no_download)
     n_train = data.sizes["train"]
@@ -299,9 +300,10 @@ def _train(args, tconfig: lt.TrainConfig, parallel, dconfig: ld.DataConfig, eval
     train_loader = data.train_loader(tconfig.batch_size, tconfig.seed)
     first = lt.batch_dict(next(iter(train_loader.epoch(0))).data)
     steps = int(first["x"].shape[1]) if first["x"].ndim >= 3 else 1
+    # The parameter count from the model's shapes alone: nothing is allocated yet.
     shapes = jax.eval_shape(lambda: build_model(mconfig, key=jax.random.key(0)))
-    nparams = sum(x.size for x in jax.tree_util.tree_leaves(
-        eqx.filter(shapes, eqx.is_inexact_array)))
+    nparams = sum(x.size for x in jax.tree_util.tree_leaves(shapes)
+                  if isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact))
     total_steps = tconfig.epochs * train_loader.num_batches
     if tconfig.max_steps is not None:
         total_steps = min(total_steps, tconfig.max_steps)
