@@ -118,7 +118,9 @@ def test_data_unavailable_subprocess(tmp_path):
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert proc.returncode == 1
-    assert "dataset 'cifar10'" in proc.stderr and "Looked in" in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # the message, the places and the remedies
+    assert line.startswith("liquidjax train: error: dataset 'cifar10'")
+    assert "Looked in:" in line and "Options: 1. " in line
     assert "--data-dir" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
@@ -383,6 +385,9 @@ def run_cli_cases(tmp_path, cases, *, env=None, timeout=300):
                  if ln.startswith(f"liquidjax {argv[0]}: error: ")]
         assert r["code"] == code and len(lines) == 1, (argv, r)
         assert message in r["err"], (argv, message, r["err"])
+        # one line: nothing but the usage line, progress notes and the error itself
+        assert all(ln.startswith(("usage: ", "liquidjax")) for ln in r["err"].splitlines()
+                   if ln.strip()), (argv, r["err"])
     return results
 
 
@@ -424,7 +429,12 @@ def test_run_time_failures_are_one_line(idx_dir, tmp_path):
          f"run directory: {a_file} is a file, not a folder"),
         ([*fm, "--data-dir", str(idx_dir), "--out-dir", str(bad_ckpt_dir)], 1,
          f"run directory: {bad_ckpt_dir / 'checkpoints'} is a file, not a folder"),
+        ([*fm, "--data-dir", str(tmp_path / "nonexistent"), "--out-dir", "new/run"], 1,
+         "does not exist"),
     ])
+    # failed runs leave no run folder behind (those they found are left as they were)
+    assert not any((tmp_path / d).exists() for d in ("r", "r1", "new"))
+    assert a_file.is_file() and (bad_ckpt_dir / "checkpoints").is_file()
 
 
 def test_help_lists_every_model_config_field(capsys):
