@@ -25,9 +25,14 @@ from __future__ import annotations
 import os
 import sys
 
+from .._platform import use_cpu_cores
+from ..data import DatasetFormatError, DatasetUnavailableError
+from ..train import CheckpointError, NonFiniteLossError, PeerFailureError, RunDirError
 from ._devices import join_processes, max_cpu_devices, sigterm_as_interrupt
 from ._errors import CliError, RunInterrupted, UsageError, one_line
+from ._evaluate import evaluate_command
 from ._parser import build_parser, build_parsers, ts_only_flags, with_recipe
+from ._train import train_command
 
 __all__ = ["build_parser", "main", "with_recipe"]
 
@@ -64,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         _check_flags(parsers, args, argv)
         args = with_recipe(args, argv)
-    from .._platform import use_cpu_cores
-
     # Before any JAX backend exists: one CPU device per core, so data parallelism uses them all.
     if args.cpu_devices is not None and args.cpu_devices > max_cpu_devices():
         parsers.of(args.command).error(
@@ -83,11 +86,6 @@ def main(argv: list[str] | None = None) -> int:
             if err is not None:
                 _report("train", err)
                 return 1
-    from ..data import DatasetFormatError, DatasetUnavailableError
-    from ..train import CheckpointError, NonFiniteLossError, PeerFailureError, RunDirError
-    from ._evaluate import evaluate_command
-    from ._train import train_command
-
     try:
         with sigterm_as_interrupt():
             return (train_command if args.command == "train" else evaluate_command)(args)

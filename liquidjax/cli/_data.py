@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 from .. import data as ld
@@ -190,8 +191,6 @@ def resolve_defaults(args) -> None:
     """Fill in the data-dependent defaults that were not given: --val-fraction, --epochs and
     --batch-size, and for --dataset ts --patch-length (see TS_DEFAULT_STEPS, TS_TARGET_STEPS);
     print the --dataset ts ones."""
-    import jax
-
     if args.val_fraction is None:
         args.val_fraction = 0.0 if args.dataset == "ts" else 0.1
     if args.dataset != "ts":

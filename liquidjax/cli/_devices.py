@@ -9,6 +9,9 @@ import signal
 import threading
 from collections.abc import Iterator
 
+import equinox._errors as eqx_errors  # see run_time_errors_as_nan
+import jax
+
 
 def max_cpu_devices() -> int:
     """The most CPU devices ``--cpu-devices`` may ask for: 4 per core (more gives no speed)."""
@@ -18,8 +21,6 @@ def max_cpu_devices() -> int:
 
 def join_processes(coordinator: str, num_processes: int, process_id: int) -> str | None:
     """``jax.distributed.initialize`` for a multi-host run; returns an error message or None."""
-    import jax
-
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives
     try:
         # A dead or missing process is reported within these timeouts instead of hanging.
@@ -51,8 +52,6 @@ def run_time_errors_as_nan(enabled: bool = True) -> Iterator[None]:
     # once when equinox is imported (before any command line is parsed, and once for a whole
     # notebook), so the module attribute it is read into is set here and put back on exit
     # (docs/troubleshooting.md, "Private names liquidjax relies on").
-    import equinox._errors as eqx_errors
-
     before = eqx_errors.EQX_ON_ERROR
     eqx_errors.EQX_ON_ERROR = "nan"
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from .. import data as ld, train as lt
@@ -52,8 +53,6 @@ def evaluate_command(args) -> int:
         parallel.check_batch_size(args.batch_size)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    import jax
-
     model, _ = lt.restore_model(path, build_model(mconfig, key=jax.random.key(0)),
                                 ema=False if args.no_ema else None)
     data = build_data(dconfig, download=not args.no_download, image_stats=stats)

@@ -11,9 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from .. import data as ld, train as lt
 from .._config_args import config_values, from_data_fields
 from ..models import ModelConfig, build_model, constraint_transforms
+from ..plot import save_training_curves
 from ._data import IMAGE_DATASETS, RunData, build_data, data_config, resolve_defaults
 from ._devices import run_time_errors_as_nan
 from ._errors import CliError, RunInterrupted, UsageError
@@ -213,8 +217,6 @@ def _checkpoints(out_dir: Path) -> list[Path]:
 
 def _clean_up(created: Path | None, out_dir: Path) -> bool:
     """Remove the run folder this run created if no checkpoint was saved in it; True if so."""
-    import jax
-
     if created is None or jax.process_index() != 0 or not created.is_dir():
         return False
     if _checkpoints(out_dir):
@@ -285,9 +287,6 @@ def _interrupted(out_dir: Path, created: Path | None, saved) -> RunInterrupted:
 
 def _train(args, tconfig: lt.TrainConfig, parallel, dconfig: ld.DataConfig, eval_batch: int,
            out_dir: Path, resume: Path | None) -> int:
-    import jax
-    import jax.numpy as jnp
-
     data = build_data(dconfig, download=not args.no_download)
     n_train = data.sizes["train"]
     if tconfig.batch_size > n_train:
@@ -354,8 +353,6 @@ def _train(args, tconfig: lt.TrainConfig, parallel, dconfig: ld.DataConfig, eval
 
 
 def _print_summary(result, summary: dict[str, Any], task: str, out_dir: Path) -> None:
-    from ..plot import save_training_curves
-
     curves = save_training_curves(result.metrics, out_dir / "curves.png")
     last = result.history[-1] if result.history else {}
     lines = [f"done: {out_dir}"]
