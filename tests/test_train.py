@@ -762,8 +762,8 @@ RT_DRIVER = textwrap.dedent("""
     from liquidjax.train import ArrayData, NonFiniteLossError, TrainConfig, fit
 
     assert jax.device_count() == 2
-    if sys.argv[1] == "nan":
-        run_time_errors_as_nan().__enter__()
+    nan_mode = run_time_errors_as_nan(sys.argv[1] == "nan")
+    nan_mode.__enter__()  # for the rest of the script (the reference keeps it entered)
     rng = np.random.default_rng(0)
     x = 3 * np.ones((16, 12, 3), np.float32)
     y = (rng.random(16) > 0.5).astype(np.int32)
