@@ -28,13 +28,16 @@ import sys
 from .._platform import use_cpu_cores
 from ..data import DatasetFormatError, DatasetUnavailableError
 from ..train import CheckpointError, NonFiniteLossError, PeerFailureError, RunDirError
+from ._data import TS_DEFAULT_STEPS, TS_MAX_BATCH, TS_TARGET_STEPS
 from ._devices import join_processes, max_cpu_devices, sigterm_as_interrupt
 from ._errors import CliError, RunInterrupted, UsageError, one_line
 from ._evaluate import evaluate_command
 from ._parser import build_parser, build_parsers, ts_only_flags, with_recipe
 from ._train import train_command
 
-__all__ = ["build_parser", "main", "with_recipe"]
+# The data-dependent --dataset ts defaults are read by the time-series notebook too.
+__all__ = ["TS_DEFAULT_STEPS", "TS_MAX_BATCH", "TS_TARGET_STEPS", "build_parser", "main",
+           "with_recipe"]
 
 
 def _check_flags(parsers, args, argv: list[str]) -> None:
