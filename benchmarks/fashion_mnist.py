@@ -38,7 +38,7 @@ def run(name: str, out_root: Path, quick: bool) -> dict:
            "--out-dir", str(out)]
     if quick:
         cmd += ["--epochs", "1", "--limit-examples", "6000"]
-    if (out / "checkpoints").exists():
+    if any((out / "checkpoints").glob("*.ljx")):  # --resume needs a checkpoint
         cmd.append("--resume")
     print("$", " ".join(cmd), flush=True)
     t0 = time.time()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from ._checks import (
@@ -62,27 +63,45 @@ def _help(text: str, ft: FieldType, default: Any, sp: dict[str, Any]) -> str:
     return f"{text} (default: {shown})"
 
 
-def add_config_arguments(group: Any, cls: type) -> None:
+def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (),
+                         overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Add one flag per field of the config dataclass `cls` to an argparse parser or group.
 
     Fields without a default, and those the data fixes (spec `from_data`), default to ``None`` on
     the command line.
+
+    **Arguments:**
+    - `group`: an argparse parser or argument group.
+    - `cls`: the config dataclass.
+    - `skip`: fields that get no flag (the command line fills them in otherwise).
+    - `overrides`: per field, what the command line does differently from the field: `flags`,
+      `default` (e.g. ``None`` for a default that depends on the data), `shown_default` (the
+      default as the help states it), `type` (a converter accepting more spellings).
     """
     docs = field_docs(cls)
     types = field_types(cls)
+    overrides = overrides or {}
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"overrides for unknown {cls.__name__} fields: {sorted(unknown)}")
     for f in dataclasses.fields(cls):
-        sp, ft = field_spec(f), types[f.name]
+        if f.name in skip:
+            continue
+        sp, ft, ov = field_spec(f), types[f.name], dict(overrides.get(f.name, {}))
         if f.name not in docs:
             raise TypeError(f"{cls.__name__}.{f.name} has no entry in the class docstring")
         default = None if f.default is dataclasses.MISSING or sp["from_data"] else f.default
+        default = ov.get("default", default)
+        if "shown_default" in ov:
+            sp = dict(sp, cli_default=ov["shown_default"])
         kwargs: dict[str, Any] = dict(dest=f.name, default=default,
                                       help=_help(docs[f.name], ft, default, sp))
         if ft.base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _arg_type(ft, sp)
+            kwargs["type"] = ov.get("type", _arg_type(ft, sp))
             kwargs["metavar"] = f.name.upper()
-        group.add_argument(*flag_names(f), **kwargs)
+        group.add_argument(*ov.get("flags", flag_names(f)), **kwargs)
 
 
 def from_data_fields(cls: type) -> tuple[str, ...]:
@@ -90,6 +109,7 @@ def from_data_fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if field_spec(f)["from_data"])
 
 
-def config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The parsed values of `cls`'s fields, by field name."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+def config_values(args: argparse.Namespace, cls: type,
+                  skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The parsed values of `cls`'s fields, by field name (`skip`: fields that had no flag)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}

@@ -1,9 +1,10 @@
 """Named, versioned training recipes: data, not prose.
 
-A recipe is a set of ``liquidjax train`` settings (argument names as the parser stores them:
-``units``, ``mixed_memory``, ``lr``, ...) with a name, a version and the figure it was measured
-to reach. The command line applies one with ``--recipe NAME`` (explicit flags still win), and
-``benchmarks/fashion_mnist.py`` runs the same objects, so the documented figures are what a user
+A recipe is a set of ``liquidjax train`` settings (argument names as the parser stores them,
+the config fields: ``units``, ``mixed_memory``, ``learning_rate``, ...) with a name, a version
+and the figure it was measured to reach. The command line applies one with ``--recipe NAME``
+(explicit flags still win), and ``benchmarks/fashion_mnist.py`` runs the same objects, so the
+documented figures are what a user
 gets. Change a recipe's settings only together with its version.
 
 With no ``--recipe``, an image dataset read as sequences gets :data:`DEFAULT_IMAGE_RECIPE` (the
@@ -54,8 +55,8 @@ _RECIPES = (
     Recipe(
         "cfc_rows", 1,
         "CfC-128 + mixed memory on image rows, dropout 0.2, AdamW (wd 0.05), 15 epochs",
-        dict(kind="sequence", cell="cfc", units=128, mixed_memory=True, epochs=15, lr=2e-3,
-             dropout=0.2, weight_decay=0.05, batch_size=128),
+        dict(kind="sequence", cell="cfc", units=128, mixed_memory=True, epochs=15,
+             learning_rate=2e-3, dropout=0.2, weight_decay=0.05, batch_size=128),
         "Fashion-MNIST rows: 90.87 % test in 339 s of training (2 CPU cores)",
     ),
     Recipe(
@@ -64,9 +65,9 @@ _RECIPES = (
         "(lr 3e-3, wd 0.05), 14 epochs on one CPU device (short budget: ncps's 90.2 % in "
         "<= 139 s is the aim; this small model trains 1.65x faster on one device than "
         "data-parallel over two)",
-        dict(kind="sequence", cell="cfc", units=80, mixed_memory=True, epochs=14, lr=3e-3,
-             dropout=0.2, weight_decay=0.05, label_smoothing=0.1, batch_size=128,
-             cpu_devices=1),
+        dict(kind="sequence", cell="cfc", units=80, mixed_memory=True, epochs=14,
+             learning_rate=3e-3, dropout=0.2, weight_decay=0.05, label_smoothing=0.1,
+             batch_size=128, cpu_devices=1),
         "Fashion-MNIST rows: 90.41 % test in 110 s of training (seed 0; seed 1: 90.56 % in "
         "117 s), quiet machine, 2 CPU cores",
     ),
@@ -75,16 +76,16 @@ _RECIPES = (
         "CfC-128 + mixed memory on image rows, 1-px crops and flips, label smoothing 0.1, "
         "dropout 0.2, a moving average of the weights (0.999), AdamW (wd 0.05), 40 epochs on "
         "one CPU device (the row-wise record)",
-        dict(kind="sequence", cell="cfc", units=128, mixed_memory=True, epochs=40, lr=2e-3,
-             dropout=0.2, weight_decay=0.05, label_smoothing=0.1, augment=True,
-             augment_padding=1, ema=0.999, batch_size=128, cpu_devices=1),
+        dict(kind="sequence", cell="cfc", units=128, mixed_memory=True, epochs=40,
+             learning_rate=2e-3, dropout=0.2, weight_decay=0.05, label_smoothing=0.1,
+             augment=True, augment_padding=1, ema=0.999, batch_size=128, cpu_devices=1),
         "Fashion-MNIST rows: 91.79 / 91.91 / 91.70 % test with seeds 0 / 1 / 2 (mean 91.80 %), "
         "621-637 s of training each (2 CPU cores, quiet); version 1 (28 epochs): 91.20-91.53 %",
     ),
     Recipe(
         "ltc_rows", 1,
         "LTC-64 (fully connected, ncps initialisation) on image rows, lr 5e-3, 3 epochs",
-        dict(kind="sequence", cell="ltc", units=64, ltc_init="ncps", epochs=3, lr=5e-3,
+        dict(kind="sequence", cell="ltc", units=64, ltc_init="ncps", epochs=3, learning_rate=5e-3,
              batch_size=128),
         "Fashion-MNIST rows: 66.6 % test after 3 epochs (76 s/epoch)",
     ),
@@ -93,21 +94,21 @@ _RECIPES = (
         "LTC-64 (slow initialisation) + mixed memory on image rows, dropout 0.2, AdamW "
         "(lr 5e-3, wd 0.05), 18 epochs",
         dict(kind="sequence", cell="ltc", units=64, ltc_init="slow", mixed_memory=True,
-             epochs=18, lr=5e-3, dropout=0.2, weight_decay=0.05, batch_size=128),
+             epochs=18, learning_rate=5e-3, dropout=0.2, weight_decay=0.05, batch_size=128),
         "Fashion-MNIST rows: 90.11 % test in 1044 s of training (2 CPU cores)",
     ),
     Recipe(
         "conv_cfc", 1,
         "strided conv stem (32, 64, 128) whose feature-map rows feed a CfC-64, 12 epochs",
         dict(kind="conv", cell="cfc", units=64, conv_channels=(32, 64, 128), epochs=12,
-             lr=2e-3, dropout=0.2, weight_decay=0.05, batch_size=128),
+             learning_rate=2e-3, dropout=0.2, weight_decay=0.05, batch_size=128),
         "Fashion-MNIST: 92.02 % test",
     ),
     Recipe(
         "conv_pooled_cfc", 1,
         "VGG-style pooled conv stem (32, 64) + CfC-64, 1-px crops and flips, 34 epochs",
         dict(kind="conv", conv_stem="pooled", conv_channels=(32, 64), cell="cfc", units=64,
-             epochs=34, lr=2e-3, augment=True, augment_padding=1, dropout=0.2,
+             epochs=34, learning_rate=2e-3, augment=True, augment_padding=1, dropout=0.2,
              weight_decay=0.05, label_smoothing=0.1, batch_size=128),
         "Fashion-MNIST: 93.96 % test in 2998 s of training",
     ),
@@ -117,7 +118,7 @@ _RECIPES = (
         "UEA/UCR archives: an ensemble of 5 CfC-64 (backbone 128) + mixed memory, read at "
         "their last state, lr 2e-3",
         dict(kind="sequence", cell="cfc", units=64, mixed_memory=True, readout="last",
-             lr=2e-3, ensemble=5),
+             learning_rate=2e-3, ensemble=5),
         "10 aeon UEA/UCR archives, 3 seeds: at or above 1-NN-DTW in 28 of 30 runs "
         "(docs/time_series.md)",
         data="ts",
@@ -127,7 +128,7 @@ _RECIPES = (
         "UEA/UCR archives: an ensemble of 5 LTC-64 (slow initialisation) + mixed memory, read "
         "at their last state, lr 1e-2",
         dict(kind="sequence", cell="ltc", units=64, ltc_init="slow", mixed_memory=True,
-             readout="last", lr=1e-2, ensemble=5),
+             readout="last", learning_rate=1e-2, ensemble=5),
         "10 aeon UEA/UCR archives: at or above 1-NN-DTW in 14 of 15 runs (seed 0 on all 10, "
         "seed 1 on 5; docs/time_series.md)",
         data="ts",

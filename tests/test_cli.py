@@ -118,7 +118,9 @@ def test_data_unavailable_subprocess(tmp_path):
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert proc.returncode == 1
-    assert "dataset 'cifar10'" in proc.stderr and "Looked in" in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # the message, the places and the remedies
+    assert line.startswith("liquidjax train: error: dataset 'cifar10'")
+    assert "Looked in:" in line and "Options: 1. " in line
     assert "--data-dir" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
@@ -271,27 +273,29 @@ def test_ltc_ncp_synthetic(tmp_path, capsys):
 
 
 def test_main_restores_the_run_time_error_mode(monkeypatch, capsys):
-    """On several devices ``_train``/``_evaluate`` switch equinox's run-time errors to NaN; an
+    """On several devices train and evaluate switch equinox's run-time errors to NaN; an
     in-process ``main`` must hand the process back as it found it, however the run ends. (The
     suite's process has one device, so a real run would not switch it: the switch is forced.)"""
     import equinox._errors as eqx_errors
 
-    from liquidjax import cli
+    from liquidjax.cli import _devices, _evaluate, _train
+    from liquidjax.cli._errors import CliError
 
     mode = eqx_errors.EQX_ON_ERROR
 
     def switched_then(code):
         def run(args):
-            cli._run_time_errors_as_nan()
-            assert eqx_errors.EQX_ON_ERROR == "nan"
-            if code is None:
-                raise cli._CliError("the run failed")
-            return code
+            with _devices.run_time_errors_as_nan():
+                assert eqx_errors.EQX_ON_ERROR == "nan"
+                if code is None:
+                    raise CliError("the run failed")
+                return code
         return run
 
-    for command, code in (("train", 0), ("evaluate", None)):
-        monkeypatch.setattr(cli, f"_{command}", switched_then(code))
-        argv = (["train", "--dataset", "two_spirals"] if command == "train"
+    for module, name, code in ((_train, "train_command", 0),
+                               (_evaluate, "evaluate_command", None)):
+        monkeypatch.setattr(module, name, switched_then(code))
+        argv = (["train", "--dataset", "two_spirals"] if name == "train_command"
                 else ["evaluate", "no-such-run"])
         assert _run_main(argv, capsys)[0] == (0 if code == 0 else 1)
         assert eqx_errors.EQX_ON_ERROR == mode
@@ -381,6 +385,9 @@ def run_cli_cases(tmp_path, cases, *, env=None, timeout=300):
                  if ln.startswith(f"liquidjax {argv[0]}: error: ")]
         assert r["code"] == code and len(lines) == 1, (argv, r)
         assert message in r["err"], (argv, message, r["err"])
+        # one line: nothing but the usage line, progress notes and the error itself
+        assert all(ln.startswith(("usage: ", "liquidjax")) for ln in r["err"].splitlines()
+                   if ln.strip()), (argv, r["err"])
     return results
 
 
@@ -422,7 +429,12 @@ def test_run_time_failures_are_one_line(idx_dir, tmp_path):
          f"run directory: {a_file} is a file, not a folder"),
         ([*fm, "--data-dir", str(idx_dir), "--out-dir", str(bad_ckpt_dir)], 1,
          f"run directory: {bad_ckpt_dir / 'checkpoints'} is a file, not a folder"),
+        ([*fm, "--data-dir", str(tmp_path / "nonexistent"), "--out-dir", "new/run"], 1,
+         "does not exist"),
     ])
+    # failed runs leave no run folder behind (those they found are left as they were)
+    assert not any((tmp_path / d).exists() for d in ("r", "r1", "new"))
+    assert a_file.is_file() and (bad_ckpt_dir / "checkpoints").is_file()
 
 
 def test_help_lists_every_model_config_field(capsys):
@@ -544,25 +556,250 @@ def test_documented_train_commands_parse():
             raise AssertionError(f"{where}: `liquidjax {' '.join(argv)}` does not parse") from e
 
 
-def test_a_model_on_a_compiled_kernel_trains_on_one_cpu_device():
-    """The compiled kernels use every core of their device and XLA's SPMD partitioner does not
-    split them, so a model that runs one (an LTC with the fused solver, a plain CfC) trains on
-    one CPU device unless --cpu-devices says otherwise; the others are split over the cores."""
+# ------------------------------------------------------------------- configs behind the flags
+def test_data_config_is_validated_and_round_trips():
+    from liquidjax.data import DataConfig
+
+    cfg = DataConfig(dataset="ts", data_dir="/d", name="Wave", val_fraction=0.0, patch_length=3)
+    assert DataConfig.from_dict(cfg.to_dict()) == cfg
+    # statistics recorded beside it are ignored; an old header's synthetic_seed is the seed
+    old = DataConfig.from_dict({"dataset": "two_spirals", "synthetic_seed": 7, "mean": [1.0]})
+    assert old.seed == 7 and old.family == "synthetic"
+    with pytest.raises(ValueError, match="dataset 'ts' needs data_dir and name"):
+        DataConfig(dataset="ts", data_dir="/d")
+    with pytest.raises(ValueError, match="missing, patch_length apply to dataset 'ts' only"):
+        DataConfig(dataset="mnist", missing="zero", patch_length=2)
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        DataConfig(dataset="imagenet")
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0.0, 1.0\)"):
+        DataConfig(val_fraction=1.0)
+    with pytest.raises(ValueError, match="augment applies to image datasets only"):
+        DataConfig(dataset="two_spirals", augment=True)
+    a = DataConfig(dataset="mnist", limit_examples=10)
+    # the data dir may move (another copy); the crop padding matters only with augment
+    assert a.differences(DataConfig(dataset="mnist", limit_examples=10, data_dir="/x",
+                                    augment_padding=2)) == []
+    assert a.differences(DataConfig(dataset="mnist", val_seed=3)) == [
+        ("val_seed", 0, 3), ("limit_examples", 10, None)]
+
+
+def test_training_and_data_flags_are_derived_from_their_configs(capsys):
+    import dataclasses
+
+    from liquidjax.cli import build_parser
+    from liquidjax.data import DataConfig
+    from liquidjax.train import TrainConfig
+
+    code, out, _ = _run_main(["train", "--help"], capsys)
+    assert code == 0
+    for cls, skip in ((TrainConfig, ()), (DataConfig, ("seed",))):
+        for f in dataclasses.fields(cls):
+            if f.name not in skip:
+                assert "--" + f.name.replace("_", "-") in out or f.name == "learning_rate", f
+    assert "--lr LEARNING_RATE, --learning-rate LEARNING_RATE" in out
+    args = build_parser().parse_args(["train", "--warmup-fraction", "0.2", "--keep-checkpoints",
+                                      "5", "--regression-loss", "mae", "--val-seed", "4"])
+    assert (args.warmup_fraction, args.keep_checkpoints, args.regression_loss,
+            args.val_seed) == (0.2, 5, "mae", 4)
+    # the bounds are TrainConfig's and DataConfig's own
+    for argv, expected in ((["--warmup-fraction", "1"], "expected a number in [0.0, 1.0)"),
+                           (["--keep-checkpoints", "0"], "expected an integer >= 1, got 0"),
+                           (["--regression-loss", "l1"], "expected one of: mse, mae"),
+                           (["--val-seed", "-1"], "expected an integer in [0, 4294967295]")):
+        code, _, err = _run_main(["train", *argv], capsys)
+        assert code == 2 and expected in err, (argv, err)
+
+
+def test_no_private_names_of_argparse_or_equinox_in_the_cli():
+    import liquidjax.cli
+
+    folder = Path(liquidjax.cli.__file__).parent
+    sources = {p.name: p.read_text() for p in folder.glob("*.py")}
+    assert {"_parser.py", "_data.py", "_train.py", "_evaluate.py", "_devices.py"} <= set(sources)
+    for name, text in sources.items():
+        assert "._subparsers" not in text and "_group_actions" not in text, name
+    users = [n for n, t in sources.items() if "equinox._errors" in t]
+    assert users == ["_devices.py"] and sources["_devices.py"].count("equinox._errors") == 1
+    assert "equinox._errors" in (ROOT / "docs" / "troubleshooting.md").read_text()
+
+
+def test_ncp_sparsity_below_its_range_is_refused_not_changed(capsys):
+    from liquidjax.models import ModelConfig
+
+    with pytest.raises(ValueError, match=r"NCP wiring needs sparsity in \[0.1, 1\)"):
+        ModelConfig(input_size=2, num_classes=2, wiring="ncp", units=8, sparsity=0.0)
+    code, _, err = _run_main(["train", "--dataset", "two_spirals", "--wiring", "ncp",
+                              "--sparsity", "0", "--units", "8"], capsys)
+    assert code == 2 and "got 0.0; for a denser wiring use wiring='random'" in err
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    base = ["train", "--dataset", "two_spirals", *SMALL]
+    code, _, err = _run_main([*base, "--out-dir", str(empty), "--resume"], capsys)
+    assert code == 1 and f"--resume: {empty} holds no checkpoint" in err
+    assert (empty / "checkpoints").is_dir()  # a folder that existed is left alone
+    new = tmp_path / "new"
+    code, _, err = _run_main([*base, "--out-dir", str(new), "--resume"], capsys)
+    assert code == 1 and "holds no checkpoint" in err and not new.exists()
+    code, _, err = _run_main([*base, "--out-dir", str(new), "--resume", str(tmp_path / "x.ljx")],
+                             capsys)
+    assert code == 1 and f"--resume {tmp_path / 'x.ljx'}: no such checkpoint file" in err
+
+
+def test_compute_and_memory_estimates():
     from argparse import Namespace
 
-    from liquidjax.cli import _runs_compiled_kernel
+    from liquidjax.cli import _train
+    from liquidjax.cli._errors import UsageError
 
-    def args(**kw):
-        base = dict(kind="sequence", cell="cfc", solver=None, mixed_memory=False, wiring="fc",
-                    cfc_mode="default", backbone_layers=1)
-        return Namespace(**{**base, **kw})
+    args = Namespace(units=100, layers=1, ensemble=1, cell="cfc", backbone_units=64,
+                     backbone_layers=1)
+    line, slow = _train.check_compute(args, nparams=10_000, batch=32, steps=20, total_steps=50,
+                                      platform="cpu")
+    assert line == f"{6 * 10_000 * 32 * 20 / 1e6:.1f} MFLOP per step" and slow is None
+    # 6 x 1e7 x 4096 x 1000 = 245.8 TFLOP: beyond the per-step limit on up to 160 cores
+    one = Namespace(units=1, layers=1, ensemble=1, cell="cfc", backbone_units=64,
+                     backbone_layers=1)
+    with pytest.raises(UsageError, match=r"245\.8 TFLOP per training step .* beyond the limit "
+                                         r"of 60 s per step"):
+        _train.check_compute(one, nparams=10**7, batch=4096, steps=1000, total_steps=1,
+                             platform="cpu")
+    _train.check_compute(one, nparams=10**7, batch=4096, steps=1000, total_steps=1,
+                         platform="gpu")  # no CPU time limit on an accelerator
+    # activations: 4 floats per unit, example and step are kept at least
+    big = Namespace(units=10**7, layers=1, ensemble=1, cell="cfc", backbone_units=64,
+                     backbone_layers=1)
+    with pytest.raises(UsageError, match=r"activations 953\.7\).*beyond the memory limit"):
+        _train.check_compute(big, nparams=10, batch=64, steps=100, total_steps=1, platform="gpu")
+    cores = _train._cores()
+    flops = 3 * _train.CPU_FLOPS_PER_CORE * cores  # three seconds per step
+    _, slow = _train.check_compute(args, nparams=int(flops / (6 * 32 * 20)), batch=32,
+                                   steps=20, total_steps=100, platform="cpu")
+    assert slow is not None and "about 3.0 s per step" in slow and "5 min for 100 steps" in slow
 
-    assert _runs_compiled_kernel(args())
-    assert _runs_compiled_kernel(args(cell="ltc")) and _runs_compiled_kernel(args(cell="ltc",
-                                                                                  wiring="ncp"))
-    assert _runs_compiled_kernel(args(kind="conv"))
-    assert _runs_compiled_kernel(args(mixed_memory=True))
-    for not_kernel in (args(wiring="ncp"), args(cfc_mode="pure"),
-                       args(backbone_layers=2), args(cell="ltc", solver="tsit5"),
-                       args(cell="gru")):
-        assert not _runs_compiled_kernel(not_kernel)
+
+def test_absurd_sizes_are_refused_before_the_model_is_built(capsys, tmp_path):
+    # 8-unit CfC with a 4 x 8000 backbone: 192 M parameters, 6 x 1.9e8 x 2048 x 32 = 76 TFLOP
+    out = tmp_path / "big"
+    code, _, err = _run_main(["train", "--dataset", "two_spirals", "--units", "8",
+                              "--backbone-units", "8000", "--backbone-layers", "4",
+                              "--batch-size", "2048", "--out-dir", str(out),
+                              "--progress", "none"], capsys)
+    assert code == 2 and "75.6 TFLOP per training step (192368050 parameters)" in err, err
+    assert "--backbone-layers 4" in err and "beyond the" in err and "limit" in err
+    assert not out.exists()  # and the run folder it would have used is gone
+
+
+def test_sigterm_raises_keyboard_interrupt_in_the_main_thread():
+    import signal
+    import time
+
+    from liquidjax.cli._devices import sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_interrupted_runs_name_the_checkpoint_and_the_resume_command(monkeypatch, tmp_path,
+                                                                      capsys):
+    from liquidjax.cli import _train
+
+    out = tmp_path / "run"
+
+    def stopped(checkpoint):
+        def run(*args, **kwargs):
+            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            raise _train.TrainingInterrupted(checkpoint)
+        return run
+
+    argv = ["train", "--dataset", "two_spirals", "--out-dir", str(out), *SMALL]
+    monkeypatch.setattr(_train, "_train", stopped(str(out / "ckpt.ljx")))
+    code, _, err = _run_main(argv, capsys)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (
+        f"liquidjax train: interrupted: saved {out / 'ckpt.ljx'}; resume with: liquidjax train "
+        f"--resume --out-dir {out}")
+    # interrupted before anything was saved: the folder this run created goes
+    import shutil
+
+    shutil.rmtree(out)
+    monkeypatch.setattr(_train, "_train", stopped(None))
+    code, _, err = _run_main(argv, capsys)
+    assert code == 130 and "nothing was saved" in err and not out.exists()
+
+
+def test_sigterm_stops_a_training_run_with_the_resume_command(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liquidjax", "train", "--dataset", "two_spirals",
+         "--limit-examples", "64", "--epochs", "1000", "--cpu-devices", "1",
+         "--out-dir", str(out), *SMALL],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.monotonic()
+    while not list((out / "checkpoints").glob("*.ljx")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 240
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("liquidjax train: interrupted: ") and "Traceback" not in err
+    assert last.endswith(f"resume with: liquidjax train --resume --out-dir {out}")
+
+
+# ----------------------------------------------------------------- time-series archives as npz
+def _save_npz_archive(folder: Path, name: str) -> None:
+    from liquidjax.data import TimeSeriesData
+
+    rng = np.random.default_rng(5)
+    for split, n in (("TRAIN", 24), ("TEST", 10)):
+        y = np.arange(n) % 2
+        x = np.sin(np.arange(6)[None, :, None] * (0.5 + y[:, None, None])) + 0.1 * rng.normal(
+            size=(n, 6, 1))
+        data = TimeSeriesData.from_arrays(x.astype(np.float32), y, num_classes=2, name=name)
+        assert data.save_npz(folder / f"{name}_{split}.npz") == folder / f"{name}_{split}.npz"
+
+
+def test_ts_reads_npz_archives_and_evaluate_rebuilds_the_same_data(tmp_path, capsys):
+    _save_npz_archive(tmp_path, "Waves")
+    out = tmp_path / "run"
+    code, stdout, err = _run_main(
+        ["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Waves",
+         "--epochs", "1", "--batch-size", "8", "--units", "4", "--backbone-units", "4",
+         "--limit-examples", "16", "--recipe", "none", "--out-dir", str(out),
+         "--progress", "none", "--cpu-devices", "1"], capsys)
+    assert code == 0, err
+    assert "npz:" in err  # the source, in the summary line
+    test_rec = [r for r in read_metrics(out / "metrics.jsonl") if r["event"] == "test"][-1]
+    assert test_rec["test_examples"] == 10
+    header = read_header(list_checkpoints(out / "checkpoints")[-1])
+    assert header["data_config"]["limit_examples"] == 16
+    assert header["data_config"]["data_dir"] == str(tmp_path)
+    # evaluate reads the run's DataConfig: the same files, limit and inputs -> the same figure
+    code, stdout, err = _run_main(["evaluate", str(out), "--batch-size", "8"], capsys)
+    assert code == 0, err
+    loss = float(re.search(r"loss (\S+) \(", stdout).group(1))
+    assert loss == pytest.approx(test_rec["test_loss"], abs=1e-4)
+    assert "(10 examples" in stdout
+    code, stdout, err = _run_main(["evaluate", str(out), "--split", "train", "--batch-size", "8",
+                                   "--limit-examples", "12"], capsys)
+    assert code == 0 and "(12 examples" in stdout, err
+    # a wrong data dir: the archive's remedies, on one line, never an image dataset's
+    code, _, err = _run_main(["evaluate", str(out), "--data-dir", str(tmp_path / "moved")],
+                             capsys)
+    assert code == 1
+    (line,) = [ln for ln in err.splitlines() if ln.strip()]
+    assert line.startswith("liquidjax evaluate: error: dataset 'Waves'")
+    assert "Waves_TRAIN.npz" in line and "TimeSeriesData.save_npz" in line
+    assert "tfds" not in line and "CIFAR" not in line and "Fashion" not in line

@@ -10,7 +10,7 @@ from liquidjax.recipes import DEFAULT_IMAGE_RECIPE, RECIPES, get_recipe
 
 
 def _parse(argv):
-    return cli._with_recipe(cli.build_parser().parse_args(argv), argv)
+    return cli.with_recipe(cli.build_parser().parse_args(argv), argv)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -103,8 +103,8 @@ def test_fast_recipe_is_a_budget_whose_schedule_ends_with_it():
     assert n_fast < 0.6 * n_full
     steps = 54_000 // args.batch_size  # Fashion-MNIST training split after the 10 % hold-out
     config = lt.TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.lr, label_smoothing=args.label_smoothing)
+                            learning_rate=args.learning_rate, label_smoothing=args.label_smoothing)
     schedule = lt.make_schedule(config, config.epochs * steps)
     lrs = [float(schedule(s)) for s in range(0, config.epochs * steps + 1)]
-    assert max(lrs) == pytest.approx(fast["lr"], rel=1e-3) and lrs[-1] == 0.0
+    assert max(lrs) == pytest.approx(fast["learning_rate"], rel=1e-3) and lrs[-1] == 0.0
     assert float(schedule(config.epochs * steps - steps)) > 0.0  # still learning in the last epoch

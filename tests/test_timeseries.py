@@ -666,7 +666,7 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
 
 
 def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path, capsys):
-    from liquidjax.cli import _with_recipe, build_parser, main
+    from liquidjax.cli import build_parser, main, with_recipe
 
     rng = np.random.default_rng(3)
     lines = ["@problemName Long", "@univariate true", "@equalLength false",
@@ -691,11 +691,12 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
 
     def resolved(*flags):
         argv = ["train", "--dataset", "ts", *flags]
-        return _with_recipe(build_parser().parse_args(argv), argv)
+        return with_recipe(build_parser().parse_args(argv), argv)
 
     ltc = resolved("--cell", "ltc")
-    assert (ltc.recipe, ltc.mixed_memory, ltc.lr, ltc.ensemble) == ("ts_ltc@2", True, 1e-2, 5)
-    assert resolved("--cell", "ltc", "--lr", "3e-3").lr == 3e-3  # explicit flags still win
+    assert (ltc.recipe, ltc.mixed_memory, ltc.learning_rate, ltc.ensemble) == (
+        "ts_ltc@2", True, 1e-2, 5)
+    assert resolved("--cell", "ltc", "--lr", "3e-3").learning_rate == 3e-3  # flags still win
     assert resolved("--cell", "gruode").recipe == "none"
     assert resolved("--patch-length", "5").patch_length == 5
     with pytest.raises(SystemExit) as exit_:

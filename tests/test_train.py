@@ -757,13 +757,13 @@ def test_two_processes_match_one(tmp_path):
 RT_DRIVER = textwrap.dedent("""
     import sys
     import equinox as eqx, jax, jax.numpy as jnp, numpy as np
-    from liquidjax.cli import _run_time_errors_as_nan
+    from liquidjax.cli._devices import run_time_errors_as_nan
     from liquidjax.models import ModelConfig, build_model
     from liquidjax.train import ArrayData, NonFiniteLossError, TrainConfig, fit
 
     assert jax.device_count() == 2
-    if sys.argv[1] == "nan":
-        _run_time_errors_as_nan()
+    nan_mode = run_time_errors_as_nan(sys.argv[1] == "nan")
+    nan_mode.__enter__()  # for the rest of the script (the reference keeps it entered)
     rng = np.random.default_rng(0)
     x = 3 * np.ones((16, 12, 3), np.float32)
     y = (rng.random(16) > 0.5).astype(np.int32)

@@ -3,6 +3,7 @@ sequences, seeded resumable batching, synthetic irregularly-sampled sequence tas
 with missing values (in memory, ``.npz`` or the UEA/UCR ``.ts`` archive format)."""
 
 from ._batching import Batch as Batch, Loader as Loader
+from ._config import DATASETS as DATASETS, DataConfig as DataConfig
 from ._dataset import ImageDataset as ImageDataset, split_validation as split_validation
 from ._errors import (
     DatasetFormatError as DatasetFormatError,
@@ -54,4 +55,5 @@ from ._ts_format import (
     find_ts_files as find_ts_files,
     load_ts_task as load_ts_task,
     read_ts as read_ts,
+    read_ts_split as read_ts_split,
 )

@@ -14,6 +14,8 @@ class DatasetUnavailableError(RuntimeError):
     - `split`: the requested split.
     - `looked`: human-readable descriptions of the places searched, in order.
     - `reason`: why the last resort (download + preparation) was not possible.
+    - `options`: the ways to make the data available, one line each (default: those of the
+      image datasets: download, a data dir, a local archive).
 
     Example:
         >>> try:
@@ -22,37 +24,43 @@ class DatasetUnavailableError(RuntimeError):
         ...     print(e.looked)
     """
 
-    def __init__(self, name: str, split: str, looked: list[str], reason: str):
+    def __init__(self, name: str, split: str, looked: list[str], reason: str,
+                 options: list[str] | None = None):
         self.name = name
         self.split = split
         self.looked = list(looked)
         self.reason = reason
-        super().__init__(_format_unavailable(name, split, self.looked, reason))
+        self.options = _image_options(name) if options is None else list(options)
+        super().__init__(_format_unavailable(name, split, self.looked, reason, self.options))
 
 
-def _format_unavailable(name: str, split: str, looked: list[str], reason: str) -> str:
+def _format_unavailable(name: str, split: str, looked: list[str], reason: str,
+                        options: list[str]) -> str:
     lines = [f"dataset {name!r} (split {split!r}) is not available: {reason}", "Looked in:"]
     lines += [f"  - {where}" for where in looked] or ["  - (nowhere)"]
-    lines += [
-        "Options:",
+    lines += ["Options:"] + [f"  {i}. {o}" for i, o in enumerate(options, 1)]
+    return "\n".join(lines)
+
+
+def _image_options(name: str) -> list[str]:
+    return [
         (
-            f"  1. connect to the internet once: tfds downloads and prepares {name!r} into its "
+            f"connect to the internet once: tfds downloads and prepares {name!r} into its "
             "data dir (preparation needs TensorFlow: pip install 'liquidjax[prepare]'); later runs "
             "are offline;"
         ),
         (
-            f"  2. --data-dir (data_dir=) pointing at a tfds data dir where {name!r} is already "
+            f"--data-dir (data_dir=) pointing at a tfds data dir where {name!r} is already "
             "prepared in array_record format, or at a folder with the original files "
             "(MNIST/Fashion-MNIST: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
             "t10k-...; CIFAR-10: cifar-10-batches-py/ or cifar-10-batches-bin/);"
         ),
-        "  3. a local archive (cifar-10-python.tar.gz or cifar-10-binary.tar.gz) in that folder;",
+        "a local archive (cifar-10-python.tar.gz or cifar-10-binary.tar.gz) in that folder;",
         (
-            "  4. for Fashion-MNIST offline: apt-get install dataset-fashion-mnist, then "
+            "for Fashion-MNIST offline: apt-get install dataset-fashion-mnist, then "
             "--data-dir /usr/share/datasets/fashion-mnist."
         ),
     ]
-    return "\n".join(lines)
 
 
 class DatasetFormatError(ValueError):

@@ -360,22 +360,47 @@ def read_ts(
                           class_names=classes, name=name, split=split, source=f"ts:{path}")
 
 
-def find_ts_files(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """``(NAME_TRAIN.ts, NAME_TEST.ts)`` in `folder` or ``folder/NAME``.
+# The files of a time-series archive: the UEA/UCR text format, or what TimeSeriesData.save_npz
+# writes (NAME_TRAIN.npz and NAME_TEST.npz).
+_ARCHIVE_SUFFIXES = (".ts", ".npz")
 
-    Raises :class:`~liquidjax.data.DatasetUnavailableError` listing the places searched.
+
+def find_ts_files(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """``(NAME_TRAIN.ts, NAME_TEST.ts)`` in `folder` or ``folder/NAME``, else the same pair as
+    ``.npz`` files (written by :meth:`TimeSeriesData.save_npz`).
+
+    Raises :class:`~liquidjax.data.DatasetUnavailableError` listing the places searched and the
+    remedies for an archive (never an image dataset's).
     """
     looked = []
     for d in (Path(folder), Path(folder) / name):
-        train, test = d / f"{name}_TRAIN.ts", d / f"{name}_TEST.ts"
-        if train.is_file() and test.is_file():
-            return train, test
-        looked.append(f"{d}: {'no ' + train.name if not train.is_file() else 'no ' + test.name}")
+        for suffix in _ARCHIVE_SUFFIXES:
+            train, test = d / f"{name}_TRAIN{suffix}", d / f"{name}_TEST{suffix}"
+            if train.is_file() and test.is_file():
+                return train, test
+            looked.append(f"{d}: no {train.name if not train.is_file() else test.name}")
+    where = (f"the folder given ({folder}) does not exist" if not Path(folder).is_dir()
+             else f"neither {name}_TRAIN.ts/{name}_TEST.ts nor {name}_TRAIN.npz/{name}_TEST.npz "
+             "was found")
     raise DatasetUnavailableError(
-        name, "train/test", looked,
-        f"the UEA/UCR archive files {name}_TRAIN.ts and {name}_TEST.ts were not found (download "
-        "them from timeseriesclassification.com, or point --data-dir at the folder holding them)",
-    )
+        name, "train/test", looked, where, options=[
+            f"point --data-dir (folder=) at the folder holding {name}_TRAIN.ts and "
+            f"{name}_TEST.ts (or a folder {name}/ with them), as trained;",
+            f"or save both splits with TimeSeriesData.save_npz as {name}_TRAIN.npz and "
+            f"{name}_TEST.npz in that folder;",
+            "check --name: it is the files' prefix, case-sensitive;",
+            "UEA/UCR archives can be downloaded from timeseriesclassification.com.",
+        ])
+
+
+def read_ts_split(path: str | os.PathLike, *, split: str = "",
+                  class_names: tuple[str, ...] | None = None) -> TimeSeriesData:
+    """One split of an archive found by :func:`find_ts_files`: a ``.ts`` file
+    (:func:`read_ts`) or an ``.npz`` (:meth:`TimeSeriesData.load_npz`)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        return TimeSeriesData.load_npz(path, split=split)
+    return read_ts(path, class_names=class_names, split=split)
 
 
 def load_ts_task(
@@ -389,7 +414,8 @@ def load_ts_task(
     missing: MissingMode = "features",
     patch_length: int = 1,
 ) -> TimeSeriesTask:
-    """Read ``NAME_TRAIN.ts`` and ``NAME_TEST.ts`` from `folder` (or ``folder/NAME``) and build a
+    """Read ``NAME_TRAIN.ts`` and ``NAME_TEST.ts`` (or the ``.npz`` pair, see
+    :func:`find_ts_files`) from `folder` (or ``folder/NAME``) and build a
     :class:`TimeSeriesTask` (validation hold-out from the training file, normalisation from the
     rest of it; see :func:`make_time_series_task`). Test labels are mapped with the training
     file's class list; test series may be longer or shorter than the training ones.
@@ -400,8 +426,8 @@ def load_ts_task(
         (18, 4)
     """
     train_path, test_path = find_ts_files(folder, name)
-    train = read_ts(train_path, split="train")
-    test = read_ts(test_path, class_names=train.class_names or None, split="test")
+    train = read_ts_split(train_path, split="train")
+    test = read_ts_split(test_path, class_names=train.class_names or None, split="test")
     return make_time_series_task(train, test, val_fraction=val_fraction, seed=seed,
                                  normalize=normalize, normalize_time=normalize_time,
                                  missing=missing, patch_length=patch_length)

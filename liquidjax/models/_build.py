@@ -26,7 +26,7 @@ def _make_wiring(config: ModelConfig):
     if config.wiring == "random":
         return Random(config.units, motor, sparsity_level=config.sparsity,
                       random_seed=config.wiring_seed)
-    return AutoNCP(config.units, motor, sparsity_level=max(config.sparsity, 0.1),
+    return AutoNCP(config.units, motor, sparsity_level=config.sparsity,
                    seed=config.wiring_seed)
 
 

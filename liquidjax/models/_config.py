@@ -186,6 +186,10 @@ class ModelConfig:
                     f"an NCP wiring of {self.units} units needs motor_neurons in "
                     f"[1, {self.units - 3}], got {motor}"
                 )
+            if self.wiring in ("ncp", "autoncp") and self.sparsity < 0.1:
+                raise ValueError(
+                    f"an NCP wiring needs sparsity in [0.1, 1) (AutoNCP's range), got "
+                    f"{self.sparsity}; for a denser wiring use wiring='random' or 'fc'")
             if self.wiring == "random" and not 1 <= motor <= self.units:
                 raise ValueError(f"motor_neurons must be in [1, {self.units}], got {motor}")
         if self.kind == "conv":

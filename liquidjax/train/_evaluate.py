@@ -72,7 +72,8 @@ def evaluate(
             binary = labels and shape[-1] == 2
             sums = jax.device_put(eval_sums(shape[-1] if labels else None), dp.replicated)
         sharded = dp.shard_batch(rows_of(batch, rows), batch_size)
-        sums, outputs = eval_step(model, sharded, sums, regression_loss)
+        with dp.context():  # the compiled kernels run per device on its rows
+            sums, outputs = eval_step(model, sharded, sums, regression_loss)
         if binary:
             scores.append((outputs, sharded))
     host = jax.device_get(sums)

@@ -466,7 +466,8 @@ def fit(
                    devices=[str(d) for d in dp.mesh.devices.flat],
                    steps_per_epoch=loader.num_batches,
                    **{k: v for k, v in header_base.items() if k != "num_devices"})
-        run.train(epoch0, batch0)
+        with dp.context():  # the compiled kernels then run per device on its rows
+            run.train(epoch0, batch0)
     except KeyboardInterrupt as e:
         if isinstance(e, TrainingInterrupted):
             raise
