@@ -207,6 +207,8 @@ class _Data:
     info: dict[str, Any]
     task: str = "classification"
     target_size: int = 1
+    target_mean: tuple[float, ...] | None = None
+    target_std: tuple[float, ...] | None = None
 
 
 def _limit_image(ds, limit: int | None):
@@ -344,11 +346,14 @@ def _load_data(args, batch_size: int, eval_batch: int) -> _Data:
                   "missing": args.missing, "limit_examples": args.limit_examples,
                   "patch_length": args.patch_length,
                   "task": task.task, "time_scale": task.time_scale,
+                  "normalization": task.normalization,
                   "mean": None if norm is None else norm.mean.tolist(),
                   "std": None if norm is None else norm.std.tolist(),
                   "source": task.train.source},
             task=task.task,
             target_size=task.train.target_size if task.task == "regression" else 1,
+            target_mean=task.target_mean,
+            target_std=task.target_std,
         )
     if args.dataset in SYNTHETIC_DATASETS:
         train = _synthetic(args.dataset, "train", args.seed, args.limit_examples)
@@ -562,12 +567,13 @@ def _train(args) -> int:
             if data is None:
                 found = {"input_size": 1, "num_classes": 10, "image_shape": (256, 256, 1),
                          "task": "regression" if values["predict_variance"] else "classification",
-                         "target_size": 1}
+                         "target_size": 1, "target_mean": None, "target_std": None}
                 values.update({k: v for k, v in found.items() if values[k] is None})
             else:
                 found = {"input_size": data.input_size, "num_classes": data.num_classes,
                          "image_shape": data.image_shape if args.kind == "conv" else None,
-                         "task": data.task, "target_size": data.target_size}
+                         "task": data.task, "target_size": data.target_size,
+                         "target_mean": data.target_mean, "target_std": data.target_std}
                 assert set(found) == set(from_data_fields(ModelConfig))
                 for name, actual in found.items():
                     given = values[name]
