@@ -909,3 +909,17 @@ def test_missing_features_time_channel_is_normalised():
     np.testing.assert_allclose(delta * task.delta_scale, delta_raw, rtol=1e-5)
     assert delta_raw.max() > 10 and delta.max() < delta_raw.max() / 3
     np.testing.assert_array_equal(scaled[..., :4], raw[..., :4])  # values and mask unchanged
+
+
+def test_docs_fit_on_a_time_series_task_runs(monkeypatch):
+    """The `fit` example of docs/time_series.md, executed as written (from the repository root,
+    on the vendored ItalyPowerDemand files)."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "time_series.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    [block] = [b for b in blocks if "task.model_fields" in b and "T.fit(" in b]
+    monkeypatch.chdir(root)
+    scope: dict = {}
+    exec(compile(block, "docs/time_series.md", "exec"), scope)
+    assert 0.0 <= T.evaluate(scope["result"].model,
+                             scope["task"].eval_loader("test", 256))["accuracy"] <= 1.0

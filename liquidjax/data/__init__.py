@@ -39,9 +39,9 @@ from ._synthetic import (
 from ._tfds import load_tfds as load_tfds, network_reason as network_reason
 from ._timeseries import (
     CLIP as CLIP,
-    TRIM as TRIM,
     MISSING_MODES as MISSING_MODES,
     NORMALIZATIONS as NORMALIZATIONS,
+    TRIM as TRIM,
     ChannelNormalizer as ChannelNormalizer,
     TimeSeriesData as TimeSeriesData,
     TimeSeriesTask as TimeSeriesTask,

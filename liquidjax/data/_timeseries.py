@@ -448,13 +448,14 @@ class ChannelNormalizer:
     :meth:`fit` computes, per channel, over the **observed** values of the training split only
     (NaN and padding ignored), the mean and the population standard deviation — by default
     (``robust=True``) of the values left once the most extreme 0.1 % at each end (at least one)
-    are dropped (:func:`robust_scale`), else of all of them. A channel never observed gets mean 0 and std 1; a
-    constant channel gets std 1. Normalised values are clipped to ``±clip`` (default
-    :data:`CLIP` = 100), so a single extreme value (1e30 in a file) neither moves the other
-    values (the statistics ignore it) nor reaches the model as an overflow. NaN stays NaN.
+    are dropped (:func:`robust_scale`), else of all of them. A channel never observed gets
+    mean 0 and std 1; a constant channel gets std 1. Normalised values are clipped to
+    ``±clip`` (default :data:`CLIP` = 100), so a single extreme value (1e30 in a file) neither
+    moves the other values (the statistics ignore it) nor reaches the model as an overflow.
+    NaN stays NaN.
 
     **Arguments:**
-    - `mean`, `std`: ``float32 (C,)`` (the centre and the scale).
+    - `mean`, `std`: ``float32 (C,)``.
     - `clip`: the largest magnitude of a normalised value (``None``: no clipping).
 
     Example:
