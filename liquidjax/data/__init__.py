@@ -45,7 +45,6 @@ from ._timeseries import (
     ChannelNormalizer as ChannelNormalizer,
     TimeSeriesData as TimeSeriesData,
     TimeSeriesTask as TimeSeriesTask,
-    choose_normalization as choose_normalization,
     input_channels as input_channels,
     make_time_series_task as make_time_series_task,
     missing_value_features as missing_value_features,
