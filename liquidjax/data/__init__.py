@@ -41,7 +41,7 @@ from ._timeseries import (
     CLIP as CLIP,
     MISSING_MODES as MISSING_MODES,
     NORMALIZATIONS as NORMALIZATIONS,
-    TRIM as TRIM,
+    OUTLIER as OUTLIER,
     ChannelNormalizer as ChannelNormalizer,
     TimeSeriesData as TimeSeriesData,
     TimeSeriesTask as TimeSeriesTask,

@@ -418,23 +418,28 @@ def patch_time_series(data: TimeSeriesData, length: int) -> TimeSeriesData:
 # ------------------------------------------------------------------------------ normalisation
 CLIP = 100.0
 """The largest magnitude a normalised value keeps (:class:`ChannelNormalizer`)."""
-TRIM = 0.001
-"""The share of the values :func:`robust_scale` drops at each end (at least one value)."""
+OUTLIER = 1000.0
+"""How many times farther from the median than 99 % of the values a value must lie for
+:func:`robust_scale` to leave it out."""
 
 
 def robust_scale(values: np.ndarray) -> tuple[float, float]:
-    """``(mean, std)`` of a 1-D array of finite values, robust to a few extreme ones: the mean
-    and the standard deviation of the values left once the ``max(1, ⌊TRIM · n⌋)`` smallest and
-    as many largest are dropped (0.1 % at each end, at least one value). One value of 1e30
-    among the others moves neither; on ordinary data they are the mean and the standard
-    deviation to within a fraction of a percent. A constant (trimmed) array gets std 1; an
-    empty one ``(0, 1)``; fewer than three values are used whole.
+    """``(mean, std)`` of a 1-D array of finite values, leaving out gross outliers.
+
+    A value is left out when its distance to the median exceeds :data:`OUTLIER` (1000) times
+    the 99th percentile of those distances (the 99.9th if that is 0; if both are 0, every
+    value off the median). On ordinary data — heavy tails included — nothing is left out and
+    these are the plain mean and (population) standard deviation; one value of 1e30 among
+    the others moves neither. A constant array (after the exclusion) gets std 1; an empty one
+    ``(0, 1)``.
     """
-    v = np.sort(np.asarray(values, np.float64).reshape(-1))
+    v = np.asarray(values, np.float64).reshape(-1)
     if not v.size:
         return 0.0, 1.0
-    k = max(1, int(TRIM * v.size))
-    kept = v[k:-k] if v.size > 2 * k else v
+    dist = np.abs(v - np.median(v))
+    q99, q999 = np.quantile(dist, [0.99, 0.999])
+    spread = q99 if q99 > 0 else q999
+    kept = v[dist <= OUTLIER * spread]
     mean, std = float(np.mean(kept)), float(np.std(kept))
     if not np.isfinite(std) or std <= 1e-8 * max(abs(mean), 1.0):
         std = 1.0
@@ -447,9 +452,9 @@ class ChannelNormalizer:
 
     :meth:`fit` computes, per channel, over the **observed** values of the training split only
     (NaN and padding ignored), the mean and the population standard deviation — by default
-    (``robust=True``) of the values left once the most extreme 0.1 % at each end (at least one)
-    are dropped (:func:`robust_scale`), else of all of them. A channel never observed gets
-    mean 0 and std 1; a constant channel gets std 1. Normalised values are clipped to
+    (``robust=True``) leaving out gross outliers (:func:`robust_scale`: a value 1000 times
+    farther from the median than 99 % of the values), else of all of them. A channel never
+    observed gets mean 0 and std 1; a constant channel gets std 1. Normalised values are clipped to
     ``±clip`` (default :data:`CLIP` = 100), so a single extreme value (1e30 in a file) neither
     moves the other values (the statistics ignore it) nor reaches the model as an overflow.
     NaN stays NaN.
