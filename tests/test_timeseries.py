@@ -783,6 +783,13 @@ def test_regression_targets_standardised_and_metrics_in_original_units():
     err = out - y
     np.testing.assert_allclose(ev["rmse"], np.sqrt(np.mean(err ** 2)), rtol=1e-5)
     np.testing.assert_allclose(ev["mae"], np.mean(np.abs(err)), rtol=1e-5)
+    from liquidjax import export  # the streaming stepper returns the same units
+
+    step = export.stepper(model)
+    state = step.initial_state()
+    for t in range(length):
+        pred, state = step(state, arr["x"][0, t], arr["timespans"][0, t])
+    np.testing.assert_allclose(pred, out[0], rtol=1e-4)
     # per-step targets with a target mask: statistics over the marked steps only
     ys = 5.0 + 3.0 * rng.normal(size=(n, length, 1))
     y_mask = rng.random((n, length)) < 0.7
