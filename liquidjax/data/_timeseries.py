@@ -427,19 +427,17 @@ def robust_scale(values: np.ndarray) -> tuple[float, float]:
     """``(mean, std)`` of a 1-D array of finite values, leaving out gross outliers.
 
     A value is left out when its distance to the median exceeds :data:`OUTLIER` (1000) times
-    the 99th percentile of those distances (the 99.9th if that is 0; if both are 0, every
-    value off the median). On ordinary data — heavy tails included — nothing is left out and
-    these are the plain mean and (population) standard deviation; one value of 1e30 among
-    the others moves neither. A constant array (after the exclusion) gets std 1; an empty one
-    ``(0, 1)``.
+    the 99th percentile of those distances (if that is 0 — a channel that is one value but for
+    under 1 % of its values — every value off the median). On ordinary data — heavy tails
+    included — nothing is left out and these are the plain mean and (population) standard
+    deviation; one value of 1e30 among the others moves neither. A constant array (after the
+    exclusion) gets std 1; an empty one ``(0, 1)``.
     """
     v = np.asarray(values, np.float64).reshape(-1)
     if not v.size:
         return 0.0, 1.0
     dist = np.abs(v - np.median(v))
-    q99, q999 = np.quantile(dist, [0.99, 0.999])
-    spread = q99 if q99 > 0 else q999
-    kept = v[dist <= OUTLIER * spread]
+    kept = v[dist <= OUTLIER * np.quantile(dist, 0.99)]
     mean, std = float(np.mean(kept)), float(np.std(kept))
     if not np.isfinite(std) or std <= 1e-8 * max(abs(mean), 1.0):
         std = 1.0
