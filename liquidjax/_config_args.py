@@ -48,9 +48,28 @@ def _arg_type(ft: FieldType, sp: dict[str, Any]):
     if ft.base is float:
         return float_arg(sp["minimum"], sp["maximum"], min_open=sp["min_open"],
                          max_open=sp["max_open"])
+    if ft.base is tuple and ft.item is float:
+        return float_tuple_arg(ft.length)
     if ft.base is tuple:
         return int_tuple_arg(sp["minimum"], ft.length)
     return str
+
+
+def float_tuple_arg(length: int | None = None):
+    """An argparse ``type`` for comma-separated reals (``18.1,0.5``); the config checks them."""
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers, e.g. 18.1,0.5; got {text!r}") from None
+        if length is not None and len(values) != length:
+            raise argparse.ArgumentTypeError(f"expected {length} comma-separated numbers, got "
+                                             f"{text!r}")
+        return values
+
+    return parse
 
 
 def _help(text: str, ft: FieldType, default: Any, sp: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ every archive file is written by the test."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -203,7 +204,7 @@ def test_normalizer_uses_observed_training_values_only():
     x[:, :, 2] = np.nan  # a channel never observed
     lengths = np.array([5, 4, 3, 5, 2, 1])
     train = D.TimeSeriesData.from_arrays(x, np.arange(6) % 2, lengths=lengths)
-    norm = D.ChannelNormalizer.fit(train)
+    norm = D.ChannelNormalizer.fit(train, robust=False)
     valid = np.arange(5)[None] < lengths[:, None]
     ref = np.where(valid[..., None], x, np.nan)  # padding must not count
     np.testing.assert_allclose(norm.mean[:2], np.nanmean(ref[..., :2], axis=(0, 1)), rtol=1e-6)
@@ -215,6 +216,10 @@ def test_normalizer_uses_observed_training_values_only():
     assert np.array_equal(seen, ~np.isnan(train.x[..., :2]))
     other = D.TimeSeriesData.from_arrays(x + 100, np.arange(6) % 2, lengths=lengths)
     assert np.nanmean(norm(other).x[..., 0]) > 10  # test data does not change the statistics
+    robust = D.ChannelNormalizer.fit(train)  # the default: no gross outlier, the same
+    np.testing.assert_allclose(robust.mean, norm.mean, rtol=1e-6)
+    np.testing.assert_allclose(robust.std, norm.std, rtol=1e-6)
+    assert robust.mean[2] == 0 and robust.std[2] == 1
 
 
 def test_task_split_is_stratified_and_normalised_from_train_part():
@@ -225,7 +230,8 @@ def test_task_split_is_stratified_and_normalised_from_train_part():
     assert sorted(np.unique(va.y)) == [0, 1, 2] and len(tr) + len(va) == 17
     task = D.make_time_series_task(d, d, val_fraction=0.2, seed=0)
     fit_x = tr.x
-    np.testing.assert_allclose(task.normalizer.mean, np.nanmean(fit_x, axis=(0, 1)), rtol=1e-5)
+    ref = [D.robust_scale(fit_x[..., c][~np.isnan(fit_x[..., c])])[0] for c in range(2)]
+    np.testing.assert_allclose(task.normalizer.mean, ref, rtol=1e-5)
 
 
 def test_patches_match_a_loop_reference_on_irregular_unequal_series():
@@ -256,7 +262,8 @@ def test_patches_match_a_loop_reference_on_irregular_unequal_series():
     # the task patches after the channel statistics and before the time unit
     task = D.make_time_series_task(d, d, val_fraction=0.0, patch_length=p)
     assert task.patch_length == p and task.input_size == 3 * p * c
-    np.testing.assert_allclose(task.normalizer.mean, np.nanmean(d.x[d.mask], axis=0), rtol=1e-5)
+    ref = [D.robust_scale(v[~np.isnan(v)])[0] for v in d.x[d.mask].T]
+    np.testing.assert_allclose(task.normalizer.mean, ref, rtol=1e-5)
     patched = out.timespans[out.mask]
     np.testing.assert_allclose(task.time_scale, np.median(patched), rtol=1e-6)
     for bad in (0, 1.5, True):
@@ -746,3 +753,183 @@ def test_benchmark_dtw_baseline_matches_a_plain_dtw():
     assert bench.dtw_1nn_accuracy(train, test, chunk=3) == 1.0
     wrong = D.TimeSeriesData.from_arrays(xb, (nearest + 1) % 9, lengths=lb, num_classes=9)
     assert bench.dtw_1nn_accuracy(train, wrong) == 0.0
+
+
+# ------------------------------------------------------------------------------ issue 22
+
+
+def test_regression_targets_standardised_and_metrics_in_original_units():
+    """The task records the training targets' mean/std (the targets stay as they are); the
+    model predicts standardised targets and returns them in the original units, so evaluate's
+    RMSE/MAE (per sequence and per step) equal a NumPy recomputation from the model's outputs
+    against the raw targets; a mean-and-variance head has its variance scaled by std²."""
+    rng = np.random.default_rng(22)
+    n, length = 10, 5
+    x = rng.normal(size=(n, length, 1))
+    y = 18.0 + 12.6 * rng.normal(size=(n, 2))
+    d = D.TimeSeriesData.from_arrays(x, y)
+    task = D.make_time_series_task(d, d, val_fraction=0.0)
+    np.testing.assert_allclose(task.target_mean, y.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(task.target_std, y.std(0), rtol=1e-6)
+    np.testing.assert_array_equal(task.train.y, y.astype(np.float32))  # not rescaled
+    cfg = ModelConfig(**task.model_fields, units=4, backbone_units=8)
+    model = build_model(cfg, key=jax.random.key(0))
+    plain = build_model(dataclasses.replace(cfg, target_mean=None, target_std=None),
+                        key=jax.random.key(0))  # the same network, no scaling
+    arr = task.arrays("test")
+    out = np.asarray(jax.vmap(model)(arr["x"], arr["timespans"], arr["mask"]))
+    z = np.asarray(jax.vmap(plain)(arr["x"], arr["timespans"], arr["mask"]))
+    np.testing.assert_allclose(out, y.mean(0) + y.std(0) * z, rtol=1e-5)
+    ev = T.evaluate(model, task.eval_loader("test", 4))
+    err = out - y
+    np.testing.assert_allclose(ev["rmse"], np.sqrt(np.mean(err ** 2)), rtol=1e-5)
+    np.testing.assert_allclose(ev["mae"], np.mean(np.abs(err)), rtol=1e-5)
+    from liquidjax import export  # the streaming stepper returns the same units
+
+    step = export.stepper(model)
+    state = step.initial_state()
+    for t in range(length):
+        pred, state = step(state, arr["x"][0, t], arr["timespans"][0, t])
+    np.testing.assert_allclose(pred, out[0], rtol=1e-4)
+    # per-step targets with a target mask: statistics over the marked steps only
+    ys = 5.0 + 3.0 * rng.normal(size=(n, length, 1))
+    y_mask = rng.random((n, length)) < 0.7
+    ps = D.TimeSeriesData.from_arrays(x, ys, y_mask=y_mask)
+    mean, std = D.target_statistics(ps)
+    np.testing.assert_allclose(mean, [ys[y_mask].mean()], rtol=1e-6)
+    np.testing.assert_allclose(std, [ys[y_mask].std()], rtol=1e-6)
+    cfg = ModelConfig(input_size=3, num_classes=0, task="regression", per_step=True,
+                      target_mean=mean, target_std=std, units=4, backbone_units=8)
+    m = build_model(cfg, key=jax.random.key(1))
+    pt = D.make_time_series_task(ps, ps, val_fraction=0.0)
+    arr = pt.arrays("test")
+    out = np.asarray(jax.vmap(m)(arr["x"], arr["timespans"], arr["mask"]))
+    ev = T.evaluate(m, pt.eval_loader("test", 4))
+    err = (out - ys)[..., 0][y_mask]
+    np.testing.assert_allclose(ev["rmse"], np.sqrt(np.mean(err ** 2)), rtol=1e-5)
+    # a mean and a variance: μ' = m + s μ, σ'² = s² σ²
+    from liquidjax.models._classifier import unstandardize
+
+    raw = jnp.array([[0.3, -2.0], [-1.0, 4.0]])
+    mu, var = T.split_gaussian(raw)
+    mu2, var2 = T.split_gaussian(unstandardize(raw, (18.0,), (12.6,)))
+    np.testing.assert_allclose(mu2, 18.0 + 12.6 * mu, rtol=1e-6)
+    np.testing.assert_allclose(var2, 12.6 ** 2 * var, rtol=1e-4)
+    with pytest.raises(ValueError, match="target_mean applies to task='regression'"):
+        ModelConfig(input_size=3, num_classes=2, target_mean=(1.0,))
+    with pytest.raises(ValueError, match="one value per target dimension"):
+        ModelConfig(input_size=3, num_classes=0, task="regression", target_std=(1.0, 2.0))
+
+
+def test_constant_series_and_one_extreme_value_do_not_flatten_the_data():
+    """A constant series or channel is divided by 1, not 0 (per-series and per-channel); one
+    training value of 1e30 moves neither the robust centre nor the scale, so the other series
+    keep their spread; the value itself is clipped to ±CLIP instead of reaching the model."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(50.0, 10.0, (12, 20, 1))
+    x[3] = 7.0  # a constant series
+    d = D.TimeSeriesData.from_arrays(x, np.arange(12) % 2)
+    z = D.normalize_series(d).x
+    assert np.isfinite(z).all() and np.all(z[3] == 0)
+    np.testing.assert_allclose(z[0, :, 0].std(), 1.0, rtol=1e-5)
+    const = D.TimeSeriesData.from_arrays(np.full((4, 6, 1), 3.0), np.arange(4) % 2)
+    for robust in (True, False):
+        norm = D.ChannelNormalizer.fit(const, robust=robust)
+        assert norm.std[0] == 1.0 and np.all(norm(const).x == 0)
+    clean = D.ChannelNormalizer.fit(d)
+    bad = x.copy()
+    bad[5, 7, 0] = 1e30
+    poisoned = D.TimeSeriesData.from_arrays(bad, np.arange(12) % 2)
+    robust = D.ChannelNormalizer.fit(poisoned)
+    np.testing.assert_allclose(robust.mean, clean.mean, rtol=0.01)
+    np.testing.assert_allclose(robust.std, clean.std, rtol=0.05)
+    spikes = np.zeros((12, 20, 1))  # a channel that is 0 but for one 1e30: std 1, not 1e29
+    spikes[2, 3] = 1e30
+    norm0 = D.ChannelNormalizer.fit(D.TimeSeriesData.from_arrays(spikes, np.arange(12) % 2))
+    assert norm0.mean[0] == 0 and norm0.std[0] == 1
+    out = robust(poisoned).x
+    assert out[5, 7, 0] == D.CLIP and np.isfinite(out).all()
+    others = np.delete(out[..., 0], 3, axis=0)  # not the constant series
+    assert np.all(others.std(axis=1) > 0.5)  # every series keeps its shape
+    plain = D.ChannelNormalizer.fit(poisoned, robust=False)  # what the mean/std did
+    assert np.all(plain(poisoned).x[0].std() < 1e-6)
+    task = D.make_time_series_task(poisoned, poisoned, val_fraction=0.0)
+    assert np.isfinite(task.arrays("train")["x"]).all()
+
+
+def test_normalisation_choices():
+    """`normalize="series"` z-normalises each series on its own (then the channel statistics,
+    ≈ the identity); `"auto"` is the robust per-channel normalisation (measured best on DEV);
+    `"none"` leaves the values; anything else is refused."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20, 30, 1)) * rng.uniform(0.1, 10, (20, 1, 1)) \
+        + rng.uniform(0, 300, (20, 1, 1))
+    raw = D.TimeSeriesData.from_arrays(x, np.arange(20) % 2)
+    task = D.make_time_series_task(raw, raw, val_fraction=0.0, normalize="series")
+    assert task.normalization == "series"
+    ref = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    np.testing.assert_allclose(task.train.x * task.normalizer.std + task.normalizer.mean, ref,
+                               atol=1e-4)
+    auto = D.make_time_series_task(raw, raw, val_fraction=0.0)
+    assert auto.normalization == "channel"
+    mean, std = D.robust_scale(x.reshape(-1))
+    np.testing.assert_allclose(auto.train.x, np.clip((x - mean) / std, -D.CLIP, D.CLIP),
+                               rtol=1e-4, atol=1e-5)
+    none = D.make_time_series_task(raw, raw, val_fraction=0.0, normalize=False)
+    assert none.normalizer is None and none.normalization == "none"
+    with pytest.raises(ValueError, match="normalize"):
+        D.make_time_series_task(raw, raw, normalize="global")
+
+
+def test_loaders_agree_on_the_first_timespan(tmp_path):
+    """`read_ts` and `from_arrays(times=...)` give the same timespans for the same data: the
+    first observation gets its example's median gap (1.0 for a single observation)."""
+    text = """@problemName Gaps
+@timeStamps true
+@missing false
+@univariate true
+@equalLength false
+@classLabel true 0 1
+@data
+(0,1.0),(3,2.0),(4,3.0),(7,4.0):0
+(10,5.0),(11,6.0):1
+(2,7.0):0
+"""
+    ts = D.read_ts(_write(tmp_path, "Gaps_TRAIN.ts", text))
+    times = np.array([[0, 3, 4, 7], [10, 11, np.nan, np.nan], [2, np.nan, np.nan, np.nan]])
+    x = np.array([[1, 2, 3, 4], [5, 6, np.nan, np.nan], [7, np.nan, np.nan, np.nan]])
+    arr = D.TimeSeriesData.from_arrays(x, np.array([0, 1, 0]), times=times)
+    np.testing.assert_array_equal(arr.timespans, ts.timespans)
+    np.testing.assert_allclose(arr.timespans[:, 0], [3.0, 1.0, 1.0])  # median of 3, 1, 3
+
+
+def test_missing_features_time_channel_is_normalised():
+    """With `missing="features"` the δ block (time since the last observation) is divided by
+    its training root-mean-square per channel: long gaps no longer dwarf the values."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(16, 40, 2))
+    x[rng.random(x.shape) < 0.8] = np.nan  # sparse channels: long runs without a value
+    d = D.TimeSeriesData.from_arrays(x, np.arange(16) % 2)
+    task = D.make_time_series_task(d, d, val_fraction=0.0)
+    raw = D.missing_value_features(task.train.x, task.train.timespans, task.train.mask)
+    scaled = task.arrays("train")["x"]
+    mask = task.train.mask
+    delta_raw, delta = raw[..., 4:][mask], scaled[..., 4:][mask]
+    np.testing.assert_allclose(np.sqrt(np.mean(delta ** 2, axis=0)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(delta * task.delta_scale, delta_raw, rtol=1e-5)
+    assert delta_raw.max() > 10 and delta.max() < delta_raw.max() / 3
+    np.testing.assert_array_equal(scaled[..., :4], raw[..., :4])  # values and mask unchanged
+
+
+def test_docs_fit_on_a_time_series_task_runs(monkeypatch):
+    """The `fit` example of docs/time_series.md, executed as written (from the repository root,
+    on the vendored ItalyPowerDemand files)."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "time_series.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    [block] = [b for b in blocks if "task.model_fields" in b and "T.fit(" in b]
+    monkeypatch.chdir(root)
+    scope: dict = {}
+    exec(compile(block, "docs/time_series.md", "exec"), scope)
+    assert 0.0 <= T.evaluate(scope["result"].model,
+                             scope["task"].eval_loader("test", 256))["accuracy"] <= 1.0

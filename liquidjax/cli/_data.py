@@ -43,6 +43,8 @@ class RunData:
     - `config`: the :class:`~liquidjax.data.DataConfig` they were built from.
     - `sizes`: examples per split (``"train"``, ``"val"``, ``"test"``).
     - `input_size`, `num_classes`, `image_shape`, `task`, `target_size`: fixed by the data.
+    - `target_mean`, `target_std`: a regression task's training-target statistics (the model
+      predicts in the targets' own units through them), else ``None``.
     - `stats`: what was derived from the training split (normalisation, source), saved beside
       the config in checkpoint headers.
     """
@@ -57,6 +59,8 @@ class RunData:
     stats: dict[str, Any]
     _train: Callable[[int, int], Any]
     _eval: Callable[[str, int, int | None], Any]
+    target_mean: tuple[float, ...] | None = None
+    target_std: tuple[float, ...] | None = None
 
     def train_loader(self, batch_size: int, seed: int):
         """Shuffled full batches of the training split."""
@@ -126,11 +130,14 @@ def _ts_data(config: ld.DataConfig) -> RunData:
         task=task.task,
         target_size=task.train.target_size if task.task == "regression" else 1,
         stats={"task": task.task, "time_scale": task.time_scale,
+               "normalization": task.normalization,
                "mean": None if norm is None else norm.mean.tolist(),
                "std": None if norm is None else norm.std.tolist(),
                "source": task.train.source},
         _train=lambda b, seed: task.train_loader(b, seed=seed),
         _eval=evaluated,
+        target_mean=task.target_mean,
+        target_std=task.target_std,
     )
 
 

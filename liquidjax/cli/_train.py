@@ -144,12 +144,13 @@ def _model_config(args, data: RunData | None) -> ModelConfig:
         if data is None:
             found = {"input_size": 1, "num_classes": 10, "image_shape": (256, 256, 1),
                      "task": "regression" if values["predict_variance"] else "classification",
-                     "target_size": 1}
+                     "target_size": 1, "target_mean": None, "target_std": None}
             values.update({k: v for k, v in found.items() if values[k] is None})
         else:
             found = {"input_size": data.input_size, "num_classes": data.num_classes,
                      "image_shape": data.image_shape if args.kind == "conv" else None,
-                     "task": data.task, "target_size": data.target_size}
+                     "task": data.task, "target_size": data.target_size,
+                     "target_mean": data.target_mean, "target_std": data.target_std}
             assert set(found) == set(from_data_fields(ModelConfig))
             for name, actual in found.items():
                 given = values[name]

@@ -39,7 +39,10 @@ from ._synthetic import (
 )
 from ._tfds import load_tfds as load_tfds, network_reason as network_reason
 from ._timeseries import (
+    CLIP as CLIP,
     MISSING_MODES as MISSING_MODES,
+    NORMALIZATIONS as NORMALIZATIONS,
+    OUTLIER as OUTLIER,
     ChannelNormalizer as ChannelNormalizer,
     TimeSeriesData as TimeSeriesData,
     TimeSeriesTask as TimeSeriesTask,
@@ -48,8 +51,12 @@ from ._timeseries import (
     missing_value_features as missing_value_features,
     missing_value_path as missing_value_path,
     model_inputs as model_inputs,
+    normalize_series as normalize_series,
     patch_time_series as patch_time_series,
+    robust_scale as robust_scale,
+    series_statistics as series_statistics,
     split_time_series as split_time_series,
+    target_statistics as target_statistics,
 )
 from ._ts_format import (
     find_ts_files as find_ts_files,

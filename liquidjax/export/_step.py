@@ -76,6 +76,7 @@ def _plan(model: Any, where: str = "stepper") -> _StepPlan:
     the public function asking (named in the errors)."""
     from ..cells._ltc import portable_kernels
     from ..models import Ensemble, SequenceClassifier
+    from ..models._classifier import unstandardize
 
     # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
     # primitive (jax2onnx converts standard ones).
@@ -136,7 +137,9 @@ def _plan(model: Any, where: str = "stepper") -> _StepPlan:
                 total = total + _layer_readout(last, s)
                 count = count + 1
                 feats, new_acc = total / count, (total, count)
-            return clf.head(feats), (tuple(new_states), new_acc)
+            # Regression: the model's own units (SequenceClassifier's target scaling).
+            out = unstandardize(clf.head(feats), clf.target_mean, clf.target_std)
+            return out, (tuple(new_states), new_acc)
 
         states0 = tuple(layer.cell.init_state() for layer in layers)
         dtype0 = jax.tree_util.tree_leaves(states0)[0].dtype

@@ -52,7 +52,8 @@ def _make_body(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> Se
         size = cell.output_size
     head = eqx.nn.Linear(size, config.output_size, key=keys[-1])
     return SequenceClassifier(layers, head, readout=config.readout, dropout=config.dropout,
-                              per_step=config.per_step)
+                              per_step=config.per_step, target_mean=config.target_mean,
+                              target_std=config.target_std)
 
 
 def build_model(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier:

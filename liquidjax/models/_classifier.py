@@ -64,6 +64,33 @@ def _pool(rnn: LiquidRNN, x, timespans, mask, readout: str, key) -> Array:
     return jnp.sum(ys, axis=0) / count  # masked outputs are zero
 
 
+def unstandardize(outputs: Array, mean, std) -> Array:
+    r"""Head outputs in standardised target units → predictions in the targets' own units.
+
+    With ``D`` targets of training mean ``m`` and standard deviation ``s`` (tuples of ``D``
+    floats), outputs of width ``D`` become ``m + s · z``; outputs of width ``2 D`` (a mean and a
+    raw variance ``v``, :func:`liquidjax.train.split_gaussian`: ``σ² = softplus(v) + ε``) become
+    the mean ``m + s · μ`` and the raw variance ``v'`` with ``softplus(v') + ε = s² (softplus(v)
+    + ε)``, so the variance is scaled by ``s²``. ``mean``/``std`` ``None`` leave `outputs` as
+    they are.
+    """
+    if mean is None and std is None:
+        return outputs
+    d = outputs.shape[-1]
+    k = len(mean if mean is not None else std)
+    m = jnp.zeros(k, outputs.dtype) if mean is None else jnp.asarray(mean, outputs.dtype)
+    s = jnp.ones(k, outputs.dtype) if std is None else jnp.asarray(std, outputs.dtype)
+    if d == k:
+        return m + s * outputs
+    from ..train._metrics import VARIANCE_FLOOR  # the floor split_gaussian adds
+
+    mu, v = outputs[..., :k], outputs[..., k:]
+    var = (s * s) * (jax.nn.softplus(v) + VARIANCE_FLOOR) - VARIANCE_FLOOR
+    var = jnp.maximum(var, jnp.finfo(outputs.dtype).tiny)
+    raw = var + jnp.log(-jnp.expm1(-var))  # softplus⁻¹, stable for large and small var
+    return jnp.concatenate([m + s * mu, raw], axis=-1)
+
+
 class SequenceClassifier(AbstractClassifier):
     r"""Liquid layers over a ``(L, C)`` sequence, then a linear readout to class logits.
 
@@ -87,6 +114,11 @@ class SequenceClassifier(AbstractClassifier):
     - `readout`: ``"last"`` or ``"mean"``.
     - `dropout`: dropout rate on the pooled features (training only).
     - `per_step`: one output per step (the last layer must return sequences).
+    - `target_mean`, `target_std`: regression: the training targets' mean and standard
+      deviation per dimension (tuples of floats, constants — not trained). The head then
+      predicts standardised targets and the model returns them in the targets' units
+      (:func:`unstandardize`): the loss and the metrics of the trainer are in those units, and
+      the network starts at the training mean with unit-variance outputs. ``None``: no scaling.
 
     **Returns** (of ``__call__``): outputs of shape ``(num_classes,)``, or ``(L, num_classes)``
     with `per_step`.
@@ -105,6 +137,8 @@ class SequenceClassifier(AbstractClassifier):
     input_size: int = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
     per_step: bool = eqx.field(static=True)
+    target_mean: tuple[float, ...] | None = eqx.field(static=True)
+    target_std: tuple[float, ...] | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -114,8 +148,12 @@ class SequenceClassifier(AbstractClassifier):
         readout: str = "last",
         dropout: float = 0.0,
         per_step: bool = False,
+        target_mean=None,
+        target_std=None,
     ):
         self.layers = tuple(layers)
+        self.target_mean = None if target_mean is None else tuple(float(v) for v in target_mean)
+        self.target_std = None if target_std is None else tuple(float(v) for v in target_std)
         self.head = head
         self.readout = readout
         self.dropout = float(dropout)
@@ -146,6 +184,13 @@ class SequenceClassifier(AbstractClassifier):
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        for name in ("target_mean", "target_std"):
+            stat = getattr(self, name)
+            if stat is not None and self.num_classes not in (len(stat), 2 * len(stat)):
+                raise ValueError(f"{name} has {len(stat)} values; the head has "
+                                 f"{self.num_classes} outputs (D or 2D for D targets)")
+        if self.target_std is not None and not all(v > 0 for v in self.target_std):
+            raise ValueError(f"target_std must be positive, got {self.target_std}")
 
     def __call__(
         self,
@@ -168,8 +213,10 @@ class SequenceClassifier(AbstractClassifier):
             for layer, k in zip(self.layers, keys):
                 h, _ = layer(h, timespans, mask, key=k)
             ys = jax.vmap(self.head)(_dropout(h, self.dropout, keys[-1]))
+            ys = unstandardize(ys, self.target_mean, self.target_std)
             return ys if mask is None else jnp.where(mask[:, None], ys, 0)
         for layer, k in zip(self.layers[:-1], keys):
             h, _ = layer(h, timespans, mask, key=k)
         feats = _pool(self.layers[-1], h, timespans, mask, self.readout, keys[-2])
-        return self.head(_dropout(feats, self.dropout, keys[-1]))
+        out = self.head(_dropout(feats, self.dropout, keys[-1]))
+        return unstandardize(out, self.target_mean, self.target_std)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from .._checks import check_fields, config_field, literal_choices
@@ -96,6 +97,13 @@ class ModelConfig:
     - `predict_variance`: regression only: the head also predicts a variance per target
       (``2 · target_size`` outputs, trained by the Gaussian NLL; see
       :func:`liquidjax.train.split_gaussian`).
+    - `target_mean`: regression only: the mean of each target dimension over the training
+      split (from the data; ``None``: 0). The head predicts standardised targets and the model
+      returns ``target_mean + target_std · head`` — predictions, losses and metrics in the
+      targets' own units while the network learns targets of mean 0 and variance 1
+      (:func:`liquidjax.data.target_statistics`).
+    - `target_std`: regression only: the standard deviation of each target dimension over the
+      training split (from the data; ``None``: 1).
     - `ensemble`: train this many independently initialised copies of the model at once, each
       on its own loss, and predict with their average (:class:`Ensemble`; 1: one model).
 
@@ -138,6 +146,9 @@ class ModelConfig:
     per_step: bool = False
     target_size: int = config_field(1, minimum=1, from_data=True)
     predict_variance: bool = False
+    target_mean: tuple[float, ...] | None = config_field(None, from_data=True)
+    target_std: tuple[float, ...] | None = config_field(None, minimum=0.0, min_open=True,
+                                                        from_data=True)
     ensemble: int = config_field(1, minimum=1, maximum=64)
 
     def __post_init__(self):
@@ -147,6 +158,17 @@ class ModelConfig:
                 raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
             if self.predict_variance:
                 raise ValueError("predict_variance applies to task='regression' only")
+        for name in ("target_mean", "target_std"):
+            stat = getattr(self, name)
+            if stat is None:
+                continue
+            if self.task != "regression":
+                raise ValueError(f"{name} applies to task='regression' only")
+            if len(stat) != self.target_size:
+                raise ValueError(f"{name} needs one value per target dimension "
+                                 f"({self.target_size}), got {len(stat)}")
+            if not all(math.isfinite(v) for v in stat):
+                raise ValueError(f"{name} must be finite, got {stat}")
         if self.per_step and self.kind != "sequence":
             raise ValueError("per_step outputs need kind='sequence'")
         cell = cell_kind(self.cell)
