@@ -23,7 +23,6 @@ from ._devices import run_time_errors_as_nan
 from ._errors import CliError, RunInterrupted, UsageError
 from ._parser import DATA_SKIP
 
-
 # Sanity limits for sizes that would otherwise exhaust memory or run for hours before failing.
 MAX_LAYERS = 64
 MAX_ODE_UNFOLDS = 1000
