@@ -6,7 +6,9 @@ A cell acts on **one example** (``jax.vmap`` adds the batch). Its state is any p
 * :class:`AbstractCell` — anything the sequence layer can run. It implements ``init_state()``,
   ``advance(state, x, t0, t1, *, key=None)`` (the state after ``[t0, t1]`` with the input ``x``
   held: ncps semantics, ``t1 - t0`` is the elapsed time) and ``output(state)``. A CfC advances in
-  closed form.
+  closed form. A whole held-input sequence runs through ``advance_sequence`` (what
+  ``LiquidRNN`` calls), by default :func:`scan_advance`, a ``lax.scan`` of ``advance``; a cell
+  overrides it with a faster computation of the same numbers (the CfC, mixed memory, the LTC).
 * :class:`AbstractODECell` — a cell whose state obeys an ODE ``dstate/dt = f(t, state, x)``. It
   implements only ``vector_field(t, state, x)`` (plus ``init_state`` and ``output``) and declares
   **how** it is integrated in one field, ``integrator``
@@ -16,8 +18,8 @@ A cell acts on **one example** (``jax.vmap`` adds the batch). Its state is any p
   :func:`liquidjax.solvers.solve`.
 * :class:`AbstractConductanceCell` — an ODE cell that also gives its dynamics in conductance
   form ``cm dy/dt = num − den·y`` (an array state), which the fused semi-implicit solver of ncps
-  needs. Asking for the fused solver on a cell without conductance form is an error at
-  construction.
+  needs (it declares ``conductance_form = True``). Asking for the fused solver on a cell without
+  conductance form is an error at construction.
 
 A cell with a wiring (:class:`AbstractWiredCell`) keeps the built
 :class:`~liquidjax.wirings.Wiring` — kind, arguments, seed and input size — as a static field:
@@ -155,6 +157,13 @@ class AbstractCell(eqx.Module):
         ``MixedMemory`` then runs its generic scan. The CfC overrides it."""
         del lstm, state, x, timespans, mask, last
         return None
+
+    def portable(self) -> AbstractCell:
+        """This cell with its step in plain JAX operations — no compiled-kernel custom call
+        (``jax.export`` refuses those), no custom primitive (``jax2onnx`` converts standard
+        ones) — what :mod:`liquidjax.export` traces; the same numbers, to rounding. The cell
+        itself here; a cell with such kernels overrides it (the LTC)."""
+        return self
 
     def divergence_advice(self) -> str:
         """What to try when this cell's state became NaN or inf over a sequence (the error of
@@ -404,6 +413,16 @@ class AbstractConductanceCell(AbstractODECell):
         return super().divergence_advice() + (
             ", or the fused semi-implicit solver (liquidjax.solvers.FusedSemiImplicit(), "
             "stable for any step)")
+
+
+def portable_cells(model: Any) -> Any:
+    """`model` (any pytree) with every cell in it replaced by its
+    :meth:`AbstractCell.portable` form."""
+    def is_cell(x):
+        return isinstance(x, AbstractCell)
+
+    return jax.tree_util.tree_map(lambda c: c.portable() if is_cell(c) else c, model,
+                                  is_leaf=is_cell)
 
 
 # --------------------------------------------------------------------------- the reference loop

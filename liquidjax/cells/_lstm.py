@@ -218,3 +218,7 @@ class MixedMemory(AbstractCell):
 
     def divergence_advice(self) -> str:
         return self.cell.divergence_advice()
+
+    def portable(self) -> MixedMemory:
+        """The liquid cell's :meth:`AbstractCell.portable` form inside (the LSTM is plain)."""
+        return eqx.tree_at(lambda m: m.cell, self, self.cell.portable())

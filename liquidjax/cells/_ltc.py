@@ -305,6 +305,12 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         (see the class arguments)."""
         return replace_fields(self, kernel=kernel)
 
+    def portable(self) -> LTC:
+        """The same cell on the ``"portable"`` kernel: per-example pure JAX, no custom primitive
+        or custom call in the traced graph — what ``jax.export`` can serialise and ``jax2onnx``
+        can convert. Same numbers (to rounding)."""
+        return self.with_kernel("portable")
+
     def with_synapses(self, synapses: str) -> LTC:
         """The same cell with the fused kernel's synapse evaluation set to ``"auto"``,
         ``"dense"`` or ``"sparse"`` (see the class arguments)."""
@@ -424,17 +430,6 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
 
         v, vs = jax.lax.scan(step, state, (xs, dts, mask))
         return v if last else vs
-
-
-def portable_kernels(model: Any) -> Any:
-    """``model`` with every LTC's fused step on the ``"portable"`` kernel: per-example pure JAX,
-    no custom primitive or custom call in the traced graph — what ``jax.export`` can serialise
-    and ``jax2onnx`` can convert. Same numbers (to rounding)."""
-    def is_ltc(x):
-        return isinstance(x, LTC)
-
-    return jax.tree_util.tree_map(lambda c: c.with_kernel("portable") if is_ltc(c) else c,
-                                  model, is_leaf=is_ltc)
 
 
 def nonnegative_mask(model: Any) -> Any:

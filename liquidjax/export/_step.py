@@ -13,7 +13,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
-from ..cells._base import AbstractCell
+from ..cells._base import AbstractCell, portable_cells
 from ..layers import LiquidRNN
 
 FORMAT_VERSION = 1
@@ -67,12 +67,11 @@ def _check_layer(layer: LiquidRNN, where: str) -> None:
 def _plan(model: Any, where: str = "stepper") -> _StepPlan:
     """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``; `where`:
     the public function asking (named in the errors)."""
-    from ..cells._ltc import portable_kernels
     from ..models import Ensemble, SequenceClassifier
 
     # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
     # primitive (jax2onnx converts standard ones).
-    model = portable_kernels(model)
+    model = portable_cells(model)
 
     if isinstance(model, AbstractCell):
         cell = model
