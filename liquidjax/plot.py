@@ -88,13 +88,11 @@ def wiring(w: Any, input_dim: int | None = None, *, ax: Axes | None = None,
     fig = plot.wiring(AutoNCP(16, 2), input_dim=3, draw_labels=True)
     ```
     """
-    from .cells import AbstractWiredCell, MixedMemory
+    from .cells import AbstractCell
     from .wirings import Wiring, draw
 
-    if isinstance(w, MixedMemory):
-        w = w.cell
-    if isinstance(w, AbstractWiredCell):
-        w = w.wiring
+    if isinstance(w, AbstractCell):
+        w = w if w.connectivity is None else w.connectivity
     if not isinstance(w, Wiring):
         raise TypeError(
             f"plot.wiring draws a Wiring or a wired cell (LTC, WiredCfC), got {type(w).__name__}"

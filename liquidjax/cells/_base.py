@@ -158,6 +158,13 @@ class AbstractCell(eqx.Module):
         del lstm, state, x, timespans, mask, last
         return None
 
+    @property
+    def connectivity(self) -> Any:
+        """The built :class:`~liquidjax.wirings.Wiring` this cell follows (what
+        :func:`liquidjax.plot.wiring` draws), or ``None``: a wired cell's ``wiring``, mixed
+        memory's liquid cell's."""
+        return None
+
     def portable(self) -> AbstractCell:
         """This cell with its step in plain JAX operations — no compiled-kernel custom call
         (``jax.export`` refuses those), no custom primitive (``jax2onnx`` converts standard
@@ -182,6 +189,11 @@ class AbstractWiredCell(AbstractCell):
     """
 
     wiring: eqx.AbstractVar[Any]
+
+    @property
+    def connectivity(self) -> Any:
+        """The cell's ``wiring``."""
+        return self.wiring
 
 
 class AbstractPathCell(AbstractCell):

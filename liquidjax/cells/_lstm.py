@@ -219,6 +219,11 @@ class MixedMemory(AbstractCell):
     def divergence_advice(self) -> str:
         return self.cell.divergence_advice()
 
+    @property
+    def connectivity(self):
+        """The liquid cell's (:attr:`AbstractCell.connectivity`)."""
+        return self.cell.connectivity
+
     def portable(self) -> MixedMemory:
         """The liquid cell's :meth:`AbstractCell.portable` form inside (the LSTM is plain)."""
         return eqx.tree_at(lambda m: m.cell, self, self.cell.portable())
