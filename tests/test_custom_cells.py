@@ -1,5 +1,6 @@
-"""The cell contract: the custom-cell guide runs through every path; a tuple-state cell; the
-integrator is one declared object; epsilon, vf counts and padded adaptive steps."""
+"""The cell contract: the custom-cell guide runs through every path (a general-form cell with a
+pytree state, a sequence fast path held to scan_advance, the export matrix); a tuple-state cell;
+the integrator is one declared object; epsilon, vf counts and padded adaptive steps."""
 
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import liquidjax as lj
-from liquidjax.cells import AbstractODECell
+from liquidjax.cells import AbstractODECell, scan_advance
 from liquidjax.solvers import FusedSemiImplicit, Integrator
 
 GUIDE = Path(__file__).parent.parent / "docs" / "custom_cells.md"
@@ -104,6 +105,93 @@ def test_guide_training(guide):
     assert float(jnp.max(jnp.abs(trained.W - model.layers[0].cell.W))) > 1e-4  # it learned
 
 
+def _fhn_reference(cell, x, dts):
+    """The FitzHugh-Nagumo states at the observations by scipy (Radau), input held."""
+    U, a, b = (np.asarray(c, np.float64) for c in (cell.U, cell.a, cell.b))
+    tau, n = np.exp(np.asarray(cell.log_tau, np.float64)), cell.state_size
+    y, vs, ws = np.zeros(2 * n), [], []
+    for xk, dt in zip(np.asarray(x, np.float64), np.asarray(dts, np.float64)):
+        def rhs(t, y, u=U @ xk):
+            v, w = y[:n], y[n:]
+            return np.concatenate([v - v**3 / 3 - w + u, (v + a - b * w) / tau])
+
+        y = solve_ivp(rhs, (0.0, dt), y, method="Radau", rtol=1e-10, atol=1e-12).y[:, -1]
+        vs.append(y[:n])
+        ws.append(y[n:])
+    return np.stack(vs), np.stack(ws)
+
+
+def test_guide_pytree_state_cell_every_path(guide):
+    """The guide's FitzHugh-Nagumo cell, state (v, w): the layer against scipy, hidden_states and
+    solver_trace return the pair whole, the XLA stepper steps the flattened pair."""
+    fhn, x, dts, mask = guide["fhn"], guide["x"][:10], guide["dts"][:10], guide["mask"][:10]
+    vs_ref, ws_ref = _fhn_reference(fhn, x, dts)
+    assert np.max(np.abs(ws_ref)) > 1e-2  # not vacuous: w moves
+    ys, (v, w) = guide["rnn"](x, dts)
+    np.testing.assert_allclose(ys, vs_ref, atol=1e-5)
+    np.testing.assert_allclose(w, ws_ref[-1], atol=1e-5)
+    vs, ws = guide["vs"], guide["ws"]
+    assert vs.shape == ws.shape == (10, fhn.state_size)
+    np.testing.assert_allclose(vs, vs_ref, atol=1e-5)
+    np.testing.assert_allclose(ws, ws_ref, atol=1e-5)
+    vs5, ws5 = guide["vs5"], guide["ws5"]
+    np.testing.assert_allclose(vs5, vs_ref[:5], atol=1e-5)
+    np.testing.assert_allclose(ws5, ws_ref[:5], atol=1e-5)
+    step = guide["step"]
+    assert step.state_size == 2 * fhn.state_size
+    np.testing.assert_allclose(guide["v1"], vs_ref[0], atol=1e-5)
+    np.testing.assert_allclose(guide["w1"], ws_ref[0], atol=1e-5)
+    np.testing.assert_allclose(guide["out"], vs_ref[0], atol=1e-5)
+    state = guide["flat"]
+    for k in range(1, 4):
+        out, state = step(state, x[k], dts[k])
+        np.testing.assert_allclose(out, vs_ref[k], atol=1e-5)
+    np.testing.assert_allclose(step.unflatten_state(state)[1], ws_ref[3], atol=1e-5)
+    ys_m, _ = guide["rnn"](x, dts, mask.at[7:].set(False))  # padded steps: zero outputs
+    np.testing.assert_allclose(ys_m[:7], vs_ref[:7], atol=1e-5)
+    assert bool(jnp.all(ys_m[7:] == 0))
+
+
+def test_guide_export_matrix(guide):
+    """The guide's export claims: C (and StableHLO) for the CT-RNN on the fused solver, C
+    refused for a cell integrated by diffrax, with the reason."""
+    assert guide["manifest"]["state_size"] == guide["cell"].state_size
+    assert "FHN" in guide["refused"] and "while" in guide["refused"]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
+def test_guide_fast_path_matches_scan_advance(guide, dtype, rtol):
+    """The guide's Leaky.advance_sequence (a parallel scan) against scan_advance: every state,
+    the final one, masked and unit steps; the gradients with respect to the parameters, the
+    inputs, the timespans and the initial state."""
+    with jax.enable_x64(dtype == jnp.float64):
+        cast = lambda t: jax.tree_util.tree_map(  # noqa: E731
+            lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, t)
+        leaky = cast(guide["leaky"])
+        x, dts = cast(guide["x"][:9]), cast(guide["dts"][:9] * jnp.linspace(0.5, 2.0, 9))
+        h0 = cast(guide["h0"])
+        mask = jnp.array([1, 1, 0, 1, 0, 1, 1, 1, 0], bool)
+
+        def loss(run, cell, x, dts, h0, mask, last):
+            hs = run(cell, h0, x, dts, mask, last=last)
+            return jnp.sum(jnp.cos(jnp.arange(hs.size, dtype=hs.dtype)).reshape(hs.shape)
+                           * jnp.sin(hs))
+
+        def fast(cell, *a, **kw):
+            return cell.advance_sequence(*a, **kw)
+
+        for ts, m, last in ((dts, mask, False), (dts, None, True), (None, mask, False)):
+            got, want = (eqx.filter_jit(eqx.filter_value_and_grad(loss, has_aux=False))(
+                run, leaky, x, ts, h0, m, last) for run in (fast, scan_advance))
+            for g, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+                scale = float(jnp.max(jnp.abs(r)))
+                assert g.dtype == dtype and scale > 0
+                assert float(jnp.max(jnp.abs(g - r))) <= rtol * scale
+        # Not vacuous: the layer takes the override (no while loop: a parallel scan).
+        jaxpr = str(jax.make_jaxpr(lambda c: lj.LiquidRNN(c)(x, dts)[0])(leaky))
+        assert "while" not in jaxpr and "scan" not in jaxpr.replace("associative", "")
+
+
 def test_fused_solver_on_general_form_cell_is_refused():
     with pytest.raises(ValueError, match="conductance form"):
         Oscillator(integrator=Integrator())  # default solver: the fused one
@@ -163,8 +251,9 @@ def test_tuple_state_cell_against_scipy():
     np.testing.assert_allclose(q_m, ref[2], atol=1e-5)
     lin, _ = lj.LiquidRNN(cell, interpolation="linear")(x, dts, mask)
     assert lin.shape == (4, 2) and bool(jnp.all(lin[3] == 0))
-    hs = lj.inspect.hidden_states(rnn, x, dts)
-    np.testing.assert_allclose(hs, ys, atol=1e-6)  # readout_states gives q (state[0])
+    qs, ps = lj.inspect.hidden_states(rnn, x, dts)  # the state (q, p) whole
+    np.testing.assert_allclose(qs, ys, atol=1e-6)
+    np.testing.assert_allclose(ps[-1], p, atol=1e-6)
     trace = lj.inspect.solver_trace(cell, x, dts, max_steps=64)
     np.testing.assert_allclose(trace.states[0], ys, atol=1e-6)
     heun = cell.with_solver(diffrax.Heun(), stepsize_controller=diffrax.ConstantStepSize(),
@@ -244,7 +333,8 @@ def test_count_vf_evals_fused_pid_and_padding():
 
 
 def test_ltc_kernel_equals_conductance_loop():
-    # The LTC's fused_kernel against ncps's update written out over LTC.conductances.
+    # The LTC's fused_unfolds (its kernels) against ncps's update written out over
+    # LTC.conductances.
     ltc = lj.LTC(3, lj.AutoNCP(8, 2), key=jax.random.key(3))
     x, v0, dt = jnp.linspace(-1, 1, 3), jnp.linspace(-0.3, 0.3, 8), jnp.asarray(0.7)
     h, v = dt / 6, v0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from liquidjax.cells import LTC, CfC, MixedMemory
+from liquidjax.cells import CTRNN, LTC, CfC, MixedMemory
 from liquidjax.layers import LiquidRNN
 from liquidjax.wirings import AutoNCP
 
@@ -170,7 +170,8 @@ def test_api_misuse_gives_our_messages():
     stiff = eqx.tree_at(lambda c: c.cm, cell, jnp.full_like(cell.cm, -8.0))  # softplus: 3e-4
     assert jnp.all(jnp.isfinite(LiquidRNN(stiff)(x * 3)[0]))
     euler, x = stiff.with_solver(diffrax.Euler(), ode_unfolds=1), jnp.ones((12, 3))
-    with pytest.raises(eqx.EquinoxRuntimeError, match="the integration diverged"):
+    with pytest.raises(eqx.EquinoxRuntimeError,
+                       match="the integration diverged.*FusedSemiImplicit"):
         LiquidRNN(euler)(x * 3)
     with pytest.raises(eqx.EquinoxRuntimeError, match="the integration diverged"):
         eqx.filter_jit(LiquidRNN(euler))(x * 3)
@@ -179,6 +180,22 @@ def test_api_misuse_gives_our_messages():
 
 
 # ----------------------------------------------------------------------- continuous input paths
+def test_divergence_advice_is_the_cells():
+    """The divergence error advises only what applies to the cell: the fused solver only to a
+    conductance cell not already on it; no solver advice for a closed-form cell."""
+    ltc = LTC(3, 4, key=KEY)
+    on_euler = ltc.with_solver(diffrax.Euler()).divergence_advice()
+    assert "FusedSemiImplicit" in on_euler and "ode_unfolds" in on_euler
+    on_fused = ltc.divergence_advice()
+    assert "FusedSemiImplicit" not in on_fused and "non-negative" in on_fused
+    general = CTRNN(3, 4, key=KEY).with_solver(diffrax.Euler()).divergence_advice()
+    assert "ode_unfolds" in general and "FusedSemiImplicit" not in general
+    for cell in (CfC(3, 4, key=KEY), MixedMemory(CfC(3, 4, key=KEY), key=KEY)):
+        advice = cell.divergence_advice()
+        assert "solver" not in advice and "scale of the inputs" in advice
+    assert MixedMemory(ltc.with_solver(diffrax.Euler()), key=KEY).divergence_advice() == on_euler
+
+
 def test_linear_path_with_constant_input_equals_held_input():
     cell = LTC(3, AutoNCP(8, 2), key=KEY)
     x = jnp.tile(jnp.array([[0.4, -0.2, 1.0]]), (6, 1))

@@ -1,12 +1,13 @@
 """The sparse-synapse LTC kernel held to the dense fused kernel: values and gradients, float32 and
-float64, unbatched, under ``jax.vmap`` (the batch-minor rule) and with per-example parameters."""
+float64, unbatched, under ``jax.vmap`` (the batch-minor rule) and with per-example parameters;
+the LTC's ``advance_sequence`` held to ``scan_advance``."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from liquidjax.cells import LTC
+from liquidjax.cells import LTC, scan_advance
 from liquidjax.cells._ltc_kernel import fused_ltc_step
 from liquidjax.cells._ltc_sparse import SynapseLayout, sparse_ltc_step, sparse_params
 from liquidjax.wirings import AutoNCP, FullyConnected, Random
@@ -218,3 +219,46 @@ def test_ltc_sparse_and_dense_train_the_same():
     # softplus/mask chain of every parameter, float32 rounding compounds to ~1e-6 of the scale.
     _close(eqx.filter(a, eqx.is_inexact_array), eqx.filter(b, eqx.is_inexact_array), 3e-6)
     assert float(jnp.max(jnp.abs(a[1].sensory_mu))) > 0
+
+
+@pytest.mark.parametrize("dtype, tol, wiring, kernel", [
+    (jnp.float32, 2e-5, "autoncp", "auto"),
+    (jnp.float32, 2e-5, "full", "portable"),
+    (jnp.float64, 1e-11, "autoncp", "portable"),
+    (jnp.float64, 1e-11, "full", "auto"),
+], ids=["f32-sparse-auto", "f32-dense-portable", "f64-sparse-portable", "f64-dense-auto"])
+def test_advance_sequence_matches_scan_advance(dtype, tol, wiring, kernel):
+    """``LTC.advance_sequence`` (a scan of the fused kernel, the parameters and input map
+    prepared once per sequence) held to ``scan_advance`` (the scan of ``LTC.advance``) under
+    ``vmap``: every state, with a mask and with unit steps; gradients with respect to every
+    parameter, the inputs, the timespans and the initial state."""
+    with jax.enable_x64(dtype == jnp.float64):
+        cell = _cell(WIRINGS[wiring](), dtype=dtype, kernel=kernel, ode_unfolds=UNFOLDS)
+        k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+        xs = jax.random.normal(k1, (2, 5, cell.input_size), dtype)
+        ts = jax.random.uniform(k2, (2, 5), dtype, 0.5, 2.0)
+        v0 = 0.3 * jax.random.normal(k3, (2, cell.state_size), dtype)
+        mask = jnp.array([[1, 0, 1, 1, 0], [1, 1, 1, 1, 1]], bool)
+
+        def loss(run, cell, xs, ts, v0, unit):
+            def one(x, t, v, m):
+                return run(cell, v, x, None if unit else t, None if unit else m)
+
+            vs = jax.vmap(one)(xs, ts, v0, mask)
+            return jnp.sum(jnp.sin(3 * vs) * jnp.arange(1, vs.shape[-1] + 1, dtype=dtype))
+
+        def fast(cell, *a):
+            return cell.advance_sequence(*a)
+
+        for unit in (False, True):
+            got, want = (jax.jit(jax.value_and_grad(loss, argnums=(1, 2, 3, 4)),
+                                 static_argnums=(0, 5))(run, cell, xs, ts, v0, unit)
+                         for run in (fast, scan_advance))
+            _close(got, want, tol)
+            assert float(jnp.max(jnp.abs(got[1][0].w))) > 0  # not vacuous
+        # The override is what the layer runs: one scan whose body holds no softplus of the
+        # (N, N) weights (the parameters are prepared before the loop).
+        jaxpr = jax.make_jaxpr(lambda c: cell.advance_sequence(v0[0], xs[0], ts[0]))(cell)
+        scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+        assert len(scans) == 1 and "logaddexp" not in str(scans[0].params["jaxpr"])
+        assert "softplus" not in str(scans[0].params["jaxpr"])

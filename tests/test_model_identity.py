@@ -67,3 +67,7 @@ def test_plot_wiring_of_a_cell():
     assert len(fig.axes) >= 1 and len(fig.axes[0].patches) + len(fig.axes[0].collections) > 0
     with pytest.raises(TypeError, match="wired cell"):
         lj.plot.wiring(lj.CfC(3, 4, key=jax.random.key(0)))
+    # mixed memory draws its liquid cell's wiring (AbstractCell.connectivity)
+    memory = lj.cells.MixedMemory(cell, key=jax.random.key(1))
+    assert memory.connectivity is cell.wiring
+    assert len(lj.plot.wiring(memory).axes) >= 1
