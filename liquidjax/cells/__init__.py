@@ -14,6 +14,8 @@ from ._baselines import (
     NeuralCDE as NeuralCDE,
 )
 from ._cfc import CfC as CfC
+from ._liquid_s4 import LiquidS4 as LiquidS4, LiquidS4State as LiquidS4State
+from ._liquid_s4_stack import LiquidS4Stack as LiquidS4Stack
 from ._lstm import LSTMCell as LSTMCell, MixedMemory as MixedMemory
 from ._ltc import (
     LTC as LTC,
