@@ -348,5 +348,10 @@ class LiquidS4(AbstractCell):
         histories = None
         if p:
             histories = jnp.stack([ext[p - 1 - i: p - 1 - i + n] for i in range(p - 1)], axis=1)
-        every = LiquidS4State(xs.real.astype(dtype), xs.imag.astype(dtype), histories, y)
+        # The last step is the final state already computed: a caller that reads only it (the
+        # sequence layer's final state) lets XLA drop the prefix scan (a slice of a concatenate).
+        every = LiquidS4State(
+            jnp.concatenate([xs.real[:-1].astype(dtype), final.re[None]]),
+            jnp.concatenate([xs.imag[:-1].astype(dtype), final.im[None]]),
+            histories, y)
         return y, final, every
