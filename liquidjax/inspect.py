@@ -3,12 +3,12 @@
 Every function here is pure JAX and acts on **one** sequence, like
 [`LiquidRNN`][liquidjax.layers.LiquidRNN]; `jax.vmap` adds a batch and `jax.jit` compiles it. None
 of them re-implements the dynamics: they run the layer itself, call the cell's own methods
-([`LTC.system_time_constant`][liquidjax.cells.LTC.system_time_constant],
+([`system_time_constant`][liquidjax.cells.AbstractConductanceCell.system_time_constant],
 [`solve`][liquidjax.solvers.solve]) and read diffrax's own records.
 
 * [`hidden_states`][liquidjax.inspect.hidden_states]: the state after every observation.
-* [`system_time_constants`][liquidjax.inspect.system_time_constants]: the LTC's "liquid" time
-  constant of every neuron at every observation.
+* [`system_time_constants`][liquidjax.inspect.system_time_constants]: the "liquid" time
+  constant of every neuron (of an LTC, or any conductance cell) at every observation.
 * [`solver_trace`][liquidjax.inspect.solver_trace]: the steps an (adaptive) diffrax solver takes
   across a sequence.
 * [`confusion_matrix`][liquidjax.inspect.confusion_matrix]: counts of (true, predicted) labels.
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from ._static import replace_fields
-from .cells import LTC, AbstractCell, AbstractODECell
+from .cells import AbstractCell, AbstractConductanceCell, AbstractODECell
 from .layers import LiquidRNN
 from .solvers import solve
 
@@ -58,7 +58,7 @@ def hidden_states(
     state: PyTree[Array] | None = None,
     *,
     key: PRNGKeyArray | None = None,
-) -> Float[Array, "time state"]:
+) -> PyTree[Float[Array, "time ..."]]:
     r"""The hidden state after every observation of one sequence.
 
     Runs `rnn` itself (same solver, interpolation, mask and timespan semantics) with its readout
@@ -74,9 +74,10 @@ def hidden_states(
     - `state`: the initial state (default: the cell's zero state).
     - `key`: PRNG key for dropout (``None``: inference).
 
-    **Returns:** the states, shape ``(L, state_size)``; rows of padded steps (``mask`` false)
-    are zero, like the layer's outputs. For a ``MixedMemory`` cell: the liquid cell's state
-    ``h`` (not the LSTM memory).
+    **Returns:** the states, shape ``(L, state_size)`` for a vector state; a cell whose state
+    is a pytree gets it whole, every leaf with a leading time axis (``MixedMemory``: the pair
+    ``(hs, cs)`` of the liquid cell's states and the LSTM memory; a ``(v, w)`` state: ``(vs,
+    ws)``). Rows of padded steps (``mask`` false) are zero, like the layer's outputs.
 
     **Example:**
     ```python
@@ -90,12 +91,13 @@ def hidden_states(
     return hs
 
 
-def _ltc_cell(rnn: LiquidRNN | AbstractCell) -> LTC:
+def _conductance_cell(rnn: LiquidRNN | AbstractCell) -> AbstractConductanceCell:
     cell = rnn.cell if isinstance(rnn, LiquidRNN) else rnn
-    if not isinstance(cell, LTC):
+    if not isinstance(cell, AbstractConductanceCell):
         raise ValueError(
-            f"system time constants need an LTC cell, got {type(cell).__name__}; a CfC has no "
-            "ODE and so no instantaneous time constant"
+            f"system time constants need a cell in conductance form (an LTC, or an "
+            f"AbstractConductanceCell), got {type(cell).__name__}; a cell without conductances "
+            "(e.g. a CfC, which has no ODE) has no instantaneous time constant"
         )
     return cell
 
@@ -107,7 +109,8 @@ def system_time_constants(
     mask: Bool[Array, " time"] | None = None,
     state: Float[Array, " state"] | None = None,
 ) -> Float[Array, "time state"]:
-    r"""The LTC "liquid" system time constant of every neuron after every observation.
+    r"""The "liquid" system time constant of every neuron after every observation (an LTC, or
+    any conductance cell: ``τ = cm / den``).
 
     With the LTC written as ``cm_j dv_j/dt = num_j(v, x) − den_j(v, x) v_j``, neuron ``j``
     relaxes towards ``num_j/den_j`` with the instantaneous time constant
@@ -117,10 +120,11 @@ def system_time_constants(
     (Hasani et al., AAAI 2021, eq. 2): the synapses that open make the neuron faster. Row ``k``
     is evaluated at the state $h(T_k)$ reached at observation ``k`` (see
     [`hidden_states`][liquidjax.inspect.hidden_states]) and the input ``x_k``, by the cell's own
-    [`LTC.system_time_constant`][liquidjax.cells.LTC.system_time_constant].
+    [`system_time_constant`][liquidjax.cells.AbstractConductanceCell.system_time_constant].
 
     **Arguments:**
-    - `rnn`: a [`LiquidRNN`][liquidjax.layers.LiquidRNN] of an LTC, or the LTC cell itself.
+    - `rnn`: a [`LiquidRNN`][liquidjax.layers.LiquidRNN] of an LTC (any conductance cell), or
+      the cell itself.
     - `x`, `timespans`, `mask`, `state`: as for
       [`hidden_states`][liquidjax.inspect.hidden_states].
 
@@ -133,7 +137,7 @@ def system_time_constants(
     fig = liquidjax.plot.time_constants(tau, jnp.cumsum(timespans))
     ```
     """
-    cell = _ltc_cell(rnn)
+    cell = _conductance_cell(rnn)
     hs = hidden_states(rnn, x, timespans, mask, state)
     tau = jax.vmap(cell.system_time_constant)(hs, x)
     if mask is not None:
@@ -153,7 +157,8 @@ class SolverTrace(NamedTuple):
     - `num_accepted`: ``(L,)`` accepted steps per interval.
     - `num_rejected`: ``(L,)`` rejected steps per interval (adaptive controllers only).
     - `observation_times`: ``(L,)`` the times ``T_k``.
-    - `states`: ``(L, state_size)`` the state at every ``T_k``.
+    - `states`: the state at every ``T_k``: ``(L, state_size)`` for a vector state; for a
+      pytree state (e.g. ``(v, w)``) the same pytree, every leaf with a leading axis ``L``.
     """
 
     ts: Float[Array, "time max_steps"]
@@ -161,14 +166,14 @@ class SolverTrace(NamedTuple):
     num_accepted: Int[Array, " time"]
     num_rejected: Int[Array, " time"]
     observation_times: Float[Array, " time"]
-    states: Float[Array, "time state"]
+    states: PyTree[Float[Array, "time ..."]]
 
 
 def solver_trace(
     cell: AbstractODECell,
     x: Float[Array, "time input"],
     timespans: Float[Array, " time"] | None = None,
-    state: Float[Array, " state"] | None = None,
+    state: PyTree[Array] | None = None,
     *,
     max_steps: int | None = None,
 ) -> SolverTrace:

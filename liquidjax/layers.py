@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import equinox as eqx
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from ._checks import literal_choices
-from .cells import AbstractCell, AbstractODECell, AbstractPathCell, MixedMemory, _cfc_sequence
+from .cells import AbstractCell, AbstractPathCell, scan_advance
 
 Interpolation = Literal["hold", "linear", "cubic"]
 _INTERPOLATIONS: tuple[str, ...] = literal_choices(Interpolation)
@@ -21,33 +20,6 @@ def _where_tree(pred, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _remat_block(n: int) -> int:
-    """The inner length of a two-level checkpointed scan over ``n`` steps: the largest divisor
-    of ``n`` not above ``√n`` (1 when ``n`` is prime: one level)."""
-    for b in range(math.isqrt(n), 0, -1):
-        if n % b == 0:
-            return b
-    return 1
-
-
-def _scan_remat(step, h, xs, n: int):
-    """``lax.scan(step, h, xs)`` keeping O(√n) states for the backward pass instead of all n: the
-    steps run in blocks of ``b ≈ √n``; the backward pass keeps each block's initial state,
-    recomputes one block at a time keeping its ``b`` states, and one step at a time inside it."""
-    nothing = jax.checkpoint_policies.nothing_saveable
-    step = jax.checkpoint(step, policy=nothing)
-    b = _remat_block(n)
-    if b == 1:
-        return jax.lax.scan(step, h, xs)
-
-    def block(h, chunk):
-        return jax.lax.scan(step, h, chunk)
-
-    blocks = jax.tree_util.tree_map(lambda a: a.reshape((n // b, b) + a.shape[1:]), xs)
-    h, ys = jax.lax.scan(jax.checkpoint(block, policy=nothing), h, blocks)
-    return h, jax.tree_util.tree_map(lambda a: a.reshape((n,) + a.shape[2:]), ys)
-
-
 class LiquidRNN(eqx.Module):
     r"""Runs a liquid cell over one unbatched sequence (``jax.vmap`` adds the batch).
 
@@ -55,7 +27,10 @@ class LiquidRNN(eqx.Module):
     ``k − 1`` (ncps "timespans"; default 1.0; the sequence starts at ``t = 0``).
 
     * ``interpolation="hold"`` (ncps semantics, default): ``x_k`` is held over ``(T_{k−1}, T_k]``;
-      a ``lax.scan`` calls ``cell.advance`` once per observation. Works for every cell.
+      the cell runs the sequence with its
+      :meth:`~liquidjax.cells.AbstractCell.advance_sequence` (by default a ``lax.scan`` of
+      ``cell.advance``, one call per observation; the CfC and the LTC run faster paths of the
+      same numbers). Works for every cell.
     * ``"linear"`` / ``"cubic"``: the inputs form a continuous path (diffrax linear interpolation or
       backward-Hermite cubic) and one ``diffeqsolve`` integrates an ODE cell (or a Neural CDE,
       driven by the path: any :class:`~liquidjax.cells.AbstractPathCell`) over the whole
@@ -80,9 +55,9 @@ class LiquidRNN(eqx.Module):
       backward pass keeps one state per block of ≈ √L steps and, while it runs, one block's
       states, so training memory grows as √L instead of L, for about two extra forward passes
       of compute.
-    - `readout_states`: output the hidden state itself (the liquid cell's ``h`` with mixed
-      memory) instead of ``cell.output`` and `proj` — what :func:`liquidjax.inspect.hidden_states`
-      uses.
+    - `readout_states`: output the state itself, whole (any pytree: ``(h, c)`` with mixed
+      memory), instead of ``cell.output`` and `proj` — what
+      :func:`liquidjax.inspect.hidden_states` uses.
 
     **Returns** (of ``__call__``): ``(outputs, final_state)`` with outputs of shape
     ``(L, out)`` (or ``(out,)`` without `return_sequences`).
@@ -126,9 +101,11 @@ class LiquidRNN(eqx.Module):
     def output_size(self) -> int:
         return self.cell.output_size if self.proj is None else self.proj.out_features
 
-    def _readout(self, state):
+    def readout(self, state: PyTree[Array]) -> PyTree[Array]:
+        """The layer's output for one state: ``proj(cell.output(state))``, or the state itself
+        with `readout_states`."""
         if self.readout_states:
-            return state[0] if isinstance(state, tuple) else state
+            return state
         y = self.cell.output(state)
         return y if self.proj is None else self.proj(y)
 
@@ -238,49 +215,29 @@ class LiquidRNN(eqx.Module):
         if self.check_solution:
             out = eqx.error_if(
                 out, ~_all_finite(out[1]),
-                "the cell's state became NaN or inf: the integration diverged. An explicit "
-                "solver (e.g. diffrax.Euler()) on a stiff cell needs smaller steps (more "
-                "ode_unfolds), or use the fused semi-implicit solver, an adaptive one "
-                "(PIDController) or an implicit one (diffrax.Kvaerno5()). "
+                f"the cell's state became NaN or inf: {self.cell.divergence_advice()}. "
                 "LiquidRNN(check_solution=False) returns the NaN instead",
             )
         return out
 
     def _run_held(self, x, timespans, mask, state, key, unit_steps=False):
-        if not self.remat and _cfc_sequence.applies(self.cell, x, timespans, state):
-            # Same numbers as the scan below, arranged for speed (see _cfc_sequence).
-            last = not self.return_sequences
-            hs = _cfc_sequence.held_sequence(self.cell, x, None if unit_steps else timespans,
-                                             state, mask, last=last)
-            if last:
-                return self._readout(hs), hs
-            h = jax.tree_util.tree_map(lambda a: a[-1], hs)
-            ys = jax.vmap(self._readout)(hs)
-            return (ys if mask is None else jnp.where(mask[:, None], ys, 0)), h
-        n = x.shape[0]
-        keys = None if key is None else jax.random.split(key, n)
-        zero = jnp.zeros((), timespans.dtype)
-        if mask is not None and _is_adaptive(self.cell):
-            # A padded step is integrated over Δt = 0: an adaptive solve then takes no step.
-            # (Constant steps cost the same either way and keep Δt > 0, away from 1/Δt.)
-            timespans = jnp.where(mask, timespans, 0)
-
-        def step(h, inp):
-            xk, dt, mk, kk = inp
-            h_new = self.cell.advance(h, xk, zero, dt, key=kk)
-            if mk is not None:
-                h_new = _where_tree(mk, h_new, h)
-            if not self.return_sequences:
-                return h_new, None
-            y = self._readout(h_new)
-            return h_new, (y if mk is None else jnp.where(mk, y, 0))
-
-        xs = (x, timespans, mask, keys)
+        last = not self.return_sequences
+        dts = None if unit_steps else timespans
         if self.remat:
-            h, ys = _scan_remat(step, state, xs, n)
+            hs = scan_advance(self.cell, state, x, dts, mask, last=last, key=key, remat=True)
         else:
-            h, ys = jax.lax.scan(step, state, xs)
-        return (ys if self.return_sequences else self._readout(h)), h
+            hs = self.cell.advance_sequence(state, x, dts, mask, last=last, key=key)
+        if last:
+            return self.readout(hs), hs
+        return self._read_sequence(hs, mask), jax.tree_util.tree_map(lambda a: a[-1], hs)
+
+    def _read_sequence(self, hs, mask):
+        """The outputs of the states ``hs`` (leading time axis); zero at masked steps."""
+        ys = jax.vmap(self.readout)(hs)
+        if mask is None:
+            return ys
+        return jax.tree_util.tree_map(
+            lambda y: jnp.where(mask.reshape((-1,) + (1,) * (y.ndim - 1)), y, 0), ys)
 
     def _run_continuous(self, x, timespans, mask, state):
         cell = self.cell
@@ -303,11 +260,8 @@ class LiquidRNN(eqx.Module):
         else:
             h = _where_tree(jnp.any(mask), jax.tree_util.tree_map(lambda a: a[last], hs), state)
         if not self.return_sequences:
-            return self._readout(h), h
-        ys = jax.vmap(self._readout)(hs)
-        if mask is not None:
-            ys = jnp.where(mask[:, None], ys, 0)
-        return ys, h
+            return self.readout(h), h
+        return self._read_sequence(hs, mask), h
 
 
 def _all_finite(tree) -> Array:
@@ -323,13 +277,6 @@ def _is_traced(tree) -> bool:
 @eqx.filter_jit
 def _call_compiled(rnn: LiquidRNN, x, timespans, mask, state, key):
     return rnn._call(x, timespans, mask, state, key)
-
-
-def _is_adaptive(cell: AbstractCell) -> bool:
-    """Whether advancing `cell` runs an adaptive solve (whose cost grows with the interval)."""
-    if isinstance(cell, MixedMemory):
-        return _is_adaptive(cell.cell)
-    return isinstance(cell, AbstractODECell) and cell.integrator.is_adaptive
 
 
 def _describe(tree) -> str:

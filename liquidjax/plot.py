@@ -407,8 +407,9 @@ def activity(
     """A heat-map of neuron activity (or any per-neuron quantity) over one sequence.
 
     **Arguments:**
-    - `states`: ``(L, N)``, e.g. from [`hidden_states`][liquidjax.inspect.hidden_states] (or
-      ``τ_sys``, with `label` changed).
+    - `states`: ``(L, N)``, e.g. from [`hidden_states`][liquidjax.inspect.hidden_states] (a
+      pytree state, e.g. mixed memory's ``(h, c)``, comes whole from it: pass one part) or
+      ``τ_sys``, with `label` changed.
     - `t`: ``(L,)`` observation times (default the step index); cells are centred on them.
     - `wiring`: optional built [`Wiring`][liquidjax.wirings.Wiring]: neuron types are marked on
       the y axis (ncps order: motor neurons first, then command, then inter).
@@ -428,7 +429,10 @@ def activity(
     """
     s = _np(states)
     if s.ndim != 2:
-        raise ValueError(f"expected states of shape (time, neurons), got {s.shape}")
+        raise ValueError(
+            f"expected states of shape (time, neurons), got {s.shape}; for a cell whose state "
+            "is a pytree (hidden_states returns it whole), pass one part, e.g. hs[0]"
+        )
     n_t, n = s.shape
     tt, tlabel = _times(t, n_t)
     fig, ax = _main_axes_below_input(x, tt, figsize, height=3)

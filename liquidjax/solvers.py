@@ -23,6 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from ._checks import check_int
 
@@ -96,12 +97,19 @@ class FusedSemiImplicit(diffrax.AbstractSolver):
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
         num, den, cm = _liquid_term(terms).conductances(t0, y0, args)
-        cm_t = cm / (t1 - t0)
-        y1 = (cm_t * y0 + num) / (cm_t + den + self.epsilon)
+        y1 = fused_update(y0, num, den, cm, t1 - t0, self.epsilon)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
+
+
+def fused_update(y: Array, num: Array, den: Array, cm: Array, h: Any, epsilon: float) -> Array:
+    """One fused semi-implicit step of size ``h`` from ``y`` for the conductances
+    ``(num, den, cm)`` at ``y``: ``(cm/h · y + num) / (cm/h + den + ε)`` — the arithmetic of
+    :class:`FusedSemiImplicit` and of a conductance cell's held-input unfolds alike."""
+    cm_t = cm / h
+    return (cm_t * y + num) / (cm_t + den + epsilon)
 
 
 def _liquid_term(terms) -> LiquidTerm:

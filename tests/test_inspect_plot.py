@@ -109,9 +109,14 @@ def test_hidden_states_other_cells(kind, seq):
     rnn = LiquidRNN(cell)
     hs = li.hidden_states(rnn, x, dts)
     _, h = rnn(x, dts)
-    final = h[0] if kind == "mixed" else h
-    assert hs.shape == (L, 5)
-    np.testing.assert_array_equal(hs[-1], final)
+    if kind == "mixed":  # the state (h, c) comes whole: the liquid cell's and the LSTM's
+        assert isinstance(hs, tuple) and [a.shape for a in hs] == [(L, 5), (L, 5)]
+        np.testing.assert_array_equal(hs[0][-1], h[0])
+        np.testing.assert_array_equal(hs[1][-1], h[1])
+        assert not np.allclose(hs[0], hs[1])
+    else:
+        assert hs.shape == (L, 5)
+        np.testing.assert_array_equal(hs[-1], h)
     with pytest.raises(ValueError, match="LTC"):
         li.system_time_constants(rnn, x, dts)
 

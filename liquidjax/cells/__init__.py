@@ -4,6 +4,7 @@ from ._base import (
     AbstractODECell as AbstractODECell,
     AbstractPathCell as AbstractPathCell,
     AbstractWiredCell as AbstractWiredCell,
+    scan_advance as scan_advance,
 )
 from ._baselines import (
     CTRNN as CTRNN,

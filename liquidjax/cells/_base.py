@@ -30,23 +30,30 @@ See ``docs/custom_cells.md`` for a custom cell in a page.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import math
 from typing import Any, ClassVar
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from .._static import replace_fields
-from ..solvers import FusedSemiImplicit, Integrator, count_fused_evals, input_path, solve
+from ..solvers import (
+    FusedSemiImplicit,
+    Integrator,
+    count_fused_evals,
+    fused_update,
+    input_path,
+    solve,
+)
 
 State = PyTree[Array]
 
 __all__ = [
     "AbstractCell", "AbstractConductanceCell", "AbstractODECell", "AbstractPathCell",
-    "AbstractWiredCell",
+    "AbstractWiredCell", "scan_advance",
 ]
 
 
@@ -89,6 +96,71 @@ class AbstractCell(eqx.Module):
     @abc.abstractmethod
     def output(self, state: State) -> Float[Array, " output"]:
         """The cell's output for ``state`` (e.g. the motor neurons of an LTC)."""
+
+    def advance_sequence(
+        self,
+        state: State,
+        x: Float[Array, "time input"],
+        timespans: Float[Array, " time"] | None,
+        mask: Bool[Array, " time"] | None = None,
+        *,
+        last: bool = False,
+        key: PRNGKeyArray | None = None,
+    ) -> State:
+        """Advance ``state`` over a whole sequence of held observations (one example): what
+        :class:`~liquidjax.layers.LiquidRNN` with ``interpolation="hold"`` runs.
+
+        The default is :func:`scan_advance`, a ``lax.scan`` of :meth:`advance`. A cell
+        overrides it with a faster computation of exactly the same numbers (a fused recurrence,
+        a compiled kernel, per-observation terms computed for all steps at once) and calls
+        ``super().advance_sequence(...)`` where its fast path does not apply (mixed dtypes, a
+        `key` for dropout it cannot honour, ...). A test must hold the override to
+        :func:`scan_advance`, values and gradients.
+
+        **Arguments:**
+        - `state`: the initial state (the cell's pytree).
+        - `x`: the observations, shape ``(time, input_size)``; ``x[k]`` is held over step ``k``.
+        - `timespans`: the elapsed time of every step, shape ``(time,)``; ``None``: every
+          ``Δt`` is 1 (known at trace time).
+        - `mask`: boolean ``(time,)``; ``False`` marks a step that did not happen (padding):
+          the state is kept.
+        - `last`: return only the final state.
+        - `key`: randomness for dropout (training), or ``None``.
+
+        **Returns:** the states after every observation (every leaf with a leading time axis
+        of length ``time``), or with `last` only the final state.
+        """
+        return scan_advance(self, state, x, timespans, mask, last=last, key=key)
+
+    @property
+    def is_adaptive(self) -> bool:
+        """Whether :meth:`advance` runs an adaptive solve, whose cost grows with the interval
+        (then :func:`scan_advance` integrates a padded step over ``Δt = 0``: no step at all).
+        ``False`` here; an ODE cell asks its integrator."""
+        return False
+
+    def memory_sequence(
+        self,
+        lstm: Any,
+        state: State,
+        x: Float[Array, "time input"],
+        timespans: Float[Array, " time"] | None,
+        mask: Bool[Array, " time"] | None = None,
+        *,
+        last: bool = False,
+    ) -> State | None:
+        """The states of :class:`~liquidjax.cells.MixedMemory` over this cell and `lstm`
+        (state ``(h, c)``), as :meth:`advance_sequence` defines them, computed by a fused
+        recurrence of this cell's own — or ``None`` (the default) where it has none:
+        ``MixedMemory`` then runs its generic scan. The CfC overrides it."""
+        del lstm, state, x, timespans, mask, last
+        return None
+
+    def divergence_advice(self) -> str:
+        """What to try when this cell's state became NaN or inf over a sequence (the error of
+        ``LiquidRNN(check_solution=True)`` quotes it)."""
+        return ("check the scale of the inputs and of the parameters (a learning rate too "
+                "large for them)")
 
 
 class AbstractWiredCell(AbstractCell):
@@ -148,15 +220,17 @@ class AbstractODECell(AbstractPathCell):
 
     integrator: eqx.AbstractVar[Integrator]
 
+    # Whether the cell gives its dynamics in conductance form (``conductances``), which the fused
+    # semi-implicit solver needs: declared by :class:`AbstractConductanceCell`.
+    conductance_form: ClassVar[bool] = False
+
     def __check_init__(self):
         if not isinstance(self.integrator, Integrator):
             raise TypeError(
                 f"{type(self).__name__}.integrator must be a liquidjax.solvers.Integrator, got "
                 f"{type(self.integrator).__name__}"
             )
-        if isinstance(self.integrator.solver, FusedSemiImplicit) and not isinstance(
-            self, AbstractConductanceCell
-        ):
+        if isinstance(self.integrator.solver, FusedSemiImplicit) and not self.conductance_form:
             raise ValueError(
                 f"{type(self).__name__} gives its dynamics only in general form (vector_field), "
                 "but the fused semi-implicit solver needs the conductance form "
@@ -243,18 +317,21 @@ class AbstractODECell(AbstractPathCell):
                      observation_times=knots).ys
 
     def advance(self, state, x, t0, t1, *, key=None):
-        """The state at ``t1`` (input ``x`` held over ``[t0, t1]``): ``ode_unfolds`` fused
-        semi-implicit steps when the integrator asks for them (a conductance cell, constant
-        steps), otherwise one :func:`liquidjax.solvers.solve`. `key` is unused (no dropout)."""
+        """The state at ``t1`` (input ``x`` held over ``[t0, t1]``): one
+        :func:`liquidjax.solvers.solve`. `key` is unused (no dropout)."""
         del key
-        if self.integrator.uses_fused_step and isinstance(self, AbstractConductanceCell):
-            dtype = jax.tree_util.tree_leaves(state)[0].dtype
-            dt = jnp.asarray(t1, dtype) - jnp.asarray(t0, dtype)
-            unfolds = self.integrator.ode_unfolds
-            count_fused_evals(unfolds, state)
-            return self.fused_unfolds(state, x, dt, unfolds, self.integrator.solver.epsilon)
         sol = solve(self, state, x, t0, t1)
         return jax.tree_util.tree_map(lambda y: y[-1], sol.ys)
+
+    @property
+    def is_adaptive(self) -> bool:
+        """Whether the integrator adapts its steps (``PIDController``)."""
+        return self.integrator.is_adaptive
+
+    def divergence_advice(self) -> str:
+        return ("the integration diverged. An explicit solver (e.g. diffrax.Euler()) on a stiff "
+                "cell needs smaller steps (more ode_unfolds), or use an adaptive solver "
+                "(PIDController) or an implicit one (diffrax.Kvaerno5())")
 
 
 class AbstractConductanceCell(AbstractODECell):
@@ -265,16 +342,21 @@ class AbstractConductanceCell(AbstractODECell):
     (:class:`~liquidjax.solvers.FusedSemiImplicit`, ncps's scheme) uses the split directly. With
     constant steps and held input, :meth:`advance` runs ``ode_unfolds`` fused steps in one
     ``lax.fori_loop`` (no diffrax overhead); a cell may supply a faster implementation of exactly
-    that loop as the class variable ``fused_kernel`` (the LTC's hand-written VJP kernel), which a
+    that loop by overriding :meth:`fused_unfolds` (the LTC's hand-written VJP kernel), which a
     test must hold to the generic loop.
     """
 
-    # Optional fast implementation of `fused_unfolds`: ``(cell, y0, x, dt, unfolds, epsilon) -> y``.
-    fused_kernel: ClassVar[Callable[..., Array] | None] = None
+    conductance_form: ClassVar[bool] = True
 
     @abc.abstractmethod
     def conductances(self, t: Any, y: Float[Array, " state"], x: Any) -> tuple[Array, Array, Array]:
         """Return ``(num, den, cm)`` with ``cm * dy/dt = num - den * y``."""
+
+    def system_time_constant(self, y: Float[Array, " state"], x: Any) -> Float[Array, " state"]:
+        """τ_sys = cm / den (for the LTC: cm / (gleak + Σ synaptic conductances)): the
+        instantaneous ("liquid") time constants at state ``y`` under observation ``x``."""
+        _, den, cm = self.conductances(0.0, y, x)
+        return cm / den
 
     def split(self, t: Any, y: Float[Array, " state"], x: Any) -> tuple[Array, Array]:
         """Return ``(a, b)`` with ``dy/dt = a - b * y``."""
@@ -286,18 +368,113 @@ class AbstractConductanceCell(AbstractODECell):
         num, den, cm = self.conductances(t, y, x)
         return (num - den * y) / cm
 
+    def advance(self, state, x, t0, t1, *, key=None):
+        """The state at ``t1`` (input ``x`` held over ``[t0, t1]``): ``ode_unfolds`` fused
+        semi-implicit steps (:meth:`fused_unfolds`) when the integrator asks for them (the
+        fused solver, constant steps), otherwise one :func:`liquidjax.solvers.solve`. `key` is
+        unused (no dropout)."""
+        if not self.integrator.uses_fused_step:
+            return super().advance(state, x, t0, t1, key=key)
+        dtype = jax.tree_util.tree_leaves(state)[0].dtype
+        dt = jnp.asarray(t1, dtype) - jnp.asarray(t0, dtype)
+        unfolds = self.integrator.ode_unfolds
+        count_fused_evals(unfolds, state)
+        return self.fused_unfolds(state, x, dt, unfolds, self.integrator.solver.epsilon)
+
     def fused_unfolds(self, y0: Float[Array, " state"], x: Array, dt: Array, unfolds: int,
                       epsilon: float) -> Float[Array, " state"]:
         """``unfolds`` fused semi-implicit steps of size ``dt / unfolds`` with ``x`` held:
-        ``y ← (cm/h · y + num) / (cm/h + den + ε)`` (the class's ``fused_kernel`` if it has one)."""
-        kernel = type(self).fused_kernel
-        if kernel is not None:
-            return kernel(self, y0, x, dt, unfolds, epsilon)
+        ``y ← (cm/h · y + num) / (cm/h + den + ε)``
+        (:func:`liquidjax.solvers.fused_update`). A cell may override it with a faster
+        computation of the same numbers (the LTC's kernels)."""
         h = dt / unfolds
 
         def body(_, y):
             num, den, cm = self.conductances(0.0, y, x)
-            cm_t = cm / h
-            return (cm_t * y + num) / (cm_t + den + epsilon)
+            return fused_update(y, num, den, cm, h, epsilon)
 
         return jax.lax.fori_loop(0, unfolds, body, y0)
+
+    def divergence_advice(self) -> str:
+        if self.integrator.uses_fused_step:
+            return ("the fused semi-implicit step stays finite while the conductances are "
+                    "non-negative (den >= 0, cm > 0): keep them so (e.g. "
+                    "liquidjax.nonnegative_projection() when parameters are used as stored), "
+                    "and " + AbstractCell.divergence_advice(self))
+        return super().divergence_advice() + (
+            ", or the fused semi-implicit solver (liquidjax.solvers.FusedSemiImplicit(), "
+            "stable for any step)")
+
+
+# --------------------------------------------------------------------------- the reference loop
+def scan_advance(
+    cell: AbstractCell,
+    state: State,
+    x: Float[Array, "time input"],
+    timespans: Float[Array, " time"] | None,
+    mask: Bool[Array, " time"] | None = None,
+    *,
+    last: bool = False,
+    key: PRNGKeyArray | None = None,
+    remat: bool = False,
+) -> State:
+    """:meth:`AbstractCell.advance_sequence` by its definition: a ``lax.scan`` of
+    ``cell.advance`` over the observations (``x[k]`` held for ``timespans[k]``, 1 when
+    ``None``); a masked step (``mask`` False) keeps the state — for an adaptive cell
+    (:attr:`AbstractCell.is_adaptive`) it is integrated over ``Δt = 0``, which takes no step.
+
+    With `remat` the scan is checkpointed in two levels (``jax.checkpoint``): the backward pass
+    keeps one state per block of ≈ √L steps and recomputes one block at a time, so training
+    memory grows as √L instead of L, for about two extra forward passes of compute (what
+    ``LiquidRNN(remat=True)`` runs).
+
+    **Returns:** the states after every observation (leading time axis), or with `last` only
+    the final state.
+    """
+    n = x.shape[0]
+    if timespans is None:
+        timespans = jnp.ones((n,), x.dtype)
+    keys = None if key is None else jax.random.split(key, n)
+    zero = jnp.zeros((), timespans.dtype)
+    if mask is not None and cell.is_adaptive:
+        # A padded step is integrated over Δt = 0: an adaptive solve then takes no step.
+        # (Constant steps cost the same either way and keep Δt > 0, away from 1/Δt.)
+        timespans = jnp.where(mask, timespans, 0)
+
+    def step(h, inp):
+        xk, dt, mk, kk = inp
+        h_new = cell.advance(h, xk, zero, dt, key=kk)
+        if mk is not None:
+            h_new = jax.tree_util.tree_map(lambda a, b: jnp.where(mk, a, b), h_new, h)
+        return h_new, (None if last else h_new)
+
+    xs = (x, timespans, mask, keys)
+    h, hs = _scan_remat(step, state, xs, n) if remat else jax.lax.scan(step, state, xs)
+    return h if last else hs
+
+
+def _remat_block(n: int) -> int:
+    """The inner length of a two-level checkpointed scan over ``n`` steps: the largest divisor
+    of ``n`` not above ``√n`` (1 when ``n`` is prime: one level)."""
+    for b in range(math.isqrt(n), 0, -1):
+        if n % b == 0:
+            return b
+    return 1
+
+
+def _scan_remat(step, h, xs, n: int):
+    """``lax.scan(step, h, xs)`` keeping O(√n) states for the backward pass instead of all n: the
+    steps run in blocks of ``b ≈ √n``; the backward pass keeps each block's initial state,
+    recomputes one block at a time keeping its ``b`` states, and one step at a time inside it."""
+    nothing = jax.checkpoint_policies.nothing_saveable
+    step = jax.checkpoint(step, policy=nothing)
+    b = _remat_block(n)
+    if b == 1:
+        return jax.lax.scan(step, h, xs)
+
+    def block(h, chunk):
+        return jax.lax.scan(step, h, chunk)
+
+    blocks = jax.tree_util.tree_map(lambda a: a.reshape((n // b, b) + a.shape[1:]), xs)
+    h, ys = jax.lax.scan(jax.checkpoint(block, policy=nothing), h, blocks)
+    return h, jax.tree_util.tree_map(lambda a: a.reshape((n,) + a.shape[2:]), ys)

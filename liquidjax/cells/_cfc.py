@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import equinox as eqx
 import jax
@@ -19,37 +19,16 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._static import StaticArray
+from . import _cfc_sequence
+from ._activations import (
+    ACTIVATIONS as ACTIVATIONS,
+    activation_name as activation_name,
+    lecun_tanh as lecun_tanh,
+)
 from ._base import AbstractCell
 
 Mode = Literal["default", "no_gate", "pure"]
 _MODES: tuple[str, ...] = get_args(Mode)
-
-
-def lecun_tanh(x: Array) -> Array:
-    """LeCun's scaled tanh, ``1.7159 * tanh(0.666 * x)`` (the ncps CfC default)."""
-    return 1.7159 * jnp.tanh(0.666 * x)
-
-
-def _gelu(x: Array) -> Array:
-    # torch.nn.GELU() defaults to the exact (erf) form, not the tanh approximation.
-    return jax.nn.gelu(x, approximate=False)
-
-
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "lecun_tanh": lecun_tanh,
-    "silu": jax.nn.silu,
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": _gelu,
-}
-
-
-def activation_name(fn: Callable[[Array], Array]) -> str:
-    """The ncps name of an activation callable from :data:`ACTIVATIONS`."""
-    for name, f in ACTIVATIONS.items():
-        if f is fn:
-            return name
-    raise ValueError(f"activation {fn!r} is not one of the ncps activations {list(ACTIVATIONS)}")
 
 
 def _xavier_uniform(key: PRNGKeyArray, shape: tuple[int, int]) -> Array:
@@ -282,3 +261,28 @@ class CfC(AbstractCell):
     def output(self, state: Float[Array, " units"]) -> Float[Array, " units"]:
         """The output is the hidden state itself."""
         return state
+
+    def _fast_sequence(self, *data: Any) -> bool:
+        """Whether :mod:`._cfc_sequence` computes this cell's held sequence: one backbone layer
+        (no dropout to honour), a gated mode, every operand (`data`) in the weights' dtype."""
+        dtype = self.ff1.weight.dtype
+        return (self.mode in _cfc_sequence.FAST_MODES and len(self.backbone) == 1
+                and all(jnp.result_type(a) == dtype for a in jax.tree_util.tree_leaves(data)))
+
+    def advance_sequence(self, state, x, timespans, mask=None, *, last=False, key=None):
+        """:meth:`AbstractCell.advance_sequence`, for one backbone layer in ``"default"`` or
+        ``"no_gate"`` mode with every operand in the weights' dtype a fused recurrence of the
+        same numbers (stacked heads, a hand-written VJP, the compiled CPU kernel:
+        :mod:`liquidjax.cells._cfc_sequence`); otherwise the scan of :meth:`advance`."""
+        if self._fast_sequence(state, x, timespans):
+            return _cfc_sequence.held_sequence(self, x, timespans, state, mask, last=last)
+        return super().advance_sequence(state, x, timespans, mask, last=last, key=key)
+
+    def memory_sequence(self, lstm, state, x, timespans, mask=None, *, last=False):
+        """``MixedMemory(self, lstm)``'s held sequence as one fused recurrence (the LSTM's
+        gates inside the CfC's loop, :mod:`liquidjax.cells._cfc_sequence`) where
+        :meth:`advance_sequence` has its fast path; ``None`` otherwise."""
+        weights = (lstm.input_map.weight, lstm.recurrent_map.weight)
+        if not self._fast_sequence(state, x, timespans, weights):
+            return None
+        return _cfc_sequence.held_sequence(self, x, timespans, state, mask, last=last, lstm=lstm)

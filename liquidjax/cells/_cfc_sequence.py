@@ -1,11 +1,12 @@
 """A CfC run over a whole held-input sequence at once: the fast path of ``LiquidRNN``.
 
-:class:`~liquidjax.layers.LiquidRNN` chooses it by itself (:func:`applies`) for a plain
-:class:`~liquidjax.cells.CfC` with one backbone layer in ``"default"`` or ``"no_gate"`` mode, for
-the same CfC inside :class:`~liquidjax.cells.MixedMemory` (ncps ``mixed_memory=True``: an LSTM
-step on the input, whose new ``h`` the CfC advances from), and for a
-:class:`~liquidjax.cells.WiredCfC` in those modes, without ``remat``; everything else goes
-through the generic ``lax.scan`` over ``cell.advance``, which stays the reference
+The ``advance_sequence`` of :class:`~liquidjax.cells.CfC`, of
+:class:`~liquidjax.cells.MixedMemory` over such a CfC (ncps ``mixed_memory=True``: an LSTM step
+on the input, whose new ``h`` the CfC advances from; through ``CfC.memory_sequence``) and of
+:class:`~liquidjax.cells.WiredCfC` call it where it applies — one backbone layer, ``"default"``
+or ``"no_gate"`` mode, every operand in the weights' dtype — and fall back to
+:func:`~liquidjax.cells.scan_advance`, the generic ``lax.scan`` over ``cell.advance``, otherwise
+(``LiquidRNN(remat=True)`` always takes the scan). The scan stays the reference
 (``tests/test_cfc_sequence.py`` holds the two equal, values and gradients, float32 and float64).
 
 The same numbers, arranged for the hardware:
@@ -47,57 +48,31 @@ from jaxtyping import Array, Bool, Float
 
 from .. import _native
 from .._batching import batch_aware_primitive
-from ._cfc import CfC, activation_name
-from ._lstm import MixedMemory, lstm_gates
-from ._wired_cfc import WiredCfC
+from ._activations import activation_name
+from ._lstm import lstm_gates
 
-_FAST_MODES = ("default", "no_gate")
-
-
-def _fast_cfc(cell: object) -> bool:
-    return (type(cell) is CfC and cell.mode in _FAST_MODES  # pyright: ignore
-            and len(cell.backbone) == 1)  # pyright: ignore
-
-
-def applies(cell: object, x: Array, timespans: Array, state: object) -> bool:
-    """Whether :func:`held_sequence` computes what a scan of ``cell.advance`` would."""
-    if type(cell) is MixedMemory:
-        if not _fast_cfc(cell.cell):
-            return False
-        dtype = cell.cell.ff1.weight.dtype  # pyright: ignore
-        weights = (cell.lstm.input_map.weight, cell.lstm.recurrent_map.weight)
-    elif _fast_cfc(cell):
-        dtype = cell.ff1.weight.dtype  # pyright: ignore
-        weights = ()
-    elif type(cell) is WiredCfC and cell.mode in _FAST_MODES:
-        dtype = cell.layers[0].ff1.weight.dtype
-        weights = ()
-    else:
-        return False
-    data = (x, timespans, *weights, *jax.tree_util.tree_leaves(state))
-    return all(jnp.result_type(a) == dtype for a in data)
+FAST_MODES = ("default", "no_gate")
 
 
 def held_sequence(
-    cell: CfC | MixedMemory,
+    cfc,
     x: Float[Array, "time input"],
     timespans: Float[Array, " time"] | None,
     state: Float[Array, " units"] | tuple[Float[Array, " units"], Float[Array, " units"]],
     mask: Bool[Array, " time"] | None = None,
     *,
     last: bool = False,
+    lstm=None,
 ) -> Float[Array, "*time units"] | tuple[Float[Array, "*time units"], Float[Array, "*time units"]]:
-    """The states ``s_1 .. s_T`` of ``cell`` over ``x`` held for ``timespans`` (one example),
-    or with ``last`` only ``s_T``; equal to ``lax.scan`` of ``cell.advance``; a masked step
-    (``mask`` False) keeps the state. With mixed memory the states are the pair ``(hs, cs)``,
-    as ``state`` is ``(h0, c0)``.
+    """The states ``s_1 .. s_T`` of the CfC `cfc` (one backbone layer, a mode of
+    :data:`FAST_MODES`) over ``x`` held for ``timespans`` (one example), or with ``last`` only
+    ``s_T``; equal to ``lax.scan`` of ``cfc.advance``; a masked step (``mask`` False) keeps the
+    state. With `lstm` (an :class:`~liquidjax.cells.LSTMCell`: mixed memory) the states are the
+    pair ``(hs, cs)``, as ``state`` is ``(h0, c0)``: those of ``MixedMemory(cfc, lstm)``.
     ``timespans=None`` means every ``Δt`` is 1: then ``time_a`` and ``time_b`` act as one head,
-    ``(W_a + W_b) z + b_a + b_b``. Only where :func:`applies`."""
-    if isinstance(cell, WiredCfC):
-        return _wired_sequence(cell, x, timespans, state, mask, last)
-    memory = isinstance(cell, MixedMemory)
-    cfc = cell.cell if memory else cell
-    assert isinstance(cfc, CfC)
+    ``(W_a + W_b) z + b_a + b_b``. The caller (the cell's ``advance_sequence``) checks that it
+    applies: the mode, one backbone layer, every operand in the weights' dtype."""
+    memory = lstm is not None
     (backbone,) = cfc.backbone
     assert backbone.bias is not None
     w_x = backbone.weight[:, : cfc.input_size]
@@ -106,10 +81,10 @@ def held_sequence(
     w_in, b_in, w_lstm, c0 = w_x, backbone.bias, None, None
     h0 = state
     if memory:
-        assert isinstance(cell, MixedMemory) and cell.lstm.input_map.bias is not None
-        w_in = jnp.concatenate([cell.lstm.input_map.weight, w_x])
-        b_in = jnp.concatenate([cell.lstm.input_map.bias, backbone.bias])
-        w_lstm = cell.lstm.recurrent_map.weight
+        assert lstm.input_map.bias is not None
+        w_in = jnp.concatenate([lstm.input_map.weight, w_x])
+        b_in = jnp.concatenate([lstm.input_map.bias, backbone.bias])
+        w_lstm = lstm.recurrent_map.weight
         h0, c0 = state
     ops = _Operands(w_in, b_in, w_h, w_heads, b_heads, w_lstm, x, h0, c0, timespans, mask)
     states = _recurrence(cfc.activation, cfc.mode == "no_gate", last, ops)
@@ -119,7 +94,7 @@ def held_sequence(
     return states[..., :n], states[..., n:]
 
 
-def _stacked_heads(cell: CfC, *, unit_steps: bool) -> tuple[Array, Array]:
+def _stacked_heads(cell, *, unit_steps: bool) -> tuple[Array, Array]:
     """The heads ``ff1, ff2, time_a, time_b`` as one ``(4H, z)`` weight and its bias; with
     ``unit_steps`` (every ``Δt`` is 1) ``(3H, z)``, ``time_a + time_b`` acting as one head."""
     assert cell.ff2 is not None and cell.time_a is not None and cell.time_b is not None
@@ -132,8 +107,9 @@ def _stacked_heads(cell: CfC, *, unit_steps: bool) -> tuple[Array, Array]:
             jnp.concatenate([*ff_b, cell.time_a.bias, cell.time_b.bias]))
 
 
-def _wired_sequence(cell: WiredCfC, x, dts, h0, mask, last):
-    """:func:`held_sequence` of a wired CfC: a plain ``lax.scan`` (differentiated by JAX) whose
+def wired_sequence(cell, x, dts, h0, mask=None, *, last=False):
+    """:func:`held_sequence` of a :class:`~liquidjax.cells.WiredCfC` (a mode of
+    :data:`FAST_MODES`): a plain ``lax.scan`` (differentiated by JAX) whose
     step is one product per wiring layer with the heads stacked — with unit steps three heads,
     not four, the part that pays (its layers are masked dense products: at these sizes the
     wiring's sparsity leaves too little to skip for a sparse layout to pay; BENCHMARKS.md)."""

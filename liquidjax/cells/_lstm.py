@@ -199,3 +199,22 @@ class MixedMemory(AbstractCell):
         """The liquid cell's output for ``h``."""
         h, _ = state
         return self.cell.output(h)
+
+    def advance_sequence(self, state, x, timespans, mask=None, *, last=False, key=None):
+        """:meth:`AbstractCell.advance_sequence`: the liquid cell's fused recurrence with the
+        LSTM inside (:meth:`AbstractCell.memory_sequence`, e.g. the CfC's) where it has one and
+        no dropout `key` is given, otherwise the scan of :meth:`advance`. The states are the
+        pair ``(hs, cs)``."""
+        if key is None:
+            states = self.cell.memory_sequence(self.lstm, state, x, timespans, mask, last=last)
+            if states is not None:
+                return states
+        return super().advance_sequence(state, x, timespans, mask, last=last, key=key)
+
+    @property
+    def is_adaptive(self) -> bool:
+        """The liquid cell's (:attr:`AbstractCell.is_adaptive`)."""
+        return self.cell.is_adaptive
+
+    def divergence_advice(self) -> str:
+        return self.cell.divergence_advice()

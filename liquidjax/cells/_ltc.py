@@ -12,13 +12,14 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._static import StaticArray, replace_fields
-from ..solvers import FusedSemiImplicit, Integrator
+from ..solvers import FusedSemiImplicit, Integrator, count_fused_evals
 from ..wirings import FullyConnected, Wiring
 from ._base import AbstractConductanceCell, AbstractWiredCell
 from ._ltc_batched import ltc_step
 from ._ltc_kernel import LTCParams, fused_ltc_step, sigmoid
 from ._ltc_sparse import (
     SYNAPSE_KERNELS,
+    LTCSparseParams,
     SynapseLayout,
     choose_layout,
     sparse_ltc_step,
@@ -62,16 +63,6 @@ def _built_wiring(units_or_wiring: Any, input_size: int) -> Wiring:
     raise TypeError(
         f"units must be an int or a liquidjax.wirings.Wiring, got {type(units_or_wiring).__name__}"
     )
-
-
-def _fused_kernel(cell: LTC, y0, x, dt, unfolds: int, epsilon: float):
-    p, layout = cell.effective_params(), cell.synapse_layout
-    if cell.kernel == "auto":
-        return ltc_step(p, cell.map_input(x), y0, dt, layout, unfolds, epsilon)
-    if layout is not None:
-        return sparse_ltc_step(sparse_params(p, layout), cell.map_input(x), y0, dt, layout,
-                               unfolds, epsilon)
-    return fused_ltc_step(p, cell.map_input(x), y0, dt, unfolds, epsilon)
 
 
 def _integrator(integrator, epsilon, solver, stepsize_controller, ode_unfolds, adjoint,
@@ -192,8 +183,6 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
     integrator: Integrator
     synapses: str = eqx.field(static=True)
     kernel: str = eqx.field(static=True)
-
-    fused_kernel = staticmethod(_fused_kernel)
 
     def __init__(
         self,
@@ -384,12 +373,57 @@ class LTC(AbstractConductanceCell, AbstractWiredCell):
         den = p.gleak + jnp.sum(s_sens, 1) + jnp.sum(s, 1)
         return num, den, p.cm
 
-    def system_time_constant(self, y: Float[Array, " N"],
-                             x: Float[Array, " I"]) -> Float[Array, " N"]:
-        """τ_sys = cm / (gleak + Σ synaptic conductances): the neurons' instantaneous ("liquid")
-        time constants at state ``y`` under observation ``x``."""
-        _, den, cm = self.conductances(0.0, y, x)
-        return cm / den
+    # ---------------------------------------------------------------------- the fused kernels
+    def _kernel_params(self) -> LTCParams | LTCSparseParams:
+        """The parameters in the form the fused kernel reads (the sparse portable kernel's on
+        its slots): computed once per sequence by :meth:`advance_sequence`."""
+        p, layout = self.effective_params(), self.synapse_layout
+        if self.kernel == "portable" and layout is not None:
+            return sparse_params(p, layout)
+        return p
+
+    def _fused_step(self, q, x, y0, dt, unfolds: int, epsilon: float):
+        """``unfolds`` fused steps by the kernel of :attr:`kernel` and :attr:`synapse_layout`
+        from the kernel parameters `q` (:meth:`_kernel_params`) and the mapped input `x`."""
+        layout = self.synapse_layout
+        if self.kernel == "auto":
+            return ltc_step(q, x, y0, dt, layout, unfolds, epsilon)
+        if layout is not None:
+            return sparse_ltc_step(q, x, y0, dt, layout, unfolds, epsilon)
+        return fused_ltc_step(q, x, y0, dt, unfolds, epsilon)
+
+    def fused_unfolds(self, y0, x, dt, unfolds, epsilon):
+        """:meth:`AbstractConductanceCell.fused_unfolds` by the LTC's kernels (a hand-written
+        VJP; batch-aware and compiled on CPU with ``kernel="auto"``; sparse synapses where
+        :attr:`synapse_layout` says): the same numbers as the generic loop over
+        :meth:`conductances`, to rounding (tests/test_ltc.py)."""
+        return self._fused_step(self._kernel_params(), self.map_input(x), y0, dt, unfolds,
+                                epsilon)
+
+    def advance_sequence(self, state, x, timespans, mask=None, *, last=False, key=None):
+        """:meth:`AbstractCell.advance_sequence`; on the fused solver a scan of the fused
+        kernel with what does not depend on the state computed once for the whole sequence —
+        the effective parameters (positivity, masks, the kernel's layout) and the input map of
+        every observation — the same numbers as the scan of :meth:`advance`. Other solvers:
+        the scan of :meth:`advance`."""
+        if not self.integrator.uses_fused_step:
+            return super().advance_sequence(state, x, timespans, mask, last=last, key=key)
+        del key
+        n, dtype = x.shape[0], state.dtype
+        dts = jnp.ones((n,), dtype) if timespans is None else timespans.astype(dtype)
+        unfolds, epsilon = self.integrator.ode_unfolds, self.integrator.solver.epsilon
+        q, xs = self._kernel_params(), self.map_input(x)
+
+        def step(v, inp):
+            xk, dt, mk = inp
+            count_fused_evals(unfolds, v)
+            v_new = self._fused_step(q, xk, v, dt, unfolds, epsilon)
+            if mk is not None:
+                v_new = jnp.where(mk, v_new, v)
+            return v_new, (None if last else v_new)
+
+        v, vs = jax.lax.scan(step, state, (xs, dts, mask))
+        return v if last else vs
 
 
 def portable_kernels(model: Any) -> Any:

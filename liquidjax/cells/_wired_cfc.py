@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ..wirings import Wiring
+from . import _cfc_sequence
 from ._base import AbstractWiredCell
 from ._cfc import CfC, Mode
 
@@ -190,3 +192,15 @@ class WiredCfC(AbstractWiredCell):
     def output(self, state: Float[Array, " units"]) -> Float[Array, " output"]:
         """The last layer's state (the motor neurons)."""
         return state[self.state_size - self.output_size :]
+
+    def advance_sequence(self, state, x, timespans, mask=None, *, last=False, key=None):
+        """:meth:`AbstractCell.advance_sequence`; in ``"default"`` or ``"no_gate"`` mode with
+        every operand in the weights' dtype a scan whose step stacks each layer's heads into one
+        product (:func:`liquidjax.cells._cfc_sequence.wired_sequence`, the same numbers);
+        otherwise the scan of :meth:`advance`."""
+        dtype = self.layers[0].ff1.weight.dtype
+        data = jax.tree_util.tree_leaves((state, x, timespans))
+        if self.mode in _cfc_sequence.FAST_MODES and all(
+                jnp.result_type(a) == dtype for a in data):
+            return _cfc_sequence.wired_sequence(self, x, timespans, state, mask, last=last)
+        return super().advance_sequence(state, x, timespans, mask, last=last, key=key)

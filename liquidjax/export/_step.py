@@ -13,7 +13,6 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
-from ..cells import NeuralCDE
 from ..cells._base import AbstractCell
 from ..layers import LiquidRNN
 
@@ -49,22 +48,19 @@ def _cell_step(cell: AbstractCell):
 
 def _layer_readout(layer: LiquidRNN, state):
     # LiquidRNN's per-step output (its ``return_sequences`` outputs).
-    if layer.readout_states:
-        return state[0] if isinstance(state, tuple) else state
-    y = layer.cell.output(state)
-    return y if layer.proj is None else layer.proj(y)
+    return layer.readout(state)
 
 
 def _check_layer(layer: LiquidRNN, where: str) -> None:
     if layer.interpolation != "hold":
-        same = (" (a NeuralCDE with interpolation='hold' follows the same linear path, one "
-                "interval at a time)" if isinstance(layer.cell, NeuralCDE) else "")
         raise ValueError(
             f"{where}: cannot step a LiquidRNN with interpolation={layer.interpolation!r} "
             f"({type(layer.cell).__name__} cell) one observation at a time: it integrates the "
             "cell along a continuous path through all the observations, in one solve over the "
             "whole sequence whose steps cross the observation times, which a step per "
-            "observation does not reproduce; rebuild the layer with interpolation='hold'" + same
+            "observation does not reproduce; rebuild the layer with interpolation='hold' (a "
+            "NeuralCDE with interpolation='hold' follows the same linear path, one interval at "
+            "a time)"
         )
 
 
