@@ -13,8 +13,7 @@ import optax
 import pytest
 
 import liquidjax as lj
-from liquidjax.cells import LiquidS4, LiquidS4Stack
-from liquidjax.cells._liquid_s4 import scan_states
+from liquidjax.cells import LiquidS4, LiquidS4Stack, scan_advance
 from liquidjax.models import liquid_s4_classifier, ssm_labels, ssm_param_groups
 
 DOC = Path(__file__).parent.parent / "docs" / "liquid_s4.md"
@@ -107,7 +106,7 @@ def test_convolution_mode_equals_recurrence(dtype):
             s0 = jax.tree_util.tree_map(
                 lambda a: 0.3 * jax.random.normal(jax.random.key(2), a.shape, dtype),
                 layer.init_state())
-            ref = scan_states(layer, s0, u, None)
+            ref = scan_advance(layer, s0, u, None)
             got = layer.advance_sequence(s0, u, None)
             final = layer.advance_sequence(s0, u, None, last=True)
             assert got.y.dtype == dtype and final.re.dtype == dtype
@@ -165,7 +164,7 @@ def test_gradients_finite_differences_and_scan():
         def loss(p, conv):
             m = eqx.combine(p, static)
             s = (m.advance_sequence(m.init_state(), u, None) if conv
-                 else scan_states(m, m.init_state(), u, None))
+                 else scan_advance(m, m.init_state(), u, None))
             return jnp.sum(jnp.sin(s.y)) + jnp.sum(s.re[-1] ** 2)
 
         grad = jax.jit(jax.grad(loss), static_argnums=1)
@@ -221,9 +220,13 @@ def test_stack_conv_mode_equals_liquidrnn_and_the_stepper(stack):
     x = jax.random.normal(jax.random.key(1), (11, 2))
     states = stack.advance_sequence(stack.init_state(), x, None)
     conv = jax.vmap(stack.output)(states)
-    ys, final = lj.LiquidRNN(stack)(x)  # recurrent mode, one advance per step
+    recurrent = scan_advance(stack, stack.init_state(), x, None)  # one advance per step
+    assert _max_err(recurrent, states) < 1e-5
+    ys, final = lj.LiquidRNN(stack)(x)  # the sequence layer asks the cell: convolution mode
     np.testing.assert_allclose(ys, conv, rtol=1e-5, atol=1e-5)
-    assert _max_err(final, stack.advance_sequence(stack.init_state(), x, None, last=True)) < 1e-5
+    assert _max_err(final, jax.tree_util.tree_map(lambda a: a[-1], recurrent)) < 1e-5
+    ys_remat, _ = lj.LiquidRNN(stack, remat=True)(x)  # remat: the checkpointed recurrent scan
+    np.testing.assert_allclose(ys_remat, conv, rtol=1e-5, atol=1e-5)
     step = lj.export.stepper(lj.LiquidRNN(stack))
     state, outs = step.initial_state(), []
     for k in range(len(x)):
@@ -233,7 +236,7 @@ def test_stack_conv_mode_equals_liquidrnn_and_the_stepper(stack):
     # dropout: the same masks per step in both modes, and they do something
     key = jax.random.key(9)
     dropped = stack.advance_sequence(stack.init_state(), x, None, key=key)
-    assert _max_err(scan_states(stack, stack.init_state(), x, None, key=key), dropped) < 1e-5
+    assert _max_err(scan_advance(stack, stack.init_state(), x, None, key=key), dropped) < 1e-5
     assert _max_err(dropped, states) > 1e-2
     # irregular steps: the recurrent path, as LiquidRNN runs it
     taus = jnp.linspace(0.5, 2.0, 11)
@@ -280,9 +283,9 @@ def test_param_groups_train_and_trained_model_streams():
     assert losses[-1] < losses[0]
     cell = model.layers[0].cell
     assert _max_err(cell.layers[0].log_dt, layer.log_dt) > 0  # the SSM trained too
-    conv = jax.vmap(cell.output)(cell.advance_sequence(cell.init_state(), x[0], None))
-    ys, _ = model.layers[0](x[0])
-    np.testing.assert_allclose(ys, conv, rtol=1e-5, atol=1e-5)
+    ys, _ = model.layers[0](x[0])  # convolution mode
+    recurrent = jax.vmap(cell.output)(scan_advance(cell, cell.init_state(), x[0], None))
+    np.testing.assert_allclose(ys, recurrent, rtol=1e-5, atol=1e-5)
 
 
 def test_docs_page_runs():

@@ -44,7 +44,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._base import AbstractCell
 
-__all__ = ["LiquidS4", "LiquidS4State", "scan_states"]
+__all__ = ["LiquidS4", "LiquidS4State"]
 
 _KERNELS = ("pb", "kb")
 _DISCRETISATIONS = ("zoh", "bilinear")
@@ -59,29 +59,6 @@ class LiquidS4State(NamedTuple):
     im: Array  # (H, N/2) imaginary part
     history: Array | None  # (P-1, H): u_k, u_{k-1}, ..., u_{k-P+2}; None without liquid terms
     y: Array  # (H,) the output y_k (it depends on the current input: kept, not recomputed)
-
-
-def scan_states(cell: AbstractCell, state, x, timespans, mask=None, *, last=False, key=None):
-    """The reference loop of the sequence contract: ``lax.scan`` of ``cell.advance`` over the
-    observations (elapsed time 1 where `timespans` is ``None``), masked steps keeping the state,
-    one dropout key per step (``jax.random.split(key, time)``, as :class:`~liquidjax.LiquidRNN`
-    draws them). **Returns:** the states after every step (leading time axis), or with `last`
-    the final state."""
-    n = x.shape[0]
-    dtype = jax.tree_util.tree_leaves(state)[0].dtype
-    ts = jnp.ones((n,), dtype) if timespans is None else jnp.asarray(timespans, dtype)
-    keys = None if key is None else jax.random.split(key, n)
-    zero = jnp.zeros((), dtype)
-
-    def step(h, inp):
-        xk, dt, mk, kk = inp
-        h_new = cell.advance(h, xk, zero, dt, key=kk)
-        if mk is not None:
-            h_new = jax.tree_util.tree_map(lambda a, b: jnp.where(mk, a, b), h_new, h)
-        return h_new, (None if last else h_new)
-
-    h, hs = jax.lax.scan(step, state, (x, ts, mask, keys))
-    return h if last else hs
 
 
 class LiquidS4(AbstractCell):
@@ -286,11 +263,12 @@ class LiquidS4(AbstractCell):
         """The states after every observation (leading time axis), or with `last` the final
         state. Unit steps (``timespans=None``, no `mask`): convolution mode, the outputs by one
         FFT convolution, the final state by one sum; the per-step SSM states (only when asked
-        for, ``last=False``) by a parallel prefix scan. Otherwise the recurrent scan.
+        for, ``last=False``) by a parallel prefix scan. Otherwise the recurrent scan
+        (:func:`~liquidjax.cells._base.scan_advance`), which these numbers equal.
         `key` is unused (no dropout in the layer)."""
         del key
         if timespans is not None or mask is not None:
-            return scan_states(self, state, x, timespans, mask, last=last)
+            return super().advance_sequence(state, x, timespans, mask, last=last)
         ys, final, every = self.convolve(state, x, every_state=not last)
         return final if last else every
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ._base import AbstractCell
-from ._liquid_s4 import LiquidS4, LiquidS4State, scan_states
+from ._liquid_s4 import LiquidS4, LiquidS4State
 
 __all__ = ["LiquidS4Stack"]
 
@@ -141,7 +141,7 @@ class LiquidS4Stack(AbstractCell):
         dropout masks drawn per step as the recurrent loop draws them; otherwise the recurrent
         scan."""
         if timespans is not None or mask is not None:
-            return scan_states(self, state, x, timespans, mask, last=last, key=key)
+            return super().advance_sequence(state, x, timespans, mask, last=last, key=key)
         if x.ndim != 2 or x.shape[1] != self.input_size:
             raise ValueError(
                 f"LiquidS4Stack expected x of shape (time, {self.input_size}), got {x.shape}"
