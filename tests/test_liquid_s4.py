@@ -3,6 +3,7 @@ recurrences written from the equations (plain S4D as a direct convolution), grad
 differences, the stack through LiquidRNN and the streaming stepper, the parameter groups."""
 
 import re
+import shutil
 from pathlib import Path
 
 import equinox as eqx
@@ -227,12 +228,14 @@ def test_stack_conv_mode_equals_liquidrnn_and_the_stepper(stack):
     assert _max_err(final, jax.tree_util.tree_map(lambda a: a[-1], recurrent)) < 1e-5
     ys_remat, _ = lj.LiquidRNN(stack, remat=True)(x)  # remat: the checkpointed recurrent scan
     np.testing.assert_allclose(ys_remat, conv, rtol=1e-5, atol=1e-5)
-    step = lj.export.stepper(lj.LiquidRNN(stack))
-    state, outs = step.initial_state(), []
-    for k in range(len(x)):
-        out, state = step(state, np.asarray(x[k]), np.float32(1.0))
-        outs.append(np.asarray(out))
-    np.testing.assert_allclose(np.stack(outs), conv, rtol=1e-5, atol=1e-5)
+    # streaming in recurrent mode (real arithmetic only: the C translation takes it too)
+    for backend in ("xla", "c") if shutil.which("cc") else ("xla",):
+        step = lj.export.stepper(lj.LiquidRNN(stack), backend=backend)
+        state, outs = step.initial_state(), []
+        for k in range(len(x)):
+            out, state = step(state, np.asarray(x[k]), np.float32(1.0))
+            outs.append(np.asarray(out))
+        np.testing.assert_allclose(np.stack(outs), conv, rtol=1e-5, atol=1e-5, err_msg=backend)
     # dropout: the same masks per step in both modes, and they do something
     key = jax.random.key(9)
     dropped = stack.advance_sequence(stack.init_state(), x, None, key=key)

@@ -195,16 +195,32 @@ class LiquidS4(AbstractCell):
         abar = (1 + da / 2) / (1 - da / 2)
         return abar, (jnp.exp(self.log_dt) * tau)[:, None] * b / (1 - da / 2), jnp.log(abar)
 
-    def _liquid(self, bbar, current, previous):
-        """``ℓ = Σ_{p=2..P} sᵖ⁻¹ u_k ⋯ u_{k-p+1}`` with ``s = 2 Re Σ_n B̄_n``; `current`:
-        ``u_k`` (``(..., H)``), `previous`: ``u_{k-1}, ..., u_{k-P+1}`` (``(P-1, ..., H)``)."""
-        s = 2 * jnp.sum(bbar.real, axis=-1)
+    def _liquid(self, s, current, previous):
+        """``ℓ = Σ_{p=2..P} sᵖ⁻¹ u_k ⋯ u_{k-p+1}`` with ``s = 1ᵀB̄ = 2 Re Σ_n B̄_n`` (``(H,)``);
+        `current`: ``u_k`` (``(..., H)``), `previous`: ``u_{k-1}, ..., u_{k-P+1}``
+        (``(P-1, ..., H)``)."""
         prod, power, total = current, jnp.ones_like(s), jnp.zeros_like(current)
         for p in range(2, self.liquid_order + 1):  # static, small
             prod = prod * previous[p - 2]
             power = power * s
             total = total + power * prod
         return total
+
+    def _discrete_real(self, tau):
+        """``Ā``, ``B̄`` of :meth:`_discrete` as (real, imaginary) pairs, in real arithmetic only
+        (the recurrent step then translates to C and ONNX, which have no complex numbers)."""
+        ar, ai = -jnp.exp(self.a_log), self.a_im
+        step = (jnp.exp(self.log_dt) * tau)[:, None]
+        dr, di = step * ar, step * ai
+        if self.discretisation == "zoh":
+            mag = jnp.exp(dr)
+            abar = (mag * jnp.cos(di), mag * jnp.sin(di))
+            q = _cdiv((abar[0] - 1, abar[1]), (ar, ai))  # (Ā - 1) / A
+        else:
+            den = (1 - dr / 2, -di / 2)
+            abar = _cdiv((1 + dr / 2, di / 2), den)
+            q = _cdiv((step, jnp.zeros_like(step)), den)  # Δτ / (1 - ΔτA/2)
+        return abar, _cmul(q, (self.b_re, self.b_im))
 
     def _c(self):
         return self.c_re + 1j * self.c_im
@@ -230,21 +246,19 @@ class LiquidS4(AbstractCell):
         dtype = self.d.dtype
         x = x.astype(dtype)
         tau = jnp.asarray(t1, dtype) - jnp.asarray(t0, dtype)
-        abar, bbar, _ = self._discrete(tau)
-        xs = state.re + 1j * state.im
-        c = self._c()
+        (ar, ai), (br, bi) = self._discrete_real(tau)
         if self.liquid_order:
-            ell = self._liquid(bbar, x, state.history)
+            ell = self._liquid(2 * jnp.sum(br, axis=-1), x, state.history)
             history = jnp.concatenate([x[None], state.history[:-1]], axis=0)
         else:
             ell, history = None, None
-        drive = x if ell is None or self.liquid_kernel == "pb" else x + ell
-        xs = abar * xs + bbar * drive[:, None]
-        y = 2 * jnp.sum(c * xs, axis=-1).real + self.d * x
+        drive = (x if ell is None or self.liquid_kernel == "pb" else x + ell)[:, None]
+        xr = ar * state.re - ai * state.im + br * drive
+        xi = ar * state.im + ai * state.re + bi * drive
+        y = 2 * jnp.sum(self.c_re * xr - self.c_im * xi, axis=-1) + self.d * x
         if ell is not None and self.liquid_kernel == "pb":
-            y = y + 2 * jnp.sum(c * bbar, axis=-1).real * ell
-        return LiquidS4State(xs.real.astype(dtype), xs.imag.astype(dtype), history,
-                             y.astype(dtype))
+            y = y + 2 * jnp.sum(self.c_re * br - self.c_im * bi, axis=-1) * ell
+        return LiquidS4State(xr, xi, history, y)
 
     def output(self, state: LiquidS4State) -> Float[Array, " hidden"]:
         """``y_k = 2 Re(C x_k) + D u_k`` (plus the ``"pb"`` liquid term), kept in the state."""
@@ -293,7 +307,7 @@ class LiquidS4(AbstractCell):
             # ext[k + P - 1] = u_k; the history in front (oldest first)
             ext = jnp.concatenate([state.history[::-1], u], axis=0)
             previous = jnp.stack([ext[p - 1 - i: p - 1 - i + n] for i in range(1, p)])
-            ell = self._liquid(bbar, u, previous)
+            ell = self._liquid(2 * jnp.sum(bbar.real, axis=-1), u, previous)
         else:
             ext, ell = None, None
         drive = u if ell is None or self.liquid_kernel == "pb" else u + ell
@@ -333,3 +347,14 @@ class LiquidS4(AbstractCell):
             jnp.concatenate([xs.imag[:-1].astype(dtype), final.im[None]]),
             histories, y)
         return y, final, every
+
+
+def _cmul(a, b):
+    """The complex product of (real, imaginary) pairs."""
+    return a[0] * b[0] - a[1] * b[1], a[0] * b[1] + a[1] * b[0]
+
+
+def _cdiv(a, b):
+    """The complex quotient of (real, imaginary) pairs."""
+    norm = b[0] * b[0] + b[1] * b[1]
+    return (a[0] * b[0] + a[1] * b[1]) / norm, (a[1] * b[0] - a[0] * b[1]) / norm
