@@ -81,7 +81,8 @@ class LiquidS4(AbstractCell):
 
     **Arguments:**
     - `hidden_size`: ``H``, the channels (input and output size).
-    - `ssm_size`: ``N``, the state size per channel (even: ``N/2`` conjugate pairs).
+    - `ssm_size`: ``N``, the state size per channel (even: ``N/2`` conjugate pairs; the cell's
+      ``state_size``; the state itself is a :class:`LiquidS4State` pytree).
     - `liquid_order`: ``0`` (plain S4D) or ``P ≥ 2`` (products of up to ``P`` inputs).
     - `liquid_kernel`: ``"pb"`` (default) or ``"kb"``.
     - `discretisation`: ``"zoh"`` (default) or ``"bilinear"``.
