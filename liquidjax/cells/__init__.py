@@ -11,6 +11,8 @@ from ._ctrnn import CTRNN as CTRNN
 from ._gru_ode import GRUODE as GRUODE
 from ._gru_ode_bayes import GRUODEBayes as GRUODEBayes
 from ._grud import GRUD as GRUD
+from ._liquid_s4 import LiquidS4 as LiquidS4, LiquidS4State as LiquidS4State
+from ._liquid_s4_stack import LiquidS4Stack as LiquidS4Stack
 from ._lstm import LSTMCell as LSTMCell, MixedMemory as MixedMemory
 from ._ltc import (
     LTC as LTC,

@@ -1,0 +1,71 @@
+"""Parameter-group learning rates: the SSM's own parameters at a small rate without weight decay.
+
+S4 and Liquid-S4 train the state matrix ``A``, the input matrix ``B`` and the step ``log Δ`` at a
+small learning rate without weight decay (larger steps destabilise the discretised recurrence),
+and everything else (``C``, ``D``, the encoder, mixing and norms) with AdamW. Each
+:class:`~liquidjax.cells.LiquidS4` names those fields (``LiquidS4.ssm_fields``); :func:`ssm_labels`
+finds them anywhere in a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from ..cells._liquid_s4 import LiquidS4
+
+__all__ = ["ssm_labels", "ssm_param_groups"]
+
+
+def ssm_labels(params: Any) -> Any:
+    """The same pytree as `params` (a model, or ``eqx.filter(model, eqx.is_inexact_array)``) with
+    every array replaced by ``"ssm"`` (a :class:`~liquidjax.cells.LiquidS4`'s ``ssm_fields``)
+    or ``"default"``."""
+
+    def label(node):
+        if not isinstance(node, LiquidS4):
+            return "default"
+        fields = type(node).ssm_fields
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "ssm" if getattr(path[0], "name", None) in fields else "default", node
+        )
+
+    return jax.tree_util.tree_map(label, params, is_leaf=lambda n: isinstance(n, LiquidS4))
+
+
+def ssm_param_groups(
+    learning_rate: float | optax.Schedule,
+    *,
+    ssm_learning_rate: float | optax.Schedule = 1e-3,
+    weight_decay: float = 0.01,
+    clip_norm: float | None = None,
+) -> optax.GradientTransformation:
+    """``optax.multi_transform``: Adam at `ssm_learning_rate` without weight decay on the SSM
+    parameters (``A``, ``B``, ``log Δ``), AdamW at `learning_rate` with `weight_decay` elsewhere;
+    optionally preceded by global-norm clipping.
+
+    **Arguments:**
+    - `learning_rate`: the rate (or optax schedule) of every other parameter.
+    - `ssm_learning_rate`: the SSM parameters' rate or schedule.
+    - `weight_decay`: AdamW's decoupled weight decay, not applied to the SSM parameters.
+    - `clip_norm`: clip the whole gradient's norm first (``None``: no clipping).
+
+    **Returns:** an ``optax.GradientTransformation`` for the params
+    ``eqx.filter(model, eqx.is_inexact_array)``.
+
+    **Example:**
+    ```python
+    optimizer = ssm_param_groups(optax.warmup_cosine_decay_schedule(0, 4e-3, 100, 10_000),
+                                 ssm_learning_rate=1e-3, weight_decay=0.05, clip_norm=1.0)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    ```
+    """
+    groups = optax.multi_transform(
+        {"ssm": optax.adam(ssm_learning_rate),
+         "default": optax.adamw(learning_rate, weight_decay=weight_decay)},
+        ssm_labels,
+    )
+    return groups if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm),
+                                                        groups)

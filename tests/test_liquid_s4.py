@@ -1,0 +1,299 @@
+"""Liquid-S4: convolution mode held to the step-by-step recurrence, both to independent NumPy
+recurrences written from the equations (plain S4D as a direct convolution), gradients to finite
+differences, the stack through LiquidRNN and the streaming stepper, the parameter groups."""
+
+import re
+import shutil
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import liquidjax as lj
+from liquidjax.cells import LiquidS4, LiquidS4Stack, scan_advance
+from liquidjax.models import liquid_s4_classifier, ssm_labels, ssm_param_groups
+
+DOC = Path(__file__).parent.parent / "docs" / "liquid_s4.md"
+# (liquid_order, liquid_kernel, discretisation): every kernel, both discretisations, orders 0-3
+CASES = [(0, "pb", "zoh"), (2, "pb", "zoh"), (2, "kb", "bilinear"), (3, "kb", "zoh"),
+         (3, "pb", "bilinear")]
+
+
+def _layer(order, kernel, disc, dtype, h=3, n=4, seed=0):
+    return LiquidS4(h, n, liquid_order=order, liquid_kernel=kernel, discretisation=disc,
+                    dt_min=0.05, dt_max=0.5, dtype=dtype, key=jax.random.key(seed))
+
+
+def _perturbed(layer, seed=7):
+    """Random A, B, C off their structured initialisation (so no test rests on B = 1)."""
+    def bump(a, k):
+        return a + 0.2 * jax.random.normal(k, a.shape, a.dtype)
+    keys = jax.random.split(jax.random.key(seed), 4)
+    return eqx.tree_at(lambda m: (m.a_im, m.b_re, m.b_im, m.c_im), layer,
+                       (bump(layer.a_im, keys[0]), bump(layer.b_re, keys[1]),
+                        bump(layer.b_im, keys[2]), bump(layer.c_im, keys[3])))
+
+
+def _max_err(a, b):
+    return max(float(jnp.max(jnp.abs(p - q)))
+               for p, q in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def _scale(tree):
+    return max(1.0, max(float(jnp.max(jnp.abs(p))) for p in jax.tree_util.tree_leaves(tree)))
+
+
+# ------------------------------------------------------------------------ NumPy references
+def _np_discrete(layer, tau):
+    a = -np.exp(np.asarray(layer.a_log, np.float64)) + 1j * np.asarray(layer.a_im, np.float64)
+    b = np.asarray(layer.b_re, np.float64) + 1j * np.asarray(layer.b_im, np.float64)
+    step = np.exp(np.asarray(layer.log_dt, np.float64)) * tau
+    da = step[:, None] * a
+    if layer.discretisation == "zoh":
+        abar = np.exp(da)
+        return abar, (abar - 1) / a * b
+    return (1 + da / 2) / (1 - da / 2), step[:, None] * b / (1 - da / 2)
+
+
+def _np_liquid_s4(layer, u, taus):
+    """The Liquid-S4 recurrence from its equations, one step at a time, from rest."""
+    u = np.asarray(u, np.float64)
+    c = np.asarray(layer.c_re, np.float64) + 1j * np.asarray(layer.c_im, np.float64)
+    d = np.asarray(layer.d, np.float64)
+    x = np.zeros(c.shape, complex)
+    ys = []
+    for k in range(len(u)):
+        abar, bbar = _np_discrete(layer, taus[k])
+        s = np.sum(bbar, axis=-1) + np.sum(np.conj(bbar), axis=-1)  # 1ᵀB̄ over all N states
+        ell = np.zeros(u.shape[1])
+        for p in range(2, layer.liquid_order + 1):
+            prod = np.prod([u[k - i] if k - i >= 0 else np.zeros(u.shape[1]) for i in range(p)],
+                           axis=0)
+            ell = ell + s.real ** (p - 1) * prod
+        if layer.liquid_kernel == "kb":
+            x = abar * x + bbar * (u[k] + ell)[:, None]
+            y = 2 * np.sum(c * x, axis=-1).real + d * u[k]
+        else:
+            x = abar * x + bbar * u[k][:, None]
+            y = 2 * np.sum(c * x, axis=-1).real + d * u[k] + 2 * np.sum(c * bbar, -1).real * ell
+        ys.append(y)
+    return np.stack(ys)
+
+
+def _np_s4d_convolution(layer, u):
+    """Plain S4D written as a direct convolution with K_j = 2 Re Σ C Āʲ B̄ (powers, no FFT)."""
+    u = np.asarray(u, np.float64)
+    abar, bbar = _np_discrete(layer, 1.0)
+    c = np.asarray(layer.c_re, np.float64) + 1j * np.asarray(layer.c_im, np.float64)
+    t = len(u)
+    kernel = np.stack([2 * np.sum(c * bbar * abar ** j, axis=-1).real for j in range(t)])  # (T, H)
+    y = np.stack([sum(kernel[j] * u[k - j] for j in range(k + 1)) for k in range(t)])
+    return y + np.asarray(layer.d, np.float64) * u, kernel
+
+
+# ------------------------------------------------------------------------------- the layer
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_convolution_mode_equals_recurrence(dtype):
+    tol = 1e-5 if dtype == jnp.float32 else 1e-10
+    with jax.enable_x64(dtype == jnp.float64):
+        u = jax.random.normal(jax.random.key(1), (13, 3), dtype)
+        for order, kernel, disc in CASES if dtype == jnp.float64 else CASES[:3]:
+            layer = _perturbed(_layer(order, kernel, disc, dtype))
+            # a non-zero initial state: a stream continued from an earlier call
+            s0 = jax.tree_util.tree_map(
+                lambda a: 0.3 * jax.random.normal(jax.random.key(2), a.shape, dtype),
+                layer.init_state())
+            ref = scan_advance(layer, s0, u, None)
+            got = layer.advance_sequence(s0, u, None)
+            final = layer.advance_sequence(s0, u, None, last=True)
+            assert got.y.dtype == dtype and final.re.dtype == dtype
+            scale = _scale(ref)
+            assert _max_err(ref, got) <= tol * scale, (order, kernel, disc)
+            last = jax.tree_util.tree_map(lambda a: a[-1], ref)
+            assert _max_err(last, final) <= tol * scale, (order, kernel, disc)
+            assert float(jnp.max(jnp.abs(ref.y))) > 0.5  # not vacuous
+
+
+def test_against_numpy_recurrence_and_plain_s4d():
+    with jax.enable_x64(True):
+        u = jax.random.normal(jax.random.key(3), (12, 3), jnp.float64)
+        for order, kernel, disc in CASES:
+            layer = _perturbed(_layer(order, kernel, disc, jnp.float64))
+            want = _np_liquid_s4(layer, u, np.ones(len(u)))
+            got = layer.advance_sequence(layer.init_state(), u, None).y
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+            # recurrent mode with irregular steps: the elapsed time scales the learned step
+            taus = np.asarray(jax.random.uniform(jax.random.key(4), (12,), minval=0.2,
+                                                 maxval=3.0))
+            want = _np_liquid_s4(layer, u, taus)
+            got = layer.advance_sequence(layer.init_state(), u, jnp.asarray(taus)).y
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+            if order == 0:  # plain S4D, and its kernel is the impulse response
+                want, kern = _np_s4d_convolution(layer, u)
+                got = layer.advance_sequence(layer.init_state(), u, None).y
+                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+                impulse = jnp.zeros_like(u).at[0].set(1.0)
+                resp = layer.advance_sequence(layer.init_state(), impulse, None).y
+                np.testing.assert_allclose(resp[1:], kern[1:], rtol=1e-10, atol=1e-12)
+        # the liquid terms are there: order 2 differs from order 0 with the same parameters
+        plain = _perturbed(_layer(0, "pb", "zoh", jnp.float64))
+        liquid = lj.replace_fields(plain, liquid_order=2)
+        assert not np.allclose(_np_liquid_s4(plain, u, np.ones(12)),
+                               _np_liquid_s4(liquid, u, np.ones(12)))
+
+
+def test_zoh_is_exact_for_held_inputs():
+    # continuous time: two half steps with the input held equal one learned step (ZOH, order 0)
+    with jax.enable_x64(True):
+        layer = _perturbed(_layer(0, "pb", "zoh", jnp.float64))
+        x = jnp.asarray([0.3, -1.2, 0.7])
+        s = layer.advance(layer.init_state(), x, 0.0, 1.0)
+        half = layer.advance(layer.advance(layer.init_state(), x, 0.0, 0.5), x, 0.5, 1.0)
+        assert _max_err(s, half) < 1e-12
+
+
+def test_gradients_finite_differences_and_scan():
+    with jax.enable_x64(True):
+        u = jax.random.normal(jax.random.key(5), (9, 3), jnp.float64)
+        layer = _perturbed(_layer(2, "kb", "zoh", jnp.float64))
+        params, static = eqx.partition(layer, eqx.is_inexact_array)
+
+        def loss(p, conv):
+            m = eqx.combine(p, static)
+            s = (m.advance_sequence(m.init_state(), u, None) if conv
+                 else scan_advance(m, m.init_state(), u, None))
+            return jnp.sum(jnp.sin(s.y)) + jnp.sum(s.re[-1] ** 2)
+
+        grad = jax.jit(jax.grad(loss), static_argnums=1)
+        g_conv, g_scan = grad(params, True), grad(params, False)
+        assert _max_err(g_conv, g_scan) < 1e-10 * _scale(g_scan)
+        direction = jax.tree_util.tree_map(
+            lambda a: jax.random.normal(jax.random.key(a.size), a.shape, a.dtype), params)
+        eps = 1e-6
+        plus = jax.tree_util.tree_map(lambda a, v: a + eps * v, params, direction)
+        minus = jax.tree_util.tree_map(lambda a, v: a - eps * v, params, direction)
+        value = jax.jit(loss, static_argnums=1)
+        fd = (value(plus, True) - value(minus, True)) / (2 * eps)
+        ad = sum(jnp.vdot(g, v) for g, v in zip(jax.tree_util.tree_leaves(g_conv),
+                                                 jax.tree_util.tree_leaves(direction)))
+        assert abs(float(fd - ad)) < 1e-6 * max(1.0, abs(float(ad)))
+
+
+def test_vmap_over_a_batch():
+    layer = _layer(2, "pb", "zoh", jnp.float32)
+    u = jax.random.normal(jax.random.key(6), (2, 7, 3))
+    batched = jax.jit(jax.vmap(lambda v: layer.advance_sequence(layer.init_state(), v, None).y))(u)
+    one = layer.advance_sequence(layer.init_state(), u[1], None).y
+    np.testing.assert_allclose(batched[1], one, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_configuration_and_shapes_fail_in_one_line():
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="ssm_size must be an even int"):
+        LiquidS4(3, 5, key=key)
+    with pytest.raises(ValueError, match="liquid_order must be 0 .* or an int >= 2"):
+        LiquidS4(3, 4, liquid_order=1, key=key)
+    with pytest.raises(ValueError, match="liquid_kernel must be one of"):
+        LiquidS4(3, 4, liquid_kernel="polyb", key=key)
+    with pytest.raises(ValueError, match="discretisation must be one of"):
+        LiquidS4(3, 4, discretisation="euler", key=key)
+    layer = LiquidS4(3, 4, key=key)
+    with pytest.raises(ValueError, match=r"expected inputs of shape \(time, 3\), got \(5, 2\)"):
+        layer.advance_sequence(layer.init_state(), jnp.zeros((5, 2)), None)
+    with pytest.raises(ValueError, match=r"expected x of shape \(3,\)"):
+        layer.advance(layer.init_state(), jnp.zeros(2), 0.0, 1.0)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        LiquidS4Stack(2, 4, dropout=1.0, key=key)
+
+
+# ------------------------------------------------------------------------------- the stack
+@pytest.fixture(scope="module")
+def stack():
+    return LiquidS4Stack(2, 6, depth=2, ssm_size=4, dropout=0.25, liquid_order=2,
+                         dt_min=0.05, dt_max=0.5, key=jax.random.key(0))
+
+
+def test_stack_conv_mode_equals_liquidrnn_and_the_stepper(stack):
+    x = jax.random.normal(jax.random.key(1), (11, 2))
+    states = stack.advance_sequence(stack.init_state(), x, None)
+    conv = jax.vmap(stack.output)(states)
+    recurrent = scan_advance(stack, stack.init_state(), x, None)  # one advance per step
+    assert _max_err(recurrent, states) < 1e-5
+    ys, final = lj.LiquidRNN(stack)(x)  # the sequence layer asks the cell: convolution mode
+    np.testing.assert_allclose(ys, conv, rtol=1e-5, atol=1e-5)
+    assert _max_err(final, jax.tree_util.tree_map(lambda a: a[-1], recurrent)) < 1e-5
+    ys_remat, _ = lj.LiquidRNN(stack, remat=True)(x)  # remat: the checkpointed recurrent scan
+    np.testing.assert_allclose(ys_remat, conv, rtol=1e-5, atol=1e-5)
+    # streaming in recurrent mode (real arithmetic only: the C translation takes it too)
+    for backend in ("xla", "c") if shutil.which("cc") else ("xla",):
+        step = lj.export.stepper(lj.LiquidRNN(stack), backend=backend)
+        state, outs = step.initial_state(), []
+        for k in range(len(x)):
+            out, state = step(state, np.asarray(x[k]), np.float32(1.0))
+            outs.append(np.asarray(out))
+        np.testing.assert_allclose(np.stack(outs), conv, rtol=1e-5, atol=1e-5, err_msg=backend)
+    # dropout: the same masks per step in both modes, and they do something
+    key = jax.random.key(9)
+    dropped = stack.advance_sequence(stack.init_state(), x, None, key=key)
+    assert _max_err(scan_advance(stack, stack.init_state(), x, None, key=key), dropped) < 1e-5
+    assert _max_err(dropped, states) > 1e-2
+    # irregular steps: the recurrent path, as LiquidRNN runs it
+    taus = jnp.linspace(0.5, 2.0, 11)
+    ys_t, _ = lj.LiquidRNN(stack)(x, taus)
+    irregular = stack.advance_sequence(stack.init_state(), x, taus)
+    np.testing.assert_allclose(jax.vmap(stack.output)(irregular), ys_t, rtol=1e-5, atol=1e-5)
+
+
+def test_param_groups_train_and_trained_model_streams():
+    model = liquid_s4_classifier(1, 2, hidden_size=8, depth=1, ssm_size=4, liquid_order=2,
+                                 key=jax.random.key(0))
+    params = eqx.filter(model, eqx.is_inexact_array)
+    labels = ssm_labels(params)
+    layer = model.layers[0].cell.layers[0]
+    lab_layer = labels.layers[0].cell.layers[0]
+    assert all(getattr(lab_layer, f) == "ssm" for f in LiquidS4.ssm_fields)
+    assert lab_layer.c_re == "default" and labels.head.weight == "default"
+    # weight decay acts only outside the SSM: with zero gradients only the others move
+    opt = ssm_param_groups(0.1, ssm_learning_rate=0.1, weight_decay=0.5)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = opt.update(zeros, opt.init(params), params)
+    new = eqx.apply_updates(model, updates)
+    np.testing.assert_array_equal(new.layers[0].cell.layers[0].a_log, layer.a_log)
+    np.testing.assert_allclose(new.head.weight, model.head.weight * (1 - 0.05), rtol=1e-6)
+    # a few training steps on a toy task (sign of the sequence's sum)
+    x = jax.random.normal(jax.random.key(1), (16, 12, 1))
+    y = (jnp.sum(x[:, :, 0], axis=1) > 0).astype(jnp.int32)
+    opt = ssm_param_groups(1e-2, ssm_learning_rate=1e-3, clip_norm=1.0)
+    state = opt.init(params)
+
+    @eqx.filter_jit
+    def train_step(model, state):
+        def loss(m):
+            logits = jax.vmap(m)(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        val, grads = eqx.filter_value_and_grad(loss)(model)
+        upd, state = opt.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, upd), state, val
+
+    losses = []
+    for _ in range(25):
+        model, state, val = train_step(model, state)
+        losses.append(float(val))
+    assert losses[-1] < losses[0]
+    cell = model.layers[0].cell
+    assert _max_err(cell.layers[0].log_dt, layer.log_dt) > 0  # the SSM trained too
+    ys, _ = model.layers[0](x[0])  # convolution mode
+    recurrent = jax.vmap(cell.output)(scan_advance(cell, cell.init_state(), x[0], None))
+    np.testing.assert_allclose(ys, recurrent, rtol=1e-5, atol=1e-5)
+
+
+def test_docs_page_runs():
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    assert blocks
+    ns: dict = {}
+    for block in blocks:
+        exec(compile(block, str(DOC), "exec"), ns)  # noqa: S102
