@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._checks import check_choice, literal_choices
+from .._metrics import VARIANCE_FLOOR
 from ..layers import LiquidRNN
 
 Readout = Literal["last", "mean"]
@@ -82,9 +83,8 @@ def unstandardize(outputs: Array, mean, std) -> Array:
     s = jnp.ones(k, outputs.dtype) if std is None else jnp.asarray(std, outputs.dtype)
     if d == k:
         return m + s * outputs
-    from ..train._metrics import VARIANCE_FLOOR  # the floor split_gaussian adds
-
     mu, v = outputs[..., :k], outputs[..., k:]
+    # VARIANCE_FLOOR: the floor split_gaussian adds
     var = (s * s) * (jax.nn.softplus(v) + VARIANCE_FLOOR) - VARIANCE_FLOOR
     var = jnp.maximum(var, jnp.finfo(outputs.dtype).tiny)
     raw = var + jnp.log(-jnp.expm1(-var))  # softplus⁻¹, stable for large and small var
