@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from ._checks import literal_choices
+from ._streaming import AbstractStreaming, StreamSpec
 from .cells import AbstractCell, AbstractPathCell, scan_advance
 
 Interpolation = Literal["hold", "linear", "cubic"]
@@ -20,7 +21,7 @@ def _where_tree(pred, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-class LiquidRNN(eqx.Module):
+class LiquidRNN(AbstractStreaming):
     r"""Runs a liquid cell over one unbatched sequence (``jax.vmap`` adds the batch).
 
     Observation ``k`` carries the input ``x_k`` and the elapsed time ``Δt_k`` since observation
@@ -108,6 +109,31 @@ class LiquidRNN(eqx.Module):
             return state
         y = self.cell.output(state)
         return y if self.proj is None else self.proj(y)
+
+    # ------------------------------------------------------------------ streaming (export)
+    def stream_spec(self) -> StreamSpec:
+        """The cell's input, the layer's output; refused for a continuous input path."""
+        if self.interpolation != "hold":
+            raise ValueError(
+                f"cannot step a LiquidRNN with interpolation={self.interpolation!r} "
+                f"({type(self.cell).__name__} cell) one observation at a time: it integrates the "
+                "cell along a continuous path through all the observations, in one solve over "
+                "the whole sequence whose steps cross the observation times, which a step per "
+                "observation does not reproduce; rebuild the layer with interpolation='hold' (a "
+                "NeuralCDE with interpolation='hold' follows the same linear path, one interval "
+                "at a time)"
+            )
+        return StreamSpec(self.cell.input_size, self.output_size, (self.cell,))
+
+    def stream_init(self) -> PyTree[Array]:
+        """The cell's initial state."""
+        return self.cell.init_state()
+
+    def stream_step(self, state, x, dt):
+        """The cell advanced across ``[0, dt]``, then :meth:`readout` (the per-step output of
+        ``return_sequences``)."""
+        new = self.cell.advance(state, x, jnp.zeros((), dt.dtype), dt)
+        return self.readout(new), new
 
     def _validate(self, x, timespans, mask, state):
         c = self.cell.input_size

@@ -268,7 +268,7 @@ def test_exports_refuse_a_continuous_input_path(interpolation, tmp_path):
             fn(rnn)
     model = build_model(ModelConfig(input_size=I, num_classes=2, cell="ncde", units=N,
                                     interpolation=interpolation), key=KEY)
-    with pytest.raises(ValueError, match=r"^to_c \(SequenceClassifier layer 0\): cannot step"):
+    with pytest.raises(ValueError, match=r"^to_c: SequenceClassifier layer 0: cannot step"):
         export.to_c(model, tmp_path)
     assert not any(tmp_path.iterdir())  # refused before writing anything
 

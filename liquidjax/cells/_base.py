@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from .._static import replace_fields
+from .._streaming import AbstractStreaming, StreamSpec
 from ..solvers import (
     FusedSemiImplicit,
     Integrator,
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 
-class AbstractCell(eqx.Module):
+class AbstractCell(AbstractStreaming):
     """A recurrent liquid cell acting on one example.
 
     Subclasses set ``input_size``, ``state_size`` (size of the hidden vector ``h``) and
@@ -98,6 +99,20 @@ class AbstractCell(eqx.Module):
     @abc.abstractmethod
     def output(self, state: State) -> Float[Array, " output"]:
         """The cell's output for ``state`` (e.g. the motor neurons of an LTC)."""
+
+    # ------------------------------------------------------------------ streaming (export)
+    def stream_spec(self) -> StreamSpec:
+        """One observation of ``input_size`` in, ``output(state)`` out."""
+        return StreamSpec(self.input_size, self.output_size, (self,))
+
+    def stream_init(self) -> State:
+        """:meth:`init_state`."""
+        return self.init_state()
+
+    def stream_step(self, state: State, x: Array, dt: Array) -> tuple[Array, State]:
+        """:meth:`advance` across ``[0, dt]``, then :meth:`output`."""
+        new = self.advance(state, x, jnp.zeros((), dt.dtype), dt)
+        return self.output(new), new
 
     def advance_sequence(
         self,

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
+from .._streaming import AbstractStreaming
 from ..cells._base import AbstractCell, portable_cells
-from ..layers import LiquidRNN
 
 FORMAT_VERSION = 1
 """Version of the exported artifacts' layout (the files and the manifest's fields)."""
@@ -42,120 +41,26 @@ class _StepPlan:
         return f"{self.model_name} ({', '.join(type(c).__name__ for c in self.cells)})"
 
 
-def _cell_step(cell: AbstractCell):
-    def advance(state, x, dt):
-        return cell.advance(state, x, jnp.zeros((), dt.dtype), dt)
-
-    return advance
-
-
-def _layer_readout(layer: LiquidRNN, state):
-    # LiquidRNN's per-step output (its ``return_sequences`` outputs).
-    return layer.readout(state)
-
-
-def _check_layer(layer: LiquidRNN, where: str) -> None:
-    if layer.interpolation != "hold":
-        raise ValueError(
-            f"{where}: cannot step a LiquidRNN with interpolation={layer.interpolation!r} "
-            f"({type(layer.cell).__name__} cell) one observation at a time: it integrates the "
-            "cell along a continuous path through all the observations, in one solve over the "
-            "whole sequence whose steps cross the observation times, which a step per "
-            "observation does not reproduce; rebuild the layer with interpolation='hold' (a "
-            "NeuralCDE with interpolation='hold' follows the same linear path, one interval at "
-            "a time)"
-        )
-
-
 def _plan(model: Any, where: str = "stepper") -> _StepPlan:
-    """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``; `where`:
-    the public function asking (named in the errors)."""
-    from ..models import Ensemble, SequenceClassifier
-    from ..models._classifier import unstandardize
-
+    """The per-example step of a model of the streaming contract (a cell, a ``LiquidRNN``, a
+    ``SequenceClassifier``: :class:`liquidjax._streaming.AbstractStreaming`); `where`: the
+    public function asking (named in the errors)."""
     # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
     # primitive (jax2onnx converts standard ones).
     model = portable_cells(model)
-
-    if isinstance(model, AbstractCell):
-        cell = model
-        advance = _cell_step(cell)
-
-        def step_tree(state, x, dt):
-            new = advance(state, x, dt)
-            return cell.output(new), new
-
-        state0 = cell.init_state()
-        cells, in_size, out_size = (cell,), cell.input_size, cell.output_size
-    elif isinstance(model, LiquidRNN):
-        _check_layer(model, where)
-        layer = model
-        advance = _cell_step(layer.cell)
-
-        def step_tree(state, x, dt):
-            new = advance(state, x, dt)
-            return _layer_readout(layer, new), new
-
-        state0 = layer.cell.init_state()
-        cells = (layer.cell,)
-        in_size, out_size = layer.cell.input_size, layer.output_size
-    elif isinstance(model, SequenceClassifier):
-        for i, layer in enumerate(model.layers):
-            _check_layer(layer, f"{where} (SequenceClassifier layer {i})")
-        clf = model
-        layers = clf.layers
-        *inner, last = layers
-
-        def feats_of(layer, state):
-            # SequenceClassifier's "last" readout: the last layer's output for its final state.
-            if layer.return_sequences:
-                y = layer.cell.output(state)
-                return y if layer.proj is None else layer.proj(y)
-            return _layer_readout(layer, state)
-
-        def step_tree(state, x, dt):
-            states, acc = state
-            new_states = []
-            h = x
-            for layer, s in zip(inner, states[:-1]):
-                s = _cell_step(layer.cell)(s, h, dt)
-                new_states.append(s)
-                h = _layer_readout(layer, s)
-            s = _cell_step(last.cell)(states[-1], h, dt)
-            new_states.append(s)
-            if clf.per_step:  # a prediction per step: the head reads each step's output
-                feats, new_acc = _layer_readout(last, s), acc
-            elif clf.readout == "last":
-                feats, new_acc = feats_of(last, s), acc
-            else:  # "mean": running mean of the last layer's outputs
-                total, count = acc
-                total = total + _layer_readout(last, s)
-                count = count + 1
-                feats, new_acc = total / count, (total, count)
-            # Regression: the model's own units (SequenceClassifier's target scaling).
-            out = unstandardize(clf.head(feats), clf.target_mean, clf.target_std)
-            return out, (tuple(new_states), new_acc)
-
-        states0 = tuple(layer.cell.init_state() for layer in layers)
-        dtype0 = jax.tree_util.tree_leaves(states0)[0].dtype
-        if clf.readout == "mean" and not clf.per_step:
-            acc0 = (jnp.zeros((last.output_size,), dtype0), jnp.zeros((), dtype0))
-        else:
-            acc0 = ()
-        state0 = (states0, acc0)
-        cells = tuple(layer.cell for layer in layers)
-        in_size, out_size = clf.input_size, clf.num_classes
-    elif isinstance(model, Ensemble):
-        raise ValueError(
-            f"{where}: an Ensemble of {model.size} members has no single state to step; "
-            "export one member, model.member(i), or each member separately"
-        )
-    else:
+    if not isinstance(model, AbstractStreaming):
         raise ValueError(  # noqa: TRY004 - the library's one error type for bad arguments
             f"cannot build a stepper for {type(model).__name__}: expected a liquid cell "
             "(liquidjax.cells.AbstractCell), a liquidjax.LiquidRNN or a "
             "liquidjax.models.SequenceClassifier"
         )
+    try:
+        spec = model.stream_spec()
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    state0 = model.stream_init()
+    step_tree = model.stream_step
+    in_size, out_size, cells = spec
     leaves = jax.tree_util.tree_leaves(state0)
     dtypes = {leaf.dtype for leaf in leaves}
     if len(dtypes) != 1:

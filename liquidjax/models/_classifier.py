@@ -12,13 +12,14 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from .._checks import check_choice, literal_choices
 from .._metrics import VARIANCE_FLOOR
+from .._streaming import AbstractStreaming, StreamSpec
 from ..layers import LiquidRNN
 
 Readout = Literal["last", "mean"]
 READOUTS: tuple[str, ...] = literal_choices(Readout)
 
 
-class AbstractClassifier(eqx.Module):
+class AbstractClassifier(AbstractStreaming):
     """A model of one example: ``model(x, timespans, mask, *, key) -> outputs``.
 
     The outputs are class logits or real predictions, ``(num_classes,)`` for the whole example
@@ -191,6 +192,52 @@ class SequenceClassifier(AbstractClassifier):
                                  f"{self.num_classes} outputs (D or 2D for D targets)")
         if self.target_std is not None and not all(v > 0 for v in self.target_std):
             raise ValueError(f"target_std must be positive, got {self.target_std}")
+
+    # ------------------------------------------------------------------ streaming (export)
+    def stream_spec(self) -> StreamSpec:
+        """Every layer must step one observation at a time (``interpolation="hold"``)."""
+        for i, layer in enumerate(self.layers):
+            try:
+                layer.stream_spec()
+            except ValueError as e:
+                raise ValueError(f"SequenceClassifier layer {i}: {e}") from None
+        return StreamSpec(self.input_size, self.num_classes,
+                          tuple(layer.cell for layer in self.layers))
+
+    def stream_init(self):
+        """Every layer's cell state, and the running mean's sums for ``readout="mean"``."""
+        states = tuple(layer.cell.init_state() for layer in self.layers)
+        dtype = jax.tree_util.tree_leaves(states)[0].dtype
+        if self.readout == "mean" and not self.per_step:
+            return states, (jnp.zeros((self.layers[-1].output_size,), dtype),
+                            jnp.zeros((), dtype))
+        return states, ()
+
+    def stream_step(self, state, x, dt):
+        """The layers stepped in turn, then the head on what the whole-sequence call reads at
+        this step: the step's output (``per_step``), the last layer's output for its state
+        (``"last"``) or the running mean of its outputs (``"mean"``); regression outputs in the
+        targets' own units."""
+        states, acc = state
+        new_states, h = [], x
+        for layer, s in zip(self.layers, states):
+            h, s = layer.stream_step(s, h, dt)
+            new_states.append(s)
+        last = self.layers[-1]
+        if self.per_step:
+            feats = h
+        elif self.readout == "last" and last.return_sequences:
+            # The "last" readout: the last layer's output for its final state.
+            y = last.cell.output(new_states[-1])
+            feats = y if last.proj is None else last.proj(y)
+        elif self.readout == "last":
+            feats = h
+        else:
+            total, count = acc
+            total, count = total + h, count + 1
+            feats, acc = total / count, (total, count)
+        out = unstandardize(self.head(feats), self.target_mean, self.target_std)
+        return out, (tuple(new_states), acc)
 
     def __call__(
         self,

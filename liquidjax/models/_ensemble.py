@@ -61,6 +61,12 @@ class AbstractEnsemble(AbstractClassifier):
     def combine(self, outputs: Array, mask: Bool[Array, "*batch time"] | None = None) -> Array:
         """The ensemble's prediction from its members' outputs stacked on axis 0."""
 
+    def stream_spec(self):
+        """Refused: the members' states are independent (step a member instead)."""
+        raise ValueError(
+            f"an ensemble of {self.size} members has no single state to step; export one "
+            "member, model.member(i), or each member separately")
+
 
 class Ensemble(AbstractEnsemble):
     """``size`` copies of one classifier (stacked on a leading axis) whose predictions are
