@@ -8,7 +8,7 @@ per epoch. Data: Debian's `dataset-fashion-mnist` (`/usr/share/datasets/fashion-
     python benchmarks/fashion_mnist.py --recipe cfc_rows   # one
     python benchmarks/fashion_mnist.py --quick             # 1 epoch each, 6k examples (smoke)
 
-Reference points (PERF_NOTES.md, ncps 1.0.1 on this machine, 15 epochs): CfC-64 80.9 % in 422 s,
+Reference points (BENCHMARKS.md, ncps 1.0.1 on this machine, 15 epochs): CfC-64 80.9 % in 422 s,
 CfC-64 + mixed memory 90.2 % in 693 s. Fashion-MNIST board best recurrent entry: 89.7 %.
 Targets (issue 3): row-wise liquid model ≥ 90.5 %, conv stem + liquid ≥ 93.5 %.
 """

@@ -25,7 +25,7 @@ inputs this script
                                                        # (the stepper is synchronous anyway)
     python benchmarks/streaming.py --write-md          # also rewrite BENCHMARKS.md's section
 
-Figures are only comparable on a quiet machine (see shared PERF_NOTES): stop other jobs first.
+Figures are only comparable on a quiet machine (BENCHMARKS.md): stop other jobs first.
 """
 
 from __future__ import annotations
