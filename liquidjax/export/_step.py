@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import shutil
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
+from .._version import __version__
 from ..cells._base import AbstractCell, portable_cells
 from ..layers import LiquidRNN
+from ..models import Ensemble, SequenceClassifier
+from ..models._classifier import unstandardize
 
 FORMAT_VERSION = 1
 """Version of the exported artifacts' layout (the files and the manifest's fields)."""
@@ -70,9 +74,6 @@ def _check_layer(layer: LiquidRNN, where: str) -> None:
 def _plan(model: Any, where: str = "stepper") -> _StepPlan:
     """The per-example step of a cell, a ``LiquidRNN`` or a ``SequenceClassifier``; `where`:
     the public function asking (named in the errors)."""
-    from ..models import Ensemble, SequenceClassifier
-    from ..models._classifier import unstandardize
-
     # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
     # primitive (jax2onnx converts standard ones).
     model = portable_cells(model)
@@ -238,10 +239,6 @@ def _signature(plan, batch_shape, length=None) -> dict[str, Any]:
 
 
 def _manifest(plan: _StepPlan, fmt: str, batch_shape, functions: dict) -> dict[str, Any]:
-    from importlib import metadata
-
-    from .._version import __version__
-
     return {
         "format": fmt,
         "format_version": FORMAT_VERSION,
