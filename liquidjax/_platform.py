@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
+
+import jax
+
+try:  # private, but the only way to ask whether a backend exists without creating one
+    from jax._src import xla_bridge as _xla_bridge
+except ImportError:  # pragma: no cover - defensive across JAX versions
+    _xla_bridge = None
 
 
 def use_cpu_cores(n: int | None = None) -> int:
@@ -31,9 +37,7 @@ def use_cpu_cores(n: int | None = None) -> int:
     m = re.search(r"--xla_force_host_platform_device_count=(\d+)", flags)
     if m:
         return int(m.group(1))
-    if "jax" in sys.modules and _backend_initialised():
-        import jax
-
+    if _backend_initialised():
         return len(jax.devices("cpu"))
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     return n
@@ -41,8 +45,6 @@ def use_cpu_cores(n: int | None = None) -> int:
 
 def _backend_initialised() -> bool:
     try:
-        from jax._src import xla_bridge
-
-        return bool(xla_bridge._backends)  # private, but the only way to ask without creating one
+        return bool(_xla_bridge._backends)
     except Exception:  # pragma: no cover - defensive across JAX versions
         return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 
@@ -54,8 +56,6 @@ def replace_fields(module, **changes):
     ``eqx.tree_at`` only replaces pytree leaves; configuration such as ``ode_unfolds`` or a wiring
     mask lives in static fields. Invariants are re-checked (``__check_init__``).
     """
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(module)}
     unknown = set(changes) - names
     if unknown:

@@ -26,12 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._records import read_metrics
+from .cells import AbstractCell
+from .wirings import Wiring, draw
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from .inspect import SolverTrace
-    from .wirings import Wiring
 
 __all__ = [
     "activity",
@@ -88,9 +91,6 @@ def wiring(w: Any, input_dim: int | None = None, *, ax: Axes | None = None,
     fig = plot.wiring(AutoNCP(16, 2), input_dim=3, draw_labels=True)
     ```
     """
-    from .cells import AbstractCell
-    from .wirings import Wiring, draw
-
     if isinstance(w, AbstractCell):
         w = w if w.connectivity is None else w.connectivity
     if not isinstance(w, Wiring):
@@ -106,11 +106,9 @@ def wiring(w: Any, input_dim: int | None = None, *, ax: Axes | None = None,
 
 # ------------------------------------------------------------------------------- training curves
 def _records(metrics: Any) -> list[dict[str, Any]]:
-    from .train import FitResult, read_metrics
-
     if isinstance(metrics, (str, os.PathLike)):
         return read_metrics(metrics)
-    if isinstance(metrics, FitResult):
+    if isinstance(getattr(metrics, "history", None), list):  # a train.FitResult
         return [dict(r, event="epoch") for r in metrics.history]
     return [r if "event" in r else dict(r, event="epoch") for r in metrics]
 
@@ -186,8 +184,6 @@ def save_training_curves(metrics_path: str | os.PathLike,
     plot.save_training_curves(result.metrics, "runs/demo/curves.png")
     ```
     """
-    from .train import read_metrics
-
     if not any(rec.get("event") == "epoch" for rec in read_metrics(metrics_path)):
         return None
     out = Path(out_path)

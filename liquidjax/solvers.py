@@ -23,6 +23,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
+from diffrax._root_finder import use_stepsize_tol  # the "take them from the controller" marker
+from diffrax._term import WrapTerm
 from jaxtyping import Array
 
 from ._checks import check_int
@@ -115,8 +118,6 @@ def fused_update(y: Array, num: Array, den: Array, cm: Array, h: Any, epsilon: f
 def _liquid_term(terms) -> LiquidTerm:
     # diffeqsolve wraps terms in a WrapTerm (the direction of integration); the fused step
     # integrates forward in time and needs the cell's conductance split.
-    from diffrax._term import WrapTerm
-
     inner = terms
     while isinstance(inner, WrapTerm):
         inner = inner.term
@@ -487,9 +488,6 @@ def with_root_finder_tols(
     tolerances fared worse on stiff LTCs (measured, docs/solvers.md). Solvers given their own
     root finder tolerances are left alone.
     """
-    import optimistix as optx
-    from diffrax._root_finder import use_stepsize_tol  # the "take them from the controller" marker
-
     single = jnp.dtype(dtype) == jnp.float32
     if (not isinstance(solver, diffrax.AbstractImplicitSolver)
             or isinstance(controller, diffrax.AbstractAdaptiveStepSizeController)

@@ -1,12 +1,14 @@
 """The package's import graph points down: no cycle among liquidjax modules, counting imports
 inside functions too; `train/` imports no cell code and draws nothing; `models/` never reaches
 `train/`; and imports sit at the top of their module (a function-local import is kept only for
-an optional dependency)."""
+an optional dependency or one of the few slow ones listed in LAZY_IMPORTS)."""
 
 from __future__ import annotations
 
 import ast
 import re
+import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,69 +141,110 @@ def test_models_never_import_train():
     assert not reached, f"liquidjax.models reaches {reached} (first via {via[reached[0]]})"
 
 
-# Optional dependencies (the extras of pyproject.toml: export, bench, prepare) may be imported
-# where they are used, so that the package imports without them.
-OPTIONAL_MODULES = {"onnx", "onnxruntime", "jax2onnx", "torch", "ncps", "scipy", "psutil",
-                    "tensorflow"}
+def _requirement_names(reqs: list[str]) -> set[str]:
+    return {re.split(r"[\[<>=~!; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
 
-# Files outside train/ and models/ that still import inside functions (the state at the time the
-# rule was written; other parts of the package are being reworked in parallel). Shrink this list
-# as they are cleaned up; never add to it. train/ and models/ have none.
-LOCAL_IMPORTS_ALLOWED = {
-    "liquidjax/_native/__init__.py",
-    "liquidjax/_platform.py",
-    "liquidjax/_static.py",
-    "liquidjax/cells/_ltc.py",
-    "liquidjax/cli.py",
-    "liquidjax/data/_load.py",
-    "liquidjax/data/_tfds.py",
-    "liquidjax/data/_timeseries.py",
-    "liquidjax/export/_fold.py",
-    "liquidjax/export/_step.py",
-    "liquidjax/export/_stepper.py",
-    "liquidjax/interop/ncps.py",
-    "liquidjax/plot.py",
-    "liquidjax/solvers.py",
-    "liquidjax/wirings/_draw.py",
+
+_PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+CORE = _requirement_names(_PROJECT["dependencies"])
+EXTRAS = _requirement_names([r for reqs in _PROJECT["optional-dependencies"].values()
+                             for r in reqs])
+
+# Optional dependencies, by module: the distribution an extra of pyproject.toml installs. They
+# are imported only inside the functions that use them, so that the package imports without them.
+OPTIONAL_MODULES = {"onnx": "onnx", "onnxruntime": "onnxruntime", "jax2onnx": "jax2onnx",
+                    "torch": "torch", "ncps": "ncps", "scipy": "scipy", "psutil": "psutil",
+                    "tensorflow": "tensorflow-cpu"}
+
+# Core dependencies imported inside functions all the same: module -> (distribution, why). Each
+# reason is a measured import time (on top of jax, equinox, diffrax and optax) paid by code
+# that rarely needs the module. Keep this short.
+LAZY_IMPORTS = {
+    "matplotlib": ("matplotlib", "0.6 s, a fifth of `import liquidjax` (which loads plot and "
+                   "wirings.draw); only drawing needs it"),
+    "tensorflow_datasets": ("tensorflow-datasets", "0.25 s on every import of liquidjax.data "
+                            "(hence train and the CLI); only a tfds load needs it"),
 }
 
 
-def _local_imports(path: Path) -> list[tuple[int, str]]:
-    """``(line, module)`` of every import inside a function of `path`, optional dependencies
-    left out."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+def test_dependency_lists_match_pyproject():
+    for module, dist in OPTIONAL_MODULES.items():
+        assert dist in EXTRAS and dist not in CORE, (
+            f"{module} ({dist}) must be an extra and not a core dependency; if it became core, "
+            "drop it from OPTIONAL_MODULES and import it at the top")
+    for module, (dist, _) in LAZY_IMPORTS.items():
+        assert dist in CORE, f"{module} ({dist}) is no core dependency"
+
+
+def _imports(path: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """``(line, module)`` of every import of `path`: those inside a function, and those at
+    module level outside ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text())
+    local, skip = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            local |= {id(sub) for sub in ast.walk(node)}
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(sub) for stmt in node.body for sub in ast.walk(stmt)}
+    inner, top = [], []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = ["." * node.level + (node.module or "")]
+        else:
             continue
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Import):
-                names = [a.name for a in sub.names]
-            elif isinstance(sub, ast.ImportFrom):
-                names = ["." * sub.level + (sub.module or "")]
-            else:
-                continue
-            out += [(sub.lineno, n) for n in names if n.split(".")[0] not in OPTIONAL_MODULES]
-    return sorted(set(out))
+        if id(node) in local:
+            inner += [(node.lineno, n) for n in names]
+        elif id(node) not in skip:
+            top += [(node.lineno, n) for n in names]
+    return sorted(set(inner)), sorted(set(top))
+
+
+def test_every_third_party_import_is_declared():
+    # A module imported by the package is a core dependency (or, inside functions, an extra's).
+    dist_of = {"PIL": "pillow", **OPTIONAL_MODULES}
+    found = set()
+    for path in sorted(PKG.rglob("*.py")):
+        inner, top = _imports(path)
+        for _, mod in inner + top:
+            root = mod.split(".")[0]
+            if root and root != "liquidjax" and root not in sys.stdlib_module_names:
+                dist = dist_of.get(root, root.lower().replace("_", "-"))
+                if dist not in CORE and root not in OPTIONAL_MODULES:
+                    found.add(f"{root} ({path.relative_to(ROOT).as_posix()})")
+    assert not found, f"imported but not in pyproject.toml's dependencies: {sorted(found)}"
+
+
+def _local_imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every import inside a function of `path`, optional dependencies and
+    lazy imports left out."""
+    allowed = set(OPTIONAL_MODULES) | set(LAZY_IMPORTS)
+    return [(line, n) for line, n in _imports(path)[0] if n.split(".")[0] not in allowed]
 
 
 def test_no_function_local_imports():
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    core = pyproject.split("[project.optional-dependencies]")[0]
-    for name in OPTIONAL_MODULES:  # each is an extra, none a core dependency
-        assert name.replace("_", "") in pyproject.replace("-", "").replace("_", "")
-        assert not re.search(rf'"{name}[\[<>=~!",]', core), (
-            f"{name} is a core dependency: import it at the top")
     found = {}
     for path in sorted(PKG.rglob("*.py")):
-        rel = path.relative_to(ROOT).as_posix()
-        if rel not in LOCAL_IMPORTS_ALLOWED and (hits := _local_imports(path)):
-            found[rel] = hits
+        if hits := _local_imports(path):
+            found[path.relative_to(ROOT).as_posix()] = hits
     assert not found, "imports inside functions (move them to the top of the module):\n" + (
         "\n".join(f"  {f}:{line} {mod}" for f, hits in found.items() for line, mod in hits))
 
 
+def test_optional_dependencies_only_inside_functions():
+    found = [f"  {path.relative_to(ROOT).as_posix()}:{line} {mod}"
+             for path in sorted(PKG.rglob("*.py")) for line, mod in _imports(path)[1]
+             if mod.split(".")[0] in OPTIONAL_MODULES]
+    assert not found, ("optional dependencies imported at module level (the package must import "
+                       "without its extras):\n" + "\n".join(found))
+
+
 def test_local_import_check_is_not_vacuous(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("import os\n\ndef f():\n    import json\n    import onnx\n"
-                   "    from . import x\n    return json\n")
-    assert _local_imports(src) == [(4, "json"), (6, ".")]
+    src.write_text("import os\nimport torch\nfrom typing import TYPE_CHECKING\n"
+                   "if TYPE_CHECKING:\n    import onnx\n\ndef f():\n    import json\n"
+                   "    import onnx\n    import matplotlib.figure\n    from . import x\n"
+                   "    return json\n")
+    assert _local_imports(src) == [(8, "json"), (11, ".")]
+    assert _imports(src)[1] == [(1, "os"), (2, "torch"), (3, "typing")]

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from liquidjax import inspect as li, plot
 from liquidjax.cells import LTC, CfC, MixedMemory
 from liquidjax.layers import LiquidRNN
+from liquidjax.train import FitResult
 from liquidjax.wirings import AutoNCP
 
 KEY = jax.random.key(0)
@@ -225,6 +226,13 @@ def test_plots_return_labelled_figures(ltc, seq, tmp_path):
     epoch_points = [line for line in loss_ax.get_lines() if line.get_label() == "train (epoch)"]
     np.testing.assert_allclose(epoch_points[0].get_ydata(), [0.3])
     _check_axes(plot.training_curves([{k: v for k, v in recs[-1].items() if k != "event"}]))
+    # fit's result: its history, epoch records without an "event" key.
+    history = [{k: v for k, v in recs[-1].items() if k != "event"}]
+    result = FitResult(model=None, state=None, history=history, checkpoint=None, out_dir=None,
+                       metrics=None)
+    by_result = plot.training_curves(result).axes[0].get_lines()
+    np.testing.assert_allclose(
+        [line.get_ydata() for line in by_result if line.get_label() == "train (epoch)"], [[0.3]])
     with pytest.raises(ValueError, match="no 'train' or 'epoch'"):
         plot.training_curves([{"event": "start"}])
 

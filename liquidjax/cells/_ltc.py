@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._static import StaticArray, replace_fields
@@ -473,7 +474,6 @@ def nonnegative_projection():
     updates, state = opt.update(grads, state, eqx.filter(model, eqx.is_inexact_array))
     ```
     """
-    import optax
 
     def init(params):
         del params

@@ -21,6 +21,7 @@ import urllib.parse
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ._dataset import KNOWN_DATASETS, ImageDataset
 from ._errors import DatasetUnavailableError
@@ -94,8 +95,6 @@ def _preparation_blocker(name: str, probe_timeout: float) -> str | None:
 
 
 def _decode_png(data: bytes) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im)
 

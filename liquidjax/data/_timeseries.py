@@ -33,6 +33,7 @@ import numpy as np
 
 from .._checks import check_choice, literal_choices
 from ._batching import Loader
+from ._errors import DatasetFormatError
 
 TaskKind = Literal["classification", "regression"]
 MissingMode = Literal["features", "path", "zero"]
@@ -254,8 +255,6 @@ class TimeSeriesData:
         ``lengths``, ``y_mask``, ``task``, ``num_classes``, ``class_names`` (see
         :meth:`from_arrays`). Raises :class:`~liquidjax.data.DatasetFormatError` naming the file
         if ``x`` or ``y`` is missing or the arrays do not fit together."""
-        from ._errors import DatasetFormatError
-
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:

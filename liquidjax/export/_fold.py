@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import ClosedJaxpr, Literal
 
 from ._c._jaxpr import CALL_PARAMS as _CALL_PARAMS, bind as _bind
 
@@ -33,8 +34,6 @@ def _eval_inlined(jaxpr, consts, args, *, onnx: bool):
     inlined (an exported forward pass needs no derivative rules). With ``onnx``, scans (fixed
     trip count: the ODE unfolds, the time loop) are unrolled too and what has no fixed-size
     graph raises :class:`_NotExportable`."""
-    from jax.extend.core import ClosedJaxpr, Literal
-
     env: dict[Any, Any] = {}
 
     def read(v):
@@ -88,8 +87,6 @@ def _dots_sharing_an_operand(eqns, known) -> list[tuple[list, int, int]]:
     the constant, its free dimension)``. Each group can run as one product with the constants
     concatenated along that dimension: one matrix kernel call instead of several, which is what
     a batch-1 step pays for."""
-    from jax.extend.core import Literal
-
     groups: dict[Any, list] = {}
     for eqn in eqns:
         if eqn.primitive.name != "dot_general" or any(isinstance(v, Literal) for v in eqn.invars):
@@ -124,8 +121,6 @@ def _folded(fn: Callable, specs, *, onnx: bool = False, distinct: bool = True,
     that is another output or an input is a copy of its own (an exported graph names each
     value once); without, it is the same value. With ``merge_dots``, products of one computed
     value with several constants run as one (see :func:`_dots_sharing_an_operand`)."""
-    from jax.extend.core import Literal
-
     closed = jax.make_jaxpr(fn)(*specs)
     inlined = jax.make_jaxpr(
         lambda *a: _eval_inlined(closed.jaxpr, closed.consts, a, onnx=onnx))(*specs)

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import shutil
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 from .._streaming import AbstractStreaming
+from .._version import __version__
 from ..cells._base import AbstractCell, portable_cells
 
 FORMAT_VERSION = 1
@@ -143,10 +145,6 @@ def _signature(plan, batch_shape, length=None) -> dict[str, Any]:
 
 
 def _manifest(plan: _StepPlan, fmt: str, batch_shape, functions: dict) -> dict[str, Any]:
-    from importlib import metadata
-
-    from .._version import __version__
-
     return {
         "format": fmt,
         "format_version": FORMAT_VERSION,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,9 +15,15 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
+from ._c import _cbuild, _cgen
 from ._c._to_c import _c_files, _c_step
 from ._fold import _folded
 from ._step import _batched, _check_batch_shape, _plan, _step_specs, _StepPlan
+
+try:  # private: JAX has no public constructor for a second client (see _stepper_device)
+    from jax._src.lib import xla_client as _xla_client
+except ImportError:  # pragma: no cover - a JAX without it: the default device
+    _xla_client = None
 
 _SYNC_CPU_CLIENT: Any = None
 
@@ -36,10 +45,8 @@ def _stepper_device() -> Any:
     global _SYNC_CPU_CLIENT
     if _SYNC_CPU_CLIENT is None:
         try:  # JAX has no public constructor for a second client
-            from jax._src.lib import xla_client
-
-            _SYNC_CPU_CLIENT = xla_client.make_cpu_client(asynchronous=False)
-        except (ImportError, AttributeError, TypeError):  # a JAX without it: the default device
+            _SYNC_CPU_CLIENT = _xla_client.make_cpu_client(asynchronous=False)
+        except (AttributeError, TypeError):  # a JAX without it: the default device
             _SYNC_CPU_CLIENT = False
     return default if _SYNC_CPU_CLIENT is False else _SYNC_CPU_CLIENT.devices()[0]
 
@@ -268,12 +275,6 @@ class CStepper(_StepperBase):
     _locks: dict[str, Any] = {}
 
     def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...], check: bool = True):
-        import ctypes
-        import threading
-        import weakref
-
-        from ._c import _cbuild, _cgen
-
         super().__init__(plan, batch_shape, check)
         fn, self._output_is_state = _c_step(plan, batch_shape, "liquidjax")
         ct = _cgen.ctype(plan.dtype)

@@ -15,7 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._static import StaticArray, replace_fields
+from ..cells import LTC, MixedMemory
 from ..layers import LiquidRNN
+from ._cfc import (
+    cfc_from_state_dict,
+    cfc_to_state_dict,
+    lstm_from_state_dict,
+    lstm_to_state_dict,
+)
 
 _LTC_KWARGS = {"input_mapping", "output_mapping", "ode_unfolds", "epsilon",
                "implicit_param_constraints"}
@@ -48,8 +55,6 @@ def _cast(tree, dtype):
 
 
 def _ltc_from_state_dict(sd, *, input_size, units, dtype, prefix="rnn_cell.", **kw):
-    from ..cells import LTC
-
     cell = LTC(input_size, units, key=jax.random.key(0), dtype=dtype, **kw)
     n, i, m = cell.state_size, cell.input_size, cell.output_size
     shapes = {"gleak": (n,), "vleak": (n,), "cm": (n,), "w": (n, n), "sigma": (n, n),
@@ -124,16 +129,11 @@ def from_ncps(
         cell = _ltc_from_state_dict(sd, input_size=input_size, units=units, dtype=dtype,
                                     **ncps_kwargs)
     elif kind == "cfc":
-        from ._cfc import cfc_from_state_dict
-
         cell = _cast(cfc_from_state_dict(sd, input_size=input_size, units=units, **ncps_kwargs),
                      dtype)
     else:
         raise ValueError(f"kind must be 'ltc' or 'cfc', got {kind!r}")
     if mixed:
-        from ..cells import MixedMemory
-        from ._cfc import lstm_from_state_dict
-
         cell = MixedMemory(cell, _cast(lstm_from_state_dict(sd, prefix="lstm."), dtype))
     proj = None
     if proj_size is not None:
@@ -148,20 +148,14 @@ def from_ncps(
 def to_ncps(model: LiquidRNN) -> dict[str, np.ndarray]:
     """The ncps ``state_dict`` (NumPy float32 arrays; wrap with ``torch.from_numpy``) of a model
     built by :func:`from_ncps` or with the same structure."""
-    from ..cells import LTC, MixedMemory
-
     cell = model.cell
     sd: dict[str, np.ndarray] = {}
     if isinstance(cell, MixedMemory):
-        from ._cfc import lstm_to_state_dict
-
         sd.update(lstm_to_state_dict(cell.lstm, prefix="lstm."))
         cell = cell.cell
     if isinstance(cell, LTC):
         sd.update(_ltc_to_state_dict(cell))
     else:
-        from ._cfc import cfc_to_state_dict
-
         sd.update(cfc_to_state_dict(cell))
     if model.proj is not None:
         sd["fc.weight"] = np.asarray(model.proj.weight, np.float32)

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 import jax
 from tqdm.auto import tqdm
 
+from .._records import read_metrics as read_metrics  # re-exported by liquidjax.train
+
 
 class RunDirError(RuntimeError):
     """The run directory cannot hold the run's outputs (a path is a file where a folder is
@@ -179,15 +181,3 @@ class RunLogger:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (a truncated last line, from a kill, is skipped)."""
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
