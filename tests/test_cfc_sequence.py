@@ -175,6 +175,10 @@ def test_fast_path_is_taken_only_where_it_applies():
     key = jax.random.key(0)
     memory = LiquidRNN(MixedMemory(CfC(I, H, backbone_units=U, key=key), key=key))
     assert uses_fast_path(memory, *args)
+    # Training passes a dropout key down the layer: the CfC has no dropout of its own, so its
+    # fast path (plain or inside mixed memory) is still the one taken.
+    assert uses_fast_path(rnn, *args, key=key)
+    assert uses_fast_path(memory, *args, key=key)
     assert not uses_fast_path(_with_remat(memory), *args)
     pure_wired = WiredCfC(I, AutoNCP(WIRED_UNITS, 3), mode="pure", key=key)
     # (the stacked heads need ff2/time_a/time_b: the fast path on a pure cell would fail)

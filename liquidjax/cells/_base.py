@@ -165,12 +165,14 @@ class AbstractCell(AbstractStreaming):
         mask: Bool[Array, " time"] | None = None,
         *,
         last: bool = False,
+        key: PRNGKeyArray | None = None,
     ) -> State | None:
         """The states of :class:`~liquidjax.cells.MixedMemory` over this cell and `lstm`
-        (state ``(h, c)``), as :meth:`advance_sequence` defines them, computed by a fused
-        recurrence of this cell's own — or ``None`` (the default) where it has none:
-        ``MixedMemory`` then runs its generic scan. The CfC overrides it."""
-        del lstm, state, x, timespans, mask, last
+        (state ``(h, c)``), as :meth:`advance_sequence` defines them (`key`: what
+        ``MixedMemory.advance`` hands this cell's ``advance``), computed by a fused recurrence
+        of this cell's own — or ``None`` (the default) where it has none: ``MixedMemory`` then
+        runs its generic scan. The CfC overrides it."""
+        del lstm, state, x, timespans, mask, last, key
         return None
 
     @property

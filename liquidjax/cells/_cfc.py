@@ -273,10 +273,12 @@ class CfC(AbstractCell):
             return _cfc_sequence.held_sequence(self, x, timespans, state, mask, last=last)
         return super().advance_sequence(state, x, timespans, mask, last=last, key=key)
 
-    def memory_sequence(self, lstm, state, x, timespans, mask=None, *, last=False):
+    def memory_sequence(self, lstm, state, x, timespans, mask=None, *, last=False, key=None):
         """``MixedMemory(self, lstm)``'s held sequence as one fused recurrence (the LSTM's
         gates inside the CfC's loop, :mod:`liquidjax.cells._cfc_sequence`) where
-        :meth:`advance_sequence` has its fast path; ``None`` otherwise."""
+        :meth:`advance_sequence` has its fast path; ``None`` otherwise. `key` is unused, as in
+        :meth:`advance` (the CfC has no dropout of its own)."""
+        del key
         weights = (lstm.input_map.weight, lstm.recurrent_map.weight)
         if not self._fast_sequence(state, x, timespans, weights):
             return None

@@ -202,13 +202,13 @@ class MixedMemory(AbstractCell):
 
     def advance_sequence(self, state, x, timespans, mask=None, *, last=False, key=None):
         """:meth:`AbstractCell.advance_sequence`: the liquid cell's fused recurrence with the
-        LSTM inside (:meth:`AbstractCell.memory_sequence`, e.g. the CfC's) where it has one and
-        no dropout `key` is given, otherwise the scan of :meth:`advance`. The states are the
+        LSTM inside (:meth:`AbstractCell.memory_sequence`, e.g. the CfC's) where it has one,
+        otherwise the scan of :meth:`advance`. The states are the
         pair ``(hs, cs)``."""
-        if key is None:
-            states = self.cell.memory_sequence(self.lstm, state, x, timespans, mask, last=last)
-            if states is not None:
-                return states
+        states = self.cell.memory_sequence(self.lstm, state, x, timespans, mask, last=last,
+                                           key=key)
+        if states is not None:
+            return states
         return super().advance_sequence(state, x, timespans, mask, last=last, key=key)
 
     @property
