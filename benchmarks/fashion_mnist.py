@@ -25,11 +25,14 @@ from pathlib import Path
 from liquidjax.recipes import RECIPES
 
 DATA = "/usr/share/datasets/fashion-mnist"
-COMMON = ["--dataset", "fashion_mnist", "--data-dir", DATA, "--batch-size", "128",
-          "--progress", "plain"]
+COMMON = ["--dataset", "fashion_mnist", "--data-dir", DATA, "--progress", "plain"]
 
 # The recipes are liquidjax's own (liquidjax.recipes): the command line and this script share them.
 IMAGE_RECIPES = tuple(n for n, r in RECIPES.items() if r.data == "images")
+# Run by default: the recipes that read images by rows (or a conv stem). Pixel sequences (784
+# steps per image) are a run for an accelerator: name them with --recipe.
+DEFAULT_RECIPES = tuple(n for n in IMAGE_RECIPES
+                        if RECIPES[n].settings.get("sequence", "rows") != "pixels")
 
 
 def run(name: str, out_root: Path, quick: bool) -> dict:
@@ -71,7 +74,7 @@ def main() -> int:
     if not Path(DATA).is_dir():
         print(f"{DATA} not found: apt-get install dataset-fashion-mnist", file=sys.stderr)
         return 1
-    results = [run(n, Path(args.out), args.quick) for n in args.recipe or IMAGE_RECIPES]
+    results = [run(n, Path(args.out), args.quick) for n in args.recipe or DEFAULT_RECIPES]
     print("\n| recipe | epochs | test acc | best val acc | s / epoch (train) | devices |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in results:

@@ -3,8 +3,11 @@
 Synthetic CIFAR-10-shaped data (row-wise: 32 steps × 96 features, 10 classes; random values, the
 shape is what matters for speed), LTC-64 (fully connected, 6 unfolds; dense synapse kernel), LTC
 over ``AutoNCP(64, 10)`` (sparse synapse kernel) and CfC-64 (backbone 128) with a linear readout on
-the last output, cross-entropy, Adam — one ``eqx.filter_jit`` train step per batch. For each
-model and batch size it
+the last output, cross-entropy, Adam — one ``eqx.filter_jit`` train step per batch. On pixel
+sequences (784 steps × 1 channel, Fashion-MNIST-shaped; ``--pixel-steps``): Liquid-S4 as the
+``liquid_s4_pixels`` recipe builds it (4 blocks of width 128, SSM size 64, liquid order 2, mean
+pooling; trained in convolution mode, with its parameter groups) beside the sequential CfC-64
+(``cfc_pixels``) on the same pixels. For each model and batch size it
 
 * checks the train step gives a finite loss that goes down over a few steps on a fixed batch,
 * times train steps (warm-up, median, ``jax.block_until_ready``) → examples/s,
@@ -33,7 +36,10 @@ import _common  # noqa: E402
 
 STEPS, FEATURES, UNITS, CLASSES, EPOCH = 32, 96, 64, 10, 50_000
 NCP_OUTPUTS = 10
-MODELS = ("ltc", "ltc_ncp", "cfc")  # LTC dense, LTC AutoNCP(64, 10) sparse, CfC
+# LTC dense, LTC AutoNCP(64, 10) sparse, CfC on rows; Liquid-S4 and CfC on pixel sequences
+MODELS = ("ltc", "ltc_ncp", "cfc", "liquid_s4", "cfc_pixels")
+PIXEL_MODELS = ("liquid_s4", "cfc_pixels")
+PIXEL_STEPS = 784  # Fashion-MNIST read pixel by pixel
 
 
 def parse_args(argv=None):
@@ -45,8 +51,30 @@ def parse_args(argv=None):
     p.add_argument("--model", action="append", choices=MODELS,
                    help="model(s) to time (default: all of " + ", ".join(MODELS) + ")")
     p.add_argument("--no-ncps", action="store_true")
+    p.add_argument("--pixel-steps", type=int, default=None,
+                   help=f"sequence length of the pixel models (default {PIXEL_STEPS}; 64 with "
+                   "--quick)")
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
+
+
+def build_pixels(kind, key):
+    """Liquid-S4 (the ``liquid_s4_pixels`` recipe's model) or CfC-64 on one-channel pixels,
+    built from a ``ModelConfig`` as the command line builds them; with its optimiser."""
+    import optax
+
+    from liquidjax.models import ModelConfig, build_model, ssm_param_groups
+    from liquidjax.recipes import RECIPES
+
+    if kind == "liquid_s4":
+        fields = {k: v for k, v in RECIPES["liquid_s4_pixels"].settings.items()
+                  if k in ModelConfig.__dataclass_fields__}
+        config = ModelConfig(input_size=1, num_classes=CLASSES, **fields)
+        return build_model(config, key=key), ssm_param_groups(4e-3, ssm_learning_rate=1e-3,
+                                                              weight_decay=0.05)
+    config = ModelConfig(input_size=1, num_classes=CLASSES, cell="cfc", units=UNITS,
+                         backbone_units=128)
+    return build_model(config, key=key), optax.adam(1e-3)
 
 
 def build(kind, key):
@@ -77,15 +105,17 @@ def build(kind, key):
                       eqx.nn.Linear(cell.output_size, CLASSES, key=k2))
 
 
-def bench_jax(kind, batch, warmup, repeats):
+def bench_jax(kind, batch, warmup, repeats, pixel_steps=PIXEL_STEPS):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
 
-    model = build(kind, jax.random.key(0))
-    opt = optax.adam(1e-3)
+    if kind in PIXEL_MODELS:
+        model, opt = build_pixels(kind, jax.random.key(0))
+    else:
+        model, opt = build(kind, jax.random.key(0)), optax.adam(1e-3)
 
     def loss_fn(m, x, y):
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y))
@@ -99,7 +129,9 @@ def bench_jax(kind, batch, warmup, repeats):
     rng = np.random.default_rng(0)
     # uint8 images normalised like the real pipeline, then read row by row.
     imgs = rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-    x = jax.device_put((imgs.reshape(batch, STEPS, FEATURES).astype(np.float32) / 255 - 0.5) / 0.25)
+    shape = (batch, pixel_steps, 1) if kind in PIXEL_MODELS else (batch, STEPS, FEATURES)
+    flat = imgs.reshape(batch, -1)[:, :shape[1] * shape[2]].reshape(shape)
+    x = jax.device_put((flat.astype(np.float32) / 255 - 0.5) / 0.25)
     y = jax.device_put(rng.integers(0, CLASSES, batch).astype(np.int32))
     o = opt.init(eqx.filter(model, eqx.is_inexact_array))
     t0 = time.perf_counter()
@@ -123,9 +155,12 @@ def bench_jax(kind, batch, warmup, repeats):
     eps = batch / (t["median_ms"] / 1e3)
     from liquidjax.cells import LTC
 
-    kernel = model.rnn.cell.synapse_kernel if isinstance(model.rnn.cell, LTC) else "-"
+    cell = model.layers[0].cell if kind in PIXEL_MODELS else model.rnn.cell
+    kernel = cell.synapse_kernel if isinstance(cell, LTC) else "-"
+    nparams = sum(a.size for a in jax.tree_util.tree_leaves(eqx.filter(model,
+                                                                        eqx.is_inexact_array)))
     return {"framework": "liquidjax", "kind": kind, "synapses": kernel, "batch": batch,
-            "step_ms": t["median_ms"],
+            "steps": shape[1], "params": int(nparams), "step_ms": t["median_ms"],
             "examples_per_s": eps, "epoch_50k_s": EPOCH / eps, "compile_s": compile_s,
             "loss_first_last": [losses[0], losses[-1]]}
 
@@ -191,11 +226,12 @@ def main(argv=None):
         print("note: no accelerator found; this is a CPU run (use --quick for a smoke test)")
     rows = []
     models = args.model or list(MODELS)
+    pixel_steps = args.pixel_steps or (64 if args.quick else PIXEL_STEPS)
     for kind in models:
         for b in batches:
-            r = bench_jax(kind, b, warmup, repeats)
+            r = bench_jax(kind, b, warmup, repeats, pixel_steps)
             rows.append(r)
-            print(f"  liquidjax {kind} B={b:5d}: {r['step_ms']:8.2f} ms/step, "
+            print(f"  liquidjax {kind} B={b:5d} T={r['steps']}: {r['step_ms']:8.2f} ms/step, "
                   f"{r['examples_per_s']:10.0f} ex/s, 50k epoch {r['epoch_50k_s']:7.2f} s, "
                   f"compile {r['compile_s']:.1f} s", flush=True)
     if not args.no_ncps:
@@ -207,6 +243,8 @@ def main(argv=None):
         else:
             nb = batches[:1] if args.quick else batches[:2]
             for kind in models:
+                if kind in PIXEL_MODELS:  # no ncps counterpart
+                    continue
                 for b in nb:
                     try:
                         r = bench_ncps(kind, b, min(warmup, 2), max(3, repeats // 4))
@@ -222,8 +260,8 @@ def main(argv=None):
         return r["kind"].upper() + ("" if kernel == "-" else f" ({kernel})")
 
     print("\n" + _common.md_table(
-        ["framework", "model", "batch", "ms/step", "examples/s", "50k-image epoch s"],
-        [[r["framework"], model_name(r), r["batch"], f"{r['step_ms']:.2f}",
+        ["framework", "model", "steps", "batch", "ms/step", "examples/s", "50k-image epoch s"],
+        [[r["framework"], model_name(r), r.get("steps", STEPS), r["batch"], f"{r['step_ms']:.2f}",
           f"{r['examples_per_s']:.0f}", f"{r['epoch_50k_s']:.2f}"] for r in rows]))
     if args.out is not None:
         out = args.out

@@ -112,6 +112,18 @@ _RECIPES = (
              weight_decay=0.05, label_smoothing=0.1, batch_size=128),
         "Fashion-MNIST: 93.96 % test in 2998 s of training",
     ),
+    Recipe(
+        "liquid_s4_pixels", 1,
+        "Liquid-S4 on pixel sequences (CIFAR-10: 1024 x 3, Fashion-MNIST: 784 x 1): 4 residual "
+        "blocks of width 128, SSM size 64, liquid order 2 (pb kernel), GLU, dropout 0.1, mean "
+        "pooling; AdamW lr 4e-3 (wd 0.05), the SSM's A, B, dt at 1e-3 without weight decay, "
+        "cosine, batch 64, 20 epochs (trained in convolution mode: a GPU run)",
+        dict(kind="sequence", sequence="pixels", cell="liquid_s4", units=128, layers=4,
+             ssm_size=64, liquid_order=2, liquid_kernel="pb", discretisation="zoh", glu=True,
+             ssm_dropout=0.1, readout="mean", learning_rate=4e-3, ssm_learning_rate=1e-3,
+             weight_decay=0.05, warmup_fraction=0.02, batch_size=64, epochs=20),
+        "not yet measured",
+    ),
 
     Recipe(
         "ts_cfc", 3,

@@ -272,6 +272,28 @@ def test_ltc_ncp_synthetic(tmp_path, capsys):
     json.dumps(header)  # the header is plain JSON
 
 
+def test_liquid_s4_pixels_recipe_trains_and_evaluates(idx_dir, tmp_path, capsys):
+    # --cell liquid_s4 through the recipe (pixel sequences: 64 steps x 1), shrunk by flags
+    out = tmp_path / "s4"
+    code, stdout, err = _run_main(
+        ["train", "--dataset", "fashion_mnist", "--data-dir", str(idx_dir), "--recipe",
+         "liquid_s4_pixels", "--units", "8", "--layers", "1", "--ssm-size", "4",
+         "--batch-size", "16", "--epochs", "1", "--out-dir", str(out), "--progress", "plain"],
+        capsys)
+    assert code == 0, err
+    assert "test accuracy" in stdout and "liquid_s4" in err
+    header = read_header(list_checkpoints(out / "checkpoints")[-1])
+    assert header["recipe"] == "liquid_s4_pixels@1" and header["step"] == 4  # 64 // 16
+    assert header["model_config"]["cell"] == "liquid_s4"
+    assert header["model_config"]["input_size"] == 1 and header["model_config"]["units"] == 8
+    assert header["data_config"]["sequence"] == "pixels"
+    assert header["train_config"]["ssm_learning_rate"] == 1e-3
+    code, stdout, err = _run_main(["evaluate", str(out), "--split", "test"], capsys)
+    assert code == 0 and "24 examples" in stdout, err
+    code, _, err = _run_main(["train", "--cell", "liquid_s4", "--mixed-memory"], capsys)
+    assert code == 2 and "drop mixed_memory" in err
+
+
 def test_main_restores_the_run_time_error_mode(monkeypatch, capsys):
     """On several devices train and evaluate switch equinox's run-time errors to NaN; an
     in-process ``main`` must hand the process back as it found it, however the run ends. (The
@@ -473,7 +495,9 @@ def test_every_field_is_settable_from_the_command_line():
         "--cfc-mode", "no-gate", "--activation", "silu", "--backbone-units", "5",
         "--backbone-layers", "0", "--backbone-dropout", "0.2", "--conv-channels", "4,6",
         "--conv-sequence", "columns", "--conv-stem", "pooled", "--conv-dropout", "0.3",
-        "--ensemble", "3",
+        "--ensemble", "3", "--ssm-size", "6", "--liquid-order", "3", "--liquid-kernel", "kb",
+        "--discretisation", "bilinear", "--ssm-init", "inv", "--no-glu", "--ssm-dropout", "0.1",
+        "--target-mean", "0.5,1", "--target-std", "2,3",
     ])
     want = dict(kind="sequence", task="regression", per_step=True, target_size=2,
                 predict_variance=True, image_shape=(8, 8, 1), input_size=8, num_classes=5,
@@ -484,7 +508,9 @@ def test_every_field_is_settable_from_the_command_line():
                 interpolation="cubic",
                 cfc_mode="no_gate", activation="silu", backbone_units=5, backbone_layers=0,
                 backbone_dropout=0.2, conv_channels=(4, 6), conv_sequence="columns",
-                conv_stem="pooled", conv_dropout=0.3, ensemble=3)
+                conv_stem="pooled", conv_dropout=0.3, ensemble=3, ssm_size=6, liquid_order=3,
+                liquid_kernel="kb", discretisation="bilinear", ssm_init="inv", glu=False,
+                ssm_dropout=0.1, target_mean=(0.5, 1.0), target_std=(2.0, 3.0))
     import dataclasses
 
     assert set(want) == {f.name for f in dataclasses.fields(cfg)}  # the test covers them all

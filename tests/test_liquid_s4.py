@@ -297,3 +297,137 @@ def test_docs_page_runs():
     ns: dict = {}
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), ns)  # noqa: S102
+
+
+# ------------------------------------------------------- reachable like every other model
+def _config(**kw):
+    from liquidjax.models import ModelConfig
+
+    base = dict(input_size=2, num_classes=3, cell="liquid_s4", units=4, layers=2, ssm_size=4,
+                readout="mean")
+    return ModelConfig(**{**base, **kw})
+
+
+def test_model_config_builds_the_stack_and_trains_it_in_convolution_mode():
+    from liquidjax.models import build_model, has_ssm_params
+    from liquidjax.train._step import _forward
+
+    cfg = _config(liquid_order=3, liquid_kernel="kb", discretisation="bilinear", ssm_init="inv",
+                  glu=False, ssm_dropout=0.2)
+    model = build_model(cfg, key=jax.random.key(0))
+    assert len(model.layers) == 1  # `layers` is the stack's depth, not stacked recurrent layers
+    stack = model.layers[0].cell
+    assert isinstance(stack, LiquidS4Stack) and len(stack.layers) == 2
+    assert (stack.glu, stack.dropout, stack.output_size) == (False, 0.2, 4)
+    layer = stack.layers[0]
+    assert (layer.liquid_order, layer.liquid_kernel, layer.discretisation,
+            layer.state_size) == (3, "kb", "bilinear", 4)
+    assert has_ssm_params(model)
+    assert not has_ssm_params(build_model(_config(cell="cfc"), key=jax.random.key(0)))
+    # image batches carry no timespans or mask: the trainer's forward is the FFT convolution;
+    # a mask (or timespans) takes the recurrent scan
+    x = jnp.ones((2, 9, 2))
+    conv = str(jax.make_jaxpr(lambda x: _forward(model, {"x": x}, None))(x))
+    masked = str(jax.make_jaxpr(
+        lambda x: _forward(model, {"x": x, "mask": jnp.ones((2, 9), bool)}, None))(x))
+    assert " fft[" in conv and " fft[" not in masked
+    for bad, match in ((dict(ssm_size=5), "ssm_size must be even"),
+                       (dict(liquid_order=1), "liquid_order must be 0"),
+                       (dict(mixed_memory=True), "drop mixed_memory"),
+                       (dict(liquid_kernel="kk"), "unknown liquid kernel")):
+        with pytest.raises(ValueError, match=match):
+            _config(**bad)
+
+
+def test_fit_trains_ssm_parameters_at_their_own_rate(tmp_path):
+    from liquidjax import train as lt
+    from liquidjax.models import build_model
+
+    cfg = _config(layers=1, input_size=1, num_classes=2)
+    model = build_model(cfg, key=jax.random.key(0))
+    x = np.asarray(jax.random.normal(jax.random.key(1), (16, 10, 1)), np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+    lr, ssm_lr, wd = 1e-2, 1e-4, 0.1
+    # two epochs of one full batch each: two steps, a checkpoint after each
+    tc = lt.TrainConfig(epochs=2, batch_size=16, learning_rate=lr, ssm_learning_rate=ssm_lr,
+                        weight_decay=wd, warmup_fraction=0.0, clip_norm=None)
+    assert float(lt.make_schedule(tc, 2)(0)) == pytest.approx(lr)
+    result = lt.fit(model, lt.ArrayData(x, y), tc, out_dir=tmp_path, progress="none")
+    assert result.history[-1]["epoch"] == 2 and np.isfinite(result.history[-1]["train_loss"])
+    first = lt.list_checkpoints(tmp_path / "checkpoints")[0]
+    one, header = lt.restore_model(first, model)
+    assert header["step"] == 1
+
+    # one hand-computed Adam(W) step from the full-batch gradient: -η (g/(|g|+ε) + wd·p), with
+    # the SSM's A, B, log Δ at their own rate and without weight decay
+    def loss(m):
+        return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(m)(x), y).mean()
+
+    params = eqx.filter(model, eqx.is_inexact_array)
+    grads = eqx.filter_jit(eqx.filter_grad(loss))(model)
+    trees = (params, eqx.filter(one, eqx.is_inexact_array), grads, ssm_labels(params))
+    moved = {"ssm": 0.0, "default": 0.0}
+    for p, q, g, label in zip(*(jax.tree_util.tree_leaves(t) for t in trees)):
+        g, p = np.asarray(g, np.float64), np.asarray(p, np.float64)
+        adam = g / (np.abs(g) + 1e-8)
+        want = -ssm_lr * adam if label == "ssm" else -lr * (adam + wd * p)
+        np.testing.assert_allclose(np.asarray(q, np.float64) - p, want, rtol=1e-3, atol=1e-6)
+        moved[label] = max(moved[label], float(np.max(np.abs(np.asarray(q) - p))))
+    assert moved["ssm"] == pytest.approx(ssm_lr, rel=1e-2)  # not vacuous: both groups moved
+    assert moved["default"] > 0.5 * lr
+    a_log = result.model.layers[0].cell.layers[0].a_log - model.layers[0].cell.layers[0].a_log
+    assert 0 < float(jnp.max(jnp.abs(a_log))) <= 2 * ssm_lr * (1 + 1e-3)  # the second step
+
+
+def _tiny_classifier():
+    from liquidjax.models import build_model
+
+    model = build_model(_config(), key=jax.random.key(3))
+    return jax.tree_util.tree_map(  # off the structured initialisation (B = 1, ...)
+        lambda a: a + 0.1 * jax.random.normal(jax.random.key(a.size), a.shape, a.dtype)
+        if eqx.is_inexact_array(a) else a, model)
+
+
+def _conv_mode_logits(model, x):
+    """The classifier's logits after every prefix of `x`, from one convolution-mode pass: the
+    head of the running mean of the stack's outputs."""
+    ys, _ = model.layers[0](x)
+    means = jnp.cumsum(ys, axis=0) / jnp.arange(1, len(x) + 1)[:, None]
+    return jax.vmap(model.head)(means)
+
+
+def test_onnx_and_stablehlo_stream_the_convolution_mode(tmp_path):
+    model = _tiny_classifier()
+    x = np.asarray(jax.random.normal(jax.random.key(4), (7, 2)), np.float32)
+    ref = np.asarray(_conv_mode_logits(model, jnp.asarray(x)))
+    np.testing.assert_allclose(ref[-1], model(jnp.asarray(x)), rtol=1e-6, atol=1e-6)
+    dts = np.ones(len(x), np.float32)
+    step = lj.export.stepper(model)
+    s0 = np.asarray(step.initial_state())
+
+    lj.export.to_stablehlo(model, tmp_path / "hlo", seq_len=len(x))
+    fn = jax.export.deserialize((tmp_path / "hlo" / "step.jaxexport").read_bytes())
+    state, outs = s0, []
+    for k in range(len(x)):
+        out, state = fn.call(state, x[k], dts[k])
+        outs.append(np.asarray(out))
+    np.testing.assert_allclose(np.stack(outs), ref, rtol=0, atol=1e-5)
+    seq = jax.export.deserialize((tmp_path / "hlo" / "sequence.jaxexport").read_bytes())
+    ys, _ = seq.call(s0, x, dts)
+    np.testing.assert_allclose(ys, ref, rtol=0, atol=1e-5)
+
+    try:
+        import jax2onnx  # noqa: F401
+        import onnxruntime as ort
+    except ImportError as e:  # pragma: no cover - CI installs the `test` extra
+        pytest.skip(f"ONNX export needs the `export` extra: {e}")
+    lj.export.to_onnx(model, tmp_path / "onnx", seq_len=len(x))
+    sess = ort.InferenceSession(str(tmp_path / "onnx" / "step.onnx"))
+    state, outs = s0, []
+    for k in range(len(x)):
+        out, state = sess.run(None, {"state": state, "x": x[k], "dt": dts[k:k + 1].reshape(())})
+        outs.append(out)
+    np.testing.assert_allclose(np.stack(outs), ref, rtol=0, atol=1e-5)
+    seq = ort.InferenceSession(str(tmp_path / "onnx" / "sequence.onnx"))
+    ys, _ = seq.run(None, {"state": s0, "xs": x, "dts": dts})
+    np.testing.assert_allclose(ys, ref, rtol=0, atol=1e-5)

@@ -35,7 +35,7 @@ See ``docs/liquid_s4.md``.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple, get_args
 
 import equinox as eqx
 import jax
@@ -46,9 +46,12 @@ from ._base import AbstractCell
 
 __all__ = ["LiquidS4", "LiquidS4State"]
 
-_KERNELS = ("pb", "kb")
-_DISCRETISATIONS = ("zoh", "bilinear")
-_INITS = ("lin", "inv")
+LiquidKernel = Literal["pb", "kb"]
+Discretisation = Literal["zoh", "bilinear"]
+S4Init = Literal["lin", "inv"]
+_KERNELS: tuple[str, ...] = get_args(LiquidKernel)
+_DISCRETISATIONS: tuple[str, ...] = get_args(Discretisation)
+_INITS: tuple[str, ...] = get_args(S4Init)
 
 
 class LiquidS4State(NamedTuple):

@@ -39,6 +39,7 @@ from ._ctrnn import CTRNN
 from ._gru_ode import GRUODE
 from ._gru_ode_bayes import GRUODE_BAYES_INPUTS, GRUODEBayes
 from ._grud import GRUD, GRUD_INPUTS
+from ._liquid_s4_stack import LiquidS4Stack
 from ._ltc import LTC
 from ._ncde import NeuralCDE
 from ._ode_rnn import ODERNN
@@ -63,6 +64,8 @@ class CellKind:
     - `wired`: a wiring applies (`units` may be a :class:`~liquidjax.wirings.Wiring`).
     - `default_solver`: the solver used when the config names none but sets ``adaptive_tol``.
     - `inputs`: the per-channel input layout the cell reads, or ``None`` for plain features.
+    - `stack`: the cell is a whole residual stack of ``ModelConfig.layers`` blocks (Liquid-S4):
+      the model holds one such cell instead of ``layers`` stacked recurrent layers.
     """
 
     name: str
@@ -73,6 +76,7 @@ class CellKind:
     wired: bool = False
     default_solver: str = "tsit5"
     inputs: InputLayout | None = None
+    stack: bool = False
 
 
 def config_integrator(config: Any, default_solver: str = "tsit5") -> Integrator | None:
@@ -101,6 +105,14 @@ def _build_ltc(config: Any, input_size: int, units: Any, *, key: PRNGKeyArray) -
                solver=solver_from_name(config.solver or "fused"), stepsize_controller=controller,
                implicit_param_constraints=config.implicit_param_constraints,
                init=config.ltc_init, key=key)
+
+
+def _build_liquid_s4(config: Any, input_size: int, units: Any, *,
+                     key: PRNGKeyArray) -> AbstractCell:
+    return LiquidS4Stack(input_size, units, depth=config.layers, ssm_size=config.ssm_size,
+                         glu=config.glu, dropout=config.ssm_dropout,
+                         liquid_order=config.liquid_order, liquid_kernel=config.liquid_kernel,
+                         discretisation=config.discretisation, init=config.ssm_init, key=key)
 
 
 def _build_with_integrator(make: Callable[..., AbstractCell], default_solver: str) -> Build:
@@ -135,6 +147,7 @@ _BUILTIN: tuple[CellKind, ...] = (
     _ode("odernn", ODERNN),
     CellKind("grud", _build_plain(GRUD), inputs=GRUD_INPUTS),
     _ode("ncde", NeuralCDE, path=True),
+    CellKind("liquid_s4", _build_liquid_s4, stack=True),
 )
 
 # The built-in kinds, in the order the help lists them.

@@ -35,4 +35,8 @@ from ._conv_stem import (
 )
 from ._ensemble import AbstractEnsemble as AbstractEnsemble, Ensemble as Ensemble
 from ._liquid_s4 import liquid_s4_classifier as liquid_s4_classifier
-from ._param_groups import ssm_labels as ssm_labels, ssm_param_groups as ssm_param_groups
+from ._param_groups import (
+    has_ssm_params as has_ssm_params,
+    ssm_labels as ssm_labels,
+    ssm_param_groups as ssm_param_groups,
+)

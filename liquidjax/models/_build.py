@@ -40,13 +40,15 @@ def _make_cell(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> Ab
 
 
 def _make_body(config: ModelConfig, input_size: int, *, key: PRNGKeyArray) -> SequenceClassifier:
-    keys = jax.random.split(key, config.layers + 1)
+    # A stack kind (Liquid-S4) is itself `config.layers` blocks deep: one cell in one layer.
+    n = 1 if cell_kind(config.cell).stack else config.layers
+    keys = jax.random.split(key, n + 1)
     layers = []
     size = input_size
-    for i in range(config.layers):
+    for i in range(n):
         cell = _make_cell(config, size, key=keys[i])
         # The last layer of a "last" readout need not emit (and store) every step's output.
-        sequences = i < config.layers - 1 or config.readout == "mean" or config.per_step
+        sequences = i < n - 1 or config.readout == "mean" or config.per_step
         layers.append(LiquidRNN(cell, return_sequences=sequences,
                                 interpolation=config.interpolation))
         size = cell.output_size

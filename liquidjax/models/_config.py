@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from .._checks import check_fields, config_field, literal_choices
 from ..cells._cfc import ACTIVATIONS, Mode as CfCMode
+from ..cells._liquid_s4 import Discretisation, LiquidKernel, S4Init
 from ..cells._ltc import Init as LTCInit
 from ..cells._registry import (
     CELL_KINDS,
@@ -62,7 +63,8 @@ class ModelConfig:
       ``units // 3``).
     - `sparsity`: sparsity level of ``ncp``/``random`` wirings (at least 0.1 for ``ncp``).
     - `wiring_seed`: seed of the wiring's draws.
-    - `layers`: number of stacked liquid layers.
+    - `layers`: number of stacked liquid layers (``liquid_s4``: residual Liquid-S4 blocks of
+      one :class:`~liquidjax.cells.LiquidS4Stack`).
     - `readout`: ``"last"`` (output at the last valid step) or ``"mean"`` (mean over steps).
     - `dropout`: dropout on the pooled features (training only).
     - `mixed_memory`: put an LSTM memory in front of each liquid cell.
@@ -84,6 +86,16 @@ class ModelConfig:
     - `backbone_units`: CfC backbone width (unwired CfC).
     - `backbone_layers`: CfC backbone depth (unwired CfC; 0 for none).
     - `backbone_dropout`: dropout in the CfC backbone (unwired CfC; training only).
+    - `ssm_size`: Liquid-S4: the state size ``N`` per channel (even: ``N/2`` conjugate pairs);
+      `units` is the model width ``H``.
+    - `liquid_order`: Liquid-S4: ``0`` (plain S4D) or ``P >= 2``, the liquid terms over
+      products of up to ``P`` inputs.
+    - `liquid_kernel`: Liquid-S4: ``"pb"`` (polynomials of ``B̄``, the reference's default) or
+      ``"kb"`` (the full liquid kernel); see ``docs/liquid_s4.md``.
+    - `discretisation`: Liquid-S4: ``"zoh"`` (zero-order hold) or ``"bilinear"``.
+    - `ssm_init`: Liquid-S4: ``"lin"`` (S4D-Lin) or ``"inv"`` (S4D-Inv) state matrix.
+    - `glu`: Liquid-S4: GLU mixing after each block's SSM (else a position-wise linear layer).
+    - `ssm_dropout`: Liquid-S4: dropout after each block's mixing (training only).
     - `image_shape`: ``(H, W, C)``, required for ``kind="conv"``.
     - `conv_channels`: output channels of the stem's conv blocks (``"strided"``) or stages
       (``"pooled"``).
@@ -137,6 +149,13 @@ class ModelConfig:
     backbone_units: int = config_field(128, **_POSITIVE)
     backbone_layers: int = config_field(1, minimum=0)
     backbone_dropout: float = config_field(0.0, **_RATE)
+    ssm_size: int = config_field(64, minimum=2)
+    liquid_order: int = config_field(2, minimum=0)
+    liquid_kernel: LiquidKernel = "pb"
+    discretisation: Discretisation = "zoh"
+    ssm_init: S4Init = "lin"
+    glu: bool = True
+    ssm_dropout: float = config_field(0.0, **_RATE)
     image_shape: tuple[int, int, int] | None = config_field(None, minimum=1, from_data=True)
     conv_channels: tuple[int, ...] = config_field((32, 64, 64), **_POSITIVE)
     conv_sequence: ConvSequence = "rows"
@@ -169,6 +188,11 @@ class ModelConfig:
                                  f"({self.target_size}), got {len(stat)}")
             if not all(math.isfinite(v) for v in stat):
                 raise ValueError(f"{name} must be finite, got {stat}")
+        if self.ssm_size % 2:
+            raise ValueError(f"ssm_size must be even (N/2 conjugate pairs), got {self.ssm_size}")
+        if self.liquid_order == 1:
+            raise ValueError("liquid_order must be 0 (plain S4D) or >= 2 (products of up to "
+                             "that many inputs), got 1")
         if self.per_step and self.kind != "sequence":
             raise ValueError("per_step outputs need kind='sequence'")
         cell = cell_kind(self.cell)
@@ -188,6 +212,9 @@ class ModelConfig:
                 f"interpolation={self.interpolation!r} needs an ODE cell "
                 f"({', '.join(path_cells())})"
             )
+        if self.mixed_memory and cell.stack:
+            raise ValueError(f"mixed_memory puts an LSTM in front of a recurrent cell; a "
+                             f"{self.cell} cell is a whole residual stack: drop mixed_memory")
         if self.wiring != "fc" and not cell.wired:
             raise ValueError(
                 f"wiring={self.wiring!r} applies to {' and '.join(wired_cells())} cells only")

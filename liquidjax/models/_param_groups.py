@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import optax
 
 from ..cells._liquid_s4 import LiquidS4
 
-__all__ = ["ssm_labels", "ssm_param_groups"]
+__all__ = ["has_ssm_params", "ssm_labels", "ssm_param_groups"]
 
 
 def ssm_labels(params: Any) -> Any:
@@ -33,6 +34,12 @@ def ssm_labels(params: Any) -> Any:
         )
 
     return jax.tree_util.tree_map(label, params, is_leaf=lambda n: isinstance(n, LiquidS4))
+
+
+def has_ssm_params(model: Any) -> bool:
+    """Whether any parameter of `model` is labelled ``"ssm"`` by :func:`ssm_labels` (the
+    trainer then gives them their own rate: :func:`liquidjax.train.make_optimizer`)."""
+    return "ssm" in jax.tree_util.tree_leaves(ssm_labels(eqx.filter(model, eqx.is_inexact_array)))
 
 
 def ssm_param_groups(

@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import optax
 
 from .._checks import check_fields, config_field
+from ..models import ssm_param_groups
 
 # Fields that change the sequence of parameter updates: a resumed run must agree on them, or it
 # would silently continue a different run.
 TRAJECTORY_FIELDS: tuple[str, ...] = (
     "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_fraction", "clip_norm",
-    "seed", "label_smoothing",
+    "seed", "label_smoothing", "ssm_learning_rate",
 )
 
 
@@ -34,6 +35,11 @@ class TrainConfig:
     - `batch_size`: global batch size (split over all devices; must be divisible by their number).
     - `learning_rate`: peak learning rate of the default AdamW schedule.
     - `weight_decay`: AdamW decoupled weight decay.
+    - `ssm_learning_rate`: peak rate (same warm-up + cosine shape) of the parameters a model
+      labels ``"ssm"`` (:func:`liquidjax.models.ssm_labels`: a Liquid-S4 layer's ``A``, ``B`` and
+      ``log Δ``), trained by Adam without weight decay as S4 trains them
+      (:func:`liquidjax.models.ssm_param_groups`); ``None``: ``min(learning_rate, 1e-3)``. A
+      model without such parameters is trained by plain AdamW and ignores it.
     - `warmup_fraction`: fraction of all steps spent in the linear warm-up (then cosine decay to
       zero).
     - `clip_norm`: global-norm gradient clipping threshold (``None``: no clipping).
@@ -69,6 +75,8 @@ class TrainConfig:
     batch_size: int = config_field(128, **_POSITIVE)
     learning_rate: float = config_field(2e-3, minimum=0.0, min_open=True)
     weight_decay: float = config_field(1e-4, minimum=0.0)
+    ssm_learning_rate: float | None = config_field(None, minimum=0.0, min_open=True,
+                                                   cli_default="min(lr, 1e-3)")
     warmup_fraction: float = config_field(0.05, **_FRACTION)
     clip_norm: float | None = config_field(1.0, minimum=0.0, min_open=True)
     label_smoothing: float = config_field(0.0, **_FRACTION)
@@ -96,15 +104,28 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to ``learning_rate`` over ``warmup_fraction·total_steps`` steps, then
-    cosine decay to 0 at `total_steps`."""
+# S4's rate for the state-space parameters (A, B, log Δ) when TrainConfig names none.
+DEFAULT_SSM_LEARNING_RATE = 1e-3
+
+
+def make_schedule(config: TrainConfig, total_steps: int, *,
+                  peak: float | None = None) -> optax.Schedule:
+    """Linear warm-up from 0 to ``learning_rate`` (or `peak`) over
+    ``warmup_fraction·total_steps`` steps, then cosine decay to 0 at `total_steps`."""
     total = max(int(total_steps), 1)
     warmup = min(int(round(config.warmup_fraction * total)), total - 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
-        decay_steps=total, end_value=0.0,
+        init_value=0.0, peak_value=config.learning_rate if peak is None else peak,
+        warmup_steps=warmup, decay_steps=total, end_value=0.0,
     )
+
+
+def ssm_learning_rate(config: TrainConfig) -> float:
+    """The peak rate of the parameters labelled ``"ssm"``: ``config.ssm_learning_rate``, or
+    ``min(learning_rate, 1e-3)``."""
+    if config.ssm_learning_rate is not None:
+        return config.ssm_learning_rate
+    return min(config.learning_rate, DEFAULT_SSM_LEARNING_RATE)
 
 
 def clip_by_member_norm(max_norm: float) -> optax.GradientTransformation:
@@ -131,11 +152,14 @@ def clip_by_member_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 @functools.lru_cache(maxsize=64)
-def make_optimizer(config: TrainConfig, total_steps: int, *,
-                   members: bool = False) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, total_steps: int, *, members: bool = False,
+                   ssm: bool = False) -> optax.GradientTransformation:
     """The default optimiser: global-norm clipping, then AdamW on the warm-up + cosine schedule.
     With ``members`` (the parameters of an :class:`~liquidjax.models.Ensemble`) the clipping is
-    per member (:func:`clip_by_member_norm`), so each member trains as it would alone.
+    per member (:func:`clip_by_member_norm`), so each member trains as it would alone. With
+    ``ssm`` (a model with parameters labelled ``"ssm"``, :func:`liquidjax.models.has_ssm_params`)
+    the AdamW is :func:`liquidjax.models.ssm_param_groups` instead: those parameters by Adam at
+    :func:`ssm_learning_rate` on the same schedule's shape, without weight decay.
 
     Cached: the same arguments give the same object, so the jitted train step (which treats the
     optimiser as static) is not recompiled when training is restarted in the same process.
@@ -143,6 +167,8 @@ def make_optimizer(config: TrainConfig, total_steps: int, *,
     **Arguments:**
     - `config`: the :class:`TrainConfig`.
     - `total_steps`: length of the schedule (usually ``epochs × steps_per_epoch``).
+    - `members`: the parameters are an ensemble's (leading member axis).
+    - `ssm`: the model labels some of its parameters ``"ssm"``.
 
     **Returns:** an ``optax.GradientTransformation``.
 
@@ -151,7 +177,13 @@ def make_optimizer(config: TrainConfig, total_steps: int, *,
     opt = make_optimizer(TrainConfig(learning_rate=1e-3), total_steps=1000)
     ```
     """
-    adamw = optax.adamw(make_schedule(config, total_steps), weight_decay=config.weight_decay)
+    if ssm:
+        adamw = ssm_param_groups(
+            make_schedule(config, total_steps),
+            ssm_learning_rate=make_schedule(config, total_steps, peak=ssm_learning_rate(config)),
+            weight_decay=config.weight_decay)
+    else:
+        adamw = optax.adamw(make_schedule(config, total_steps), weight_decay=config.weight_decay)
     if config.clip_norm is None:
         return adamw
     clip = clip_by_member_norm if members else optax.clip_by_global_norm

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from ..data import Loader
-from ..models import AbstractEnsemble
+from ..models import AbstractEnsemble, has_ssm_params
 from ._checkpoint import CheckpointError, save_checkpoint
 from ._config import TrainConfig, make_optimizer, make_schedule
 from ._data import ArrayData, DataLike, as_loader, batch_dict, check_data_labels, rows_of
@@ -381,7 +381,9 @@ def fit(
     - `val_data`: optional validation data (an :class:`ArrayData` or an evaluation loader),
       evaluated after every epoch.
     - `config`: a :class:`TrainConfig`.
-    - `optimizer`: any ``optax.GradientTransformation`` (default :func:`make_optimizer`).
+    - `optimizer`: any ``optax.GradientTransformation`` (default :func:`make_optimizer`; a
+      model with state-space parameters, :func:`liquidjax.models.has_ssm_params`, gets their
+      own rate, ``config.ssm_learning_rate``).
     - `out_dir`: run directory for ``checkpoints/`` and ``metrics.jsonl`` (``None``: nothing
       written).
     - `resume`: ``True``/``"latest"`` (the newest checkpoint in ``out_dir/checkpoints``; starts
@@ -427,7 +429,8 @@ def fit(
     schedule = None
     if optimizer is None:
         optimizer = make_optimizer(config, total_steps,
-                                   members=isinstance(model, AbstractEnsemble))
+                                   members=isinstance(model, AbstractEnsemble),
+                                   ssm=has_ssm_params(model))
         schedule = make_schedule(config, total_steps)
     optimizer = _chained(optimizer, tuple(extra_transforms))
 
