@@ -86,9 +86,11 @@ def _run_main(argv, capsys):
     (["train", "--name", "GunPoint", "--missing=zero"],
      "--name, --missing apply to --dataset ts only, not --dataset cifar10: drop them"),
     (["train", "--dataset", "ts", "--cell", "grud", "--missing", "path"],
-     "--cell grud reads the GRU-D inputs [x~ | m | delta]: use --missing features"),
+     "--cell grud reads [x~ | m | delta] blocks (liquidjax.data.missing_value_features): use "
+     "--missing features (got --missing path)"),
     (["train", "--dataset", "ts", "--cell", "gruode_bayes"],
-     "--cell gruode_bayes reads values and observation mask [x | m]: use --missing path"),
+     "--cell gruode_bayes reads [x | m] blocks (values and observation mask): use --missing "
+     "path (got --missing features)"),
     (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2"],
      "a multi-host run needs --coordinator HOST:PORT, --num-processes N and --process-id I"),
     (["train", "--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
@@ -734,13 +736,14 @@ def test_sigterm_raises_keyboard_interrupt_in_the_main_thread():
 def test_interrupted_runs_name_the_checkpoint_and_the_resume_command(monkeypatch, tmp_path,
                                                                       capsys):
     from liquidjax.cli import _train
+    from liquidjax.train import TrainingInterrupted
 
     out = tmp_path / "run"
 
     def stopped(checkpoint):
         def run(*args, **kwargs):
             (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-            raise _train.TrainingInterrupted(checkpoint)
+            raise TrainingInterrupted(3, None if checkpoint is None else Path(checkpoint))
         return run
 
     argv = ["train", "--dataset", "two_spirals", "--out-dir", str(out), *SMALL]

@@ -64,7 +64,7 @@ class AbstractEnsemble(AbstractClassifier):
     def stream_spec(self):
         """Refused: the members' states are independent (step a member instead)."""
         raise ValueError(
-            f"an ensemble of {self.size} members has no single state to step; export one "
+            f"an Ensemble of {self.size} members has no single state to step; export one "
             "member, model.member(i), or each member separately")
 
 
