@@ -296,13 +296,14 @@ def test_liquid_s4_pixels_recipe_trains_and_evaluates(idx_dir, tmp_path, capsys)
     assert code == 2 and "drop mixed_memory" in err
 
 
-def test_main_restores_the_run_time_error_mode(monkeypatch, capsys):
+def test_main_restores_the_run_time_error_mode(monkeypatch, capsys, tmp_path):
     """On several devices train and evaluate switch equinox's run-time errors to NaN; an
     in-process ``main`` must hand the process back as it found it, however the run ends. (The
     suite's process has one device, so a real run would not switch it: the switch is forced.)"""
     import equinox._errors as eqx_errors
 
-    from liquidjax.cli import _devices, _evaluate, _train
+    import liquidjax.cli as cli
+    from liquidjax.cli import _devices
     from liquidjax.cli._errors import CliError
 
     mode = eqx_errors.EQX_ON_ERROR
@@ -316,13 +317,15 @@ def test_main_restores_the_run_time_error_mode(monkeypatch, capsys):
                 return code
         return run
 
-    for module, name, code in ((_train, "train_command", 0),
-                               (_evaluate, "evaluate_command", None)):
-        monkeypatch.setattr(module, name, switched_then(code))
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory's runs/
+    for name, code in (("train_command", 0), ("evaluate_command", None)):
+        # main dispatches through the package's names: patch those (a real run must not start)
+        monkeypatch.setattr(cli, name, switched_then(code))
         argv = (["train", "--dataset", "two_spirals"] if name == "train_command"
                 else ["evaluate", "no-such-run"])
         assert _run_main(argv, capsys)[0] == (0 if code == 0 else 1)
         assert eqx_errors.EQX_ON_ERROR == mode
+    assert not (tmp_path / "runs").exists()  # the patched commands ran, not real ones
 
 
 def test_ema_is_trained_tested_and_evaluated(tmp_path, capsys):
