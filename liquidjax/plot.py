@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._records import read_metrics
+from ._records import FitResult, read_metrics
 from .cells import AbstractCell
 from .wirings import Wiring, draw
 
@@ -108,7 +108,7 @@ def wiring(w: Any, input_dim: int | None = None, *, ax: Axes | None = None,
 def _records(metrics: Any) -> list[dict[str, Any]]:
     if isinstance(metrics, (str, os.PathLike)):
         return read_metrics(metrics)
-    if isinstance(getattr(metrics, "history", None), list):  # a train.FitResult
+    if isinstance(metrics, FitResult):
         return [dict(r, event="epoch") for r in metrics.history]
     return [r if "event" in r else dict(r, event="epoch") for r in metrics]
 

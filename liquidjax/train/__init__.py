@@ -22,6 +22,7 @@ from .._metrics import (
     mse as mse,
     split_gaussian as split_gaussian,
 )
+from .._records import FitResult as FitResult
 from ._checkpoint import (
     CheckpointError as CheckpointError,
     latest_checkpoint as latest_checkpoint,
@@ -46,7 +47,7 @@ from ._errors import (
     TrainingInterrupted as TrainingInterrupted,
 )
 from ._evaluate import evaluate as evaluate
-from ._fit import FitResult as FitResult, fit as fit
+from ._fit import fit as fit
 from ._logging import (
     RunDirError as RunDirError,
     RunLogger as RunLogger,

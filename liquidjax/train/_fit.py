@@ -4,7 +4,6 @@ run stops (the epochs done, ``max_steps``, a time budget, a non-finite loss, an 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import time
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 import optax
 
+from .._records import FitResult
 from ..data import Loader
 from ..models import AbstractEnsemble, has_ssm_params
 from ._checkpoint import CheckpointError, save_checkpoint
@@ -44,33 +44,6 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-@dataclasses.dataclass
-class FitResult:
-    """What :func:`fit` returns.
-
-    **Attributes:** `model` (trained: with ``TrainConfig.ema``, the parameters' moving average,
-    ``state.ema_model``; the last iterate is ``state.model``; with ``TrainConfig.keep_best``,
-    the model of the best validation epoch), `state` (the final :class:`TrainState`), `history`
-    (one dict per finished epoch: losses, accuracies, time, throughput; with ``ema``, also
-    ``raw_val_loss``/``raw_val_accuracy`` of the last iterate), `checkpoint` (the last one
-    written), `out_dir`, `metrics` (the ``metrics.jsonl`` file, if written; draw it with
-    :func:`liquidjax.plot.training_curves`), `best_epoch` (with ``keep_best``: the 1-based
-    epoch whose model is returned), `best_checkpoint` (with ``keep_best`` and an `out_dir`:
-    ``checkpoints/best.ljx``), `stop_reason` (``"epochs"``, ``"max_steps"`` or
-    ``"time_budget"``).
-    """
-
-    model: Any
-    state: TrainState
-    history: list[dict[str, Any]]
-    checkpoint: Path | None
-    out_dir: Path | None
-    metrics: Path | None
-    best_epoch: int | None = None
-    best_checkpoint: Path | None = None
-    stop_reason: str = "epochs"
 
 
 def _read(state: TrainState, labels: bool = True) -> dict[str, Any]:
