@@ -293,9 +293,12 @@ def float_arg(minimum: float | None = None, maximum: float | None = None, *,
 
 
 def int_tuple_arg(minimum: int | None = 1, length: int | None = None):
-    """An argparse ``type`` for comma-separated integers (``32,64,64``)."""
+    """An argparse ``type`` for comma-separated integers (``32,64,64``); ``none`` is ``None``
+    (for an optional field: a recipe's setting turned off)."""
 
-    def parse(text: str) -> tuple[int, ...]:
+    def parse(text: str) -> tuple[int, ...] | None:
+        if text.strip().lower() == "none":
+            return None
         try:
             values = tuple(int(v) for v in text.split(","))
         except ValueError:

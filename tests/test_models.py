@@ -237,3 +237,59 @@ def test_layer_mismatch_errors():
         SequenceClassifier(a.layers, eqx.nn.Linear(5, K, key=KEY))
     with pytest.raises(ValueError, match="readout='mean' needs"):
         SequenceClassifier(a.layers, a.head, readout="mean")  # last layer built for "last"
+
+
+# ------------------------------------------------------------ temporal convolution stem (ts)
+def _np_stem(stem, x, valid):
+    """The stem in NumPy: 'same' cross-correlation, GroupNorm over the valid steps, ReLU."""
+    h = np.where(valid[:, None], np.asarray(x, np.float64), 0.0)
+    for conv, scale, bias, groups in zip(stem.convs, stem.scales, stem.biases, stem.groups):
+        w, b = np.asarray(conv.weight, np.float64), np.asarray(conv.bias, np.float64)[:, 0]
+        k = w.shape[-1]
+        left = (k - 1) // 2
+        padded = np.pad(h, ((left, k - 1 - left), (0, 0)))
+        h = np.stack([np.einsum("ck,ock->o", padded[t:t + k].T, w) for t in range(len(h))]) + b
+        out = np.empty_like(h)
+        for g in np.split(np.arange(h.shape[1]), groups):
+            v = h[valid][:, g]
+            out[:, g] = (h[:, g] - v.mean()) / np.sqrt(v.var() + 1e-5)
+        h = np.maximum(out * np.asarray(scale) + np.asarray(bias), 0.0)
+        h = np.where(valid[:, None], h, 0.0)
+    return h
+
+
+def test_temporal_stem_model_against_numpy_and_unpadded():
+    from liquidjax.models import StemSequenceClassifier, pool_steps
+
+    cfg = _cfg(stem_channels=(8, 16, 4), stem_pool=3)
+    model = build_model(cfg, key=KEY)
+    assert isinstance(model, StemSequenceClassifier)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(11, C)).astype(np.float32)
+    ts = rng.uniform(0.5, 2.0, 11).astype(np.float32)
+    valid = np.arange(11) < 8
+    f = np.asarray(model.stem(jnp.asarray(x), jnp.asarray(valid)))
+    np.testing.assert_allclose(f, _np_stem(model.stem, x, valid), rtol=1e-4, atol=1e-5)
+    # windows of 3: the mean of the valid steps, the sum of their timespans
+    xs, dts, ms = pool_steps(jnp.asarray(f), jnp.asarray(ts), jnp.asarray(valid), 3)
+    np.testing.assert_allclose(xs[2], f[6:8].mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dts, [ts[0:3].sum(), ts[3:6].sum(), ts[6:8].sum(), 0], rtol=1e-6)
+    assert ms.tolist() == [True, True, True, False]
+    # padding behind the mask changes nothing: the padded series equals the cut one
+    cut = _call(model, jnp.asarray(x[:8]), jnp.asarray(ts[:8]))
+    x_pad = x.copy()
+    x_pad[8:] = 1e3
+    padded = _call(model, jnp.asarray(x_pad), jnp.asarray(ts), jnp.asarray(valid))
+    np.testing.assert_allclose(padded, cut, rtol=1e-5, atol=1e-6)
+    # it cannot stream (its convolutions look ahead): one line that says so
+    with pytest.raises(ValueError, match="cannot run one observation at a time; train without"):
+        model.stream_spec()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(stem_pool=4), "stem_pool=4 pools the stem's features: set stem_channels"),
+    (dict(stem_channels=(4,), per_step=True), "stem_channels .* needs kind='sequence'"),
+])
+def test_temporal_stem_config_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kw)

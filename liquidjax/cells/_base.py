@@ -70,6 +70,10 @@ class AbstractCell(AbstractStreaming):
     input_size: eqx.AbstractVar[int]
     state_size: eqx.AbstractVar[int]
     output_size: eqx.AbstractVar[int]
+    ssm_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields (arrays) trained at the slow rate without weight decay of a state-space model's
+    ``A``, ``B`` and ``Δt`` (:func:`liquidjax.models.ssm_param_groups`; the trainer gives them
+    ``TrainConfig.ssm_learning_rate``). Empty: every parameter trains at the model's rate."""
 
     @abc.abstractmethod
     def init_state(self) -> State:

@@ -29,6 +29,10 @@ SPLITS: tuple[str, ...] = ("test", "val", "train")
 TS_DEFAULT_STEPS = 500
 TS_MAX_BATCH = 32
 TS_TARGET_STEPS = 32
+# --dataset ts selects by validation within a time budget (issue 22: the default command takes
+# at most 5 minutes per archive on 2 cores, start-up, compilation and evaluation included).
+TS_VAL_FRACTION = 0.2
+TS_TIME_BUDGET = 210.0
 # Synthetic tasks: examples generated per split (each split from its own seed offset).
 SYNTHETIC_SIZES = {"train": 2048, "val": 512, "test": 512}
 SYNTHETIC_CLASSES = {"irregular_sine": 3, "two_spirals": 2}
@@ -195,15 +199,18 @@ def build_data(config: ld.DataConfig, *, download: bool = True,
 
 
 def resolve_defaults(args) -> None:
-    """Fill in the data-dependent defaults that were not given: --val-fraction, --epochs and
-    --batch-size, and for --dataset ts --patch-length (see TS_DEFAULT_STEPS, TS_TARGET_STEPS);
-    print the --dataset ts ones."""
+    """Fill in the data-dependent defaults that were not given: --val-fraction, --keep-best,
+    --epochs and --batch-size, and for --dataset ts --patch-length, --stem-pool and
+    --time-budget (see the TS_* constants); print the --dataset ts ones."""
     if args.val_fraction is None:
-        args.val_fraction = 0.0 if args.dataset == "ts" else 0.1
+        args.val_fraction = TS_VAL_FRACTION if args.dataset == "ts" else 0.1
+    if args.keep_best is None:
+        args.keep_best = args.dataset == "ts" and args.val_fraction > 0
     if args.dataset != "ts":
         args.epochs = 10 if args.epochs is None else args.epochs
         args.batch_size = 128 if args.batch_size is None else args.batch_size
         args.patch_length = 1 if args.patch_length == "auto" else args.patch_length
+        args.stem_pool = 1 if args.stem_pool is None else args.stem_pool
         return
     if args.data_dir is None or args.name is None:
         raise UsageError("--dataset ts needs --data-dir FOLDER and --name NAME (the files "
@@ -214,6 +221,15 @@ def resolve_defaults(args) -> None:
         n = min(n, args.limit_examples)
     longest = int(train.lengths[:n].max())
     chosen = []
+    if args.stem_channels and args.patch_length == "auto":
+        # A temporal convolution stem reads every observation; its windows are the patches.
+        args.patch_length = 1
+    if args.stem_pool is None:
+        args.stem_pool = -(-longest // TS_TARGET_STEPS) if args.stem_channels else 1
+        if args.stem_channels:
+            chosen.append(f"a convolution stem over every observation, read in windows of "
+                          f"{args.stem_pool} (the longest training series, {longest} "
+                          f"observations, in {-(-longest // args.stem_pool)} liquid steps)")
     if args.patch_length == "auto":
         args.patch_length = -(-longest // TS_TARGET_STEPS)
         chosen.append(f"patch length {args.patch_length} (the longest training series, "
@@ -228,7 +244,11 @@ def resolve_defaults(args) -> None:
         args.epochs = int(min(max(-(-TS_DEFAULT_STEPS // steps), 10), 1000))
         chosen.append(f"{args.epochs} epochs of {steps} step{'s' if steps > 1 else ''}")
     chosen.append("no validation hold-out" if args.val_fraction == 0 else
-                  f"validation hold-out {args.val_fraction}")
+                  f"validation hold-out {args.val_fraction}"
+                  + (", the best validation epoch kept" if args.keep_best else ""))
+    if args.time_budget is None:
+        args.time_budget = TS_TIME_BUDGET
+        chosen.append(f"training stops after {TS_TIME_BUDGET:g} s")
     print(f"liquidjax: --dataset ts defaults for {args.name} ({n} training series): "
           + ", ".join(chosen), file=sys.stderr, flush=True)
 

@@ -20,6 +20,8 @@ from ._data import (
     TS_DEFAULT_STEPS,
     TS_MAX_BATCH,
     TS_TARGET_STEPS,
+    TS_TIME_BUDGET,
+    TS_VAL_FRACTION,
 )
 
 # Fields the command line fills in from other flags: the synthetic data's seed is --seed.
@@ -73,8 +75,9 @@ def build_parsers() -> Parsers:
     g = t.add_argument_group("data", "every field of liquidjax.data.DataConfig (saved in each "
                              "checkpoint; evaluate rebuilds the same data from it)")
     add_config_arguments(g, DataConfig, skip=DATA_SKIP, overrides={
-        "val_fraction": dict(default=None, shown_default="0.1; --dataset ts: 0, the whole "
-                             "training file trains"),
+        "val_fraction": dict(default=None, shown_default=(
+            f"0.1; --dataset ts: {TS_VAL_FRACTION} (stratified), the best validation epoch "
+            "kept")),
         "patch_length": dict(type=_patch_length_arg, default="auto", shown_default=(
             f"auto: the longest training series in about {TS_TARGET_STEPS} steps, 1 for series "
             f"up to {TS_TARGET_STEPS} long")),
@@ -85,13 +88,21 @@ def build_parsers() -> Parsers:
     g = t.add_argument_group(
         "model", "every field of liquidjax.models.ModelConfig (the data fixes input-size, "
         "num-classes, image-shape, task and target-size; given, they must agree with it)")
-    add_config_arguments(g, ModelConfig)
+    add_config_arguments(g, ModelConfig, overrides={
+        "stem_pool": dict(default=None, shown_default=(
+            f"1; --dataset ts: the longest training series in about {TS_TARGET_STEPS} liquid "
+            "steps")),
+    })
 
     g = t.add_argument_group("training", "every field of liquidjax.train.TrainConfig")
     add_config_arguments(g, TrainConfig, overrides={
         "learning_rate": dict(flags=("--lr", "--learning-rate")),
         "epochs": dict(default=None, shown_default=(
             f"10; --dataset ts: enough for about {TS_DEFAULT_STEPS} steps")),
+        "keep_best": dict(default=None, shown_default=(
+            "off; --dataset ts: on when a validation split is held out")),
+        "time_budget": dict(default=None, shown_default=(
+            f"none; --dataset ts: {TS_TIME_BUDGET:g} s")),
         "batch_size": dict(default=None, shown_default=(
             f"128; --dataset ts: at most {TS_MAX_BATCH} and no more than the training "
             "examples")),

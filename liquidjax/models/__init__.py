@@ -5,6 +5,8 @@
   ``(L, C)`` sequence with optional timespans and mask; ``jax.vmap`` adds the batch.
 * :class:`ConvLiquidClassifier` — a small convolutional stem whose feature-map rows (or columns)
   form the sequence read by a liquid layer (the "conv + NCP" design).
+* :class:`StemSequenceClassifier` — a temporal convolution stem at full resolution read by
+  liquid layers in windows of a few steps, its global average beside (long time series).
 * :class:`Ensemble` — independently trained copies of one model, their predictions averaged.
 * :class:`ModelConfig` and :func:`build_model` — the one place where names (cell, wiring, solver,
   readout) become objects.
@@ -39,4 +41,9 @@ from ._param_groups import (
     has_ssm_params as has_ssm_params,
     ssm_labels as ssm_labels,
     ssm_param_groups as ssm_param_groups,
+)
+from ._temporal_stem import (
+    StemSequenceClassifier as StemSequenceClassifier,
+    TemporalStem as TemporalStem,
+    pool_steps as pool_steps,
 )

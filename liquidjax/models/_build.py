@@ -17,6 +17,7 @@ from ._classifier import AbstractClassifier, SequenceClassifier
 from ._config import ModelConfig
 from ._conv_stem import ConvLiquidClassifier, conv_stem_blocks, feature_map_shape
 from ._ensemble import Ensemble
+from ._temporal_stem import StemSequenceClassifier, TemporalStem
 
 
 def _make_wiring(config: ModelConfig):
@@ -79,7 +80,21 @@ def build_model(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier
     return _build_one(config, key=key)
 
 
+def _make_stem_model(config: ModelConfig, *, key: PRNGKeyArray) -> StemSequenceClassifier:
+    kstem, kbody, khead = jax.random.split(key, 3)
+    stem = TemporalStem(config.input_size, config.stem_channels, key=kstem)
+    body = _make_body(config, stem.output_size, key=kbody)
+    size = body.layers[-1].output_size + (stem.output_size if config.stem_gap else 0)
+    head = eqx.nn.Linear(size, config.output_size, key=khead)
+    return StemSequenceClassifier(stem, body.layers, head, pool=config.stem_pool,
+                                  gap=config.stem_gap, readout=config.readout,
+                                  dropout=config.dropout, target_mean=config.target_mean,
+                                  target_std=config.target_std)
+
+
 def _build_one(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier:
+    if config.kind == "sequence" and config.stem_channels:
+        return _make_stem_model(config, key=key)
     if config.kind == "sequence":
         return _make_body(config, config.input_size, key=key)
     assert config.image_shape is not None

@@ -3,8 +3,9 @@
 S4 and Liquid-S4 train the state matrix ``A``, the input matrix ``B`` and the step ``log Δ`` at a
 small learning rate without weight decay (larger steps destabilise the discretised recurrence),
 and everything else (``C``, ``D``, the encoder, mixing and norms) with AdamW. Each
-:class:`~liquidjax.cells.LiquidS4` names those fields (``LiquidS4.ssm_fields``); :func:`ssm_labels`
-finds them anywhere in a model.
+:class:`~liquidjax.cells.AbstractCell` declares those fields (``ssm_fields``, empty but for
+:class:`~liquidjax.cells.LiquidS4`); :func:`ssm_labels` finds them anywhere in a model, for any
+cell that declares some (a user's state-space cell included).
 """
 
 from __future__ import annotations
@@ -15,25 +16,28 @@ import equinox as eqx
 import jax
 import optax
 
-from ..cells._liquid_s4 import LiquidS4
+from ..cells._base import AbstractCell
 
 __all__ = ["has_ssm_params", "ssm_labels", "ssm_param_groups"]
 
 
 def ssm_labels(params: Any) -> Any:
     """The same pytree as `params` (a model, or ``eqx.filter(model, eqx.is_inexact_array)``) with
-    every array replaced by ``"ssm"`` (a :class:`~liquidjax.cells.LiquidS4`'s ``ssm_fields``)
-    or ``"default"``."""
+    every array replaced by ``"ssm"`` (a field named in its cell's ``ssm_fields``) or
+    ``"default"``."""
 
     def label(node):
-        if not isinstance(node, LiquidS4):
+        if not isinstance(node, AbstractCell):
             return "default"
-        fields = type(node).ssm_fields
+        fields = node.ssm_fields
+        if not fields:  # a cell without SSM fields: its inner cells may have some
+            return jax.tree_util.tree_map(
+                label, node, is_leaf=lambda n: n is not node and isinstance(n, AbstractCell))
         return jax.tree_util.tree_map_with_path(
             lambda path, _: "ssm" if getattr(path[0], "name", None) in fields else "default", node
         )
 
-    return jax.tree_util.tree_map(label, params, is_leaf=lambda n: isinstance(n, LiquidS4))
+    return jax.tree_util.tree_map(label, params, is_leaf=lambda n: isinstance(n, AbstractCell))
 
 
 def has_ssm_params(model: Any) -> bool:
