@@ -126,23 +126,23 @@ _RECIPES = (
     ),
 
     Recipe(
-        "ts_cfc", 3,
-        "UEA/UCR archives: an ensemble of 5 CfC-64 (backbone 128) + mixed memory, read at "
-        "their last state, lr 2e-3",
+        "ts_cfc", 4,
+        "UEA/UCR archives: a temporal convolution stem (32, 64, 32) over every observation, "
+        "read in windows by an ensemble of 5 CfC-64 (backbone 128) + mixed memory at their last "
+        "state, the stem's global average beside; lr 2e-3",
         dict(kind="sequence", cell="cfc", units=64, mixed_memory=True, readout="last",
-             learning_rate=2e-3, ensemble=5),
-        "10 aeon UEA/UCR archives, 3 seeds: at or above 1-NN-DTW in 28 of 30 runs "
-        "(docs/time_series.md)",
+             stem_channels=(32, 64, 32), learning_rate=2e-3, ensemble=5),
+        "the protocol of benchmarks/ts_archives.py (BENCHMARKS.md, docs/time_series.md)",
         data="ts",
     ),
     Recipe(
-        "ts_ltc", 2,
-        "UEA/UCR archives: an ensemble of 5 LTC-64 (slow initialisation) + mixed memory, read "
-        "at their last state, lr 1e-2",
+        "ts_ltc", 3,
+        "UEA/UCR archives: a temporal convolution stem (32, 64, 32) over every observation, "
+        "read in windows by an ensemble of 5 LTC-64 (slow initialisation) + mixed memory at "
+        "their last state, the stem's global average beside; lr 1e-2",
         dict(kind="sequence", cell="ltc", units=64, ltc_init="slow", mixed_memory=True,
-             readout="last", learning_rate=1e-2, ensemble=5),
-        "10 aeon UEA/UCR archives: at or above 1-NN-DTW in 14 of 15 runs (seed 0 on all 10, "
-        "seed 1 on 5; docs/time_series.md)",
+             readout="last", stem_channels=(32, 64, 32), learning_rate=1e-2, ensemble=5),
+        "the protocol of benchmarks/ts_archives.py (BENCHMARKS.md, docs/time_series.md)",
         data="ts",
     ),
 )

@@ -660,10 +660,13 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert main(["evaluate", str(out), "--split", "test", "--batch-size", "8"]) == 0
     assert "Wave" not in capsys.readouterr().err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
-    assert header["recipe"] == "ts_cfc@3"
+    assert header["recipe"] == "ts_cfc@4"
     assert header["model_config"]["ensemble"] == 5
-    assert header["data_config"]["patch_length"] == 1  # 8 observations at most: no patches
-    assert header["data_config"]["val_fraction"] == 0.0  # the whole training file trains
+    assert header["model_config"]["stem_channels"] == [32, 64, 32]
+    assert header["model_config"]["stem_pool"] == 1  # 8 observations at most: one per step
+    assert header["data_config"]["patch_length"] == 1  # the stem reads every observation
+    assert header["data_config"]["val_fraction"] == 0.2  # selection by validation
+    assert header["train_config"]["keep_best"] and header["train_config"]["time_budget"] == 210
     assert header["data_config"]["missing"] == "path"  # evaluate rebuilt the same inputs
     assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path)]) == 2
     assert "--name NAME" in capsys.readouterr().err
@@ -674,6 +677,7 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
 
 def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path, capsys):
     from liquidjax.cli import build_parser, main, with_recipe
+    from liquidjax.cli._data import resolve_defaults
 
     rng = np.random.default_rng(3)
     lines = ["@problemName Long", "@univariate true", "@equalLength false",
@@ -687,22 +691,33 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
                  "--epochs", "1", "--units", "4", "--backbone-units", "4", "--out-dir", str(out),
                  "--progress", "none", "--cpu-devices", "1"]) == 0
     err = capsys.readouterr().err
-    # the longest series (70 observations) in ceil(70 / 3) = 24 steps of 3
-    assert "patch length 3 (the longest training series, 70 observations, in 24 steps)" in err
-    assert "batch 8" in err and "no validation hold-out" in err and "recipe ts_cfc@3" in err
+    # the stem reads every observation; the longest series (70) in ceil(70 / 3) = 24 windows
+    assert ("a convolution stem over every observation, read in windows of 3 (the longest "
+            "training series, 70 observations, in 24 liquid steps)") in err
+    assert "batch 6" in err and "recipe ts_cfc@4" in err
+    assert "validation hold-out 0.2, the best validation epoch kept" in err
+    assert "training stops after 210 s" in err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
-    assert header["data_config"]["patch_length"] == 3
-    assert header["model_config"]["input_size"] == 3 * 3  # [x, mask, delta] x 3 observations
-    assert main(["evaluate", str(out), "--batch-size", "4"]) == 0  # the header's patches
+    assert header["data_config"]["patch_length"] == 1
+    assert header["model_config"]["stem_pool"] == 3
+    assert header["model_config"]["input_size"] == 3  # [x, mask, delta]
+    assert main(["evaluate", str(out), "--batch-size", "4"]) == 0  # the header's model
     assert "test: accuracy" in capsys.readouterr().out
 
     def resolved(*flags):
-        argv = ["train", "--dataset", "ts", *flags]
+        argv = ["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Long",
+                *flags]
         return with_recipe(build_parser().parse_args(argv), argv)
 
+    # without the stem (--stem-channels none), patches of 3 observations instead
+    plain = resolved("--stem-channels", "none")
+    resolve_defaults(plain)
+    assert (plain.stem_channels, plain.stem_pool, plain.patch_length) == (None, 1, 3)
+    assert ("patch length 3 (the longest training series, 70 observations, in 24 steps)"
+            in capsys.readouterr().err)
     ltc = resolved("--cell", "ltc")
-    assert (ltc.recipe, ltc.mixed_memory, ltc.learning_rate, ltc.ensemble) == (
-        "ts_ltc@2", True, 1e-2, 5)
+    assert (ltc.recipe, ltc.mixed_memory, ltc.learning_rate, ltc.ensemble,
+            ltc.stem_channels) == ("ts_ltc@3", True, 1e-2, 5, (32, 64, 32))
     assert resolved("--cell", "ltc", "--lr", "3e-3").learning_rate == 3e-3  # flags still win
     assert resolved("--cell", "gruode").recipe == "none"
     assert resolved("--patch-length", "5").patch_length == 5
