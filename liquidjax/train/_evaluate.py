@@ -68,7 +68,7 @@ def evaluate(
         batch["weight"] = b.mask.astype(np.float32)
         if sums is None:
             labels = np.issubdtype(batch["y"].dtype, np.integer)
-            shape = eqx.filter_eval_shape(_forward, model, batch, None).shape
+            shape = _output_shape(model, batch)
             binary = labels and shape[-1] == 2
             sums = jax.device_put(eval_sums(shape[-1] if labels else None), dp.replicated)
         sharded = dp.shard_batch(rows_of(batch, rows), batch_size)
@@ -90,6 +90,22 @@ def evaluate(
         out["mae"] = float(host["abs_err"]) / count
         out["rmse"] = out["mse"] ** 0.5
     return out
+
+
+_SHAPES: dict[Any, tuple[int, ...]] = {}
+
+
+def _output_shape(model: Any, batch: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of the model's outputs on `batch`, traced once per model structure and batch
+    shapes (a trace of a large model costs more than evaluating a small validation split, and
+    the trainer validates after every epoch)."""
+    key = (jax.tree_util.tree_structure(model),
+           tuple((k, np.shape(v), np.asarray(v).dtype.str) for k, v in sorted(batch.items())))
+    if key not in _SHAPES:
+        if len(_SHAPES) >= 32:
+            _SHAPES.clear()
+        _SHAPES[key] = tuple(eqx.filter_eval_shape(_forward, model, batch, None).shape)
+    return _SHAPES[key]
 
 
 def _binary_auc(scores: list[Any], regression_loss: str) -> float:
