@@ -86,6 +86,9 @@ def test_ts_consistent_header_still_reads(tmp_path):
     d = _read(tmp_path, BASE.replace("@missing false", "@missing true")
               .replace("4,5,6", "4,?,6"))[1]()
     assert np.isnan(d.x[1, 1, 0]) and d.lengths.tolist() == [3, 3]
+    # a second @problemName (aeon's own UnitTest_TEST.ts has one) only labels: the first stands
+    d = _read(tmp_path, BASE.replace("@problemName T", "@problemName T\n@problemName U"))[1]()
+    assert d.name == "T" and d.y.tolist() == [0, 1]
 
 
 def test_npz_with_whole_float_labels_is_refused_not_silently_regression(tmp_path):
