@@ -248,7 +248,9 @@ def liquidjax_run(name: str, cell: str, seed: int, out_root: Path, extra: list[s
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     test = [e for e in events if e["event"] == "test"][-1]
     found = {k[5:]: test[k] for k in ("test_accuracy", "test_rmse", "test_mae") if k in test}
-    return {**found, "wall_s": round(wall, 1)}
+    end = [e for e in events if e["event"] == "end"][-1]  # what the run did
+    done = {k: end.get(k) for k in ("stop_reason", "best_epoch", "step")}
+    return {**found, "wall_s": round(wall, 1), **done}
 
 
 # ----------------------------------------------------------------------------------- report

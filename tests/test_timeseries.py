@@ -657,6 +657,7 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and "(loss" in printed
+    assert "tested: the best validation epoch, 1 (val acc" in printed  # it says what it did
     assert main(["evaluate", str(out), "--split", "test", "--batch-size", "8"]) == 0
     assert "Wave" not in capsys.readouterr().err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])

@@ -356,6 +356,17 @@ def _print_summary(result, summary: dict[str, Any], task: str, out_dir: Path) ->
                 f"  last epoch {last['epoch']}: train loss {last['train_loss']:.4f}"
                 + (f", val rmse {last['val_rmse']:.4f}" if "val_rmse" in last else "")
                 + f", {last['train_time_s']:.1f} s/epoch")
+    if result.stop_reason == "time_budget" and last:
+        lines.append(f"  stopped by the time budget after epoch {last['epoch']} "
+                     f"(step {last['step']})")
+    if result.best_epoch is not None:
+        best = next((r for r in result.history if r.get("epoch") == result.best_epoch), {})
+        score = (f"val acc {best['val_accuracy']:.4f}" if "val_accuracy" in best
+                 and task == "classification" else
+                 f"val loss {best['val_loss']:.4f}" if "val_loss" in best else "")
+        lines.append(f"  tested: the best validation epoch, {result.best_epoch}"
+                     + (f" ({score})" if score else "")
+                     + (f", {result.best_checkpoint}" if result.best_checkpoint else ""))
     if summary and task == "classification":
         lines.append(f"  test accuracy {summary['test_accuracy']:.4f} "
                      f"(loss {summary['test_loss']:.4f}, {summary['test_examples']} examples)")
