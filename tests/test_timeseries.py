@@ -657,7 +657,6 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "test accuracy" in printed and "(loss" in printed
-    assert "tested: the best validation epoch, 1 (val acc" in printed  # it says what it did
     assert main(["evaluate", str(out), "--split", "test", "--batch-size", "8"]) == 0
     assert "Wave" not in capsys.readouterr().err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
@@ -666,8 +665,9 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert header["model_config"]["stem_channels"] == [32, 64, 32]
     assert header["model_config"]["stem_pool"] == 1  # 8 observations at most: one per step
     assert header["data_config"]["patch_length"] == 1  # the stem reads every observation
-    assert header["data_config"]["val_fraction"] == 0.2  # selection by validation
-    assert header["train_config"]["keep_best"] and header["train_config"]["time_budget"] == 210
+    assert header["data_config"]["val_fraction"] == 0.0  # the whole training file trains
+    assert not header["train_config"]["keep_best"]
+    assert header["train_config"]["time_budget"] == 210
     assert header["data_config"]["missing"] == "path"  # evaluate rebuilt the same inputs
     assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path)]) == 2
     assert "--name NAME" in capsys.readouterr().err
@@ -690,13 +690,16 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
     out = tmp_path / "run"
     assert main(["train", "--dataset", "ts", "--data-dir", str(tmp_path), "--name", "Long",
                  "--epochs", "1", "--units", "4", "--backbone-units", "4", "--out-dir", str(out),
-                 "--progress", "none", "--cpu-devices", "1"]) == 0
-    err = capsys.readouterr().err
+                 "--progress", "none", "--cpu-devices", "1", "--val-fraction", "0.25"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    # a validation split selects: the run says which epoch it tested
+    assert "tested: the best validation epoch, 1 (val acc" in captured.out
     # the stem reads every observation; the longest series (70) in ceil(70 / 3) = 24 windows
     assert ("a convolution stem over every observation, read in windows of 3 (the longest "
             "training series, 70 observations, in 24 liquid steps)") in err
     assert "batch 6" in err and "recipe ts_cfc@4" in err
-    assert "validation hold-out 0.2, the best validation epoch kept" in err
+    assert "validation hold-out 0.25, the best validation epoch kept" in err
     assert "training stops after 210 s" in err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
     assert header["data_config"]["patch_length"] == 1

@@ -29,9 +29,11 @@ SPLITS: tuple[str, ...] = ("test", "val", "train")
 TS_DEFAULT_STEPS = 500
 TS_MAX_BATCH = 32
 TS_TARGET_STEPS = 32
-# --dataset ts selects by validation within a time budget (issue 22: the default command takes
-# at most 5 minutes per archive on 2 cores, start-up, compilation and evaluation included).
-TS_VAL_FRACTION = 0.2
+# --dataset ts trains within a time budget (issue 22: the default command takes at most 5
+# minutes per archive on 2 cores, start-up, compilation and evaluation included). Selection by
+# validation (--val-fraction 0.2: the best validation epoch kept) lost on every DEV archive
+# measured against training on the whole file (docs/time_series.md), so the whole file trains.
+TS_VAL_FRACTION = 0.0
 TS_TIME_BUDGET = 210.0
 # Synthetic tasks: examples generated per split (each split from its own seed offset).
 SYNTHETIC_SIZES = {"train": 2048, "val": 512, "test": 512}
@@ -204,7 +206,7 @@ def resolve_defaults(args) -> None:
     --time-budget (see the TS_* constants); print the --dataset ts ones."""
     if args.val_fraction is None:
         args.val_fraction = TS_VAL_FRACTION if args.dataset == "ts" else 0.1
-    if args.keep_best is None:
+    if args.keep_best is None:  # on --dataset ts, a validation split asked for selects
         args.keep_best = args.dataset == "ts" and args.val_fraction > 0
     if args.dataset != "ts":
         args.epochs = 10 if args.epochs is None else args.epochs

@@ -76,8 +76,8 @@ def build_parsers() -> Parsers:
                              "checkpoint; evaluate rebuilds the same data from it)")
     add_config_arguments(g, DataConfig, skip=DATA_SKIP, overrides={
         "val_fraction": dict(default=None, shown_default=(
-            f"0.1; --dataset ts: {TS_VAL_FRACTION} (stratified), the best validation epoch "
-            "kept")),
+            f"0.1; --dataset ts: {TS_VAL_FRACTION:g}, the whole training file trains (a share "
+            "held out there is stratified and selects the best validation epoch)")),
         "patch_length": dict(type=_patch_length_arg, default="auto", shown_default=(
             f"auto: the longest training series in about {TS_TARGET_STEPS} steps, 1 for series "
             f"up to {TS_TARGET_STEPS} long")),
@@ -100,7 +100,7 @@ def build_parsers() -> Parsers:
         "epochs": dict(default=None, shown_default=(
             f"10; --dataset ts: enough for about {TS_DEFAULT_STEPS} steps")),
         "keep_best": dict(default=None, shown_default=(
-            "off; --dataset ts: on when a validation split is held out")),
+            "off; --dataset ts: on when --val-fraction holds out a validation split")),
         "time_budget": dict(default=None, shown_default=(
             f"none; --dataset ts: {TS_TIME_BUDGET:g} s")),
         "batch_size": dict(default=None, shown_default=(
