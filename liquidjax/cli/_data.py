@@ -31,8 +31,8 @@ TS_MAX_BATCH = 32
 TS_TARGET_STEPS = 32
 # --dataset ts trains within a time budget (issue 22: the default command takes at most 5
 # minutes per archive on 2 cores, start-up, compilation and evaluation included). Selection by
-# validation (--val-fraction 0.2: the best validation epoch kept) lost on every DEV archive
-# measured against training on the whole file (docs/time_series.md), so the whole file trains.
+# validation (--val-fraction 0.2: the best validation epoch kept) tied or lost on the DEV
+# archives against training on the whole file (docs/time_series.md), so the whole file trains.
 TS_VAL_FRACTION = 0.0
 TS_TIME_BUDGET = 210.0
 # Synthetic tasks: examples generated per split (each split from its own seed offset).
