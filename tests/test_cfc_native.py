@@ -41,25 +41,38 @@ def _close(got, want, tol):
 
 
 def _operands(batch, dtype, timed, masked, memory, seed):
-    k = jax.random.split(jax.random.key(seed), 11)
+    # NumPy draws (each eager jax.random call compiles a program per shape and dtype: ~10 s here)
+    rng = np.random.default_rng(seed)
     z = 4 * H if memory else 0  # the LSTM's input map's rows come first in w_in
     heads = 4 if timed else 3
+
+    def normal(scale, *shape):
+        return jnp.asarray(scale * rng.standard_normal(shape), dtype)
+
     mask = None
     if masked:  # gaps, and one example with no valid step
-        mask = jax.random.bernoulli(k[7], 0.7, (T, batch)).at[:, 0].set(False)
+        mask = rng.random((T, batch)) < 0.7
+        mask[:, 0] = False
+        mask = jnp.asarray(mask)
     return _Operands(
-        w_in=0.5 * jax.random.normal(k[0], (z + U, I), dtype),
-        b_in=0.1 * jax.random.normal(k[1], (z + U,), dtype),
-        w_h=0.5 * jax.random.normal(k[2], (U, H), dtype),
-        w_heads=0.5 * jax.random.normal(k[3], (heads * H, U), dtype),
-        b_heads=0.1 * jax.random.normal(k[4], (heads * H,), dtype),
-        w_lstm=0.5 * jax.random.normal(k[9], (z, H), dtype) if memory else None,
-        x=jax.random.normal(k[5], (T, batch, I), dtype),
-        h0=0.5 * jax.random.normal(k[6], (batch, H), dtype),
-        c0=0.5 * jax.random.normal(k[10], (batch, H), dtype) if memory else None,
-        dts=jax.random.uniform(k[8], (T, batch), dtype, 0.2, 2.0) if timed else None,
+        w_in=normal(0.5, z + U, I),
+        b_in=normal(0.1, z + U),
+        w_h=normal(0.5, U, H),
+        w_heads=normal(0.5, heads * H, U),
+        b_heads=normal(0.1, heads * H),
+        w_lstm=normal(0.5, z, H) if memory else None,
+        x=normal(1.0, T, batch, I),
+        h0=normal(0.5, batch, H),
+        c0=normal(0.5, batch, H) if memory else None,
+        dts=jnp.asarray(rng.uniform(0.2, 2.0, (T, batch)), dtype) if timed else None,
         mask=mask,
     )
+
+
+# The references, each one compiled program (run op by op, their many small programs cost more)
+_reference_scan = jax.jit(lambda act, no_gate, o: _scan(act, no_gate, o, save=True),
+                          static_argnums=(0, 1))
+_reference_grads = jax.jit(_grads, static_argnums=(0, 1))
 
 
 def test_the_compiled_kernels_are_built_here():
@@ -80,7 +93,7 @@ def test_compiled_cfc_kernel_matches_its_jax_reference(dtype, tol):
                 args = (o.x, o.h0, o.c0, o.w_in, o.b_in, o.w_h, o.w_lstm, o.w_heads, o.b_heads,
                         o.dts, o.mask)
                 kw = dict(activation=activation, no_gate=no_gate)
-                ss, us, ps, zs = _scan(act, no_gate, o, save=True)
+                ss, us, ps, zs = _reference_scan(act, no_gate, o)
                 assert (zs is None) == (not memory)
                 got = jax.jit(lambda *a: _native.cfc_forward(*a, **kw, last=False, keep=True))(
                     *args)
@@ -92,10 +105,10 @@ def test_compiled_cfc_kernel_matches_its_jax_reference(dtype, tol):
                 assert last[1].size == last[2].size == 0
                 # The VJP but the input's cotangent, from the reference's residuals: with the last
                 # state's cotangent only, and with every state's.
-                ct = jax.random.normal(jax.random.key(100 + n), ss.shape, dtype)
+                ct = jnp.asarray(np.random.default_rng(100 + n).standard_normal(ss.shape), dtype)
                 for only_last, c in ((True, ct[-1]), (False, ct)):
-                    want = _grads(act, no_gate, o, ss, us, ps, zs, ct if not only_last
-                                  else jnp.zeros_like(ct).at[-1].set(c))
+                    want = _reference_grads(act, no_gate, o, ss, us, ps, zs, ct if not only_last
+                                            else jnp.zeros_like(ct).at[-1].set(c))
                     got = jax.jit(lambda *a, last=only_last: _native.cfc_backward(
                         *a, **kw, last=last))(c, o.x, o.h0, o.c0, ss, us, ps, zs, o.dts, o.mask,
                                               o.w_heads, o.w_h, o.w_lstm)
