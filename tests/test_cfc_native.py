@@ -162,11 +162,8 @@ def test_the_kernels_run_per_shard_under_data_parallelism():
     """Over 2 devices each device's CfC kernel (forward and backward) sees its own half of the
     batch; loss and weight gradients equal the one-device step's (test_ltc_native.SHARDED): the
     last state with timespans and a mask, and mixed memory's every state."""
-    from test_ltc_native import check_sharded, run_sharded
+    from test_ltc_native import check_sharded, sharded_runs
 
-    out = run_sharded('{"cfc": LiquidRNN(CfC(I, H, backbone_units=7, key=jax.random.key(0)), '
-                      'return_sequences=False), "memory": LiquidRNN(MixedMemory(CfC(I, H, '
-                      'backbone_units=7, key=jax.random.key(0)), key=jax.random.key(4)))}')
-    assert set(out) == {"cfc", "memory"}
-    for name in out:
+    out = sharded_runs()  # one process with test_ltc_native's LTC case
+    for name in ("cfc", "memory"):
         check_sharded(out[name], calls=2)

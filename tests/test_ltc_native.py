@@ -4,6 +4,7 @@ own pure-JAX batched reference: values and gradients, float32 and float64, dense
 synapses, every way of batching (grad of vmap, vmap of grad, ensembles, no vmap, scan, remat),
 batch sizes that leave partial chunks."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -36,10 +37,11 @@ def _close(a, b, tol):
 
 
 def _inputs(cell, batch, dtype, seed=7):
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(k1, (cell.input_size, batch), dtype),
-            0.3 * jax.random.normal(k2, (cell.state_size, batch), dtype),
-            jax.random.uniform(k3, (batch,), dtype, 0.5, 2.0))
+    # NumPy draws: each eager jax.random call compiles a program per shape and dtype
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal((cell.input_size, batch)), dtype),
+            jnp.asarray(0.3 * rng.standard_normal((cell.state_size, batch)), dtype),
+            jnp.asarray(rng.uniform(0.5, 2.0, batch), dtype))
 
 
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-6), (jnp.float64, 1e-12)],
@@ -55,16 +57,19 @@ def test_compiled_kernel_matches_its_jax_reference(wiring, dtype, tol):
         layout = cell.synapse_layout or full_layout(cell.state_size, cell.input_size)
         p = slot_params(cell.effective_params(), layout)
         kw = dict(layout=layout, unfolds=UNFOLDS, epsilon=EPS)
+        # the references as one compiled program each (op by op they cost more)
+        forward = jax.jit(lambda *a: _xla_forward(*a, **kw))
+        backward = jax.jit(lambda *a: _xla_backward(*a, **kw))
         for batch in (1, 70, 200):
             x, v0, dt = _inputs(cell, batch, dtype)
-            g = jax.random.normal(jax.random.key(batch), v0.shape, dtype)
-            ref = _xla_forward(p, x, v0, dt, **kw)
+            g = jnp.asarray(np.random.default_rng(batch).standard_normal(v0.shape), dtype)
+            ref = forward(p, x, v0, dt)
             got = jax.jit(lambda *a: _native.ltc_forward(*a, **kw))(p, x, v0, dt)
             _close(got, ref, tol)
             v_only = jax.jit(lambda *a: _native.ltc_forward(*a, **kw, keep=False))(p, x, v0, dt)
             _close(v_only, ref[0], tol)  # without residuals (inference)
             args = (p, x, dt, ref[1], ref[2], g)
-            ref_b = _xla_backward(*args, **kw)
+            ref_b = backward(*args)
             got_b = jax.jit(lambda *a: _native.ltc_backward(*a, **kw))(*args)
             _close(got_b, ref_b, tol)
             assert float(jnp.max(jnp.abs(got_b[0][0]))) > 0  # not vacuous
@@ -185,8 +190,18 @@ def test_kernel_setting_is_checked_and_kept():
 
 
 def _run_python(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return _wait(_start_python(code, **env))
+
+
+def _start_python(code, **env):
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+
+def _wait(proc):
+    """The finished process (``returncode``, ``stdout``, ``stderr``) of :func:`_start_python`."""
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 CHECK = """
@@ -213,8 +228,16 @@ print("available", _native.available(), "warnings", [str(x.message)[:80] for x i
 def test_without_the_compiled_kernel_the_jax_path_runs():
     """LIQUIDJAX_NATIVE=0: no custom call in the graph (LTC and CfC), same gradients; a failed
     build (no compiler, nothing built) warns once, naming the cause, and falls back."""
-    on = _run_python(CHECK)
-    off = _run_python(CHECK, LIQUIDJAX_NATIVE="0")
+    # A build that cannot happen: point the library's candidates at an empty folder and the
+    # compiler at nothing. (The three processes run side by side: each mostly imports.)
+    broken = CHECK.replace(
+        "from liquidjax import _native\n",
+        "from liquidjax import _native\nimport tempfile, pathlib\n"
+        "d = pathlib.Path(tempfile.mkdtemp())\n"
+        "_native._folders = lambda: [d]\n")
+    on, off, res = (_wait(p) for p in [_start_python(CHECK),
+                                       _start_python(CHECK, LIQUIDJAX_NATIVE="0"),
+                                       _start_python(broken, CXX="/nonexistent/c++")])
     assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
     assert "available True" in on.stdout and " hlo_has_custom_call True" in on.stdout
     assert "cfc_hlo_has_custom_call True" in on.stdout
@@ -224,14 +247,6 @@ def test_without_the_compiled_kernel_the_jax_path_runs():
     for i in (-1, -2):  # the LTC's gradient, the CfC's
         g_on, g_off = float(on.stdout.split()[i]), float(off.stdout.split()[i])
         assert g_off != 0 and abs(g_on - g_off) <= 1e-6 * max(1.0, abs(g_off))
-    # A build that cannot happen: point the library's candidates at an empty folder and the
-    # compiler at nothing.
-    broken = CHECK.replace(
-        "from liquidjax import _native\n",
-        "from liquidjax import _native\nimport tempfile, pathlib\n"
-        "d = pathlib.Path(tempfile.mkdtemp())\n"
-        "_native._folders = lambda: [d]\n")
-    res = _run_python(broken, CXX="/nonexistent/c++")
     assert res.returncode == 0, res.stderr
     assert "available False" in res.stdout
     assert "compiled CPU kernels for the LTC and the CfC" in res.stdout
@@ -291,6 +306,17 @@ def run_sharded(models: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in res.stdout.splitlines()}
 
 
+@functools.cache
+def sharded_runs() -> dict[str, list[str]]:
+    """:func:`run_sharded` once for the LTC here and the CfC's (plain and mixed memory) of
+    ``test_cfc_native``: one process for both files (each start costs an import and a JIT)."""
+    return run_sharded(
+        '{"ltc": LiquidRNN(LTC(I, H, key=jax.random.key(0))), '
+        '"cfc": LiquidRNN(CfC(I, H, backbone_units=7, key=jax.random.key(0)), '
+        'return_sequences=False), "memory": LiquidRNN(MixedMemory(CfC(I, H, '
+        'backbone_units=7, key=jax.random.key(0)), key=jax.random.key(4)))}')
+
+
 def check_sharded(out: list[str], calls: int) -> None:
     fields = dict(zip(out[1::2], out[2::2]))
     assert int(fields["calls"]) >= calls, out  # the kernels ran, forward and backward
@@ -302,6 +328,6 @@ def test_the_kernels_run_per_shard_under_data_parallelism():
     """Over 2 devices the batch is split and each device's kernel (forward and backward) sees
     its own 5 rows, not the 10 (XLA does not split a custom call by itself); loss and weight
     gradients (summed over the shards) equal the one-device step's to summation order."""
-    out = run_sharded('{"ltc": LiquidRNN(LTC(I, H, key=jax.random.key(0)))}')
-    assert set(out) == {"ltc"}
+    out = sharded_runs()
+    assert set(out) == {"ltc", "cfc", "memory"}
     check_sharded(out["ltc"], calls=2)
