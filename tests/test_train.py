@@ -718,19 +718,25 @@ def test_two_processes_match_one(tmp_path):
     of the global batch) gives the parameters of one process on the same global batches; a
     process killed mid-run is reported by the survivor within the heartbeat timeout, not hung."""
     procs = _launch_two(tmp_path, tmp_path / "mp", 0)
-    outs = [p.communicate(timeout=240) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0 and "FINISHED" in o, e[-3000:]
-    mp_ckpt = latest_checkpoint(tmp_path / "mp" / "checkpoints")
-    assert read_header(mp_ckpt)["step"] == 12 and read_header(mp_ckpt)["num_devices"] == 2
-
+    # the one-process reference, trained here while the two processes run
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 6, 3)).astype(np.float32)
     y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
     cfg = ModelConfig(input_size=3, num_classes=2, units=8, backbone_units=8)
     tc = TrainConfig(epochs=2, batch_size=8, learning_rate=2e-2, log_every=2)
-    one = fit(build_model(cfg, key=jax.random.key(0)), Loader({"x": x, "y": y}, 8, seed=0), tc,
-              progress="none", parallel=DataParallel.create(jax.devices()[:1]))
+    try:
+        one = fit(build_model(cfg, key=jax.random.key(0)), Loader({"x": x, "y": y}, 8, seed=0),
+                  tc, progress="none", parallel=DataParallel.create(jax.devices()[:1]))
+    except BaseException:
+        for p in procs:
+            p.kill()
+            p.communicate()
+        raise
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0 and "FINISHED" in o, e[-3000:]
+    mp_ckpt = latest_checkpoint(tmp_path / "mp" / "checkpoints")
+    assert read_header(mp_ckpt)["step"] == 12 and read_header(mp_ckpt)["num_devices"] == 2
     got, _ = load_checkpoint(mp_ckpt, jax.device_get(one.state))
     la, lb = _leaves(got.model), _leaves(one.state.model)
     assert len(la) == len(lb) > 3
