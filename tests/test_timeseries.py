@@ -696,8 +696,8 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
     # a validation split selects: the run says which epoch it tested
     assert "tested: the best validation epoch, 1 (val acc" in captured.out
     # the stem reads every observation; the longest series (70) in ceil(70 / 3) = 24 windows
-    assert ("a convolution stem over every observation, read in windows of 3 (the longest "
-            "training series, 70 observations, in 24 liquid steps)") in err
+    assert ("every observation read by a convolution stem (the longest training series, 70 "
+            "observations, in 70 stem steps), in windows of 3 (24 liquid steps)") in err
     assert "batch 6" in err and "recipe ts_cfc@4" in err
     assert "validation hold-out 0.25, the best validation epoch kept" in err
     assert "training stops after 210 s" in err
@@ -730,6 +730,18 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
     assert exit_.value.code == 2
     assert "--patch-length: expected 'auto' or an integer >= 1, got '0'" in (
         capsys.readouterr().err)
+
+
+def test_ts_front_end_bounds_the_stem_and_the_liquid_steps():
+    from liquidjax.cli._data import TS_STEM_STEPS, TS_TARGET_STEPS, ts_front_end
+
+    assert ts_front_end(24) == (1, 1) and ts_front_end(70) == (1, 3)
+    assert ts_front_end(427) == (4, 4) and ts_front_end(2000) == (16, 4)
+    for longest in range(1, 3000, 7):
+        patch, pool = ts_front_end(longest)
+        stem_steps = -(-longest // patch)
+        assert stem_steps <= TS_STEM_STEPS and -(-stem_steps // pool) <= TS_TARGET_STEPS
+        assert patch == 1 or -(-longest // (patch - 1)) > TS_STEM_STEPS  # no longer than needed
 
 
 def test_benchmark_dtw_baseline_matches_a_plain_dtw():

@@ -29,7 +29,7 @@ from .._platform import use_cpu_cores
 from ..cells._registry import missing_mode_error
 from ..data import DatasetFormatError, DatasetUnavailableError
 from ..train import CheckpointError, NonFiniteLossError, PeerFailureError, RunDirError
-from ._data import TS_DEFAULT_STEPS, TS_MAX_BATCH, TS_TARGET_STEPS
+from ._data import TS_DEFAULT_STEPS, TS_MAX_BATCH, TS_STEM_STEPS, TS_TARGET_STEPS, ts_front_end
 from ._devices import join_processes, max_cpu_devices, sigterm_as_interrupt
 from ._errors import CliError, RunInterrupted, UsageError, one_line
 from ._evaluate import evaluate_command
@@ -37,8 +37,8 @@ from ._parser import build_parser, build_parsers, ts_only_flags, with_recipe
 from ._train import train_command
 
 # The data-dependent --dataset ts defaults are read by the time-series notebook too.
-__all__ = ["TS_DEFAULT_STEPS", "TS_MAX_BATCH", "TS_TARGET_STEPS", "build_parser", "main",
-           "with_recipe"]
+__all__ = ["TS_DEFAULT_STEPS", "TS_MAX_BATCH", "TS_STEM_STEPS", "TS_TARGET_STEPS",
+           "build_parser", "main", "ts_front_end", "with_recipe"]
 
 
 def _check_flags(parsers, args, argv: list[str]) -> None:

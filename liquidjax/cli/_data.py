@@ -29,6 +29,8 @@ SPLITS: tuple[str, ...] = ("test", "val", "train")
 TS_DEFAULT_STEPS = 500
 TS_MAX_BATCH = 32
 TS_TARGET_STEPS = 32
+# A temporal convolution stem reads at most this many steps (patches of observations beyond).
+TS_STEM_STEPS = 128
 # --dataset ts trains within a time budget (issue 22: the default command takes at most 5
 # minutes per archive on 2 cores, start-up, compilation and evaluation included). Selection by
 # validation (--val-fraction 0.2: the best validation epoch kept) tied or lost on the DEV
@@ -200,6 +202,16 @@ def build_data(config: ld.DataConfig, *, download: bool = True,
     return _image_data(config, download, image_stats)
 
 
+def ts_front_end(longest: int) -> tuple[int, int]:
+    """``(patch length, stem pool)`` of a temporal convolution stem for series of up to
+    `longest` observations: patches that keep the stem at most ``TS_STEM_STEPS`` steps long
+    (its cost grows with the steps, and a time budget must still buy hundreds of optimisation
+    steps on 1 000–2 000 observations), then windows of the stem's steps for about
+    ``TS_TARGET_STEPS`` liquid steps."""
+    patch = -(-longest // TS_STEM_STEPS)
+    return patch, -(-(-(-longest // patch)) // TS_TARGET_STEPS)
+
+
 def resolve_defaults(args) -> None:
     """Fill in the data-dependent defaults that were not given: --val-fraction, --keep-best,
     --epochs and --batch-size, and for --dataset ts --patch-length, --stem-pool and
@@ -223,15 +235,21 @@ def resolve_defaults(args) -> None:
         n = min(n, args.limit_examples)
     longest = int(train.lengths[:n].max())
     chosen = []
-    if args.stem_channels and args.patch_length == "auto":
-        # A temporal convolution stem reads every observation; its windows are the patches.
-        args.patch_length = 1
+    if args.stem_channels:
+        patch, pool = ts_front_end(longest)
+        if args.patch_length == "auto":
+            args.patch_length = patch
+        if args.stem_pool is None:
+            args.stem_pool = -(-(-(-longest // args.patch_length)) // TS_TARGET_STEPS)
+        stem_steps = -(-longest // args.patch_length)
+        chosen.append(
+            (f"patches of {args.patch_length} observations" if args.patch_length > 1 else
+             "every observation")
+            + f" read by a convolution stem (the longest training series, {longest} "
+            f"observations, in {stem_steps} stem steps), in windows of {args.stem_pool} "
+            f"({-(-stem_steps // args.stem_pool)} liquid steps)")
     if args.stem_pool is None:
-        args.stem_pool = -(-longest // TS_TARGET_STEPS) if args.stem_channels else 1
-        if args.stem_channels:
-            chosen.append(f"a convolution stem over every observation, read in windows of "
-                          f"{args.stem_pool} (the longest training series, {longest} "
-                          f"observations, in {-(-longest // args.stem_pool)} liquid steps)")
+        args.stem_pool = 1
     if args.patch_length == "auto":
         args.patch_length = -(-longest // TS_TARGET_STEPS)
         chosen.append(f"patch length {args.patch_length} (the longest training series, "

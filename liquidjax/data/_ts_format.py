@@ -27,7 +27,8 @@ magnitude exceeds :data:`MAX_ABS_VALUE` (``1e20``; ``inf`` included) — the arr
 whose range ends at 3.4e38 and whose squares (a variance) overflow above 1.8e19, so such a number
 is a sentinel or a corrupt field, never a measurement (write ``?`` for a missing value); and a
 header that contradicts itself or the data: ``@classLabel true`` with ``@targetLabel true``, a
-tag declared twice (but ``@problemName``: the first name stands), a class listed twice, ``@univariate true`` with ``@dimensions`` above 1,
+tag declared twice (but ``@problemName``: the first name stands), a class listed twice,
+``@univariate true`` with ``@dimensions`` above 1,
 ``@equalLength true`` (or ``@seriesLength N``) with an example or a channel of another length,
 ``@missing false`` with a missing value.
 """
