@@ -736,7 +736,7 @@ def test_ts_front_end_bounds_the_stem_and_the_liquid_steps():
     from liquidjax.cli._data import TS_STEM_STEPS, TS_TARGET_STEPS, ts_front_end
 
     assert ts_front_end(24) == (1, 1) and ts_front_end(70) == (1, 3)
-    assert ts_front_end(427) == (4, 4) and ts_front_end(2000) == (16, 4)
+    assert ts_front_end(427) == (1, 14) and ts_front_end(2000) == (4, 16)
     for longest in range(1, 3000, 7):
         patch, pool = ts_front_end(longest)
         stem_steps = -(-longest // patch)
