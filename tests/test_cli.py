@@ -484,7 +484,8 @@ def _model_config_from(argv):
     args = build_parser().parse_args(["train", *argv])
     values = config_values(args, ModelConfig)
     values.update(input_size=values["input_size"] or 2, num_classes=values["num_classes"] or 3,
-                  task=values["task"] or "classification", target_size=values["target_size"] or 1)
+                  task=values["task"] or "classification", target_size=values["target_size"] or 1,
+                  stem_pool=values["stem_pool"] or 1)  # data-dependent defaults, as the CLI's
     return ModelConfig(**values)
 
 
