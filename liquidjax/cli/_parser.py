@@ -89,7 +89,7 @@ def build_parsers() -> Parsers:
         "model", "every field of liquidjax.models.ModelConfig (the data fixes input-size, "
         "num-classes, image-shape, task and target-size; given, they must agree with it)")
     add_config_arguments(g, ModelConfig, overrides={
-        "stem_pool": dict(default=None, shown_default=(
+        "stem_pool": dict(shown_default=(
             f"1; --dataset ts: the longest training series in about {TS_TARGET_STEPS} liquid "
             "steps")),
     })

@@ -86,7 +86,7 @@ def _make_stem_model(config: ModelConfig, *, key: PRNGKeyArray) -> StemSequenceC
     body = _make_body(config, stem.output_size, key=kbody)
     size = body.layers[-1].output_size + (stem.output_size if config.stem_gap else 0)
     head = eqx.nn.Linear(size, config.output_size, key=khead)
-    return StemSequenceClassifier(stem, body.layers, head, pool=config.stem_pool,
+    return StemSequenceClassifier(stem, body.layers, head, pool=config.stem_pool or 1,
                                   gap=config.stem_gap, readout=config.readout,
                                   dropout=config.dropout, target_mean=config.target_mean,
                                   target_std=config.target_std)

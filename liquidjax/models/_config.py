@@ -107,8 +107,8 @@ class ModelConfig:
       channels (kernels 8, 5, 3, …) at full resolution, read by the liquid layers in windows of
       `stem_pool` steps, their global average beside the liquid features (LSTM-FCN); ``None``
       (the default; ``none`` on the command line): no stem.
-    - `stem_pool`: observations per liquid step behind a stem (``--dataset ts`` chooses it from
-      the longest training series).
+    - `stem_pool`: observations per liquid step behind a stem (``None``: 1; ``--dataset ts``
+      chooses it from the longest training series).
     - `stem_gap`: give the head the stem's global average over the valid steps too.
     - `task`: ``"classification"`` (logits) or ``"regression"`` (real predictions).
     - `per_step`: one output per step (Keras ``return_sequences``) instead of one per
@@ -170,7 +170,7 @@ class ModelConfig:
     conv_stem: ConvStem = "strided"
     conv_dropout: float = config_field(0.0, **_RATE)
     stem_channels: tuple[int, ...] | None = config_field(None, **_POSITIVE)
-    stem_pool: int = config_field(1, **_POSITIVE)
+    stem_pool: int | None = config_field(None, **_POSITIVE)
     stem_gap: bool = True
     task: Task = config_field("classification", from_data=True)
     per_step: bool = False
@@ -209,7 +209,7 @@ class ModelConfig:
         if self.stem_channels and (self.kind != "sequence" or self.per_step):
             raise ValueError("stem_channels (a temporal convolution stem) needs kind='sequence' "
                              "with one output per sequence (not per_step)")
-        if self.stem_pool > 1 and not self.stem_channels:
+        if (self.stem_pool or 1) > 1 and not self.stem_channels:
             raise ValueError(f"stem_pool={self.stem_pool} pools the stem's features: set "
                              "stem_channels too (or patch the data: --patch-length)")
         cell = cell_kind(self.cell)
