@@ -132,7 +132,8 @@ _RECIPES = (
         "state, the stem's global average beside; lr 2e-3",
         dict(kind="sequence", cell="cfc", units=64, mixed_memory=True, readout="last",
              stem_channels=(32, 64, 32), learning_rate=2e-3, ensemble=5),
-        "the protocol of benchmarks/ts_archives.py (BENCHMARKS.md, docs/time_series.md)",
+        "8 DEV archives, seed 0: mean accuracy 0.861 (ts_cfc@3: 0.848, MiniRocket 0.917); "
+        "TEST: BENCHMARKS.md (docs/time_series.md)",
         data="ts",
     ),
     Recipe(
@@ -142,7 +143,8 @@ _RECIPES = (
         "their last state, the stem's global average beside; lr 1e-2",
         dict(kind="sequence", cell="ltc", units=64, ltc_init="slow", mixed_memory=True,
              readout="last", stem_channels=(32, 64, 32), learning_rate=1e-2, ensemble=5),
-        "the protocol of benchmarks/ts_archives.py (BENCHMARKS.md, docs/time_series.md)",
+        "GunPoint (DEV), seed 0: 0.980 (ts_ltc@2: 0.967); not yet run on the other archives "
+        "(docs/time_series.md)",
         data="ts",
     ),
 )
