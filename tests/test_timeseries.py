@@ -737,6 +737,7 @@ def test_ts_front_end_bounds_the_stem_and_the_liquid_steps():
 
     assert ts_front_end(24) == (1, 1) and ts_front_end(70) == (1, 3)
     assert ts_front_end(427) == (1, 14) and ts_front_end(2000) == (4, 16)
+    assert ts_front_end(427, 3) == (3, 5)  # a given --patch-length: windows of its steps
     for longest in range(1, 3000, 7):
         patch, pool = ts_front_end(longest)
         stem_steps = -(-longest // patch)

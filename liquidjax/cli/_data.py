@@ -204,14 +204,18 @@ def build_data(config: ld.DataConfig, *, download: bool = True,
     return _image_data(config, download, image_stats)
 
 
-def ts_front_end(longest: int) -> tuple[int, int]:
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def ts_front_end(longest: int, patch_length: int | None = None) -> tuple[int, int]:
     """``(patch length, stem pool)`` of a temporal convolution stem for series of up to
     `longest` observations: patches that keep the stem at most ``TS_STEM_STEPS`` steps long
     (its cost grows with the steps, and a time budget must still buy hundreds of optimisation
-    steps on 1 000–2 000 observations), then windows of the stem's steps for about
-    ``TS_TARGET_STEPS`` liquid steps."""
-    patch = -(-longest // TS_STEM_STEPS)
-    return patch, -(-(-(-longest // patch)) // TS_TARGET_STEPS)
+    steps on 1 000–2 000 observations) unless `patch_length` is given, then windows of the
+    stem's steps for about ``TS_TARGET_STEPS`` liquid steps."""
+    patch = patch_length or _ceil_div(longest, TS_STEM_STEPS)
+    return patch, _ceil_div(_ceil_div(longest, patch), TS_TARGET_STEPS)
 
 
 def resolve_defaults(args) -> None:
@@ -238,18 +242,17 @@ def resolve_defaults(args) -> None:
     longest = int(train.lengths[:n].max())
     chosen = []
     if args.stem_channels:
-        patch, pool = ts_front_end(longest)
-        if args.patch_length == "auto":
-            args.patch_length = patch
+        given = None if args.patch_length == "auto" else args.patch_length
+        args.patch_length, pool = ts_front_end(longest, given)
         if args.stem_pool is None:
-            args.stem_pool = -(-(-(-longest // args.patch_length)) // TS_TARGET_STEPS)
-        stem_steps = -(-longest // args.patch_length)
+            args.stem_pool = pool
+        stem_steps = _ceil_div(longest, args.patch_length)
         chosen.append(
             (f"patches of {args.patch_length} observations" if args.patch_length > 1 else
              "every observation")
             + f" read by a convolution stem (the longest training series, {longest} "
             f"observations, in {stem_steps} stem steps), in windows of {args.stem_pool} "
-            f"({-(-stem_steps // args.stem_pool)} liquid steps)")
+            f"({_ceil_div(stem_steps, args.stem_pool)} liquid steps)")
     if args.stem_pool is None:
         args.stem_pool = 1
     if args.patch_length == "auto":
