@@ -66,6 +66,11 @@ def _pool(rnn: LiquidRNN, x, timespans, mask, readout: str, key) -> Array:
     return jnp.sum(ys, axis=0) / count  # masked outputs are zero
 
 
+def target_stats(values) -> tuple[float, ...] | None:
+    """A regression model's per-dimension target statistic as a static tuple of floats."""
+    return None if values is None else tuple(float(v) for v in values)
+
+
 def unstandardize(outputs: Array, mean, std) -> Array:
     r"""Head outputs in standardised target units → predictions in the targets' own units.
 
@@ -153,8 +158,8 @@ class SequenceClassifier(AbstractClassifier):
         target_std=None,
     ):
         self.layers = tuple(layers)
-        self.target_mean = None if target_mean is None else tuple(float(v) for v in target_mean)
-        self.target_std = None if target_std is None else tuple(float(v) for v in target_std)
+        self.target_mean = target_stats(target_mean)
+        self.target_std = target_stats(target_std)
         self.head = head
         self.readout = readout
         self.dropout = float(dropout)

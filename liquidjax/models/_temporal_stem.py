@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ..layers import LiquidRNN
-from ._classifier import AbstractClassifier, _dropout, _pool, unstandardize
+from ._classifier import AbstractClassifier, _dropout, _pool, target_stats, unstandardize
 
 STEM_KERNELS: tuple[int, ...] = (8, 5, 3)
 """Kernel sizes of the stem's blocks (the FCN of Wang et al. 2017; further blocks use 3)."""
@@ -145,8 +145,8 @@ class StemSequenceClassifier(AbstractClassifier):
         self.dropout = float(dropout)
         self.input_size = int(stem.convs[0].in_channels)
         self.num_classes = int(head.out_features)  # type: ignore[arg-type]
-        self.target_mean = None if target_mean is None else tuple(map(float, target_mean))
-        self.target_std = None if target_std is None else tuple(map(float, target_std))
+        self.target_mean = target_stats(target_mean)
+        self.target_std = target_stats(target_std)
 
     def __check_init__(self):
         if self.pool < 1:
