@@ -505,6 +505,7 @@ def test_every_field_is_settable_from_the_command_line():
         "--discretisation", "bilinear", "--ssm-init", "inv", "--no-glu", "--ssm-dropout", "0.1",
         "--target-mean", "0.5,1", "--target-std", "2,3",
         "--stem-channels", "none", "--stem-pool", "1", "--no-stem-gap",  # (a stem: no per_step)
+        "--rocket-features", "0", "--rocket-length", "5",
     ])
     want = dict(kind="sequence", task="regression", per_step=True, target_size=2,
                 predict_variance=True, image_shape=(8, 8, 1), input_size=8, num_classes=5,
@@ -518,7 +519,8 @@ def test_every_field_is_settable_from_the_command_line():
                 conv_stem="pooled", conv_dropout=0.3, ensemble=3, ssm_size=6, liquid_order=3,
                 liquid_kernel="kb", discretisation="bilinear", ssm_init="inv", glu=False,
                 ssm_dropout=0.1, target_mean=(0.5, 1.0), target_std=(2.0, 3.0),
-                stem_channels=None, stem_pool=1, stem_gap=False)
+                stem_channels=None, stem_pool=1, stem_gap=False, rocket_features=0,
+                rocket_length=5)
     import dataclasses
 
     assert set(want) == {f.name for f in dataclasses.fields(cfg)}  # the test covers them all

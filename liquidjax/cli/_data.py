@@ -55,6 +55,8 @@ class RunData:
     - `input_size`, `num_classes`, `image_shape`, `task`, `target_size`: fixed by the data.
     - `target_mean`, `target_std`: a regression task's training-target statistics (the model
       predicts in the targets' own units through them), else ``None``.
+    - `sequence_length`: time series: the steps of the longest training series as the model
+      reads them (after patching), else ``None``.
     - `stats`: what was derived from the training split (normalisation, source), saved beside
       the config in checkpoint headers.
     """
@@ -71,6 +73,7 @@ class RunData:
     _eval: Callable[[str, int, int | None], Any]
     target_mean: tuple[float, ...] | None = None
     target_std: tuple[float, ...] | None = None
+    sequence_length: int | None = None
 
     def train_loader(self, batch_size: int, seed: int):
         """Shuffled full batches of the training split."""
@@ -148,6 +151,7 @@ def _ts_data(config: ld.DataConfig) -> RunData:
         _eval=evaluated,
         target_mean=task.target_mean,
         target_std=task.target_std,
+        sequence_length=int(task.train.x.shape[1]),
     )
 
 

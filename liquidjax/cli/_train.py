@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import data as ld, train as lt
 from .._config_args import config_values, from_data_fields
@@ -143,13 +144,15 @@ def _model_config(args, data: RunData | None) -> ModelConfig:
         if data is None:
             found = {"input_size": 1, "num_classes": 10, "image_shape": (256, 256, 1),
                      "task": "regression" if values["predict_variance"] else "classification",
-                     "target_size": 1, "target_mean": None, "target_std": None}
+                     "target_size": 1, "target_mean": None, "target_std": None,
+                     "rocket_length": 64 if values["rocket_features"] else None}
             values.update({k: v for k, v in found.items() if values[k] is None})
         else:
             found = {"input_size": data.input_size, "num_classes": data.num_classes,
                      "image_shape": data.image_shape if args.kind == "conv" else None,
                      "task": data.task, "target_size": data.target_size,
-                     "target_mean": data.target_mean, "target_std": data.target_std}
+                     "target_mean": data.target_mean, "target_std": data.target_std,
+                     "rocket_length": data.sequence_length if values["rocket_features"] else None}
             assert set(found) == set(from_data_fields(ModelConfig))
             for name, actual in found.items():
                 given = values[name]
@@ -162,6 +165,22 @@ def _model_config(args, data: RunData | None) -> ModelConfig:
         return ModelConfig(**values)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def _init_from_data(model, data: RunData, batch: int, seed: int):
+    """The model with what it fits from the training inputs (its rocket features) fitted."""
+    if not model.fits_from_data:
+        return model
+    xs, masks = [], []
+    loader = data.eval_loader("train", batch)
+    for b in loader.epoch(0):
+        d = lt.batch_dict(b.data)
+        xs.append(np.asarray(d["x"]))
+        masks.append(np.ones(d["x"].shape[:2], bool) if d.get("mask") is None
+                     else np.asarray(d["mask"]))
+    return model.init_from_data(jnp.asarray(np.concatenate(xs)),
+                                jnp.asarray(np.concatenate(masks)),
+                                key=jax.random.fold_in(jax.random.key(seed), 7))
 
 
 def _check_resumable(ckpt: Path, mconfig: ModelConfig, dconfig: ld.DataConfig) -> dict[str, Any]:
@@ -298,6 +317,8 @@ def _train(args, tconfig: lt.TrainConfig, parallel, dconfig: ld.DataConfig, eval
     compute, slow = check_compute(args, nparams, tconfig.batch_size, steps, total_steps,
                                   jax.devices()[0].platform)
     model = build_model(mconfig, key=jax.random.key(tconfig.seed))
+    if resume is None:  # a checkpoint holds what the model fitted from the data
+        model = _init_from_data(model, data, eval_batch, tconfig.seed)
     print(f"liquidjax: {dconfig.dataset} ({data.stats.get('source', 'synthetic')}), {data.task}, "
           f"{args.kind}/{args.cell}/{args.wiring}, {args.units} units"
           + (f", an ensemble of {args.ensemble}" if args.ensemble > 1 else "")

@@ -6,7 +6,8 @@
 * :class:`ConvLiquidClassifier` — a small convolutional stem whose feature-map rows (or columns)
   form the sequence read by a liquid layer (the "conv + NCP" design).
 * :class:`StemSequenceClassifier` — a temporal convolution stem at full resolution read by
-  liquid layers in windows of a few steps, its global average beside (long time series).
+  liquid layers in windows of a few steps, its global average beside (long time series), and
+  optionally :class:`RocketFeatures` (MiniRocket's random convolutional features) beside too.
 * :class:`Ensemble` — independently trained copies of one model, their predictions averaged.
 * :class:`ModelConfig` and :func:`build_model` — the one place where names (cell, wiring, solver,
   readout) become objects.
@@ -38,10 +39,14 @@ from ._conv_stem import (
 from ._ensemble import AbstractEnsemble as AbstractEnsemble, Ensemble as Ensemble
 from ._liquid_s4 import liquid_s4_classifier as liquid_s4_classifier
 from ._param_groups import (
+    fixed_mask as fixed_mask,
+    freeze_fixed as freeze_fixed,
+    has_fixed_params as has_fixed_params,
     has_ssm_params as has_ssm_params,
     ssm_labels as ssm_labels,
     ssm_param_groups as ssm_param_groups,
 )
+from ._rocket import RocketFeatures as RocketFeatures
 from ._temporal_stem import (
     StemSequenceClassifier as StemSequenceClassifier,
     TemporalStem as TemporalStem,

@@ -17,6 +17,7 @@ from ._classifier import AbstractClassifier, SequenceClassifier
 from ._config import ModelConfig
 from ._conv_stem import ConvLiquidClassifier, conv_stem_blocks, feature_map_shape
 from ._ensemble import Ensemble
+from ._rocket import RocketFeatures
 from ._temporal_stem import StemSequenceClassifier, TemporalStem
 
 
@@ -84,12 +85,18 @@ def _make_stem_model(config: ModelConfig, *, key: PRNGKeyArray) -> StemSequenceC
     kstem, kbody, khead = jax.random.split(key, 3)
     stem = TemporalStem(config.input_size, config.stem_channels, key=kstem)
     body = _make_body(config, stem.output_size, key=kbody)
-    size = body.layers[-1].output_size + (stem.output_size if config.stem_gap else 0)
+    rocket = None
+    if config.rocket_features:
+        assert config.rocket_length is not None  # ModelConfig checks it
+        rocket = RocketFeatures(config.input_size, config.rocket_features, config.rocket_length,
+                                key=jax.random.fold_in(key, 1))
+    size = (body.layers[-1].output_size + (stem.output_size if config.stem_gap else 0)
+            + (0 if rocket is None else rocket.num_features))
     head = eqx.nn.Linear(size, config.output_size, key=khead)
     return StemSequenceClassifier(stem, body.layers, head, pool=config.stem_pool or 1,
                                   gap=config.stem_gap, readout=config.readout,
                                   dropout=config.dropout, target_mean=config.target_mean,
-                                  target_std=config.target_std)
+                                  target_std=config.target_std, rocket=rocket)
 
 
 def _build_one(config: ModelConfig, *, key: PRNGKeyArray) -> AbstractClassifier:

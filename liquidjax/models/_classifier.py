@@ -41,6 +41,22 @@ class AbstractClassifier(AbstractStreaming):
     ) -> Float[Array, " classes"]:
         """The class logits of one example."""
 
+    @property
+    def fits_from_data(self) -> bool:
+        """Whether :meth:`init_from_data` fits anything (then the trainer reads the training
+        inputs once before training)."""
+        return False
+
+    def init_from_data(self, x: Float[Array, "batch time input"],
+                       mask: Bool[Array, "batch time"] | None, *, key: PRNGKeyArray
+                       ) -> AbstractClassifier:
+        """The model with whatever it fits from the training inputs `x` (as the model reads
+        them, valid steps first as `mask` says) set; called once before training (not on
+        resume: a checkpoint holds the fitted values). Nothing, unless a model overrides it
+        (:class:`~liquidjax.models.RocketFeatures` behind a stem fits its biases and scales)."""
+        del x, mask, key
+        return self
+
 
 def _dropout(x: Array, rate: float, key: PRNGKeyArray | None) -> Array:
     if key is None or rate == 0.0:

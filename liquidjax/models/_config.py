@@ -110,6 +110,12 @@ class ModelConfig:
     - `stem_pool`: observations per liquid step behind a stem (``None``: 1; ``--dataset ts``
       chooses it from the longest training series).
     - `stem_gap`: give the head the stem's global average over the valid steps too.
+    - `rocket_features`: behind a stem: this many MiniRocket features of the input (random
+      convolutions, :class:`~liquidjax.models.RocketFeatures`; rounded down to a multiple of
+      84), standardised, given to the head beside the liquid features; fitted on the training
+      split (:meth:`~liquidjax.models.AbstractClassifier.init_from_data`). ``0``: none.
+    - `rocket_length`: the longest training series in the model's steps (the data gives it):
+      fixes the features' dilations.
     - `task`: ``"classification"`` (logits) or ``"regression"`` (real predictions).
     - `per_step`: one output per step (Keras ``return_sequences``) instead of one per
       sequence (sequence models only).
@@ -172,6 +178,8 @@ class ModelConfig:
     stem_channels: tuple[int, ...] | None = config_field(None, **_POSITIVE)
     stem_pool: int | None = config_field(None, **_POSITIVE)
     stem_gap: bool = True
+    rocket_features: int = config_field(0, minimum=0, maximum=100_000)
+    rocket_length: int | None = config_field(None, minimum=1, from_data=True)
     task: Task = config_field("classification", from_data=True)
     per_step: bool = False
     target_size: int = config_field(1, minimum=1, from_data=True)
@@ -209,6 +217,12 @@ class ModelConfig:
         if self.stem_channels and (self.kind != "sequence" or self.per_step):
             raise ValueError("stem_channels (a temporal convolution stem) needs kind='sequence' "
                              "with one output per sequence (not per_step)")
+        if self.rocket_features and not self.stem_channels:
+            raise ValueError("rocket_features (random convolutional features beside the liquid "
+                             "layers) needs a temporal stem too: set stem_channels")
+        if self.rocket_features and self.rocket_length is None:
+            raise ValueError("rocket_features needs rocket_length (the longest training series, "
+                             "in the model's steps; liquidjax train fills it in from the data)")
         if (self.stem_pool or 1) > 1 and not self.stem_channels:
             raise ValueError(f"stem_pool={self.stem_pool} pools the stem's features: set "
                              "stem_channels too (or patch the data: --patch-length)")

@@ -130,6 +130,17 @@ class Ensemble(AbstractEnsemble):
         arrays, static = eqx.partition(self.members, eqx.is_array)
         return eqx.combine(jax.tree_util.tree_map(lambda a: a[i], arrays), static)
 
+    @property
+    def fits_from_data(self) -> bool:
+        return self.members.fits_from_data
+
+    def init_from_data(self, x, mask, *, key):
+        """Each member fits what it fits from the training inputs, with its own key."""
+        members = eqx.filter_vmap(
+            lambda m, k: m.init_from_data(x, mask, key=k), in_axes=(eqx.if_array(0), 0)
+        )(self.members, jax.random.split(key, self.size))
+        return eqx.tree_at(lambda e: e.members, self, members)
+
     def combine(self, outputs: Array, mask: Bool[Array, "*batch time"] | None = None) -> Array:
         """The ensemble's prediction from its members' outputs stacked on axis 0 (one example,
         or a batch); per-step outputs are zero on the steps `mask` marks invalid, as a single

@@ -18,7 +18,8 @@ import optax
 
 from ..cells._base import AbstractCell
 
-__all__ = ["has_ssm_params", "ssm_labels", "ssm_param_groups"]
+__all__ = ["fixed_mask", "freeze_fixed", "has_fixed_params", "has_ssm_params", "ssm_labels",
+           "ssm_param_groups"]
 
 
 def ssm_labels(params: Any) -> Any:
@@ -38,6 +39,33 @@ def ssm_labels(params: Any) -> Any:
         )
 
     return jax.tree_util.tree_map(label, params, is_leaf=lambda n: isinstance(n, AbstractCell))
+
+
+def fixed_mask(params: Any) -> Any:
+    """The same pytree as `params` with ``True`` on every array that a module lists in its
+    ``fixed_fields`` class variable (values fitted from data, never trained — e.g.
+    :class:`~liquidjax.models.RocketFeatures`) and ``False`` elsewhere."""
+
+    def mark(node):
+        fields = getattr(type(node), "fixed_fields", ())
+        if not isinstance(node, eqx.Module) or not fields:
+            return jax.tree_util.tree_map(lambda _: False, node)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: getattr(path[0], "name", None) in fields, node)
+
+    return jax.tree_util.tree_map(
+        mark, params, is_leaf=lambda n: bool(getattr(type(n), "fixed_fields", ())))
+
+
+def has_fixed_params(model: Any) -> bool:
+    """Whether any array of `model` is fixed (:func:`fixed_mask`)."""
+    return any(jax.tree_util.tree_leaves(fixed_mask(eqx.filter(model, eqx.is_inexact_array))))
+
+
+def freeze_fixed() -> optax.GradientTransformation:
+    """Zero the updates of the fixed arrays (:func:`fixed_mask`): chained after the optimiser,
+    it keeps weight decay (and anything else) from moving them."""
+    return optax.masked(optax.set_to_zero(), fixed_mask)
 
 
 def has_ssm_params(model: Any) -> bool:

@@ -12,6 +12,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ..layers import LiquidRNN
 from ._classifier import AbstractClassifier, _dropout, _pool, target_stats, unstandardize
+from ._rocket import RocketFeatures
 
 STEM_KERNELS: tuple[int, ...] = (8, 5, 3)
 """Kernel sizes of the stem's blocks (the FCN of Wang et al. 2017; further blocks use 3)."""
@@ -116,6 +117,8 @@ class StemSequenceClassifier(AbstractClassifier):
     - `head`: ``eqx.nn.Linear`` from the liquid output (plus the stem's channels with `gap`).
     - `pool`: steps per window.
     - `gap`: concatenate the stem's global average (over valid steps) to the liquid features.
+    - `rocket`: optional :class:`RocketFeatures` of the input, concatenated too (fit them with
+      :meth:`init_from_data`).
     - `readout`, `dropout`, `target_mean`, `target_std`: as :class:`SequenceClassifier`.
 
     **Returns** (of ``__call__``): outputs ``(num_classes,)``.
@@ -124,6 +127,7 @@ class StemSequenceClassifier(AbstractClassifier):
     stem: TemporalStem
     layers: tuple[LiquidRNN, ...]
     head: eqx.nn.Linear
+    rocket: RocketFeatures | None
     pool: int = eqx.field(static=True)
     gap: bool = eqx.field(static=True)
     readout: str = eqx.field(static=True)
@@ -135,8 +139,9 @@ class StemSequenceClassifier(AbstractClassifier):
 
     def __init__(self, stem: TemporalStem, layers, head: eqx.nn.Linear, *, pool: int = 1,
                  gap: bool = True, readout: str = "last", dropout: float = 0.0,
-                 target_mean=None, target_std=None):
+                 target_mean=None, target_std=None, rocket: RocketFeatures | None = None):
         self.stem = stem
+        self.rocket = rocket
         self.layers = tuple(layers)
         self.head = head
         self.pool = int(pool)
@@ -154,7 +159,11 @@ class StemSequenceClassifier(AbstractClassifier):
         if not self.layers or self.layers[0].cell.input_size != self.stem.output_size:
             raise ValueError("the first liquid layer must read the stem's "
                              f"{self.stem.output_size} channels")
-        expected = self.layers[-1].output_size + (self.stem.output_size if self.gap else 0)
+        expected = (self.layers[-1].output_size + (self.stem.output_size if self.gap else 0)
+                    + (0 if self.rocket is None else self.rocket.num_features))
+        if self.rocket is not None and self.rocket.input_size != self.input_size:
+            raise ValueError(f"the rocket features read {self.rocket.input_size} channels; the "
+                             f"model reads {self.input_size}")
         if self.head.in_features != expected:
             raise ValueError(f"head expects {self.head.in_features} features; the model "
                              f"gives it {expected}")
@@ -183,5 +192,18 @@ class StemSequenceClassifier(AbstractClassifier):
             valid = jnp.ones(f.shape[:1], f.dtype) if mask is None else mask.astype(f.dtype)
             mean = jnp.sum(f * valid[:, None], axis=0) / jnp.maximum(jnp.sum(valid), 1.0)
             feats = jnp.concatenate([feats, mean])
+        if self.rocket is not None:
+            feats = jnp.concatenate([feats, self.rocket(x, mask).astype(feats.dtype)])
         out = self.head(_dropout(feats, self.dropout, keys[-1]))
         return unstandardize(out, self.target_mean, self.target_std)
+
+    @property
+    def fits_from_data(self) -> bool:
+        return self.rocket is not None
+
+    def init_from_data(self, x, mask, *, key):
+        """Fit the rocket features (if any) to the training inputs: see
+        :meth:`RocketFeatures.fit`."""
+        if self.rocket is None:
+            return self
+        return eqx.tree_at(lambda m: m.rocket, self, self.rocket.fit(x, mask, key=key))

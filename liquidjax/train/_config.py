@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from .._checks import check_fields, config_field
-from ..models import ssm_param_groups
+from ..models import freeze_fixed, ssm_param_groups
 
 # Fields that change the sequence of parameter updates: a resumed run must agree on them, or it
 # would silently continue a different run.
@@ -153,13 +153,15 @@ def clip_by_member_norm(max_norm: float) -> optax.GradientTransformation:
 
 @functools.lru_cache(maxsize=64)
 def make_optimizer(config: TrainConfig, total_steps: int, *, members: bool = False,
-                   ssm: bool = False) -> optax.GradientTransformation:
+                   ssm: bool = False, fixed: bool = False) -> optax.GradientTransformation:
     """The default optimiser: global-norm clipping, then AdamW on the warm-up + cosine schedule.
     With ``members`` (the parameters of an :class:`~liquidjax.models.Ensemble`) the clipping is
     per member (:func:`clip_by_member_norm`), so each member trains as it would alone. With
     ``ssm`` (a model with parameters labelled ``"ssm"``, :func:`liquidjax.models.has_ssm_params`)
     the AdamW is :func:`liquidjax.models.ssm_param_groups` instead: those parameters by Adam at
-    :func:`ssm_learning_rate` on the same schedule's shape, without weight decay.
+    :func:`ssm_learning_rate` on the same schedule's shape, without weight decay. With ``fixed``
+    (a model with arrays fitted from data, :func:`liquidjax.models.has_fixed_params`) their
+    updates are zeroed last (:func:`liquidjax.models.freeze_fixed`).
 
     Cached: the same arguments give the same object, so the jitted train step (which treats the
     optimiser as static) is not recompiled when training is restarted in the same process.
@@ -169,6 +171,7 @@ def make_optimizer(config: TrainConfig, total_steps: int, *, members: bool = Fal
     - `total_steps`: length of the schedule (usually ``epochs × steps_per_epoch``).
     - `members`: the parameters are an ensemble's (leading member axis).
     - `ssm`: the model labels some of its parameters ``"ssm"``.
+    - `fixed`: the model has fixed arrays (never updated).
 
     **Returns:** an ``optax.GradientTransformation``.
 
@@ -184,6 +187,8 @@ def make_optimizer(config: TrainConfig, total_steps: int, *, members: bool = Fal
             weight_decay=config.weight_decay)
     else:
         adamw = optax.adamw(make_schedule(config, total_steps), weight_decay=config.weight_decay)
+    if fixed:
+        adamw = optax.chain(adamw, freeze_fixed())
     if config.clip_norm is None:
         return adamw
     clip = clip_by_member_norm if members else optax.clip_by_global_norm

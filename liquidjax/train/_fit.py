@@ -17,7 +17,7 @@ import optax
 
 from .._records import FitResult
 from ..data import Loader
-from ..models import AbstractEnsemble, has_ssm_params
+from ..models import AbstractEnsemble, has_fixed_params, has_ssm_params
 from ._checkpoint import CheckpointError, save_checkpoint
 from ._config import TrainConfig, make_optimizer, make_schedule
 from ._data import ArrayData, DataLike, as_loader, batch_dict, check_data_labels, rows_of
@@ -403,7 +403,8 @@ def fit(
     if optimizer is None:
         optimizer = make_optimizer(config, total_steps,
                                    members=isinstance(model, AbstractEnsemble),
-                                   ssm=has_ssm_params(model))
+                                   ssm=has_ssm_params(model),
+                                   fixed=has_fixed_params(model))
         schedule = make_schedule(config, total_steps)
     optimizer = _chained(optimizer, tuple(extra_transforms))
 
