@@ -45,7 +45,8 @@ class _StepPlan:
         return f"{self.model_name} ({', '.join(type(c).__name__ for c in self.cells)})"
 
 
-def _plan(model: Any, where: str = "stepper", dt: Any = None) -> _StepPlan:
+def _plan(model: Any, where: str = "stepper", dt: Any = None, *, poison: bool = False
+          ) -> _StepPlan:
     """The per-example step of a model of the streaming contract (a cell, a ``LiquidRNN``, a
     ``SequenceClassifier``: :class:`liquidjax._streaming.AbstractStreaming`); `where`: the
     public function asking (named in the errors).
@@ -53,7 +54,9 @@ def _plan(model: Any, where: str = "stepper", dt: Any = None) -> _StepPlan:
     With a fixed `dt` (a positive number) the step advances across that ``dt`` whatever its
     ``dt`` argument: the value is a constant of the traced step, so :func:`_folded` computes
     everything that depends on the parameters and ``dt`` alone once (a Liquid-S4 layer's
-    discretised ``Ā``, ``B̄``). The callers refuse a ``dt`` argument that differs from it."""
+    discretised ``Ā``, ``B̄``). The steppers refuse a ``dt`` argument that differs from it
+    before the call; with `poison` (the exported graphs, which cannot raise) such a step returns
+    NaN output and state instead."""
     # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
     # primitive (jax2onnx converts standard ones).
     model = portable_cells(model)
@@ -83,7 +86,11 @@ def _plan(model: Any, where: str = "stepper", dt: Any = None) -> _StepPlan:
     def fn(flat, x, dt):
         # A fixed dt enters as a constant (a closed-over array): folded with the parameters.
         out, new = step_tree(unravel(flat), x, dt if fixed is None else jnp.asarray(fixed))
-        return out, ravel_pytree(new)[0]
+        new = ravel_pytree(new)[0]
+        if fixed is not None and poison:  # never a step across a stale discretisation
+            same = dt == fixed
+            out, new = (jnp.where(same, a, jnp.nan) for a in (out, new))
+        return out, new
 
     return _StepPlan(
         model_name=type(model).__name__, fn=fn, init=np.asarray(flat0), unravel=unravel,
@@ -180,6 +187,7 @@ def _manifest(plan: _StepPlan, fmt: str, batch_shape, functions: dict) -> dict[s
         "dtype": str(plan.dtype),
         "batch_shape": list(batch_shape),
         "initial_state": [float(v) for v in plan.init],
+        "fixed_dt": plan.fixed_dt,
         "calling_convention": "step(state, x, dt) -> (output, new_state); "
                               "sequence(state, xs, dts) -> (outputs, new_state)",
         "functions": functions,
