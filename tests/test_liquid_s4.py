@@ -281,6 +281,11 @@ def test_stack_conv_mode_equals_liquidrnn_and_the_stepper(stack):
         for other in (1.0, np.full(3, 0.5)):
             with pytest.raises(ValueError, match=r"built for the fixed dt = 0\.5 .*got dt ="):
                 step(state, np.asarray(x[0]), other)
+        if backend == "c":  # the generated C refuses it too (to_c's checked <name>_step)
+            header = (step.source_dir / "liquidjax.h").read_text()
+            assert "#define LIQUIDJAX_FIXED_DT 0.5f" in header
+            step._dt[...] = 1.0  # past the Python check, into the bound buffer
+            assert step._call() == 1  # LIQUIDJAX_BAD_DT
     # dropout: the same masks per step in both modes, and they do something
     key = jax.random.key(9)
     dropped = stack.advance_sequence(stack.init_state(), x, None, key=key)
