@@ -412,6 +412,9 @@ def stepper(
     state = step.initial_state()
     for x, dt in sensor_stream:
         action, state = step(state, x, dt)
+
+    fixed = liquidjax.export.stepper(model, dt=0.02)   # a 50 Hz stream: dt folded in once
+    action, state = fixed(fixed.initial_state(), x)    # dt omitted (or 0.02; any other: error)
     ```
     """
     backends: dict[str, type[_StepperBase]] = {"xla": Stepper, "c": CStepper}
