@@ -274,8 +274,9 @@ def test_stack_conv_mode_equals_liquidrnn_and_the_stepper(stack):
     for backend in ("xla", "c") if shutil.which("cc") else ("xla",):
         step = lj.export.stepper(lj.LiquidRNN(stack), backend=backend, dt=0.5)
         state, outs = step.initial_state(), []
-        for k in range(len(x)):
-            out, state = step(state, np.asarray(x[k]), *((np.float32(0.5),) if k % 2 else ()))
+        same = [(), (np.float32(0.5),), (0.5,), (np.float64(0.5),), (np.full((), 0.5),)]
+        for k in range(len(x)):  # dt omitted, or the same value in any type
+            out, state = step(state, np.asarray(x[k]), *same[k % len(same)])
             outs.append(np.asarray(out))
         np.testing.assert_allclose(np.stack(outs), half, rtol=1e-5, atol=1e-5, err_msg=backend)
         for other in (1.0, np.full(3, 0.5)):

@@ -68,21 +68,24 @@ class _StepperBase:
         self.dtype = plan.dtype
         self.fixed_dt = plan.fixed_dt
         self._default_dt = 1.0 if plan.fixed_dt is None else plan.fixed_dt
+        # A NumPy scalar of the stepper's dtype: a Python float compares with it in that dtype
+        self._fixed = None if plan.fixed_dt is None else plan.dtype.type(plan.fixed_dt)
         self._x_shape = batch_shape + (plan.input_size,)
 
     def _refuse_other_dt(self, dt: Any) -> None:
         """Raise our ``ValueError`` unless ``dt`` is the fixed one (in the stepper's dtype, any
         shape that broadcasts to ``batch_shape``): the step was folded for that ``dt`` alone,
         another would be stepped across a stale discretisation."""
-        with contextlib.suppress(ValueError, TypeError):  # an array: compared below
-            if dt == self.fixed_dt:  # the usual call: a Python or NumPy scalar, equal
+        if type(dt) in (float, int) or type(dt) is type(self._fixed):  # the usual call
+            if dt == self._fixed:  # (a Python number compares in the stepper's dtype)
                 return
-        fixed = np.asarray(self.fixed_dt, self.dtype)
-        with contextlib.suppress(ValueError, TypeError):
-            a = np.asarray(dt)
-            if (a.dtype.kind in "biuf" and np.broadcast_shapes(a.shape, self.batch_shape)
-                    == self.batch_shape and np.all(a.astype(self.dtype) == fixed)):
-                return
+        else:
+            with contextlib.suppress(ValueError, TypeError):
+                a = np.asarray(dt)
+                fits = a.shape == self.batch_shape or (
+                    np.broadcast_shapes(a.shape, self.batch_shape) == self.batch_shape)
+                if a.dtype.kind in "biuf" and fits and (a.astype(self.dtype) == self._fixed).all():
+                    return
         raise ValueError(
             f"{type(self).__name__} was built for the fixed dt = {self.fixed_dt:g} "
             f"(stepper(..., dt={self.fixed_dt:g})), got dt = {dt!r}: pass that dt or none, or "
