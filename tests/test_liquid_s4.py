@@ -116,6 +116,36 @@ def test_convolution_mode_equals_recurrence(dtype):
             last = jax.tree_util.tree_map(lambda a: a[-1], ref)
             assert _max_err(last, final) <= tol * scale, (order, kernel, disc)
             assert float(jnp.max(jnp.abs(ref.y))) > 0.5  # not vacuous
+            if (order, kernel, disc) == CASES[2]:  # the "pb" zoh stack streams below
+                # a fixed-rate stepper (Ā, B̄ folded once): the same numbers, dt omitted
+                step = lj.export.stepper(layer, dt=1.0)
+                flat, ys = step.flatten_state(s0), []
+                for k in range(len(u)):
+                    y, flat = step(flat, np.asarray(u[k]))
+                    ys.append(np.asarray(y))
+                assert np.max(np.abs(np.stack(ys) - got.y)) <= tol * scale, (order, kernel, disc)
+                assert _max_err(step.unflatten_state(flat), final) <= tol * scale
+
+
+def test_fixed_dt_step_does_no_discretisation():
+    """What a fixed-rate stepper runs per step: no transcendental, no division (Ā, B̄ folded),
+    where the per-step-dt step computes them; the arithmetic left is the diagonal update."""
+    from liquidjax.export._fold import _folded
+    from liquidjax.export._step import _plan, _step_specs
+
+    layer = _perturbed(_layer(2, "pb", "zoh", jnp.float32))
+
+    def primitives(dt):
+        plan = _plan(layer, dt=dt)
+        specs = _step_specs(plan, ())
+        jaxpr = jax.make_jaxpr(_folded(plan.fn, specs, distinct=False))(*specs).jaxpr
+        return {e.primitive.name for e in jaxpr.eqns}
+
+    costly = {"exp", "sin", "cos", "div", "log", "atan2", "pow"}
+    assert {"exp", "sin", "cos"} <= primitives(None)  # not vacuous: per step they are there
+    assert not primitives(1.0) & costly
+    with pytest.raises(ValueError, match="dt must be None .* or one positive, finite number"):
+        lj.export.stepper(layer, dt=-1.0)
 
 
 def test_against_numpy_recurrence_and_plain_s4d():
@@ -236,6 +266,27 @@ def test_stack_conv_mode_equals_liquidrnn_and_the_stepper(stack):
             out, state = step(state, np.asarray(x[k]), np.float32(1.0))
             outs.append(np.asarray(out))
         np.testing.assert_allclose(np.stack(outs), conv, rtol=1e-5, atol=1e-5, err_msg=backend)
+    # a fixed-rate stream (stepper(..., dt=0.5): the discretisation folded once, not per step)
+    # equals the per-step path across the same dt; another dt is refused, never stepped stale
+    half = jax.vmap(stack.output)(stack.advance_sequence(stack.init_state(), x,
+                                                         jnp.full(len(x), 0.5)))
+    assert float(jnp.max(jnp.abs(half - conv))) > 1e-2  # dt matters: not vacuous
+    for backend in ("xla", "c") if shutil.which("cc") else ("xla",):
+        step = lj.export.stepper(lj.LiquidRNN(stack), backend=backend, dt=0.5)
+        state, outs = step.initial_state(), []
+        same = [(), (np.float32(0.5),), (0.5,), (np.float64(0.5),), (np.full((), 0.5),)]
+        for k in range(len(x)):  # dt omitted, or the same value in any type
+            out, state = step(state, np.asarray(x[k]), *same[k % len(same)])
+            outs.append(np.asarray(out))
+        np.testing.assert_allclose(np.stack(outs), half, rtol=1e-5, atol=1e-5, err_msg=backend)
+        for other in (1.0, np.full(3, 0.5)):
+            with pytest.raises(ValueError, match=r"built for the fixed dt = 0\.5 .*got dt ="):
+                step(state, np.asarray(x[0]), other)
+        if backend == "c":  # the generated C refuses it too (to_c's checked <name>_step)
+            header = (step.source_dir / "liquidjax.h").read_text()
+            assert "#define LIQUIDJAX_FIXED_DT 0.5f" in header
+            step._dt[...] = 1.0  # past the Python check, into the bound buffer
+            assert step._call() == 1  # LIQUIDJAX_BAD_DT
     # dropout: the same masks per step in both modes, and they do something
     key = jax.random.key(9)
     dropped = stack.advance_sequence(stack.init_state(), x, None, key=key)
@@ -415,6 +466,17 @@ def test_onnx_and_stablehlo_stream_the_convolution_mode(tmp_path):
     seq = jax.export.deserialize((tmp_path / "hlo" / "sequence.jaxexport").read_bytes())
     ys, _ = seq.call(s0, x, dts)
     np.testing.assert_allclose(ys, ref, rtol=0, atol=1e-5)
+    # a fixed dt, folded at export: the same outputs; another dt gives NaN, not a stale step
+    man = lj.export.to_stablehlo(model, tmp_path / "fixed", dt=1.0)
+    assert man["fixed_dt"] == 1.0
+    fn = jax.export.deserialize((tmp_path / "fixed" / "step.jaxexport").read_bytes())
+    state, outs = s0, []
+    for k in range(len(x)):
+        out, state = fn.call(state, x[k], dts[k])
+        outs.append(np.asarray(out))
+    np.testing.assert_allclose(np.stack(outs), ref, rtol=0, atol=1e-5)
+    out, state = fn.call(s0, x[0], np.float32(0.5))
+    assert np.isnan(out).all() and np.isnan(state).all()
 
     try:
         import jax2onnx  # noqa: F401

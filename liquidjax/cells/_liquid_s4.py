@@ -214,17 +214,17 @@ class LiquidS4(AbstractCell):
         """``Ā``, ``B̄`` of :meth:`_discrete` as (real, imaginary) pairs, in real arithmetic only
         (the recurrent step then translates to C and ONNX, which have no complex numbers)."""
         ar, ai = -jnp.exp(self.a_log), self.a_im
+        b = (self.b_re, self.b_im)
         step = (jnp.exp(self.log_dt) * tau)[:, None]
         dr, di = step * ar, step * ai
         if self.discretisation == "zoh":
             mag = jnp.exp(dr)
             abar = (mag * jnp.cos(di), mag * jnp.sin(di))
-            q = _cdiv((abar[0] - 1, abar[1]), (ar, ai))  # (Ā - 1) / A
-        else:
-            den = (1 - dr / 2, -di / 2)
-            abar = _cdiv((1 + dr / 2, di / 2), den)
-            q = _cdiv((step, jnp.zeros_like(step)), den)  # Δτ / (1 - ΔτA/2)
-        return abar, _cmul(q, (self.b_re, self.b_im))
+            # (Ā - 1)·(B/A): B/A depends on the parameters alone, so the exporters fold it
+            return abar, _cmul((abar[0] - 1, abar[1]), _cdiv(b, (ar, ai)))
+        den = (1 - dr / 2, -di / 2)
+        abar = _cdiv((1 + dr / 2, di / 2), den)
+        return abar, _cdiv((step * b[0], step * b[1]), den)  # Δτ B / (1 - ΔτA/2)
 
     def _c(self):
         return self.c_re + 1j * self.c_im

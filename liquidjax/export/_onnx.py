@@ -103,6 +103,7 @@ def to_onnx(
     seq_len: int | None = None,
     batch_shape: Sequence[int] = (),
     opset: int = 21,
+    dt: float | None = None,
 ) -> dict[str, Any]:
     """Export the model's step (and its whole-sequence function) as ONNX graphs.
 
@@ -127,6 +128,8 @@ def to_onnx(
     - `seq_len`: observations ``T`` of the sequence graph (``None``: step only).
     - `batch_shape`: leading batch dimensions (fixed sizes).
     - `opset`: ONNX opset version.
+    - `dt`: ``None`` (default) or a fixed ``dt``, as :func:`to_stablehlo`'s (any other ``dt``
+      gives NaN).
 
     **Returns:** the manifest (a dict).
 
@@ -140,7 +143,7 @@ def to_onnx(
     _require_onnx()
     from jax2onnx import to_onnx as j2o
 
-    plan = _plan(model, "to_onnx")
+    plan = _plan(model, "to_onnx", dt, poison=True)
     bs = _check_batch_shape(batch_shape)
     length = _check_length(seq_len)
     if plan.dtype != np.float32:

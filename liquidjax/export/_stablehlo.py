@@ -31,6 +31,7 @@ def to_stablehlo(
     seq_len: int | None = None,
     batch_shape: Sequence[int] = (),
     platforms: Sequence[str] | None = None,
+    dt: float | None = None,
 ) -> dict[str, Any]:
     """Serialise the model's step (and its whole-sequence function) with ``jax.export``.
 
@@ -54,10 +55,14 @@ def to_stablehlo(
     - `batch_shape`: leading batch dimensions of every argument.
     - `platforms`: the platforms to lower for (default: this machine's backend), e.g.
       ``("cpu", "cuda")``.
+    - `dt`: ``None`` (default): ``dt`` is an input of every step; a positive number: a
+      fixed-rate stream, as :func:`stepper`'s `dt` (what depends on the parameters and ``dt``
+      alone is computed once, at export). The functions keep their ``dt`` input; a step given
+      any other ``dt`` returns NaN (output and state). The manifest's ``fixed_dt`` records it.
 
     **Returns:** the manifest (a dict, also written as ``manifest.json``).
     """
-    plan = _plan(model, "to_stablehlo")
+    plan = _plan(model, "to_stablehlo", dt, poison=True)
     bs = _check_batch_shape(batch_shape)
     length = _check_length(seq_len)
     with _output_folder(path) as out:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
@@ -36,6 +37,7 @@ class _StepPlan:
     output_size: int
     dtype: np.dtype
     cells: tuple[AbstractCell, ...]
+    fixed_dt: float | None = None  # a dt fixed when built (the step's dt argument then unused)
 
     @property
     def description(self) -> str:
@@ -43,10 +45,18 @@ class _StepPlan:
         return f"{self.model_name} ({', '.join(type(c).__name__ for c in self.cells)})"
 
 
-def _plan(model: Any, where: str = "stepper") -> _StepPlan:
+def _plan(model: Any, where: str = "stepper", dt: Any = None, *, poison: bool = False
+          ) -> _StepPlan:
     """The per-example step of a model of the streaming contract (a cell, a ``LiquidRNN``, a
     ``SequenceClassifier``: :class:`liquidjax._streaming.AbstractStreaming`); `where`: the
-    public function asking (named in the errors)."""
+    public function asking (named in the errors).
+
+    With a fixed `dt` (a positive number) the step advances across that ``dt`` whatever its
+    ``dt`` argument: the value is a constant of the traced step, so :func:`_folded` computes
+    everything that depends on the parameters and ``dt`` alone once (a Liquid-S4 layer's
+    discretised ``Ā``, ``B̄``). The steppers refuse a ``dt`` argument that differs from it
+    before the call; with `poison` (the exported graphs, which cannot raise) such a step returns
+    NaN output and state instead."""
     # Plain JAX ops only: no compiled-kernel custom call (jax.export refuses those) and no custom
     # primitive (jax2onnx converts standard ones).
     model = portable_cells(model)
@@ -71,16 +81,36 @@ def _plan(model: Any, where: str = "stepper") -> _StepPlan:
             "a stepper keeps the state as one flat array of one dtype"
         )
     flat0, unravel = ravel_pytree(state0)
+    fixed = _check_fixed_dt(dt, flat0.dtype, where)
 
     def fn(flat, x, dt):
-        out, new = step_tree(unravel(flat), x, dt)
-        return out, ravel_pytree(new)[0]
+        # A fixed dt enters as a constant (a closed-over array): folded with the parameters.
+        out, new = step_tree(unravel(flat), x, dt if fixed is None else jnp.asarray(fixed))
+        new = ravel_pytree(new)[0]
+        if fixed is not None and poison:  # never a step across a stale discretisation
+            same = dt == fixed
+            out, new = (jnp.where(same, a, jnp.nan) for a in (out, new))
+        return out, new
 
     return _StepPlan(
         model_name=type(model).__name__, fn=fn, init=np.asarray(flat0), unravel=unravel,
         input_size=int(in_size), output_size=int(out_size), dtype=np.dtype(flat0.dtype),
-        cells=cells,
+        cells=cells, fixed_dt=None if fixed is None else float(fixed),
     )
+
+
+def _check_fixed_dt(dt: Any, dtype: Any, where: str) -> np.ndarray | None:
+    """A fixed ``dt`` as a NumPy scalar of the state's dtype (``None``: ``dt`` per step)."""
+    if dt is None:
+        return None
+    ok = isinstance(dt, (int, float, np.integer, np.floating)) and not isinstance(dt, bool)
+    value = np.asarray(dt, dtype) if ok else None
+    if value is None or not (np.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{where}: dt must be None (the elapsed time given at every step) or one positive, "
+            f"finite number (every step the same: a fixed-rate stream), got {dt!r}"
+        )
+    return value
 
 
 def _batched(fn: Callable, batch_shape: tuple[int, ...]) -> Callable:
@@ -157,6 +187,7 @@ def _manifest(plan: _StepPlan, fmt: str, batch_shape, functions: dict) -> dict[s
         "dtype": str(plan.dtype),
         "batch_shape": list(batch_shape),
         "initial_state": [float(v) for v in plan.init],
+        "fixed_dt": plan.fixed_dt,
         "calling_convention": "step(state, x, dt) -> (output, new_state); "
                               "sequence(state, xs, dts) -> (outputs, new_state)",
         "functions": functions,

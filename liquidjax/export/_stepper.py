@@ -66,7 +66,31 @@ class _StepperBase:
         self.output_size = plan.output_size
         self.state_size = int(plan.init.size)
         self.dtype = plan.dtype
+        self.fixed_dt = plan.fixed_dt
+        self._default_dt = 1.0 if plan.fixed_dt is None else plan.fixed_dt
+        # A NumPy scalar of the stepper's dtype: a Python float compares with it in that dtype
+        self._fixed = None if plan.fixed_dt is None else plan.dtype.type(plan.fixed_dt)
         self._x_shape = batch_shape + (plan.input_size,)
+
+    def _refuse_other_dt(self, dt: Any) -> None:
+        """Raise our ``ValueError`` unless ``dt`` is the fixed one (in the stepper's dtype, any
+        shape that broadcasts to ``batch_shape``): the step was folded for that ``dt`` alone,
+        another would be stepped across a stale discretisation."""
+        if type(dt) in (float, int) or type(dt) is type(self._fixed):  # the usual call
+            if dt == self._fixed:  # (a Python number compares in the stepper's dtype)
+                return
+        else:
+            with contextlib.suppress(ValueError, TypeError):
+                a = np.asarray(dt)
+                fits = a.shape == self.batch_shape or (
+                    np.broadcast_shapes(a.shape, self.batch_shape) == self.batch_shape)
+                if a.dtype.kind in "biuf" and fits and (a.astype(self.dtype) == self._fixed).all():
+                    return
+        raise ValueError(
+            f"{type(self).__name__} was built for the fixed dt = {self.fixed_dt:g} "
+            f"(stepper(..., dt={self.fixed_dt:g})), got dt = {dt!r}: pass that dt or none, or "
+            "build it with dt=None to give the elapsed time at every step (irregular sampling)"
+        )
 
     def _checked(self, state: Any, x: Any, dt: Any, error: Exception) -> list[np.ndarray]:
         """``[state, x, dt]`` as NumPy arrays of the stepper's dtype and shapes (``dt``
@@ -147,6 +171,7 @@ class _StepperBase:
         return (f"{type(self).__name__}({self._plan.model_name}, input_size={self.input_size}, "
                 f"output_size={self.output_size}, state_size={self.state_size}, "
                 f"batch_shape={self.batch_shape}, dtype={self.dtype}"
+                + ("" if self.fixed_dt is None else f", dt={self.fixed_dt:g}")
                 + ("" if self.check else ", check=False") + ")")
 
 
@@ -169,7 +194,7 @@ class Stepper(_StepperBase):
     the call off JAX's fast dispatch path. On an accelerator reading it waits for the step.
 
     **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`, `device`,
-    `check`.
+    `check`, `fixed_dt` (``None``: ``dt`` given at every call).
     """
 
     def __init__(self, plan: _StepPlan, batch_shape: tuple[int, ...], check: bool = True):
@@ -210,7 +235,7 @@ class Stepper(_StepperBase):
 
     def __call__(
         self, state: Float[Array, "*batch state"], x: Float[Array, "*batch input"],
-        dt: Float[Array, "*batch"] | float = 1.0,
+        dt: Float[Array, "*batch"] | float | None = None,
     ) -> tuple[Float[Array, "*batch output"], Float[Array, "*batch state"]]:
         """Advance ``state`` across the elapsed time ``dt`` with the observation ``x`` held.
 
@@ -219,12 +244,18 @@ class Stepper(_StepperBase):
         - `x`: ``batch_shape + (input_size,)``, any real array (NumPy, JAX; cast to `dtype`).
         - `dt`: elapsed time since the previous observation, shape ``batch_shape`` or one that
           broadcasts to it (a Python float: the same for every example); must be positive.
+          ``None`` (default): ``1``, or the stepper's fixed ``dt``. A stepper built with a
+          fixed ``dt`` refuses any other (``ValueError``, with ``check=False`` too).
 
         **Returns:** ``(output, new_state)``.
 
         **Raises:** ``ValueError`` (one line) for a ``dt`` that is not positive and finite or an
         ``x`` that is not finite, unless the stepper was built with ``check=False``.
         """
+        if dt is None:
+            dt = self._default_dt
+        elif self.fixed_dt is not None:
+            self._refuse_other_dt(dt)
         xdt = np.empty(self._xdt_shape, self.dtype)  # a new one each call: the device may alias it
         try:
             if x.shape != self._x_shape:
@@ -266,7 +297,7 @@ class CStepper(_StepperBase):
     the example. ``check=False`` calls ``<name>_step_unchecked``.
 
     **Attributes:** `input_size`, `output_size`, `state_size`, `batch_shape`, `dtype`,
-    `source_dir`, `check`.
+    `source_dir`, `check`, `fixed_dt`.
     """
 
     # Steppers of one model share one library, hence its bound buffers and its scratch: per
@@ -305,10 +336,14 @@ class CStepper(_StepperBase):
 
     def __call__(
         self, state: Float[Array, "*batch state"], x: Float[Array, "*batch input"],
-        dt: Float[Array, "*batch"] | float = 1.0,
+        dt: Float[Array, "*batch"] | float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Advance ``state`` across ``dt`` with ``x`` held; arguments as
         :meth:`Stepper.__call__`, results new NumPy arrays."""
+        if dt is None:
+            dt = self._default_dt
+        elif self.fixed_dt is not None:
+            self._refuse_other_dt(dt)
         with self._lock:  # one call at a time per library (threads take turns)
             try:
                 if x.shape != self._x_shape or state.shape != self._state_shape:
@@ -329,6 +364,7 @@ class CStepper(_StepperBase):
 
 def stepper(
     model: Any, *, batch_shape: Sequence[int] = (), backend: str = "xla", check: bool = True,
+    dt: float | None = None,
 ) -> Stepper | CStepper:
     """Compile a model for streaming, one observation at a time.
 
@@ -360,6 +396,14 @@ def stepper(
       :class:`~liquidjax.LiquidRNN` refuses; one NaN would otherwise poison the state for good.
       It costs a test of each value per call (see docs/troubleshooting.md for its measured
       cost); ``check=False`` skips it.
+    - `dt`: ``None`` (default): the elapsed time is an argument of every step (irregular
+      sampling). A positive number: a **fixed-rate stream**, every step across that ``dt``;
+      what depends on the parameters and ``dt`` alone is computed once, now, instead of at
+      every step (a Liquid-S4 layer's discretised ``Ā``, ``B̄``, the bulk of its step: see
+      docs/liquid_s4.md). Calls may omit ``dt`` or pass that same value (compared in the
+      stepper's dtype); any other is refused with a ``ValueError``, never stepped with the
+      stale discretisation. The numbers equal those of the per-step stepper given that ``dt``
+      to rounding.
 
     **Returns:** a :class:`Stepper` (``step(state, x, dt)``, ``step.initial_state()``,
     ``step.unflatten_state(state)`` to read the model's own state pytree); for ``backend="c"``
@@ -371,9 +415,12 @@ def stepper(
     state = step.initial_state()
     for x, dt in sensor_stream:
         action, state = step(state, x, dt)
+
+    fixed = liquidjax.export.stepper(model, dt=0.02)   # a 50 Hz stream: dt folded in once
+    action, state = fixed(fixed.initial_state(), x)    # dt omitted (or 0.02; any other: error)
     ```
     """
     backends: dict[str, type[_StepperBase]] = {"xla": Stepper, "c": CStepper}
     if backend not in backends:
         raise ValueError(f"backend must be one of {sorted(backends)}, got {backend!r}")
-    return backends[backend](_plan(model), _check_batch_shape(batch_shape), check)
+    return backends[backend](_plan(model, dt=dt), _check_batch_shape(batch_shape), check)

@@ -33,6 +33,7 @@ def to_c(
     batch_shape: Sequence[int] = (),
     dtype: Any = None,
     name: str = "liquidjax",
+    dt: float | None = None,
 ) -> dict[str, Any]:
     """Write the model's step as dependency-free C99: for a microcontroller, or any C program.
 
@@ -76,6 +77,11 @@ def to_c(
     - `dtype`: ``float32`` or ``float64`` to cast the parameters to first (default: the model's
       own dtype).
     - `name`: the prefix of the C names and the files (a C identifier).
+    - `dt`: ``None`` (default): ``dt`` is an argument of every step; a positive number: a
+      fixed-rate stream, as :func:`stepper`'s `dt` (what depends on the parameters and ``dt``
+      alone is computed at export, e.g. a Liquid-S4 layer's discretisation). The functions keep
+      their ``dt`` argument: ``<name>_step`` returns ``<NAME>_BAD_DT`` for any other value
+      (``<NAME>_FIXED_DT``), ``<name>_step_unchecked`` ignores it.
 
     **Returns:** the manifest (a dict).
 
@@ -90,7 +96,7 @@ def to_c(
     bs = _check_batch_shape(batch_shape)
     if dtype is not None:
         model = _cast(model, dtype)
-    plan = _plan(model, "to_c")
+    plan = _plan(model, "to_c", dt)
     fn, _ = _c_step(plan, bs, name)
     header, source = _c_files(plan, bs, fn, name)
     with _output_folder(path) as out:
@@ -133,7 +139,8 @@ def _c_files(plan: _StepPlan, batch_shape: tuple[int, ...], fn: _cgen.CFunction,
              name: str) -> tuple[str, str]:
     return _cbuild.files(fn, name=name, model=plan.description, dtype=plan.dtype,
                          batch_shape=batch_shape, input_size=plan.input_size,
-                         output_size=plan.output_size, init=plan.init)
+                         output_size=plan.output_size, init=plan.init,
+                         fixed_dt=plan.fixed_dt)
 
 
 def _cast(model: Any, dtype: Any) -> Any:
