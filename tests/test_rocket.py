@@ -109,14 +109,18 @@ def test_model_with_rocket_trains_its_head_and_never_its_features():
     x = rng.normal(size=(16, 24, 2)).astype(np.float32)
     y = (x[:, :, 0].mean(1) > 0).astype(np.int32) + (x[:, :, 1].mean(1) > 0)
     mask = np.ones((16, 24), bool)
-    model = model.init_from_data(jnp.asarray(x), jnp.asarray(mask), key=jax.random.key(3))
+    data = lt.ArrayData(x, y, mask=mask)
+    with pytest.raises(ValueError, match="has not been: call liquidjax.train.init_from_data"):
+        lt.fit(model, data, lt.TrainConfig(epochs=1, batch_size=8), progress="none")
+    model = lt.init_from_data(model, data, key=jax.random.key(3))
+    assert model.fitted_to_data
     # each member fitted its own biases (its own draw of training series)
     b = np.asarray(model.members.rocket.biases)
     assert b.shape == (2, 84) and not np.allclose(b[0], b[1]) and np.abs(b).sum() > 0
     marks = jax.tree_util.tree_leaves(fixed_mask(eqx.filter(model, eqx.is_inexact_array)))
     assert sum(marks) == 4 and not all(marks)  # channel weights, biases, mean, scale only
     before = eqx.filter(model, eqx.is_inexact_array)
-    result = lt.fit(model, lt.ArrayData(x, y, mask=mask),
+    result = lt.fit(model, data,
                     lt.TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2, weight_decay=0.5),
                     progress="none")
     after = eqx.filter(result.model, eqx.is_inexact_array)

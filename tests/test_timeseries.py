@@ -660,7 +660,7 @@ def test_cli_trains_and_evaluates_a_ts_archive(tmp_path, capsys):
     assert main(["evaluate", str(out), "--split", "test", "--batch-size", "8"]) == 0
     assert "Wave" not in capsys.readouterr().err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
-    assert header["recipe"] == "ts_cfc@4"
+    assert header["recipe"] == "ts_cfc@5"
     assert header["model_config"]["ensemble"] == 5
     assert header["model_config"]["stem_channels"] == [32, 64, 32]
     assert header["model_config"]["stem_pool"] == 1  # 8 observations at most: one per step
@@ -698,7 +698,7 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
     # the stem reads every observation; the longest series (70) in ceil(70 / 3) = 24 windows
     assert ("every observation read by a convolution stem (the longest training series, 70 "
             "observations, in 70 stem steps), in windows of 3 (24 liquid steps)") in err
-    assert "batch 6" in err and "recipe ts_cfc@4" in err
+    assert "batch 6" in err and "recipe ts_cfc@5" in err
     assert "validation hold-out 0.25, the best validation epoch kept" in err
     assert "training stops after 210 s" in err
     header = T.read_header(T.list_checkpoints(out / "checkpoints")[-1])
@@ -721,7 +721,7 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
             in capsys.readouterr().err)
     ltc = resolved("--cell", "ltc")
     assert (ltc.recipe, ltc.mixed_memory, ltc.learning_rate, ltc.ensemble,
-            ltc.stem_channels) == ("ts_ltc@3", True, 1e-2, 5, (32, 64, 32))
+            ltc.stem_channels, ltc.rocket_features) == ("ts_ltc@4", True, 1e-2, 5, (32, 64, 32), 2000)
     assert resolved("--cell", "ltc", "--lr", "3e-3").learning_rate == 3e-3  # flags still win
     assert resolved("--cell", "gruode").recipe == "none"
     assert resolved("--patch-length", "5").patch_length == 5

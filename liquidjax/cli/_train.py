@@ -13,7 +13,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .. import data as ld, train as lt
 from .._config_args import config_values, from_data_fields
@@ -167,22 +166,6 @@ def _model_config(args, data: RunData | None) -> ModelConfig:
         raise UsageError(str(e)) from None
 
 
-def _init_from_data(model, data: RunData, batch: int, seed: int):
-    """The model with what it fits from the training inputs (its rocket features) fitted."""
-    if not model.fits_from_data:
-        return model
-    xs, masks = [], []
-    loader = data.eval_loader("train", batch)
-    for b in loader.epoch(0):
-        d = lt.batch_dict(b.data)
-        xs.append(np.asarray(d["x"]))
-        masks.append(np.ones(d["x"].shape[:2], bool) if d.get("mask") is None
-                     else np.asarray(d["mask"]))
-    return model.init_from_data(jnp.asarray(np.concatenate(xs)),
-                                jnp.asarray(np.concatenate(masks)),
-                                key=jax.random.fold_in(jax.random.key(seed), 7))
-
-
 def _check_resumable(ckpt: Path, mconfig: ModelConfig, dconfig: ld.DataConfig) -> dict[str, Any]:
     """Refuse to resume `ckpt` with other model or data settings; return the model config dict
     to record (the checkpoint's own, so that one written before a newer config field existed,
@@ -318,7 +301,8 @@ def _train(args, tconfig: lt.TrainConfig, parallel, dconfig: ld.DataConfig, eval
                                   jax.devices()[0].platform)
     model = build_model(mconfig, key=jax.random.key(tconfig.seed))
     if resume is None:  # a checkpoint holds what the model fitted from the data
-        model = _init_from_data(model, data, eval_batch, tconfig.seed)
+        model = lt.init_from_data(model, data.eval_loader("train", eval_batch),
+                                  key=jax.random.fold_in(jax.random.key(tconfig.seed), 7))
     print(f"liquidjax: {dconfig.dataset} ({data.stats.get('source', 'synthetic')}), {data.task}, "
           f"{args.kind}/{args.cell}/{args.wiring}, {args.units} units"
           + (f", an ensemble of {args.ensemble}" if args.ensemble > 1 else "")

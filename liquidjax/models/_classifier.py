@@ -47,6 +47,12 @@ class AbstractClassifier(AbstractStreaming):
         inputs once before training)."""
         return False
 
+    @property
+    def fitted_to_data(self) -> bool:
+        """Whether what the model fits from data has been fitted (``True`` when there is
+        nothing to fit)."""
+        return True
+
     def init_from_data(self, x: Float[Array, "batch time input"],
                        mask: Bool[Array, "batch time"] | None, *, key: PRNGKeyArray
                        ) -> AbstractClassifier:

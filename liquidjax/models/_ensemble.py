@@ -134,6 +134,10 @@ class Ensemble(AbstractEnsemble):
     def fits_from_data(self) -> bool:
         return self.members.fits_from_data
 
+    @property
+    def fitted_to_data(self) -> bool:
+        return self.members.fitted_to_data
+
     def init_from_data(self, x, mask, *, key):
         """Each member fits what it fits from the training inputs, with its own key."""
         members = eqx.filter_vmap(

@@ -101,13 +101,16 @@ class RocketFeatures(eqx.Module):
     - `key`: PRNG key: which channels each (dilation, kernel) pair sums (MiniRocket's random
       subsets of up to 9 channels).
 
-    Until :meth:`fit` is called, every bias is 0 and the features are unscaled PPVs.
+    Until :meth:`fit` is called, every bias is 0, the features are unscaled PPVs and `fitted` is
+    ``False`` (a boolean array, saved with the model: :func:`liquidjax.train.fit` refuses to
+    train an unfitted model).
     """
 
     channel_weights: Array
     biases: Array
     mean: Array
     scale: Array
+    fitted: Array
     dilations: tuple[int, ...] = eqx.field(static=True)
     features_per_dilation: tuple[int, ...] = eqx.field(static=True)
 
@@ -137,6 +140,7 @@ class RocketFeatures(eqx.Module):
         self.biases = jnp.zeros((total,))
         self.mean = jnp.zeros((total,))
         self.scale = jnp.ones((total,))
+        self.fitted = jnp.asarray(False)
 
     @property
     def num_features(self) -> int:
@@ -216,8 +220,9 @@ class RocketFeatures(eqx.Module):
         mean = jnp.mean(feats, axis=0)
         std = jnp.std(feats, axis=0)
         scale = 1.0 / (float(self.num_features) ** 0.25 * jnp.maximum(std, STD_FLOOR))
-        return eqx.tree_at(lambda r: (r.mean, r.scale), fitted,
-                           (mean.astype(self.mean.dtype), scale.astype(self.scale.dtype)))
+        return eqx.tree_at(lambda r: (r.mean, r.scale, r.fitted), fitted,
+                           (mean.astype(self.mean.dtype), scale.astype(self.scale.dtype),
+                            jnp.ones_like(self.fitted)))
 
 
 def _masked_quantiles(c: Array, valid: Array, levels: Array) -> Array:

@@ -201,6 +201,10 @@ class StemSequenceClassifier(AbstractClassifier):
     def fits_from_data(self) -> bool:
         return self.rocket is not None
 
+    @property
+    def fitted_to_data(self) -> bool:
+        return self.rocket is None or bool(jnp.all(self.rocket.fitted))
+
     def init_from_data(self, x, mask, *, key):
         """Fit the rocket features (if any) to the training inputs: see
         :meth:`RocketFeatures.fit`."""

@@ -39,7 +39,12 @@ from ._config import (
     make_optimizer as make_optimizer,
     make_schedule as make_schedule,
 )
-from ._data import ArrayData as ArrayData, batch_dict as batch_dict, check_labels as check_labels
+from ._data import (
+    ArrayData as ArrayData,
+    batch_dict as batch_dict,
+    check_labels as check_labels,
+    init_from_data as init_from_data,
+)
 from ._errors import (
     NonFiniteLossError as NonFiniteLossError,
     PeerFailureError as PeerFailureError,

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any, Union
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 
 from ..data import Loader
@@ -195,3 +196,33 @@ def as_loader(data: DataLike, batch_size: int, seed: int, train: bool) -> Loader
 
 def rows_of(batch: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
     return {k: v[rows] for k, v in batch.items()}
+
+
+def init_from_data(model: Any, data: DataLike, *, key: Any, batch_size: int = 256) -> Any:
+    """`model` with what it fits from the training inputs fitted
+    (:meth:`~liquidjax.models.AbstractClassifier.init_from_data`, e.g. the biases and scales of
+    :class:`~liquidjax.models.RocketFeatures`), from every input of `data` — an
+    :class:`ArrayData` or a loader (one pass over its batches: a training loader that drops its
+    last partial batch leaves those examples out). A model that fits nothing is returned as it
+    is. Call it once before :func:`~liquidjax.train.fit`, which refuses an unfitted model.
+
+    **Example:**
+    ```python
+    model = init_from_data(build_model(config, key=k1), task.train_loader(32, seed=0), key=k2)
+    ```
+    """
+    if not model.fits_from_data:
+        return model
+    if isinstance(data, ArrayData):
+        x = np.asarray(data.x)
+        mask = None if data.mask is None else np.asarray(data.mask, bool)
+    else:
+        xs, masks = [], []
+        for batch in data.epoch(0):
+            d = batch_dict(batch.data)
+            xs.append(np.asarray(d["x"]))
+            masks.append(np.ones(d["x"].shape[:2], bool) if d.get("mask") is None
+                         else np.asarray(d["mask"], bool))
+        x, mask = np.concatenate(xs), np.concatenate(masks)
+    return model.init_from_data(jnp.asarray(x), None if mask is None else jnp.asarray(mask),
+                                key=key)

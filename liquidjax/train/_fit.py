@@ -408,6 +408,10 @@ def fit(
         schedule = make_schedule(config, total_steps)
     optimizer = _chained(optimizer, tuple(extra_transforms))
 
+    if not resume and not getattr(model, "fitted_to_data", True):
+        raise ValueError(f"{type(model).__name__} fits part of itself from the training inputs "
+                         "(e.g. MiniRocket features) and has not been: call "
+                         "liquidjax.train.init_from_data(model, train_data, key=...) before fit")
     run_dir = None if out_dir is None else check_run_dir(out_dir)  # before any work is done
     ckpt_dir = None if run_dir is None else run_dir / "checkpoints"
     logger = RunLogger(run_dir, progress=progress)
