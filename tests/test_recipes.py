@@ -21,8 +21,8 @@ def test_every_recipe_parses_to_a_valid_config(name):
         assert getattr(args, dest) == value, dest
     values = config_values(args, ModelConfig)
     values.update(input_size=28, num_classes=10, image_shape=(28, 28, 1), task="classification",
-                  target_size=1)
-    ModelConfig(**values)  # raises on an invalid combination
+                  target_size=1, rocket_length=28 if values["rocket_features"] else None)
+    ModelConfig(**values)  # raises on an invalid combination (the data gives rocket_length)
 
 
 def test_defaults_and_overrides():

@@ -721,7 +721,8 @@ def test_cli_ts_defaults_patch_long_series_and_pick_the_recipe_by_cell(tmp_path,
             in capsys.readouterr().err)
     ltc = resolved("--cell", "ltc")
     assert (ltc.recipe, ltc.mixed_memory, ltc.learning_rate, ltc.ensemble,
-            ltc.stem_channels, ltc.rocket_features) == ("ts_ltc@4", True, 1e-2, 5, (32, 64, 32), 2000)
+            ltc.stem_channels, ltc.rocket_features) == ("ts_ltc@4", True, 1e-2, 5, (32, 64, 32),
+                                                        2000)
     assert resolved("--cell", "ltc", "--lr", "3e-3").learning_rate == 3e-3  # flags still win
     assert resolved("--cell", "gruode").recipe == "none"
     assert resolved("--patch-length", "5").patch_length == 5
