@@ -32,8 +32,12 @@ train-fashion: $(VENV)/.native
 	@test -d /usr/share/datasets/fashion-mnist || (echo "installing dataset-fashion-mnist (needs root)"; apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 	$(VENV)/bin/liquidjax train --dataset fashion_mnist --data-dir /usr/share/datasets/fashion-mnist $(ARGS)
 
+# Two worker processes (pytest-xdist), each given whole test files: one pytest process keeps about
+# one core busy (mostly XLA compilation: CPU time ~ wall time), so a second worker can use a
+# second core. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.native
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 bench: $(VENV)/.native
 	$(PY) benchmarks/vs_ncps.py

@@ -1,11 +1,14 @@
 """The notebooks: stored clean, and each one executes top to bottom in small mode with figures."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+
+import liquidjax
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 KERNEL = "liquidjax-test-python"
@@ -47,10 +50,16 @@ def test_notebook_runs_in_small_mode(path, kernel_dir, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
+    # The kernel imports the liquidjax under test, not another installed copy (a relative
+    # PYTHONPATH=. does not reach it from the kernel's working directory).
+    here = Path(liquidjax.__file__).resolve()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(here.parents[1]), os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("LIQUIDJAX_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("TQDM_DISABLE", "1")
     nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import liquidjax; print(liquidjax.__file__)"))
     client = NotebookClient(nb, timeout=600, kernel_name=KERNEL,
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first failing cell
@@ -58,3 +67,4 @@ def test_notebook_runs_in_small_mode(path, kernel_dir, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert figures, f"{path.name} produced no figure"
+    assert Path(nb.cells[-1].outputs[0]["text"].strip()).resolve() == here
