@@ -243,8 +243,12 @@ def liquidjax_run(name: str, cell: str, seed: int, out_root: Path, extra: list[s
            "--out-dir", str(out), "--progress", "none", *extra]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
     wall = time.perf_counter() - t0
+    if code != 0:  # recorded as a failure (NaN in the table and the targets); the rest goes on
+        print(f"FAILED: {name} {cell} seed {seed} (exit {code}; its message is above)",
+              flush=True)
+        return {"failed": f"exit {code}", "wall_s": round(wall, 1)}
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     test = [e for e in events if e["event"] == "test"][-1]
     found = {k[5:]: test[k] for k in ("test_accuracy", "test_rmse", "test_mae") if k in test}
@@ -261,7 +265,9 @@ def _spread(values: list[float]) -> str:
 
 
 def _by_seed(entry: dict, key: str) -> list[float]:
-    return [s[key] for _, s in sorted(entry.items(), key=lambda kv: int(kv[0]))]
+    """The seeds' values of `key`; NaN for a run that failed (so it shows, and fails the
+    targets)."""
+    return [s.get(key, float("nan")) for _, s in sorted(entry.items(), key=lambda kv: int(kv[0]))]
 
 
 def table(results: dict, names) -> str:

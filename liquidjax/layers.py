@@ -249,6 +249,11 @@ class LiquidRNN(AbstractStreaming):
     def _run_held(self, x, timespans, mask, state, key, unit_steps=False):
         last = not self.return_sequences
         dts = None if unit_steps else timespans
+        if dts is not None and mask is not None:
+            # A masked step holds the state whatever its timespan; a zero there (padding, an
+            # empty pooled window) would still make a cell's step divide by zero, and that NaN
+            # reaches the gradient through the masking where.
+            dts = jnp.where(mask, dts, jnp.ones_like(dts))
         if self.remat:
             hs = scan_advance(self.cell, state, x, dts, mask, last=last, key=key, remat=True)
         else:

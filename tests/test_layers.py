@@ -309,3 +309,15 @@ def test_remat_memory_grows_as_the_square_root_of_the_length():
     _, short = run(100, True, sequences=False)
     _, long = run(1600, True, sequences=False)
     assert long < 6 * short, (short, long)  # 16× the length; linear growth would be ≈ 16×
+
+
+def test_zero_timespans_behind_the_mask_keep_gradients_finite(rnn):
+    """Padding (or an empty pooled window) often carries timespan 0; the step there is masked
+    out, but a cell's step computed at dt = 0 divides by zero, and without care that NaN reaches
+    the gradient through the masking `where` (it did: the LTC time-series default on PLAID)."""
+    x, ts = _data(1)
+    mask = jnp.arange(7) < 4
+    ts = jnp.where(mask, ts[0], 0.0)
+    grads = eqx.filter_grad(lambda m: jnp.sum(m(x[0], ts, mask)[0]))(rnn)
+    leaves = jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_inexact_array))
+    assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
