@@ -456,13 +456,16 @@ def test_onnx_and_stablehlo_stream_the_convolution_mode(tmp_path):
     step = lj.export.stepper(model)
     s0 = np.asarray(step.initial_state())
 
+    def stream(fn):
+        state, outs = s0, []
+        for k in range(len(x)):
+            out, state = fn.call(state, x[k], dts[k])
+            outs.append(np.asarray(out))
+        return np.stack(outs)
+
     lj.export.to_stablehlo(model, tmp_path / "hlo", seq_len=len(x))
     fn = jax.export.deserialize((tmp_path / "hlo" / "step.jaxexport").read_bytes())
-    state, outs = s0, []
-    for k in range(len(x)):
-        out, state = fn.call(state, x[k], dts[k])
-        outs.append(np.asarray(out))
-    np.testing.assert_allclose(np.stack(outs), ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(stream(fn), ref, rtol=0, atol=1e-5)
     seq = jax.export.deserialize((tmp_path / "hlo" / "sequence.jaxexport").read_bytes())
     ys, _ = seq.call(s0, x, dts)
     np.testing.assert_allclose(ys, ref, rtol=0, atol=1e-5)
@@ -470,11 +473,7 @@ def test_onnx_and_stablehlo_stream_the_convolution_mode(tmp_path):
     man = lj.export.to_stablehlo(model, tmp_path / "fixed", dt=1.0)
     assert man["fixed_dt"] == 1.0
     fn = jax.export.deserialize((tmp_path / "fixed" / "step.jaxexport").read_bytes())
-    state, outs = s0, []
-    for k in range(len(x)):
-        out, state = fn.call(state, x[k], dts[k])
-        outs.append(np.asarray(out))
-    np.testing.assert_allclose(np.stack(outs), ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(stream(fn), ref, rtol=0, atol=1e-5)
     out, state = fn.call(s0, x[0], np.float32(0.5))
     assert np.isnan(out).all() and np.isnan(state).all()
 
